@@ -1,0 +1,523 @@
+// A client connection: startup, authentication, and the client half of the data path.
+#include "client.h"
+
+#include "log.h"
+#include "password.h"
+#include "pool.h"
+#include "scram.h"
+#include "server.h"
+#include "wire.h"
+#include "worker.h"
+
+namespace pgsluice {
+
+namespace {
+constexpr size_t kHighWater = 64 * 1024;  // stop reading a side whose peer has this much unsent
+
+bool in_csv_list(std::string_view list, std::string_view name) {
+  size_t i = 0;
+  while (i <= list.size()) {
+    size_t j = list.find(',', i);
+    if (j == std::string_view::npos) j = list.size();
+    std::string_view w = list.substr(i, j - i);
+    while (!w.empty() && w.front() == ' ') w.remove_prefix(1);
+    while (!w.empty() && w.back() == ' ') w.remove_suffix(1);
+    if (iequals(w, name)) return true;
+    i = j + 1;
+  }
+  return false;
+}
+}  // namespace
+
+Client::Client(Worker* w, Fd fd, bool is_unix) : Conn(w, std::move(fd)), is_unix_(is_unix) {
+  addr_ = is_unix ? PeerAddr{"unix", 0} : peer_of(fd_.get());
+}
+
+Client::~Client() = default;
+
+void Client::on_readable() {
+  size_t got = 0;
+  Io r = read_in(&got);
+  if (r == Io::Eof || r == Io::Error) {
+    worker_->close_client(this, r == Io::Eof ? "client unexpected eof" : "client read error");
+    return;
+  }
+  if (got == 0) return;
+  process();
+}
+
+void Client::on_writable() {
+  flush();
+  if (dead_) return;
+  if (out_.empty() && server_ != nullptr) {
+    // The server was paused while we had too much queued for this client.
+    server_->want_read(true);
+    server_->process();
+  }
+}
+
+void Client::flush() {
+  if (out_.empty()) {
+    want_write(false);
+    return;
+  }
+  if (flush_out() == Io::Error) worker_->close_client(this, "client send failed");
+}
+
+void Client::queue_error(bool fatal, std::string_view sqlstate, std::string_view msg) {
+  std::string m;
+  wire::error_response(m, fatal ? "FATAL" : "ERROR", sqlstate, msg);
+  worker_->bufs().append(out_, m.data(), m.size());
+  if (worker_->cfg().log_pooler_errors)
+    LOG_WARN("C-%p: %s/%s@%s:%d pooler error: %s", static_cast<void*>(this), db_.c_str(),
+             user_.c_str(), addr_.host.c_str(), addr_.port, std::string(msg).c_str());
+}
+
+void Client::process() {
+  if (dead_) return;
+  switch (state_) {
+    case ClientState::Startup:
+      process_startup();
+      break;
+    case ClientState::Auth:
+      process_auth();
+      break;
+    case ClientState::Login:
+    case ClientState::Waiting:
+      break;  // reading is off until a server is linked
+    case ClientState::Idle:
+    case ClientState::Active:
+      forward_messages();
+      break;
+  }
+}
+
+void Client::process_startup() {
+  while (!dead_ && state_ == ClientState::Startup) {
+    if (in_.size() < 4) return;
+    size_t len = wire::get_u32(in_.begin());
+    if (len < 8 || len > wire::kMaxStartupLen) {
+      queue_error(true, "08P01", "invalid length of startup packet");
+      flush();
+      worker_->close_client(this, "bad startup packet length");
+      return;
+    }
+    if (in_.size() < len) {
+      worker_->bufs().reserve(in_, len - in_.size());
+      return;
+    }
+    std::span<const uint8_t> pkt(in_.begin(), len);
+    in_.rpos += len;
+    if (!handle_startup_packet(pkt)) return;
+  }
+  if (!dead_ && state_ == ClientState::Auth) process_auth();
+}
+
+bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
+  auto parsed = wire::parse_startup(pkt);
+  if (!parsed) {
+    queue_error(true, "08P01", parsed.status().message());
+    flush();
+    worker_->close_client(this, "bad startup packet");
+    return false;
+  }
+  wire::StartupPacket& sp = *parsed;
+  using Kind = wire::StartupPacket::Kind;
+  if (sp.kind == Kind::Ssl || sp.kind == Kind::Gss) {
+    const char no = 'N';  // TLS and GSS encryption are not offered (yet)
+    worker_->bufs().append(out_, &no, 1);
+    flush();
+    return !dead_;
+  }
+  if (sp.kind == Kind::Cancel) {
+    worker_->handle_cancel(sp.cancel_pid, sp.cancel_key);
+    worker_->close_client(this, "cancel request");
+    return false;
+  }
+  if ((sp.version >> 16) != 3) {
+    char msg[128];
+    std::snprintf(msg, sizeof msg, "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+                  sp.version >> 16, sp.version & 0xffff);
+    queue_error(true, "08P01", msg);
+    flush();
+    worker_->close_client(this, "unsupported protocol");
+    return false;
+  }
+  const Config& cfg = worker_->cfg();
+  const TrackedNames& tracked = *worker_->rt()->tracked;
+  vars_.resize(tracked.size());
+  std::vector<std::string> unrecognised;
+  auto bad_param = [&](const std::string& name) {
+    queue_error(true, "08P01", "unsupported startup parameter: " + name);
+    flush();
+    worker_->close_client(this, "unsupported startup parameter");
+    return false;
+  };
+  for (const auto& [k, v] : sp.params) {
+    if (k == "user") {
+      user_ = v;
+    } else if (k == "database") {
+      db_ = v;
+    } else if (k.rfind("_pq_.", 0) == 0) {
+      unrecognised.push_back(k);
+    } else if (int i = tracked.find(k); i >= 0) {
+      vars_.set(static_cast<size_t>(i), v);
+    } else if (k == "options") {
+      if (in_csv_list(cfg.ignore_startup_parameters, "options")) continue;
+      auto opts = wire::parse_options(v);
+      if (!opts) return bad_param("options");
+      for (const auto& [ok, ov] : *opts) {
+        if (int j = tracked.find(ok); j >= 0)
+          vars_.set(static_cast<size_t>(j), ov);
+        else if (!in_csv_list(cfg.ignore_startup_parameters, ok))
+          return bad_param("options");
+      }
+    } else if (k == "replication") {
+      queue_error(true, "08P01", "replication connections are not supported");
+      flush();
+      worker_->close_client(this, "replication connection");
+      return false;
+    } else if (!in_csv_list(cfg.ignore_startup_parameters, k)) {
+      return bad_param(k);
+    }
+  }
+  if ((sp.version & 0xffff) != 0 || !unrecognised.empty()) {
+    std::string m;
+    wire::negotiate_protocol_version(m, wire::kProtocol30, unrecognised);
+    worker_->bufs().append(out_, m.data(), m.size());
+  }
+  if (user_.empty()) {
+    queue_error(true, "28000", "no PostgreSQL user name specified in startup packet");
+    flush();
+    worker_->close_client(this, "no user");
+    return false;
+  }
+  if (db_.empty()) db_ = user_;
+  if (int n = ++worker_->rt()->clients; cfg.max_client_conn > 0 && n > cfg.max_client_conn) {
+    queue_error(true, "53300", "no more connections allowed (max_client_conn)");
+    flush();
+    worker_->close_client(this, "max_client_conn");
+    return false;
+  }
+  counted_ = true;
+  std::string err, sqlstate;
+  pool_ = worker_->rt()->registry->get(cfg, db_, user_, &err, &sqlstate);
+  if (pool_ == nullptr) {
+    queue_error(true, sqlstate, err);
+    flush();
+    worker_->close_client(this, "unknown database");
+    return false;
+  }
+  lp_ = worker_->local_pool(pool_);
+  return begin_auth();
+}
+
+bool Client::begin_auth() {
+  const Config& cfg = worker_->cfg();
+  const std::string* s = cfg.userlist.find(user_);
+  user_known_ = s != nullptr;
+  secret_ = s ? *s : std::string();
+  SecretKind kind = user_known_ ? secret_kind(secret_) : SecretKind::Plain;
+  std::string m;
+  auto start_scram = [&]() {
+    ScramKeys keys;
+    bool mock = !user_known_;
+    if (user_known_ && kind == SecretKind::Scram) {
+      auto k = parse_scram_secret(secret_);
+      if (k) {
+        keys = *k;
+        scram_real_secret_ = true;
+      } else {
+        mock = true;
+      }
+    } else if (user_known_ && kind == SecretKind::Plain) {
+      uint8_t salt[16];
+      random_bytes(salt, sizeof salt);
+      keys = scram_keys_from_password(secret_, std::string_view(reinterpret_cast<char*>(salt), 16),
+                                      cfg.scram_iterations);
+    } else {
+      mock = true;  // unknown user, or an md5 secret that cannot serve SCRAM
+    }
+    if (mock) keys = scram_mock_keys(user_, worker_->rt()->scram_nonce, cfg.scram_iterations);
+    scram_ = std::make_unique<ScramServerSession>(std::move(keys), mock);
+    wire::auth_sasl(m, "SCRAM-SHA-256");
+    auth_step_ = AuthStep::ScramFirst;
+  };
+  switch (cfg.auth_type) {
+    case AuthType::Any:
+      finish_auth();
+      return !dead_;
+    case AuthType::Trust:
+      if (!user_known_) {
+        auth_failed();
+        return false;
+      }
+      finish_auth();
+      return !dead_;
+    case AuthType::Plain:
+      wire::auth_request(m, 3);
+      auth_step_ = AuthStep::Cleartext;
+      break;
+    case AuthType::Md5:
+      if (user_known_ && kind == SecretKind::Scram) {
+        start_scram();
+      } else {
+        random_bytes(md5_salt_.data(), md5_salt_.size());
+        wire::auth_request(m, 5, md5_salt_);
+        auth_step_ = AuthStep::Md5;
+      }
+      break;
+    case AuthType::ScramSha256:
+      start_scram();
+      break;
+    default:
+      queue_error(true, "28000",
+                  std::string("auth_type ") + auth_type_name(cfg.auth_type) + " is not supported yet");
+      flush();
+      worker_->close_client(this, "unsupported auth_type");
+      return false;
+  }
+  worker_->bufs().append(out_, m.data(), m.size());
+  state_ = ClientState::Auth;
+  flush();
+  return !dead_;
+}
+
+void Client::auth_failed() {
+  queue_error(true, "28P01", "password authentication failed for user \"" + user_ + "\"");
+  flush();
+  worker_->close_client(this, "password authentication failed");
+}
+
+void Client::process_auth() {
+  while (!dead_ && state_ == ClientState::Auth) {
+    if (in_.size() < wire::kHeaderLen) return;
+    uint8_t type = in_.begin()[0];
+    size_t len = wire::get_u32(in_.begin() + 1);
+    if (type != 'p' || len < 4 || len > wire::kMaxAuthMessage) {
+      queue_error(true, "08P01", "invalid message during authentication");
+      flush();
+      worker_->close_client(this, "bad auth packet");
+      return;
+    }
+    size_t total = len + 1;
+    if (in_.size() < total) {
+      worker_->bufs().reserve(in_, total - in_.size());
+      return;
+    }
+    wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
+    in_.rpos += total;
+    const Config& cfg = worker_->cfg();
+    switch (auth_step_) {
+      case AuthStep::Cleartext: {
+        std::string_view pw;
+        if (!r.cstr(pw) || pw.empty() || !user_known_) return auth_failed();
+        bool ok = false;
+        switch (secret_kind(secret_)) {
+          case SecretKind::Plain: ok = constant_time_eq(pw, secret_); break;
+          case SecretKind::Md5: ok = constant_time_eq(md5_secret(pw, user_), secret_); break;
+          case SecretKind::Scram: {
+            auto k = parse_scram_secret(secret_);
+            if (k) {
+              ScramKeys t = scram_keys_from_password(pw, k->salt, k->iterations);
+              ok = t.stored_key == k->stored_key;
+            }
+            break;
+          }
+        }
+        if (!ok) return auth_failed();
+        finish_auth();
+        break;
+      }
+      case AuthStep::Md5: {
+        std::string_view resp;
+        if (!r.cstr(resp) || !user_known_ || !md5_verify(secret_, user_, md5_salt_.data(), resp))
+          return auth_failed();
+        finish_auth();
+        break;
+      }
+      case AuthStep::ScramFirst: {
+        std::string_view mech;
+        int32_t n = 0;
+        std::span<const uint8_t> data;
+        if (!r.cstr(mech) || !r.i32(n) || n < 0 || !r.bytes(static_cast<size_t>(n), data)) {
+          queue_error(true, "08P01", "malformed SASLInitialResponse");
+          flush();
+          worker_->close_client(this, "bad SASL message");
+          return;
+        }
+        if (mech != "SCRAM-SHA-256") {
+          queue_error(true, "28000", "client selected an invalid SASL authentication mechanism");
+          flush();
+          worker_->close_client(this, "bad SASL mechanism");
+          return;
+        }
+        auto res = scram_->handle_client_first(
+            std::string_view(reinterpret_cast<const char*>(data.data()), data.size()));
+        if (!res) {
+          queue_error(true, res.status().sqlstate(), res.status().message());
+          flush();
+          worker_->close_client(this, "bad SCRAM client-first");
+          return;
+        }
+        std::string m;
+        wire::auth_request(m, 11,
+                           std::span<const uint8_t>(
+                               reinterpret_cast<const uint8_t*>(res->data()), res->size()));
+        worker_->bufs().append(out_, m.data(), m.size());
+        auth_step_ = AuthStep::ScramFinal;
+        flush();
+        break;
+      }
+      case AuthStep::ScramFinal: {
+        auto rest = r.rest();
+        auto res = scram_->handle_client_final(
+            std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
+        if (!res) {
+          if (res.status().sqlstate() == "28P01") return auth_failed();
+          queue_error(true, res.status().sqlstate(), res.status().message());
+          flush();
+          worker_->close_client(this, "bad SCRAM client-final");
+          return;
+        }
+        std::string m;
+        wire::auth_request(m, 12,
+                           std::span<const uint8_t>(
+                               reinterpret_cast<const uint8_t*>(res->data()), res->size()));
+        worker_->bufs().append(out_, m.data(), m.size());
+        // Pass-through: the client proved the stored secret, so its keys can log in to a
+        // server holding the same secret (only when no forced user changes who logs in).
+        if (scram_real_secret_ && pool_->user_name == user_) {
+          auto k = parse_scram_secret(secret_);
+          if (k) pool_->set_scram_keys(scram_->client_key(), k->server_key);
+        }
+        finish_auth();
+        break;
+      }
+      case AuthStep::None:
+        return;
+    }
+    (void)cfg;
+  }
+}
+
+void Client::finish_auth() {
+  scram_.reset();
+  auth_step_ = AuthStep::None;
+  if (worker_->cfg().log_connections)
+    LOG_INFO("C-%p: %s/%s@%s:%d login attempt: db=%s user=%s", static_cast<void*>(this),
+             db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port, db_.c_str(),
+             user_.c_str());
+  worker_->register_cancel_key(this);
+  if (pool_->welcome_ready()) {
+    send_welcome();
+    state_ = ClientState::Idle;
+    flush();
+    if (!dead_ && !in_.empty()) forward_messages();
+  } else {
+    state_ = ClientState::Login;
+    want_read(false);
+    worker_->acquire(this);
+  }
+}
+
+void Client::send_welcome() {
+  const TrackedNames& tracked = *worker_->rt()->tracked;
+  std::string m;
+  wire::auth_ok(m);
+  std::vector<bool> sent(tracked.size(), false);
+  for (const auto& [name, value] : pool_->welcome()) {
+    int i = tracked.find(name);
+    if (i >= 0) {
+      auto idx = static_cast<size_t>(i);
+      if (!vars_.has(idx)) vars_.set(idx, value);
+      wire::parameter_status(m, name, vars_.get(idx));
+      sent[idx] = true;
+    } else {
+      wire::parameter_status(m, name, value);
+    }
+  }
+  for (size_t i = 0; i < tracked.size(); i++)
+    if (!sent[i] && vars_.has(i)) wire::parameter_status(m, tracked.name(i), vars_.get(i));
+  wire::backend_key_data(m, cancel_pid_,
+                         std::string_view(reinterpret_cast<const char*>(cancel_key_.data()), 4));
+  wire::ready_for_query(m, 'I');
+  worker_->bufs().append(out_, m.data(), m.size());
+}
+
+// The data path, client to server. Only the type and length of each message are read;
+// the bytes are passed on as they arrive, a large message in pieces.
+bool Client::forward_messages() {
+  const Config& cfg = worker_->cfg();
+  while (!dead_) {
+    if (fwd_remaining_ > 0) {
+      size_t n = in_.size() < fwd_remaining_ ? in_.size() : static_cast<size_t>(fwd_remaining_);
+      if (n == 0) break;
+      worker_->bufs().append(server_->out_, in_.begin(), n);
+      in_.rpos += n;
+      fwd_remaining_ -= n;
+      continue;
+    }
+    if (in_.size() < wire::kHeaderLen) break;
+    uint8_t type = in_.begin()[0];
+    size_t len = wire::get_u32(in_.begin() + 1);
+    size_t limit = wire::frontend_limit(type);
+    if (limit == 0 || type == 'p') {
+      char msg[64];
+      std::snprintf(msg, sizeof msg, "invalid frontend message type %d", type);
+      queue_error(true, "08P01", msg);
+      flush();
+      worker_->close_client(this, "invalid message type");
+      return false;
+    }
+    if (len < 4 || len > limit || static_cast<long long>(len) > cfg.max_packet_size) {
+      queue_error(true, "08P01", "invalid message length");
+      flush();
+      worker_->close_client(this, "invalid message length");
+      return false;
+    }
+    if (type == 'X') {
+      in_.rpos += 5;
+      worker_->close_client(this, "client close request");
+      return false;
+    }
+    if (state_ != ClientState::Active) {
+      state_ = ClientState::Waiting;
+      want_read(false);
+      worker_->acquire(this);
+      return false;
+    }
+    Server* s = server_;
+    switch (type) {
+      case 'Q': case 'F': case 'P': case 'B': case 'D': case 'E': case 'C':
+        s->queue_.push(type);
+        break;
+      case 'S':
+        if (!copy_in_) s->queue_.push(type);  // the server swallows Sync during COPY IN
+        break;
+      case 'c': case 'f':
+        copy_in_ = false;
+        break;
+      default:
+        break;
+    }
+    size_t total = len + 1;
+    size_t n = in_.size() < total ? in_.size() : total;
+    worker_->bufs().append(s->out_, in_.begin(), n);
+    in_.rpos += n;
+    fwd_remaining_ = total - n;
+    if (s->out_.size() > kHighWater) {
+      s->flush();
+      if (dead_ || server_ == nullptr) return false;
+      if (s->out_.size() > kHighWater) {
+        want_read(false);  // resumed by Server::on_writable
+        return false;
+      }
+    }
+  }
+  worker_->bufs().release_if_empty(in_);
+  if (server_ != nullptr) server_->flush();
+  return !dead_;
+}
+
+}  // namespace pgsluice

@@ -1,0 +1,80 @@
+// A client connection: startup, authentication, and the client half of the data path.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "stream.h"
+#include "varcache.h"
+
+namespace pgsluice {
+
+class Pool;
+struct LocalPool;
+class Server;
+class ScramServerSession;
+
+enum class ClientState : uint8_t {
+  Startup,  // reading the startup packet (SSL/GSS requests answered 'N')
+  Auth,     // password or SASL exchange in progress
+  Login,    // authenticated; waits for a server to learn the pool's parameters (LocalPool::waiting)
+  Idle,     // logged in, no server linked, nothing to send
+  Waiting,  // has a request; waits for a server (LocalPool::waiting)
+  Active,   // linked to server_
+};
+
+enum class AuthStep : uint8_t { None, Cleartext, Md5, ScramFirst, ScramFinal };
+
+class Client final : public Conn {
+ public:
+  Client(Worker* w, Fd fd, bool is_unix);
+  ~Client() override;
+  void on_readable() override;
+  void on_writable() override;
+
+  // Parses and forwards what in_ holds, as far as the current state allows.
+  void process();
+  // Sends the welcome (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery).
+  void send_welcome();
+  // Queues an ErrorResponse (FATAL when `fatal`) to the client.
+  void queue_error(bool fatal, std::string_view sqlstate, std::string_view msg);
+  // Flushes out_; on a dead socket, closes the client.
+  void flush();
+
+  ClientState state_ = ClientState::Startup;
+  bool is_unix_ = false;
+  Pool* pool_ = nullptr;
+  LocalPool* lp_ = nullptr;
+  Server* server_ = nullptr;
+  std::string user_;
+  std::string db_;
+  std::string app_name_;
+  VarCache vars_;
+  uint32_t cancel_pid_ = 0;
+  std::array<uint8_t, 4> cancel_key_{};
+  uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the server
+  bool copy_in_ = false;        // between CopyInResponse and the client's CopyDone/CopyFail
+  bool counted_ = false;        // counted in Runtime::clients
+  double wait_since_ = 0;       // when it started waiting for a server
+  size_t pos_ = 0;              // index in Worker::clients_
+
+ private:
+  void process_startup();
+  void process_auth();
+  bool handle_startup_packet(std::span<const uint8_t> pkt);
+  bool begin_auth();
+  void finish_auth();
+  void auth_failed();
+  bool forward_messages();
+
+  AuthStep auth_step_ = AuthStep::None;
+  std::string secret_;  // the stored secret of user_ (empty when unknown)
+  bool user_known_ = false;
+  std::array<uint8_t, 4> md5_salt_{};
+  std::unique_ptr<ScramServerSession> scram_;
+  bool scram_real_secret_ = false;  // the SCRAM keys came from a stored SCRAM secret
+};
+
+}  // namespace pgsluice

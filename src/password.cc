@@ -1,0 +1,119 @@
+// Password secrets and md5 authentication: secret kinds, md5 secrets and responses, random bytes.
+#include "password.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <climits>
+#include <optional>
+
+namespace pgsluice {
+
+namespace {
+
+constexpr std::string_view kMd5Prefix = "md5";
+constexpr std::string_view kScramPrefix = "SCRAM-SHA-256$";
+constexpr size_t kMd5HexLen = 32;
+constexpr size_t kMd5SecretLen = 3 + kMd5HexLen;
+constexpr size_t kMd5SaltLen = 4;
+
+bool is_lower_hex(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+// hex(md5(a + b)), or nullopt if OpenSSL failed (e.g. MD5 unavailable under FIPS).
+std::optional<std::string> md5_hex2(std::string_view a, std::string_view b) {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  if (ctx == nullptr) return std::nullopt;
+  uint8_t digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  bool ok = EVP_DigestInit_ex(ctx, EVP_md5(), nullptr) == 1 &&
+            EVP_DigestUpdate(ctx, a.data(), a.size()) == 1 &&
+            EVP_DigestUpdate(ctx, b.data(), b.size()) == 1 &&
+            EVP_DigestFinal_ex(ctx, digest, &len) == 1 && len == 16;
+  EVP_MD_CTX_free(ctx);
+  if (!ok) return std::nullopt;
+  std::string out = hex_encode(digest, len);
+  OPENSSL_cleanse(digest, sizeof(digest));
+  return out;
+}
+
+// The hex part of md5(password + user): taken from an md5 secret or computed from a password.
+std::optional<std::string> inner_md5_hex(std::string_view secret, std::string_view user) {
+  switch (secret_kind(secret)) {
+    case SecretKind::Md5:
+      return std::string(secret.substr(kMd5Prefix.size()));
+    case SecretKind::Plain:
+      return md5_hex2(secret, user);
+    case SecretKind::Scram:
+      break;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+SecretKind secret_kind(std::string_view secret) {
+  if (secret.size() == kMd5SecretLen && secret.substr(0, kMd5Prefix.size()) == kMd5Prefix) {
+    bool all_hex = true;
+    for (char c : secret.substr(kMd5Prefix.size())) all_hex = all_hex && is_lower_hex(c);
+    if (all_hex) return SecretKind::Md5;
+  }
+  if (secret.substr(0, kScramPrefix.size()) == kScramPrefix) return SecretKind::Scram;
+  return SecretKind::Plain;
+}
+
+std::string hex_encode(const uint8_t* data, size_t n) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(n * 2);
+  for (size_t i = 0; i < n; i++) {
+    out.push_back(kDigits[data[i] >> 4]);
+    out.push_back(kDigits[data[i] & 0x0f]);
+  }
+  return out;
+}
+
+std::string md5_secret(std::string_view password, std::string_view user) {
+  auto hex = md5_hex2(password, user);
+  if (!hex) return {};
+  return std::string(kMd5Prefix) + *hex;
+}
+
+std::string md5_response(std::string_view secret, std::string_view user, const uint8_t salt[4]) {
+  auto inner = inner_md5_hex(secret, user);
+  if (!inner) return {};
+  auto outer = md5_hex2(*inner, std::string_view(reinterpret_cast<const char*>(salt), kMd5SaltLen));
+  OPENSSL_cleanse(inner->data(), inner->size());
+  if (!outer) return {};
+  return std::string(kMd5Prefix) + *outer;
+}
+
+bool md5_verify(std::string_view stored_secret, std::string_view user, const uint8_t salt[4],
+                std::string_view response) {
+  if (stored_secret.empty() || response.empty()) return false;
+  std::string expected = md5_response(stored_secret, user, salt);
+  if (expected.empty()) return false;
+  bool ok = constant_time_eq(expected, response);
+  OPENSSL_cleanse(expected.data(), expected.size());
+  return ok;
+}
+
+bool random_bytes(uint8_t* out, size_t n) {
+  while (n > 0) {
+    size_t chunk = n > static_cast<size_t>(INT_MAX) ? static_cast<size_t>(INT_MAX) : n;
+    if (RAND_bytes(out, static_cast<int>(chunk)) != 1) return false;
+    out += chunk;
+    n -= chunk;
+  }
+  return true;
+}
+
+bool constant_time_eq(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  if (a.empty()) return true;
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace pgsluice

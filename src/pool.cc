@@ -1,0 +1,174 @@
+// Pools shared by all workers, their global slot counters, and the registry.
+#include "pool.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/un.h>
+
+#include <cstring>
+
+namespace pgsluice {
+
+Pool::Pool(std::string db, std::string user, size_t nworkers)
+    : db_name(std::move(db)),
+      user_name(std::move(user)),
+      nworkers_(nworkers),
+      idle_on_(new std::atomic<int>[nworkers]),
+      waiting_on_(new std::atomic<int>[nworkers]) {
+  for (size_t i = 0; i < nworkers; i++) {
+    idle_on_[i] = 0;
+    waiting_on_[i] = 0;
+  }
+}
+
+static bool take(std::atomic<int>* c, int max) {
+  if (c == nullptr || max <= 0) {
+    if (c) c->fetch_add(1);
+    return true;
+  }
+  int cur = c->load();
+  while (cur < max)
+    if (c->compare_exchange_weak(cur, cur + 1)) return true;
+  return false;
+}
+
+bool Pool::try_reserve() {
+  if (!take(&servers_, pool_size > 0 ? pool_size : 0)) return false;
+  if (!take(db_conns, db_max)) {
+    servers_.fetch_sub(1);
+    return false;
+  }
+  if (!take(user_conns, user_max)) {
+    servers_.fetch_sub(1);
+    if (db_conns) db_conns->fetch_sub(1);
+    return false;
+  }
+  return true;
+}
+
+void Pool::unreserve() {
+  servers_.fetch_sub(1);
+  if (db_conns) db_conns->fetch_sub(1);
+  if (user_conns) user_conns->fetch_sub(1);
+}
+
+void Pool::set_welcome(std::vector<std::pair<std::string, std::string>> params) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (welcome_ready_.load()) return;
+  welcome_ = std::move(params);
+  welcome_ready_.store(true, std::memory_order_release);
+}
+
+void Pool::set_scram_keys(const std::array<uint8_t, 32>& ck, const std::array<uint8_t, 32>& sk) {
+  std::lock_guard<std::mutex> g(mu_);
+  client_key_ = ck;
+  server_key_ = sk;
+  have_keys_ = true;
+}
+
+bool Pool::scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) const {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!have_keys_) return false;
+  ck = client_key_;
+  sk = server_key_;
+  return true;
+}
+
+static void resolve(Pool& p, const Config& cfg, const std::string& host) {
+  if (host.empty() || host[0] == '/') {
+    std::string dir = host.empty() ? cfg.unix_socket_dir : host;
+    std::string path = dir + "/.s.PGSQL." + std::to_string(p.port);
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    if (path.size() >= sizeof un.sun_path) {
+      p.resolve_error = "unix socket path too long";
+      return;
+    }
+    std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
+    std::memcpy(&p.addr, &un, sizeof un);
+    p.addrlen = sizeof un;
+    p.host = dir;
+    return;
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_family = AF_UNSPEC;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(p.port);
+  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    p.resolve_error = std::string("could not resolve host \"") + host + "\": " + gai_strerror(rc);
+    return;
+  }
+  std::memcpy(&p.addr, res->ai_addr, res->ai_addrlen);
+  p.addrlen = res->ai_addrlen;
+  freeaddrinfo(res);
+}
+
+Pool* Registry::get(const Config& cfg, const std::string& db, const std::string& user,
+                    std::string* err, std::string* sqlstate) {
+  const DatabaseDef* def = nullptr;
+  auto it = cfg.databases.find(db);
+  if (it != cfg.databases.end())
+    def = &it->second;
+  else if (cfg.fallback_db)
+    def = &*cfg.fallback_db;
+  if (def == nullptr) {
+    *err = "no such database: " + db;
+    *sqlstate = "3D000";
+    return nullptr;
+  }
+  std::string pool_user = def->user.empty() ? user : def->user;
+  std::lock_guard<std::mutex> g(mu_);
+  auto key = std::make_pair(db, pool_user);
+  auto pit = pools_.find(key);
+  if (pit != pools_.end()) return pit->second.get();
+
+  auto p = std::make_unique<Pool>(db, pool_user, nworkers_);
+  p->port = def->port;
+  p->server_db = def->dbname.empty() ? db : def->dbname;
+  const UserDef* udef = nullptr;
+  if (auto u = cfg.users.find(pool_user); u != cfg.users.end()) udef = &u->second;
+  if (!def->password.empty()) {
+    p->secret = def->password;
+  } else if (const std::string* s = cfg.userlist.find(pool_user)) {
+    p->secret = *s;
+  }
+  if (udef && udef->pool_mode)
+    p->mode = *udef->pool_mode;
+  else if (def->pool_mode)
+    p->mode = *def->pool_mode;
+  else
+    p->mode = cfg.pool_mode;
+  if (def->pool_size >= 0)
+    p->pool_size = def->pool_size;
+  else if (udef && udef->pool_size >= 0)
+    p->pool_size = udef->pool_size;
+  else
+    p->pool_size = cfg.default_pool_size;
+  p->startup_params.emplace_back("user", pool_user);
+  p->startup_params.emplace_back("database", p->server_db);
+  if (!def->client_encoding.empty()) p->startup_params.emplace_back("client_encoding", def->client_encoding);
+  if (!def->datestyle.empty()) p->startup_params.emplace_back("datestyle", def->datestyle);
+  if (!def->timezone.empty()) p->startup_params.emplace_back("timezone", def->timezone);
+  if (!def->application_name.empty())
+    p->startup_params.emplace_back("application_name", def->application_name);
+  p->connect_query = def->connect_query;
+  p->host = def->host;
+  resolve(*p, cfg, def->host);
+
+  auto& dc = db_counts_[def->name];
+  if (!dc) dc = std::make_unique<std::atomic<int>>(0);
+  p->db_conns = dc.get();
+  p->db_max = def->max_db_connections >= 0 ? def->max_db_connections : cfg.max_db_connections;
+  auto& uc = user_counts_[pool_user];
+  if (!uc) uc = std::make_unique<std::atomic<int>>(0);
+  p->user_conns = uc.get();
+  p->user_max = (udef && udef->max_user_connections >= 0) ? udef->max_user_connections
+                                                           : cfg.max_user_connections;
+  Pool* raw = p.get();
+  pools_.emplace(key, std::move(p));
+  return raw;
+}
+
+}  // namespace pgsluice

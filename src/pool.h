@@ -1,0 +1,99 @@
+// Pools shared by all workers: one per (database, user), with the global server-slot
+// counters that make pool_size hold across threads, and the registry that finds them.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <array>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "config.h"
+
+namespace pgsluice {
+
+// One (database, user) pool. Settings are fixed at creation; the counters are atomics
+// that any worker may touch; everything else is behind mu_.
+class Pool {
+ public:
+  Pool(std::string db_name, std::string user_name, size_t nworkers);
+
+  const std::string db_name;    // the database name clients use
+  const std::string user_name;  // the user pgsluice logs in to PostgreSQL as
+
+  // Resolved from the config at creation.
+  std::string host;  // for logs
+  int port = 5432;
+  std::string server_db;  // database name on the server
+  std::string secret;     // password / md5 / SCRAM secret used to log in; may be empty
+  PoolMode mode = PoolMode::Session;
+  int pool_size = 20;
+  std::vector<std::pair<std::string, std::string>> startup_params;  // sent to the server
+  std::string connect_query;
+  sockaddr_storage addr{};
+  socklen_t addrlen = 0;
+  std::string resolve_error;  // non-empty when the address could not be resolved
+
+  // Server slots, global across workers: every server connection holds one, from
+  // connect to close. Limits: pool_size, max_db_connections, max_user_connections.
+  bool try_reserve();
+  void unreserve();
+  int server_count() const { return servers_.load(); }
+
+  // Per-worker idle-server and waiting-client counts, published so that a worker with
+  // a waiting client can find a worker holding an idle server, and the reverse.
+  std::atomic<int>& idle_on(size_t w) { return idle_on_[w]; }
+  std::atomic<int>& waiting_on(size_t w) { return waiting_on_[w]; }
+  size_t nworkers() const { return nworkers_; }
+
+  // The ParameterStatus set from the pool's first server login, sent to every client at
+  // login. Immutable once welcome_ready() is true.
+  bool welcome_ready() const { return welcome_ready_.load(std::memory_order_acquire); }
+  const std::vector<std::pair<std::string, std::string>>& welcome() const { return welcome_; }
+  void set_welcome(std::vector<std::pair<std::string, std::string>> params);
+
+  // SCRAM keys recovered from a client's proof, for pass-through logins.
+  void set_scram_keys(const std::array<uint8_t, 32>& ck, const std::array<uint8_t, 32>& sk);
+  bool scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) const;
+
+  std::atomic<int>* db_conns = nullptr;  // shared per-database server count
+  int db_max = 0;
+  std::atomic<int>* user_conns = nullptr;  // shared per-user server count
+  int user_max = 0;
+
+ private:
+  std::atomic<int> servers_{0};
+  size_t nworkers_;
+  std::unique_ptr<std::atomic<int>[]> idle_on_;
+  std::unique_ptr<std::atomic<int>[]> waiting_on_;
+  mutable std::mutex mu_;
+  std::atomic<bool> welcome_ready_{false};
+  std::vector<std::pair<std::string, std::string>> welcome_;
+  bool have_keys_ = false;
+  std::array<uint8_t, 32> client_key_{};
+  std::array<uint8_t, 32> server_key_{};
+};
+
+// Finds or creates pools. Pools live until the process ends.
+class Registry {
+ public:
+  explicit Registry(size_t nworkers) : nworkers_(nworkers) {}
+  // The pool for a client's (database, user) under `cfg`; nullptr and `err` set when the
+  // database is unknown.
+  Pool* get(const Config& cfg, const std::string& db, const std::string& user, std::string* err,
+            std::string* sqlstate);
+
+ private:
+  std::mutex mu_;
+  size_t nworkers_;
+  std::map<std::pair<std::string, std::string>, std::unique_ptr<Pool>> pools_;
+  std::map<std::string, std::unique_ptr<std::atomic<int>>> db_counts_;
+  std::map<std::string, std::unique_ptr<std::atomic<int>>> user_counts_;
+};
+
+}  // namespace pgsluice

@@ -1,0 +1,435 @@
+// A server connection: connect, log in to PostgreSQL, and the server half of the data path.
+#include "server.h"
+
+#include <sys/socket.h>
+
+#include "client.h"
+#include "log.h"
+#include "password.h"
+#include "pool.h"
+#include "scram.h"
+#include "wire.h"
+#include "worker.h"
+
+namespace pgsluice {
+
+namespace {
+constexpr size_t kHighWater = 64 * 1024;
+constexpr size_t kMaxBackendMessage = size_t{1} << 30;
+constexpr size_t kMaxParsedMessage = 1 << 20;  // messages read whole (Z, S, login) are small
+}  // namespace
+
+void RequestQueue::drop_syncs_after_front() {
+  if (empty()) return;
+  size_t w = head_ + 1;
+  for (size_t r = head_ + 1; r < q_.size(); r++)
+    if (q_[r] != 'S') q_[w++] = q_[r];
+  q_.resize(w);
+}
+
+Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
+    : Conn(w, std::move(fd)), pool_(pool), lp_(lp) {
+  vars_.resize(w->rt()->tracked->size());
+  addr_ = PeerAddr{pool->host.empty() ? "unix" : pool->host, pool->port};
+  connect_time_ = now_seconds();
+}
+
+Server::~Server() = default;
+
+void Server::on_writable() {
+  if (state_ == ServerState::Connecting) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    want_write(false);
+    if (err != 0) {
+      worker_->server_login_failed(this, "08006",
+                                   std::string("could not connect to server: ") + strerror(err));
+      return;
+    }
+    start_login();
+    return;
+  }
+  flush();
+  if (dead_) return;
+  if (out_.empty() && client_ != nullptr && client_->state_ == ClientState::Active) {
+    client_->want_read(true);
+    client_->process();
+  }
+}
+
+void Server::flush() {
+  if (out_.empty()) return;
+  if (flush_out() == Io::Error) worker_->close_server(this, "server send failed");
+}
+
+void Server::start_login() {
+  state_ = ServerState::Login;
+  std::string m;
+  wire::startup_message(m, pool_->startup_params);
+  worker_->bufs().append(out_, m.data(), m.size());
+  want_read(true);
+  flush();
+}
+
+void Server::on_readable() {
+  size_t got = 0;
+  Io r = read_in(&got);
+  if (r == Io::Eof || r == Io::Error) {
+    if (state_ == ServerState::Login || state_ == ServerState::Connecting)
+      worker_->server_login_failed(this, "08006", "server closed the connection during login");
+    else
+      worker_->close_server(this, r == Io::Eof ? "server closed the connection" : "server read error");
+    return;
+  }
+  if (got == 0) return;
+  process();
+}
+
+bool Server::can_release() const {
+  return state_ == ServerState::Active && client_ != nullptr && tx_ == 'I' && queue_.empty() &&
+         internal_ == 0 && fwd_remaining_ == 0 && client_->fwd_remaining_ == 0 &&
+         !client_->copy_in_ && pool_->mode != PoolMode::Session;
+}
+
+bool Server::handle_auth_request(std::span<const uint8_t> body) {
+  wire::Reader r(body);
+  int32_t code = -1;
+  if (!r.i32(code)) return false;
+  const std::string& secret = pool_->secret;
+  SecretKind kind = secret_kind(secret);
+  std::string m;
+  auto fail = [&](const std::string& why) {
+    worker_->server_login_failed(this, "08P01", why);
+    return false;
+  };
+  switch (code) {
+    case 0:
+      return true;
+    case 3:
+      if (secret.empty() || kind != SecretKind::Plain)
+        return fail("server asks for a cleartext password, and pgsluice has no plain password for user " + pool_->user_name);
+      wire::password_message(m, secret);
+      break;
+    case 5: {
+      std::span<const uint8_t> salt;
+      if (!r.bytes(4, salt)) return fail("bad md5 request from server");
+      if (secret.empty() || kind == SecretKind::Scram)
+        return fail("server asks for md5, and pgsluice has no password or md5 secret for user " + pool_->user_name);
+      wire::password_message(m, md5_response(secret, pool_->user_name, salt.data()));
+      break;
+    }
+    case 10: {
+      bool found = false;
+      std::string_view mech;
+      while (r.cstr(mech) && !mech.empty())
+        if (mech == "SCRAM-SHA-256") found = true;
+      if (!found) return fail("server offers no supported SASL mechanism");
+      if (kind == SecretKind::Plain && !secret.empty()) {
+        scram_ = std::make_unique<ScramClientSession>(ScramClientSession::with_password(secret));
+      } else if (kind == SecretKind::Scram) {
+        std::array<uint8_t, 32> ck, sk;
+        if (!pool_->scram_keys(ck, sk))
+          return fail("password is SCRAM secret but client authentication did not provide SCRAM keys");
+        scram_ = std::make_unique<ScramClientSession>(ScramClientSession::with_keys(ck, sk));
+      } else {
+        return fail("server asks for SCRAM, and pgsluice has no usable secret for user " + pool_->user_name);
+      }
+      wire::sasl_initial_response(m, "SCRAM-SHA-256", scram_->client_first());
+      break;
+    }
+    case 11: {
+      if (!scram_) return fail("unexpected SASL continue");
+      auto rest = r.rest();
+      auto res = scram_->handle_server_first(
+          std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
+      if (!res) return fail("SCRAM: " + res.status().message());
+      wire::sasl_response(m, *res);
+      break;
+    }
+    case 12: {
+      if (!scram_) return fail("unexpected SASL final");
+      auto rest = r.rest();
+      Status st = scram_->verify_server_final(
+          std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
+      if (!st) return fail("SCRAM: server signature mismatch");
+      scram_.reset();
+      return true;
+    }
+    default:
+      return fail("unsupported authentication method requested by server: " + std::to_string(code));
+  }
+  worker_->bufs().append(out_, m.data(), m.size());
+  flush();
+  return !dead_;
+}
+
+// Returns false when the server was closed.
+bool Server::handle_login_message(uint8_t type, std::span<const uint8_t> body) {
+  wire::Reader r(body);
+  switch (type) {
+    case 'R':
+      if (login_done_query_) return true;
+      return handle_auth_request(body);
+    case 'S': {
+      std::string_view name, value;
+      if (!r.cstr(name) || !r.cstr(value)) {
+        worker_->server_login_failed(this, "08P01", "bad ParameterStatus from server");
+        return false;
+      }
+      int i = worker_->rt()->tracked->find(name);
+      if (i >= 0) vars_.set(static_cast<size_t>(i), value);
+      bool found = false;
+      for (auto& [k, v] : login_params_)
+        if (k == name) {
+          v = value;
+          found = true;
+        }
+      if (!found) login_params_.emplace_back(std::string(name), std::string(value));
+      return true;
+    }
+    case 'K': {
+      size_t n = body.size();
+      if (n < 8 || n > 260 || !r.u32(backend_pid_)) {
+        worker_->server_login_failed(this, "08P01", "bad BackendKeyData from server");
+        return false;
+      }
+      auto rest = r.rest();
+      backend_key_.assign(reinterpret_cast<const char*>(rest.data()), rest.size());
+      return true;
+    }
+    case 'E': {
+      auto f = wire::parse_error(body);
+      if (login_done_query_) {
+        LOG_WARN("S-%p: connect_query failed: %s", static_cast<void*>(this), f.message.c_str());
+        return true;
+      }
+      worker_->server_login_failed(this, f.sqlstate.empty() ? "08P01" : f.sqlstate, f.message);
+      return false;
+    }
+    case 'Z': {
+      uint8_t st = 0;
+      r.u8(st);
+      tx_ = static_cast<char>(st);
+      if (!login_done_query_ && !pool_->connect_query.empty()) {
+        login_done_query_ = true;
+        std::string m;
+        wire::query(m, pool_->connect_query);
+        worker_->bufs().append(out_, m.data(), m.size());
+        flush();
+        return !dead_;
+      }
+      if (tx_ != 'I') {
+        worker_->server_login_failed(this, "08P01", "server not idle after login");
+        return false;
+      }
+      worker_->server_login_done(this);
+      return !dead_;
+    }
+    default:
+      return true;  // NoticeResponse, NegotiateProtocolVersion, connect_query results
+  }
+}
+
+// The data path, server to client. Whole messages are read only for ReadyForQuery,
+// ParameterStatus and login; everything else streams through.
+void Server::process() {
+  while (!dead_) {
+    if (fwd_remaining_ > 0) {
+      size_t n = in_.size() < fwd_remaining_ ? in_.size() : static_cast<size_t>(fwd_remaining_);
+      if (n == 0) break;
+      if (client_ != nullptr) worker_->bufs().append(client_->out_, in_.begin(), n);
+      in_.rpos += n;
+      fwd_remaining_ -= n;
+      if (client_ != nullptr && client_->out_.size() > kHighWater) {
+        client_->flush();
+        if (dead_) return;
+        if (client_ != nullptr && client_->out_.size() > kHighWater) {
+          want_read(false);  // resumed by Client::on_writable
+          return;
+        }
+      }
+      continue;
+    }
+    if (in_.size() < wire::kHeaderLen) break;
+    uint8_t type = in_.begin()[0];
+    size_t len = wire::get_u32(in_.begin() + 1);
+    if (len < 4 || len > kMaxBackendMessage) {
+      worker_->close_server(this, "invalid message length from server");
+      return;
+    }
+    size_t total = len + 1;
+    bool linked = state_ == ServerState::Active && client_ != nullptr;
+    bool need_whole = !linked || internal_ > 0 || type == 'Z' || type == 'S';
+    if (need_whole) {
+      if (total > kMaxParsedMessage && !(linked && internal_ == 0)) {
+        worker_->close_server(this, "oversized message from server");
+        return;
+      }
+      if (in_.size() < total) {
+        worker_->bufs().reserve(in_, total - in_.size());
+        break;
+      }
+    }
+    std::span<const uint8_t> body(in_.begin() + wire::kHeaderLen, need_whole ? len - 4 : 0);
+
+    if (state_ == ServerState::Login) {
+      in_.rpos += total;
+      if (!handle_login_message(type, body)) return;
+      continue;
+    }
+    if (!linked || internal_ > 0) {
+      // Idle, resetting, or answering an internal query: nothing goes to a client.
+      in_.rpos += total;
+      switch (type) {
+        case 'Z': {
+          tx_ = body.empty() ? '?' : static_cast<char>(body[0]);
+          if (internal_ > 0) internal_--;
+          if (internal_ == 0 && internal_failed_) {
+            if (client_ != nullptr) {
+              client_->queue_error(true, "08P01", "invalid server parameter");
+              client_->flush();
+            }
+            worker_->close_server(this, "internal query failed");
+            return;
+          }
+          if (state_ == ServerState::Resetting && internal_ == 0) {
+            client_ = nullptr;
+            if (tx_ != 'I') {
+              worker_->close_server(this, "reset query left a transaction open");
+              return;
+            }
+            worker_->release(this);
+            return;
+          }
+          break;
+        }
+        case 'S': {
+          wire::Reader r(body);
+          std::string_view name, value;
+          if (r.cstr(name) && r.cstr(value)) {
+            int i = worker_->rt()->tracked->find(name);
+            if (i >= 0) {
+              vars_.set(static_cast<size_t>(i), value);
+              // The server's spelling of a value we SET on the client's behalf.
+              if (client_ != nullptr) client_->vars_.set(static_cast<size_t>(i), value);
+            }
+          }
+          break;
+        }
+        case 'E':
+          if (internal_ > 0) {
+            auto f = wire::parse_error(body);
+            LOG_WARN("S-%p: internal query failed: %s", static_cast<void*>(this), f.message.c_str());
+            internal_failed_ = true;
+          } else {
+            auto f = wire::parse_error(body);
+            worker_->close_server(this, "error from idle server: " + f.message);
+            return;
+          }
+          break;
+        case 'N': case 'A': case 'C': case 'T': case 'D': case 'I':
+          break;
+        default:
+          if (!linked && state_ == ServerState::Idle) {
+            worker_->close_server(this, "unexpected message from idle server");
+            return;
+          }
+          break;
+      }
+      continue;
+    }
+
+    // Linked to a client: bookkeeping, then pass on.
+    switch (type) {
+      case 'Z': {
+        uint8_t st = body.empty() ? 0 : body[0];
+        if (st != 'I' && st != 'T' && st != 'E') {
+          worker_->close_server(this, "invalid ReadyForQuery status from server");
+          return;
+        }
+        tx_ = static_cast<char>(st);
+        while (!queue_.empty() && queue_.front() != 'S' && queue_.front() != 'Q' &&
+               queue_.front() != 'F')
+          queue_.pop();
+        if (!queue_.empty()) queue_.pop();
+        break;
+      }
+      case 'S': {
+        wire::Reader r(body);
+        std::string_view name, value;
+        if (r.cstr(name) && r.cstr(value)) {
+          int i = worker_->rt()->tracked->find(name);
+          if (i >= 0) {
+            vars_.set(static_cast<size_t>(i), value);
+            client_->vars_.set(static_cast<size_t>(i), value);
+          }
+        }
+        break;
+      }
+      case '1':
+        if (!queue_.empty() && queue_.front() == 'P') queue_.pop();
+        break;
+      case '2':
+        if (!queue_.empty() && queue_.front() == 'B') queue_.pop();
+        break;
+      case '3':
+        if (!queue_.empty() && queue_.front() == 'C') queue_.pop();
+        break;
+      case 'n': case 'T':
+        if (!queue_.empty() && queue_.front() == 'D') queue_.pop();
+        break;
+      case 'C': case 'I': case 's':
+        if (!queue_.empty() && queue_.front() == 'E') queue_.pop();
+        if (type == 'C') client_->copy_in_ = false;
+        break;
+      case 'E':
+        client_->copy_in_ = false;
+        // Extended protocol: the server skips everything up to the next Sync.
+        while (!queue_.empty() && queue_.front() != 'S' && queue_.front() != 'Q' &&
+               queue_.front() != 'F')
+          queue_.pop();
+        break;
+      case 'G':
+        if (!queue_.empty() && queue_.front() == 'E') {
+          queue_.drop_syncs_after_front();
+          client_->copy_in_ = true;
+        }
+        break;
+      case 'K': case 'R':
+        worker_->close_server(this, "unexpected login message from server");
+        return;
+      default:
+        break;
+    }
+    size_t n = in_.size() < total ? in_.size() : total;
+    worker_->bufs().append(client_->out_, in_.begin(), n);
+    in_.rpos += n;
+    fwd_remaining_ = total - n;
+
+    if (type == 'Z' && pool_->mode == PoolMode::Statement && tx_ != 'I') {
+      Client* c = client_;
+      c->queue_error(true, "08P01", "transaction blocks not allowed in statement pooling mode");
+      c->flush();
+      worker_->close_server(this, "transaction in statement pooling mode");
+      return;
+    }
+    if (client_->out_.size() > kHighWater) {
+      client_->flush();
+      if (dead_) return;
+      if (client_ != nullptr && client_->out_.size() > kHighWater) {
+        want_read(false);
+        return;
+      }
+    }
+  }
+  if (dead_) return;
+  worker_->bufs().release_if_empty(in_);
+  if (client_ != nullptr) {
+    client_->flush();
+    if (dead_) return;
+  }
+  if (can_release()) worker_->release(this);
+}
+
+}  // namespace pgsluice

@@ -1,0 +1,99 @@
+// A server connection: connect, log in to PostgreSQL, and the server half of the data path.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "stream.h"
+#include "varcache.h"
+
+namespace pgsluice {
+
+class Pool;
+struct LocalPool;
+class Client;
+class ScramClientSession;
+class CancelConn;
+
+enum class ServerState : uint8_t {
+  Connecting,     // non-blocking connect in progress
+  Login,          // startup sent; authenticating, reading ParameterStatus until ReadyForQuery
+  Idle,           // logged in, in LocalPool::idle
+  Active,         // linked to client_
+  Resetting,      // running server_reset_query after its client left
+  BeingCanceled,  // released while cancel requests for it are in flight; not reusable yet
+};
+
+// The requests sent to a server whose answers are still due, oldest first. Each entry is
+// the frontend message type ('Q','P','B','D','E','C','S','F').
+class RequestQueue {
+ public:
+  void push(uint8_t t) { q_.push_back(t); }
+  bool empty() const { return head_ == q_.size(); }
+  uint8_t front() const { return q_[head_]; }
+  void pop() {
+    if (++head_ == q_.size()) {
+      q_.clear();
+      head_ = 0;
+    }
+  }
+  size_t size() const { return q_.size() - head_; }
+  void clear() {
+    q_.clear();
+    head_ = 0;
+  }
+  // Drops every 'S' after the front entry (Syncs the server swallows during COPY IN).
+  void drop_syncs_after_front();
+
+ private:
+  std::vector<uint8_t> q_;
+  size_t head_ = 0;
+};
+
+class Server final : public Conn {
+ public:
+  Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp);
+  ~Server() override;
+  void on_readable() override;
+  void on_writable() override;
+
+  // Starts the login once the socket is connected.
+  void start_login();
+  // Parses what in_ holds: login messages, swallowed internal replies, or the data path.
+  void process();
+  void flush();
+  // True when the linked client's transaction is over and the server can go back.
+  bool can_release() const;
+  const std::vector<std::pair<std::string, std::string>>& login_params() const {
+    return login_params_;
+  }
+
+  ServerState state_ = ServerState::Connecting;
+  Pool* pool_;
+  LocalPool* lp_;
+  Client* client_ = nullptr;
+  VarCache vars_;
+  char tx_ = 'I';       // status byte of the last ReadyForQuery
+  RequestQueue queue_;  // client requests awaiting answers
+  int internal_ = 0;    // internal queries (SET, reset) whose ReadyForQuery is due
+  bool internal_failed_ = false;
+  uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client
+  uint32_t backend_pid_ = 0;
+  std::string backend_key_;
+  int cancels_pending_ = 0;
+  std::vector<CancelConn*> cancels_;
+  double connect_time_ = 0;
+  std::string login_error_;
+  std::string login_sqlstate_;
+
+ private:
+  bool handle_login_message(uint8_t type, std::span<const uint8_t> body);
+  bool handle_auth_request(std::span<const uint8_t> body);
+  std::vector<std::pair<std::string, std::string>> login_params_;
+  bool login_done_query_ = false;  // connect_query sent; its replies are swallowed
+  std::unique_ptr<ScramClientSession> scram_;
+};
+
+}  // namespace pgsluice

@@ -1,0 +1,55 @@
+// Tracked session parameters: the values a client was told, and the SET that restores them.
+#include "varcache.h"
+
+#include "wire.h"
+
+namespace pgsluice {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); i++) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+TrackedNames::TrackedNames(std::string_view extra_csv) {
+  names_ = {"client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings",
+            "application_name"};
+  size_t i = 0;
+  while (i <= extra_csv.size()) {
+    size_t j = extra_csv.find(',', i);
+    if (j == std::string_view::npos) j = extra_csv.size();
+    std::string_view w = extra_csv.substr(i, j - i);
+    while (!w.empty() && (w.front() == ' ' || w.front() == '\t')) w.remove_prefix(1);
+    while (!w.empty() && (w.back() == ' ' || w.back() == '\t')) w.remove_suffix(1);
+    if (!w.empty() && find(w) < 0) names_.emplace_back(w);
+    i = j + 1;
+  }
+}
+
+int TrackedNames::find(std::string_view name) const {
+  for (size_t i = 0; i < names_.size(); i++)
+    if (iequals(names_[i], name)) return static_cast<int>(i);
+  return -1;
+}
+
+std::string varcache_diff_sql(const TrackedNames& names, const VarCache& client,
+                              const VarCache& server) {
+  std::string sql;
+  for (size_t i = 0; i < names.size() && i < client.size(); i++) {
+    if (!client.has(i)) continue;
+    if (server.has(i) && iequals(client.get(i), server.get(i))) continue;
+    sql += "SET ";
+    sql += names.name(i);
+    sql += '=';
+    sql += wire::sql_literal(client.get(i));
+    sql += ';';
+  }
+  return sql;
+}
+
+}  // namespace pgsluice

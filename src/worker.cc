@@ -1,0 +1,707 @@
+// One worker thread: its event loop, listeners, inbox, local pools, and the moves of
+// clients and servers between pool lists (acquire, release, close).
+#include "worker.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "client.h"
+#include "log.h"
+#include "password.h"
+#include "server.h"
+#include "wire.h"
+
+namespace pgsluice {
+
+double now_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// ---------------------------------------------------------------- CancelConn
+
+CancelConn::CancelConn(Worker* w, Fd fd, Server* target) : Conn(w, std::move(fd)), target_(target) {}
+CancelConn::~CancelConn() = default;
+
+void CancelConn::on_writable() {
+  if (!connected_) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0 || target_ == nullptr) {
+      worker_->close_cancel(this);
+      return;
+    }
+    connected_ = true;
+    std::string m;
+    wire::cancel_request(m, target_->backend_pid_, target_->backend_key_);
+    worker_->bufs().append(out_, m.data(), m.size());
+  }
+  Io r = flush_out();
+  if (r == Io::Error) {
+    worker_->close_cancel(this);
+    return;
+  }
+  if (r == Io::Ok) want_read(true);  // PostgreSQL closes the connection when done
+}
+
+void CancelConn::on_readable() {
+  size_t got = 0;
+  Io r = read_in(&got);
+  in_.rpos = in_.wpos;
+  if (r == Io::Eof || r == Io::Error) worker_->close_cancel(this);
+}
+
+// ---------------------------------------------------------------- Worker
+
+Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
+  event_config* ec = event_config_new();
+  event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);  // only this thread touches the base
+  base_ = event_base_new_with_config(ec);
+  event_config_free(ec);
+  event_base_priority_init(base_, 2);
+  cfg_ = rt->config();
+  inbox_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  event_assign(&inbox_ev_, base_, inbox_fd_, EV_READ | EV_PERSIST, &Worker::inbox_cb, this);
+  event_add(&inbox_ev_, nullptr);
+  event_assign(&free_ev_, base_, -1, 0, &Worker::free_cb, this);
+  event_priority_set(&free_ev_, 1);  // after every other callback of the loop turn
+  event_assign(&janitor_ev_, base_, -1, EV_PERSIST, &Worker::janitor_cb, this);
+  timeval one{1, 0};
+  event_add(&janitor_ev_, &one);
+}
+
+Worker::~Worker() {
+  free_dead();
+  for (auto& l : listeners_) {
+    event_del(&l->ev);
+    ::close(l->fd);
+  }
+  event_del(&inbox_ev_);
+  event_del(&janitor_ev_);
+  event_del(&free_ev_);
+  if (inbox_fd_ >= 0) ::close(inbox_fd_);
+  if (base_) event_base_free(base_);
+}
+
+static int listen_socket(const sockaddr* sa, socklen_t len, int backlog, bool reuseport,
+                         std::string* err) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *err = strerror(errno);
+    return -1;
+  }
+  int one = 1;
+  if (sa->sa_family != AF_UNIX) {
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (sa->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  }
+  if (bind(fd, sa, len) != 0 || ::listen(fd, backlog) != 0) {
+    *err = strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+Status Worker::listen() {
+  const Config& c = *cfg_;
+  std::string addrs = c.listen_addr;
+  size_t i = 0;
+  while (!addrs.empty() && i <= addrs.size()) {
+    size_t j = addrs.find(',', i);
+    if (j == std::string::npos) j = addrs.size();
+    std::string a = addrs.substr(i, j - i);
+    a.erase(0, a.find_first_not_of(" \t"));
+    a.erase(a.find_last_not_of(" \t") + 1);
+    i = j + 1;
+    if (a.empty()) continue;
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    hints.ai_family = AF_UNSPEC;
+    addrinfo* res = nullptr;
+    std::string port = std::to_string(c.listen_port);
+    int rc = getaddrinfo(a == "*" ? nullptr : a.c_str(), port.c_str(), &hints, &res);
+    if (rc != 0) return Status::error("listen_addr " + a + ": " + gai_strerror(rc));
+    for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+      std::string err;
+      int fd = listen_socket(ai->ai_addr, ai->ai_addrlen, c.listen_backlog, true, &err);
+      if (fd < 0) {
+        freeaddrinfo(res);
+        return Status::error("could not listen on " + a + ":" + port + ": " + err);
+      }
+      auto l = std::make_unique<Listener>();
+      l->fd = fd;
+      l->is_unix = false;
+      l->w = this;
+      listeners_.push_back(std::move(l));
+    }
+    freeaddrinfo(res);
+  }
+  if (index_ == 0 && !c.unix_socket_dir.empty()) {
+    std::string path = c.unix_socket_dir + "/.s.PGSQL." + std::to_string(c.listen_port);
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    if (path.size() >= sizeof un.sun_path) return Status::error("unix socket path too long: " + path);
+    std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
+    ::unlink(path.c_str());
+    std::string err;
+    int fd = listen_socket(reinterpret_cast<sockaddr*>(&un), sizeof un, c.listen_backlog, false, &err);
+    if (fd < 0) return Status::error("could not listen on " + path + ": " + err);
+    chmod(path.c_str(), static_cast<mode_t>(c.unix_socket_mode));
+    auto l = std::make_unique<Listener>();
+    l->fd = fd;
+    l->is_unix = true;
+    l->w = this;
+    listeners_.push_back(std::move(l));
+  }
+  for (auto& l : listeners_) {
+    event_assign(&l->ev, base_, l->fd, EV_READ | EV_PERSIST, &Worker::accept_cb, l.get());
+    event_add(&l->ev, nullptr);
+  }
+  return Status();
+}
+
+void Worker::start() {
+  thread_ = std::thread([this] { run(); });
+}
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::run() {
+  event_base_dispatch(base_);
+  free_dead();
+}
+
+void Worker::post(InboxMsg m) {
+  {
+    std::lock_guard<std::mutex> g(inbox_mu_);
+    inbox_.push_back(std::move(m));
+  }
+  uint64_t one = 1;
+  ssize_t r = ::write(inbox_fd_, &one, sizeof one);
+  (void)r;
+}
+
+void Worker::inbox_cb(evutil_socket_t fd, short, void* arg) {
+  uint64_t v;
+  ssize_t r = ::read(fd, &v, sizeof v);
+  (void)r;
+  static_cast<Worker*>(arg)->drain_inbox();
+}
+
+void Worker::drain_inbox() {
+  std::vector<InboxMsg> msgs;
+  {
+    std::lock_guard<std::mutex> g(inbox_mu_);
+    msgs.swap(inbox_);
+  }
+  for (auto& m : msgs) {
+    switch (m.kind) {
+      case InboxMsg::Kind::NewClient:
+        new_client(m.fd, m.is_unix);
+        break;
+      case InboxMsg::Kind::Server:
+        adopt_server(m.server, m.pool);
+        break;
+      case InboxMsg::Kind::Kick: {
+        LocalPool* lp = local_pool(m.pool);
+        while (!lp->waiting.empty() && !lp->idle.empty()) {
+          Client* c = lp->waiting.front();
+          lp->waiting.pop_front();
+          m.pool->waiting_on(index_).fetch_sub(1);
+          Server* s = lp->idle.back();
+          lp->idle.pop_back();
+          m.pool->idle_on(index_).fetch_sub(1);
+          link(c, s);
+        }
+        while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && m.pool->try_reserve())
+          launch_server(lp);
+        if (lp->waiting.empty() && !lp->idle.empty() && m.fd >= 0 &&
+            static_cast<size_t>(m.fd) != index_ && m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0) {
+          Server* s = lp->idle.back();
+          lp->idle.pop_back();
+          m.pool->idle_on(index_).fetch_sub(1);
+          s->detach();
+          rt_->workers[static_cast<size_t>(m.fd)]->post(
+              InboxMsg{InboxMsg::Kind::Server, -1, false, s, m.pool, 0, {}});
+        }
+        break;
+      }
+      case InboxMsg::Kind::Cancel:
+        handle_cancel(m.cancel_pid, m.cancel_key);
+        break;
+      case InboxMsg::Kind::Stop: {
+        stopping_ = true;
+        for (auto& l : listeners_) event_del(&l->ev);
+        std::vector<Client*> all = clients_;
+        for (Client* c : all) close_client(c, "shutdown");
+        for (auto& [p, lp] : pools_) {
+          std::vector<Server*> idle = lp->idle;
+          for (Server* s : idle) close_server(s, "shutdown");
+        }
+        free_dead();
+        event_base_loopbreak(base_);
+        break;
+      }
+    }
+  }
+}
+
+void Worker::accept_cb(evutil_socket_t fd, short, void* arg) {
+  auto* l = static_cast<Listener*>(arg);
+  l->w->accept_on(fd, l->is_unix);
+}
+
+void Worker::accept_on(int lfd, bool is_unix) {
+  for (int i = 0; i < 64; i++) {
+    int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        LOG_WARN("accept() failed: %s", strerror(errno));
+      return;
+    }
+    if (is_unix && rt_->workers.size() > 1) {
+      size_t target = next_unix_target_++ % rt_->workers.size();
+      if (target != index_) {
+        rt_->workers[target]->post(InboxMsg{InboxMsg::Kind::NewClient, fd, true, nullptr, nullptr, 0, {}});
+        continue;
+      }
+    }
+    new_client(fd, is_unix);
+  }
+}
+
+void Worker::new_client(int fd, bool is_unix) {
+  if (stopping_) {
+    ::close(fd);
+    return;
+  }
+  set_nonblocking(fd);
+  if (!is_unix) tune_tcp_socket(fd, cfg_->tcp_keepalive);
+  auto* c = new Client(this, Fd(fd), is_unix);
+  c->pos_ = clients_.size();
+  clients_.push_back(c);
+  c->attach(this);
+  c->want_read(true);
+}
+
+LocalPool* Worker::local_pool(Pool* p) {
+  auto it = pools_.find(p);
+  if (it != pools_.end()) return it->second.get();
+  auto lp = std::make_unique<LocalPool>();
+  lp->pool = p;
+  LocalPool* raw = lp.get();
+  pools_.emplace(p, std::move(lp));
+  return raw;
+}
+
+void Worker::launch_server(LocalPool* lp) {
+  Pool* p = lp->pool;
+  if (!p->resolve_error.empty()) {
+    p->unreserve();
+    std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
+    for (Client* c : w) {
+      c->queue_error(true, "08006", p->resolve_error);
+      c->flush();
+      close_client(c, "server address");
+    }
+    return;
+  }
+  int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    p->unreserve();
+    LOG_ERROR("socket() failed: %s", strerror(errno));
+    return;
+  }
+  if (p->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, cfg_->tcp_keepalive);
+  auto* s = new Server(this, Fd(fd), p, lp);
+  lp->connecting++;
+  s->attach(this);
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&p->addr), p->addrlen);
+  if (rc == 0) {
+    s->start_login();
+  } else if (errno == EINPROGRESS || errno == EAGAIN) {
+    s->want_write(true);
+  } else {
+    server_login_failed(s, "08006", std::string("could not connect to server: ") + strerror(errno));
+  }
+}
+
+void Worker::acquire(Client* c) {
+  LocalPool* lp = c->lp_;
+  Pool* p = lp->pool;
+  if (!lp->idle.empty()) {
+    Server* s = lp->idle.back();
+    lp->idle.pop_back();
+    p->idle_on(index_).fetch_sub(1);
+    link(c, s);
+    return;
+  }
+  c->wait_since_ = now_seconds();
+  lp->waiting.push_back(c);
+  p->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
+  while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
+    launch_server(lp);
+  if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+}
+
+// Asks every other worker that holds an idle server of p to send one here.
+void Worker::kick(Pool* p) {
+  for (size_t v = 0; v < rt_->workers.size(); v++)
+    if (v != index_ && p->idle_on(v).load() > 0)
+      rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, static_cast<int>(index_), false, nullptr, p, 0, {}});
+}
+
+void Worker::remove_waiting(Client* c) {
+  LocalPool* lp = c->lp_;
+  if (lp == nullptr) return;
+  auto it = std::find(lp->waiting.begin(), lp->waiting.end(), c);
+  if (it != lp->waiting.end()) {
+    lp->waiting.erase(it);
+    lp->pool->waiting_on(index_).fetch_sub(1);
+  }
+}
+
+void Worker::link(Client* c, Server* s) {
+  c->server_ = s;
+  s->client_ = c;
+  s->state_ = ServerState::Active;
+  bool was_login = c->state_ == ClientState::Login;
+  c->state_ = ClientState::Active;
+  if (was_login) c->send_welcome();
+  std::string sql = varcache_diff_sql(*rt_->tracked, c->vars_, s->vars_);
+  if (!sql.empty()) {
+    std::string m;
+    wire::query(m, sql);
+    bufs_.append(s->out_, m.data(), m.size());
+    s->internal_++;
+  }
+  c->flush();
+  if (c->dead_) return;
+  c->want_read(true);
+  c->process();
+  if (!s->dead_ && s->client_ == c) {
+    s->flush();
+    if (!s->dead_ && s->can_release()) release(s);
+  }
+}
+
+void Worker::release(Server* s) {
+  if (s->client_ != nullptr) {
+    Client* c = s->client_;
+    c->server_ = nullptr;
+    s->client_ = nullptr;
+    if (c->state_ == ClientState::Active) c->state_ = ClientState::Idle;
+    // The client may already have sent the next request.
+    if (!c->dead_ && !c->in_.empty()) {
+      release_idle(s);
+      c->process();
+      return;
+    }
+  }
+  release_idle(s);
+}
+
+void Worker::release_idle(Server* s) {
+  if (s->dead_) return;
+  s->queue_.clear();
+  s->internal_failed_ = false;
+  if (s->cancels_pending_ > 0) {
+    s->state_ = ServerState::BeingCanceled;
+    return;
+  }
+  if (stopping_) {
+    close_server(s, "shutdown");
+    return;
+  }
+  LocalPool* lp = s->lp_;
+  Pool* p = lp->pool;
+  if (!lp->waiting.empty()) {
+    Client* c = lp->waiting.front();
+    lp->waiting.pop_front();
+    p->waiting_on(index_).fetch_sub(1);
+    link(c, s);
+    return;
+  }
+  s->state_ = ServerState::Idle;
+  lp->idle.push_back(s);
+  p->idle_on(index_).fetch_add(1);  // seq_cst: published before we look at waiting_on
+  for (size_t v = 0; v < rt_->workers.size(); v++) {
+    if (v == index_ || p->waiting_on(v).load() <= 0) continue;
+    auto it = std::find(lp->idle.begin(), lp->idle.end(), s);
+    if (it == lp->idle.end()) break;
+    lp->idle.erase(it);
+    p->idle_on(index_).fetch_sub(1);
+    s->detach();
+    rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Server, -1, false, s, p, 0, {}});
+    break;
+  }
+}
+
+void Worker::adopt_server(Server* s, Pool* p) {
+  s->lp_ = local_pool(p);
+  s->attach(this);
+  s->want_read(true);
+  s->state_ = ServerState::Idle;
+  release_idle(s);
+}
+
+void Worker::server_login_done(Server* s) {
+  LocalPool* lp = s->lp_;
+  lp->connecting--;
+  s->pool_->set_welcome(s->login_params());
+  if (cfg_->log_connections)
+    LOG_INFO("S-%p: %s/%s@%s:%d new connection to server", static_cast<void*>(s),
+             s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
+             s->addr_.port);
+  s->state_ = ServerState::Idle;
+  release_idle(s);
+}
+
+void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg) {
+  LocalPool* lp = s->lp_;
+  LOG_WARN("S-%p: %s/%s@%s:%d server login failed: %s", static_cast<void*>(s),
+           s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
+           s->addr_.port, std::string(msg).c_str());
+  // Clients waiting for this pool fail fast with the server's error, as PgBouncer does.
+  std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
+  size_t others = static_cast<size_t>(lp->connecting - 1);
+  size_t keep = others;  // clients that other connecting servers can still serve
+  for (Client* c : w) {
+    if (keep > 0) {
+      keep--;
+      continue;
+    }
+    c->queue_error(true, sqlstate, msg);
+    c->flush();
+    close_client(c, "server login failed");
+  }
+  close_server(s, "login failed");
+}
+
+void Worker::close_client(Client* c, std::string_view reason) {
+  if (c->dead_) return;
+  if (cfg_->log_disconnections && c->state_ != ClientState::Startup)
+    LOG_INFO("C-%p: %s/%s@%s:%d closing because: %s", static_cast<void*>(c), c->db_.c_str(),
+             c->user_.c_str(), c->addr_.host.c_str(), c->addr_.port, std::string(reason).c_str());
+  c->dead_ = true;
+  if (Server* s = c->server_) {
+    bool clean = s->state_ == ServerState::Active && s->tx_ == 'I' && s->queue_.empty() &&
+                 s->internal_ == 0 && s->fwd_remaining_ == 0 && c->fwd_remaining_ == 0 &&
+                 !c->copy_in_ && !s->internal_failed_;
+    c->server_ = nullptr;
+    s->client_ = nullptr;
+    const std::string& reset = cfg_->server_reset_query;
+    bool want_reset = !reset.empty() && (s->pool_->mode == PoolMode::Session || cfg_->server_reset_query_always);
+    if (!clean) {
+      close_server(s, "client disconnect while server was not ready");
+    } else if (want_reset) {
+      std::string m;
+      wire::query(m, reset);
+      bufs_.append(s->out_, m.data(), m.size());
+      s->internal_++;
+      s->state_ = ServerState::Resetting;
+      s->flush();
+    } else {
+      release_idle(s);
+    }
+  }
+  if (c->state_ == ClientState::Waiting || c->state_ == ClientState::Login) remove_waiting(c);
+  unregister_cancel_key(c);
+  if (c->counted_) {
+    rt_->clients--;
+    c->counted_ = false;
+  }
+  if (!c->out_.empty()) c->flush_out();  // best effort: the error the client is owed
+  // Remove from clients_ (swap with the last).
+  if (c->pos_ < clients_.size() && clients_[c->pos_] == c) {
+    Client* last = clients_.back();
+    clients_[c->pos_] = last;
+    last->pos_ = c->pos_;
+    clients_.pop_back();
+  }
+  defer_free(c);
+}
+
+void Worker::close_server(Server* s, std::string_view reason) {
+  if (s->dead_) return;
+  LOG_DEBUG("S-%p: %s/%s closing because: %s", static_cast<void*>(s), s->pool_->db_name.c_str(),
+            s->pool_->user_name.c_str(), std::string(reason).c_str());
+  s->dead_ = true;
+  LocalPool* lp = s->lp_;
+  Pool* p = s->pool_;
+  if (s->state_ == ServerState::Connecting || s->state_ == ServerState::Login) lp->connecting--;
+  if (s->state_ == ServerState::Idle) {
+    auto it = std::find(lp->idle.begin(), lp->idle.end(), s);
+    if (it != lp->idle.end()) {
+      lp->idle.erase(it);
+      p->idle_on(index_).fetch_sub(1);
+    }
+  }
+  for (CancelConn* cc : s->cancels_) cc->target_ = nullptr;
+  s->cancels_.clear();
+  if (Client* c = s->client_) {
+    s->client_ = nullptr;
+    c->server_ = nullptr;
+    c->queue_error(true, "08006", "server conn crashed?");
+    c->flush();
+    close_client(c, "server connection closed");
+  }
+  if (s->state_ == ServerState::Idle || s->state_ == ServerState::Active) {
+    std::string m;
+    wire::terminate(m);
+    ssize_t r = ::send(s->fd(), m.data(), m.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)r;
+  }
+  p->unreserve();
+  defer_free(s);
+  // A slot is free: serve waiters here, or tell another worker.
+  if (!stopping_) {
+    while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
+      launch_server(lp);
+    for (size_t v = 0; v < rt_->workers.size(); v++)
+      if (v != index_ && p->waiting_on(v).load() > 0)
+        rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, -1, false, nullptr, p, 0, {}});
+  }
+}
+
+void Worker::close_cancel(CancelConn* cc) {
+  if (cc->dead_) return;
+  cc->dead_ = true;
+  if (Server* s = cc->target_) {
+    auto it = std::find(s->cancels_.begin(), s->cancels_.end(), cc);
+    if (it != s->cancels_.end()) s->cancels_.erase(it);
+    s->cancels_pending_--;
+    if (s->cancels_pending_ == 0 && s->state_ == ServerState::BeingCanceled) release_idle(s);
+  }
+  defer_free(cc);
+}
+
+void Worker::defer_free(Conn* c) {
+  c->dead_ = true;
+  c->detach();
+  dead_.push_back(c);
+  event_active(&free_ev_, EV_TIMEOUT, 0);
+}
+
+void Worker::free_cb(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->free_dead(); }
+
+void Worker::free_dead() {
+  std::vector<Conn*> d;
+  d.swap(dead_);
+  for (Conn* c : d) delete c;
+}
+
+void Worker::janitor_cb(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->janitor(); }
+
+void Worker::janitor() {
+  cfg_ = rt_->config();  // adopt a reloaded snapshot at a loop turn
+  double now = now_seconds();
+  for (auto& [p, lp] : pools_) {
+    if (lp->waiting.empty()) continue;
+    while (!lp->waiting.empty() && !lp->idle.empty()) {
+      Client* c = lp->waiting.front();
+      lp->waiting.pop_front();
+      p->waiting_on(index_).fetch_sub(1);
+      Server* s = lp->idle.back();
+      lp->idle.pop_back();
+      p->idle_on(index_).fetch_sub(1);
+      link(c, s);
+    }
+    while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
+      launch_server(lp.get());
+    if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+    if (cfg_->query_wait_timeout > 0) {
+      std::vector<Client*> late;
+      for (Client* c : lp->waiting)
+        if (now - c->wait_since_ > cfg_->query_wait_timeout) late.push_back(c);
+      for (Client* c : late) {
+        c->queue_error(true, "08P01", "query_wait_timeout");
+        c->flush();
+        close_client(c, "query_wait_timeout");
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- cancel keys
+
+void Worker::register_cancel_key(Client* c) {
+  for (;;) {
+    uint32_t r = 0;
+    random_bytes(reinterpret_cast<uint8_t*>(&r), sizeof r);
+    // Low byte: the owning worker, so any worker can route a cancel. Sign bit clear.
+    uint32_t pid = ((r & 0x7fffff00u) | static_cast<uint32_t>(index_ & 0xff));
+    if (pid == static_cast<uint32_t>(index_) || cancel_keys_.count(pid)) continue;
+    c->cancel_pid_ = pid;
+    random_bytes(c->cancel_key_.data(), c->cancel_key_.size());
+    cancel_keys_.emplace(pid, c);
+    return;
+  }
+}
+
+void Worker::unregister_cancel_key(Client* c) {
+  if (c->cancel_pid_ == 0) return;
+  auto it = cancel_keys_.find(c->cancel_pid_);
+  if (it != cancel_keys_.end() && it->second == c) cancel_keys_.erase(it);
+  c->cancel_pid_ = 0;
+}
+
+void Worker::handle_cancel(uint32_t pid, const std::string& key) {
+  size_t owner = pid & 0xff;
+  if (owner != index_) {
+    if (owner < rt_->workers.size())
+      rt_->workers[owner]->post(InboxMsg{InboxMsg::Kind::Cancel, -1, false, nullptr, nullptr, pid, key});
+    return;
+  }
+  auto it = cancel_keys_.find(pid);
+  if (it == cancel_keys_.end()) {
+    LOG_DEBUG("cancel request for unknown key ignored");
+    return;
+  }
+  Client* c = it->second;
+  if (key.size() != 4 ||
+      !constant_time_eq(key, std::string_view(reinterpret_cast<const char*>(c->cancel_key_.data()), 4))) {
+    LOG_DEBUG("cancel request with a wrong key ignored");
+    return;
+  }
+  Server* s = c->server_;
+  if (s == nullptr || s->state_ != ServerState::Active) {
+    LOG_DEBUG("C-%p: cancel request for idle client ignored", static_cast<void*>(c));
+    return;
+  }
+  if (s->internal_ > 0) {
+    LOG_DEBUG("S-%p: ignoring cancel request for server that is setting vars", static_cast<void*>(s));
+    return;
+  }
+  Pool* p = s->pool_;
+  int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  auto* cc = new CancelConn(this, Fd(fd), s);
+  cc->attach(this);
+  s->cancels_.push_back(cc);
+  s->cancels_pending_++;
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&p->addr), p->addrlen);
+  if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN) {
+    cc->want_write(true);
+  } else {
+    close_cancel(cc);
+  }
+}
+
+}  // namespace pgsluice

@@ -1,0 +1,170 @@
+// One worker thread: its event loop, listeners, inbox, local pools, and the moves of
+// clients and servers between pool lists (acquire, release, close).
+#pragma once
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "config.h"
+#include "pool.h"
+#include "stream.h"
+#include "varcache.h"
+
+namespace pgsluice {
+
+class Client;
+class Server;
+class Worker;
+
+// Process-wide state every worker reads: the config snapshot, the pool registry, the
+// workers themselves (for their inboxes) and global counters.
+struct Runtime {
+  std::shared_ptr<const Config> config() const {
+    std::lock_guard<std::mutex> g(cfg_mu);
+    return cfg;
+  }
+  void set_config(std::shared_ptr<const Config> c) {
+    std::lock_guard<std::mutex> g(cfg_mu);
+    cfg = std::move(c);
+  }
+  mutable std::mutex cfg_mu;
+  std::shared_ptr<const Config> cfg;
+  std::unique_ptr<Registry> registry;
+  std::unique_ptr<TrackedNames> tracked;
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::atomic<int> clients{0};  // logged-in and logging-in clients, for max_client_conn
+  std::string scram_nonce;      // per-process secret for mock SCRAM salts
+};
+
+// A worker's view of one shared pool.
+struct LocalPool {
+  Pool* pool = nullptr;
+  std::deque<Client*> waiting;  // FIFO of clients in Login/Waiting
+  std::vector<Server*> idle;    // LIFO of idle servers
+  int connecting = 0;           // servers of this worker still logging in
+};
+
+// A connection that forwards one CancelRequest to PostgreSQL and waits for it to close.
+class CancelConn final : public Conn {
+ public:
+  CancelConn(Worker* w, Fd fd, Server* target);
+  ~CancelConn() override;
+  void on_readable() override;
+  void on_writable() override;
+  Server* target_;  // cleared when the target server closes first
+  bool connected_ = false;
+};
+
+// A message for a worker's inbox.
+struct InboxMsg {
+  enum class Kind : uint8_t { NewClient, Server, Kick, Cancel, Stop };
+  Kind kind;
+  int fd = -1;               // NewClient
+  bool is_unix = false;      // NewClient
+  Server* server = nullptr;  // Server: hand-over (the receiver adopts it)
+  Pool* pool = nullptr;      // Server, Kick
+  uint32_t cancel_pid = 0;
+  std::string cancel_key;
+};
+
+class Worker {
+ public:
+  Worker(Runtime* rt, size_t index);
+  ~Worker();
+  // Opens this worker's listeners (TCP with SO_REUSEPORT; the Unix socket on worker 0).
+  Status listen();
+  void start();
+  void join();
+  // Thread-safe: queue a message and wake the loop.
+  void post(InboxMsg m);
+
+  event_base* base() const { return base_; }
+  size_t index() const { return index_; }
+  BufPool& bufs() { return bufs_; }
+  Runtime* rt() const { return rt_; }
+  const Config& cfg() const { return *cfg_; }
+
+  // ---- moves between lists (the only functions that change client/server state) ----
+  LocalPool* local_pool(Pool* p);
+  // The client has a request (or a login) and no server: link one or queue the client.
+  void acquire(Client* c);
+  // Links c and s, queueing the SET that restores the client's parameters.
+  void link(Client* c, Server* s);
+  // The server's client is done with it: give it to a waiter or make it idle.
+  void release(Server* s);
+  // An unlinked server is free: give it to a waiter here or elsewhere, or make it idle.
+  void release_idle(Server* s);
+  void close_client(Client* c, std::string_view reason);
+  void close_server(Server* s, std::string_view reason);
+  void close_cancel(CancelConn* c);
+  void server_login_done(Server* s);
+  void server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg);
+
+  void register_cancel_key(Client* c);
+  void unregister_cancel_key(Client* c);
+  void handle_cancel(uint32_t pid, const std::string& key);
+
+  std::shared_ptr<const Config> cfg_ptr() const { return cfg_; }
+
+ private:
+  void run();
+  void launch_server(LocalPool* lp);
+  void adopt_server(Server* s, Pool* p);
+  void kick(Pool* p);
+  void drain_inbox();
+  void accept_on(int lfd, bool is_unix);
+  void new_client(int fd, bool is_unix);
+  void defer_free(Conn* c);
+  void free_dead();
+  void janitor();
+  void remove_waiting(Client* c);
+
+  static void inbox_cb(evutil_socket_t, short, void* arg);
+  static void accept_cb(evutil_socket_t fd, short, void* arg);
+  static void free_cb(evutil_socket_t, short, void* arg);
+  static void janitor_cb(evutil_socket_t, short, void* arg);
+
+  Runtime* rt_;
+  size_t index_;
+  event_base* base_ = nullptr;
+  std::shared_ptr<const Config> cfg_;
+  BufPool bufs_;
+  std::thread thread_;
+
+  std::mutex inbox_mu_;
+  std::vector<InboxMsg> inbox_;
+  int inbox_fd_ = -1;  // eventfd
+  struct event inbox_ev_;
+
+  struct Listener {
+    int fd;
+    bool is_unix;
+    struct event ev;
+    Worker* w;
+  };
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  size_t next_unix_target_ = 0;
+
+  std::unordered_map<Pool*, std::unique_ptr<LocalPool>> pools_;
+  std::unordered_map<uint32_t, Client*> cancel_keys_;
+  std::vector<Conn*> dead_;
+  struct event free_ev_;
+  struct event janitor_ev_;
+  bool stopping_ = false;
+
+ public:
+  std::vector<Client*> clients_;  // every live client of this worker (unordered)
+};
+
+double now_seconds();
+
+}  // namespace pgsluice

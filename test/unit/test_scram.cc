@@ -1,0 +1,447 @@
+// Unit tests for scram.h: RFC 7677 vector, secrets, mock keys, sessions, pass-through, bad input.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "scram.h"
+
+namespace pgsluice {
+namespace {
+
+// RFC 7677 §3 example (user "user", password "pencil").
+constexpr std::string_view kRfcClientNonce = "rOprNGfwEbeRWgbNEkqO";
+constexpr std::string_view kRfcServerNonce = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+constexpr std::string_view kRfcClientFirst = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+constexpr std::string_view kRfcServerFirst =
+    "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+constexpr std::string_view kRfcClientFinal =
+    "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+    "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+constexpr std::string_view kRfcServerFinal = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+// The same credentials as PostgreSQL stores them; computed independently with Python's
+// hashlib.pbkdf2_hmac / hmac / sha256.
+constexpr std::string_view kRfcSecret =
+    "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
+    "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
+constexpr std::string_view kOtherSecret =  // "secret", salt bytes 0..15, 10000 iterations
+    "SCRAM-SHA-256$10000:AAECAwQFBgcICQoLDA0ODw==$CKQloE1j43AtXqnxbtKTUOS3pJFHpkjOzIj+0LaF32o=:"
+    "Zx4iufpnScpV+GUVRmPFiTGZ7BDpUqLg1ouUHynhBGE=";
+
+ScramKeys rfc_keys() {
+  auto k = parse_scram_secret(kRfcSecret);
+  REQUIRE(k.has_value());
+  return *k;
+}
+
+// A full exchange; returns the server's final Status (ok on success).
+Status run_exchange(ScramClientSession& c, ScramServerSession& s) {
+  std::string first = c.client_first();
+  auto sf = s.handle_client_first(first);
+  if (!sf) return sf.status();
+  auto cf = c.handle_server_first(*sf);
+  if (!cf) return cf.status();
+  auto fin = s.handle_client_final(*cf);
+  if (!fin) return fin.status();
+  return c.verify_server_final(*fin);
+}
+
+TEST_CASE("base64 encode/decode") {
+  CHECK(base64_encode("") == "");
+  CHECK(base64_encode("f") == "Zg==");
+  CHECK(base64_encode("fo") == "Zm8=");
+  CHECK(base64_encode("foo") == "Zm9v");
+  CHECK(base64_encode("foobar") == "Zm9vYmFy");
+  CHECK(base64_decode("Zg==", 10) == std::string("f"));
+  CHECK(base64_decode("Zm8=", 10) == std::string("fo"));
+  CHECK(base64_decode("Zm9vYmFy", 10) == std::string("foobar"));
+  CHECK(base64_decode("", 10) == std::string());
+  CHECK_FALSE(base64_decode("Zm9vYmFy", 5));  // over the bound
+  CHECK_FALSE(base64_decode("Zg=", 10));
+  CHECK_FALSE(base64_decode("Zg", 10));
+  CHECK_FALSE(base64_decode("Z===", 10));
+  CHECK_FALSE(base64_decode("====", 10));
+  CHECK_FALSE(base64_decode("Zg==Zg==", 10));  // padding in the middle
+  CHECK_FALSE(base64_decode("Z=g=", 10));
+  CHECK_FALSE(base64_decode("Zm9*", 10));
+  CHECK_FALSE(base64_decode("Zm9 ", 10));
+  CHECK_FALSE(base64_decode(std::string_view("Zm\0v", 4), 10));
+  std::string all;
+  for (int i = 0; i < 256; i++) all.push_back(static_cast<char>(i));
+  CHECK(base64_decode(base64_encode(all), 256) == all);
+}
+
+TEST_CASE("PostgreSQL-format secret parses, matches the password and re-serialises") {
+  ScramKeys k = rfc_keys();
+  CHECK(k.iterations == 4096);
+  CHECK(k.salt.size() == 16);
+  CHECK(scram_secret_string(k) == kRfcSecret);
+  ScramKeys d = scram_keys_from_password("pencil", k.salt, 4096);
+  CHECK(d.iterations == 4096);
+  CHECK(d.stored_key == k.stored_key);
+  CHECK(d.server_key == k.server_key);
+  CHECK(scram_secret_string(d) == kRfcSecret);
+
+  auto o = parse_scram_secret(kOtherSecret);
+  REQUIRE(o.has_value());
+  CHECK(o->iterations == 10000);
+  CHECK(scram_secret_string(*o) == kOtherSecret);
+  ScramKeys od = scram_keys_from_password("secret", o->salt, 10000);
+  CHECK(scram_secret_string(od) == kOtherSecret);
+}
+
+TEST_CASE("malformed secrets are rejected") {
+  const std::string good(kRfcSecret);
+  CHECK_FALSE(parse_scram_secret(""));
+  CHECK_FALSE(parse_scram_secret("SCRAM-SHA-256$"));
+  CHECK_FALSE(parse_scram_secret("md520c46e3762c864548e296b33c3406aa9"));
+  CHECK_FALSE(parse_scram_secret(good.substr(0, good.size() - 1)));
+  CHECK_FALSE(parse_scram_secret(good.substr(0, good.size() - 4)));
+  CHECK_FALSE(parse_scram_secret(good + "A"));
+  CHECK_FALSE(parse_scram_secret(good + ":x"));
+  std::string s = good;
+  s.replace(14, 4, "0000");
+  CHECK_FALSE(parse_scram_secret(s));  // iterations 0
+  s = good;
+  s.replace(14, 4, "-496");
+  CHECK_FALSE(parse_scram_secret(s));
+  s = good;
+  s.replace(14, 4, "99999999999");
+  CHECK_FALSE(parse_scram_secret(s));
+  s = good;
+  s.replace(14, 4, "");
+  CHECK_FALSE(parse_scram_secret(s));
+  CHECK_FALSE(parse_scram_secret("SCRAM-SHA-256$4096:$" + good.substr(good.find('$', 14) + 1)));
+  CHECK_FALSE(parse_scram_secret("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ=$a:b"));
+  CHECK_FALSE(parse_scram_secret("SCRAM-SHA-256$4096$W22ZaJ0SNY7soEsUEjb6gQ==:a:b"));
+  CHECK_FALSE(parse_scram_secret(std::string(2000, 'A')));
+}
+
+TEST_CASE("scram_keys_from_password bounds") {
+  CHECK(scram_keys_from_password("pencil", "", 4096).iterations == 0);
+  CHECK(scram_keys_from_password("pencil", "salt", 0).iterations == 0);
+  CHECK(scram_keys_from_password("pencil", "salt", kScramMaxIterations + 1).iterations == 0);
+  CHECK(scram_keys_from_password("pencil", std::string(kScramMaxSaltLen + 1, 's'), 1).iterations ==
+        0);
+  auto r = scram_keys_with_random_salt("pencil", 4096);
+  REQUIRE(r.has_value());
+  CHECK(r->salt.size() == kScramDefaultSaltLen);
+  CHECK(parse_scram_secret(scram_secret_string(*r)).has_value());
+  CHECK(scram_normalize_password("pencil") == "pencil");
+  CHECK(scram_normalize_password("p\xc3\xa9ncil") == "p\xc3\xa9ncil");
+}
+
+TEST_CASE("RFC 7677 exchange, client role") {
+  ScramClientSession c = ScramClientSession::with_password("pencil");
+  c.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  CHECK(c.client_first() == kRfcClientFirst);
+  auto cf = c.handle_server_first(kRfcServerFirst);
+  REQUIRE(cf.ok());
+  CHECK(*cf == kRfcClientFinal);
+  CHECK(c.verify_server_final(kRfcServerFinal).ok());
+}
+
+TEST_CASE("RFC 7677 exchange, server role") {
+  ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+  auto sf = s.handle_client_first(kRfcClientFirst);
+  REQUIRE(sf.ok());
+  CHECK(*sf == kRfcServerFirst);
+  auto fin = s.handle_client_final(kRfcClientFinal);
+  REQUIRE(fin.ok());
+  CHECK(*fin == kRfcServerFinal);
+  CHECK(s.succeeded());
+  // ClientKey recovered from the proof equals HMAC(SaltedPassword, "Client Key").
+  ScramClientSession pt = ScramClientSession::with_keys(s.client_key(), s.keys().server_key);
+  pt.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  CHECK(pt.client_first() == kRfcClientFirst);
+  auto cf = pt.handle_server_first(kRfcServerFirst);
+  REQUIRE(cf.ok());
+  CHECK(*cf == kRfcClientFinal);
+  CHECK(pt.verify_server_final(kRfcServerFinal).ok());
+}
+
+TEST_CASE("RFC 7677 client rejects a wrong server signature") {
+  ScramClientSession c = ScramClientSession::with_password("pencil");
+  c.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  (void)c.client_first();
+  REQUIRE(c.handle_server_first(kRfcServerFirst).ok());
+  Status st = c.verify_server_final("v=7rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+  CHECK_FALSE(st.ok());
+  CHECK(st.sqlstate() == "28000");
+}
+
+TEST_CASE("round trip with random nonces: right and wrong password") {
+  ScramKeys keys = scram_keys_from_password("s3cret", "0123456789abcdef", 4096);
+  REQUIRE(keys.iterations == 4096);
+  {
+    ScramClientSession c = ScramClientSession::with_password("s3cret");
+    ScramServerSession s(keys, false);
+    Status st = run_exchange(c, s);
+    CHECK(st.ok());
+    CHECK(s.succeeded());
+  }
+  {
+    ScramClientSession c = ScramClientSession::with_password("wrong");
+    ScramServerSession s(keys, false);
+    Status st = run_exchange(c, s);
+    CHECK_FALSE(st.ok());
+    CHECK(st.sqlstate() == "28P01");
+    CHECK(st.message() == "password authentication failed");
+    CHECK_FALSE(s.succeeded());
+  }
+  {
+    // The client's first message looks like what libpq sends.
+    ScramClientSession c = ScramClientSession::with_password("x");
+    std::string first = c.client_first();
+    CHECK(first.rfind("n,,n=,r=", 0) == 0);
+    CHECK(first.size() == 8 + 32);
+  }
+}
+
+TEST_CASE("y,, gs2 header is accepted with c=eSws; p= is rejected") {
+  ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+  auto sf = s.handle_client_first("y,,n=,r=rOprNGfwEbeRWgbNEkqO");
+  REQUIRE(sf.ok());
+  // Wrong c= for a y,, header.
+  auto bad = s.handle_client_final(kRfcClientFinal);
+  CHECK_FALSE(bad.ok());
+  CHECK(bad.status().sqlstate() == "08P01");
+
+  ScramServerSession p(rfc_keys(), false);
+  auto r = p.handle_client_first("p=tls-server-end-point,,n=,r=abc");
+  CHECK_FALSE(r.ok());
+  ScramServerSession a(rfc_keys(), false);
+  auto ra = a.handle_client_first("n,a=bob,n=,r=abc");
+  CHECK_FALSE(ra.ok());
+  CHECK(ra.status().sqlstate() == "0A000");
+}
+
+TEST_CASE("y,, full exchange succeeds") {
+  // RFC 7677 credentials and nonces with gs2 header "y,,"; proof and signature computed
+  // independently with Python (hashlib/hmac).
+  ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+  auto sf = s.handle_client_first("y,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+  REQUIRE(sf.ok());
+  CHECK(*sf == kRfcServerFirst);
+  auto fin = s.handle_client_final(
+      "c=eSws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+      "p=FoqiHTtQEDE8lz1CdaEe3tK4mS+iMDTl77SPyDS53DY=");
+  REQUIRE(fin.ok());
+  CHECK(*fin == "v=dI4KpiQJwBr1+V+K6U1dA6l6I4I9DUNXWND4pcpRU3U=");
+  // The n,, proof over a y,, exchange fails authentication (parsing is fine).
+  ScramServerSession s2(rfc_keys(), false, std::string(kRfcServerNonce));
+  REQUIRE(s2.handle_client_first("y,,n=user,r=rOprNGfwEbeRWgbNEkqO").ok());
+  auto wrong = s2.handle_client_final(
+      "c=eSws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+      "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+  CHECK_FALSE(wrong.ok());
+  CHECK(wrong.status().sqlstate() == "28P01");
+}
+
+TEST_CASE("pass-through: recovered ClientKey logs in to a server with the same secret") {
+  ScramKeys keys = scram_keys_from_password("passw0rd", "saltsaltsaltsalt", 4096);
+  ScramClientSession client = ScramClientSession::with_password("passw0rd");
+  ScramServerSession pooler(keys, false);
+  REQUIRE(run_exchange(client, pooler).ok());
+  const auto ck = pooler.client_key();
+
+  ScramClientSession to_server = ScramClientSession::with_keys(ck, keys.server_key);
+  ScramServerSession postgres(keys, false);
+  CHECK(run_exchange(to_server, postgres).ok());
+  CHECK(postgres.client_key() == ck);
+
+  // Same password but a different salt: the keys do not carry over.
+  ScramKeys other = scram_keys_from_password("passw0rd", "another-salt-xyz", 4096);
+  ScramClientSession to_other = ScramClientSession::with_keys(ck, keys.server_key);
+  ScramServerSession postgres2(other, false);
+  Status st = run_exchange(to_other, postgres2);
+  CHECK_FALSE(st.ok());
+  CHECK(st.sqlstate() == "28P01");
+}
+
+TEST_CASE("mock keys are deterministic per user and never verify") {
+  ScramKeys a1 = scram_mock_keys("alice", "process-nonce", 4096);
+  ScramKeys a2 = scram_mock_keys("alice", "process-nonce", 4096);
+  ScramKeys b = scram_mock_keys("bob", "process-nonce", 4096);
+  ScramKeys a3 = scram_mock_keys("alice", "other-nonce", 4096);
+  CHECK(scram_secret_string(a1) == scram_secret_string(a2));
+  CHECK(a1.salt != b.salt);
+  CHECK(a1.salt != a3.salt);
+  CHECK(a1.salt.size() == kScramDefaultSaltLen);
+  CHECK(a1.iterations == 4096);
+  CHECK(scram_mock_keys("alice", "n", 0).iterations == kScramDefaultIterations);
+  CHECK(parse_scram_secret(scram_secret_string(a1)).has_value());
+
+  // Even a client that knows the mock keys cannot log in through a mock session.
+  ScramServerSession s(a1, true);
+  ScramClientSession c = ScramClientSession::with_keys({}, a1.server_key);
+  std::string first = c.client_first();
+  auto sf = s.handle_client_first(first);
+  REQUIRE(sf.ok());
+  CHECK(sf->find(",s=" + base64_encode(a1.salt) + ",i=4096") != std::string::npos);
+  auto cf = c.handle_server_first(*sf);
+  REQUIRE(cf.ok());
+  auto fin = s.handle_client_final(*cf);
+  CHECK_FALSE(fin.ok());
+  CHECK(fin.status().sqlstate() == "28P01");
+
+  // And an ordinary password fails the same way.
+  ScramServerSession s2(a1, true);
+  ScramClientSession c2 = ScramClientSession::with_password("anything");
+  Status st = run_exchange(c2, s2);
+  CHECK(st.sqlstate() == "28P01");
+}
+
+TEST_CASE("server rejects malformed client-first messages") {
+  const char* bad[] = {
+      "",
+      "n",
+      "n,",
+      "n,,",
+      "x,,n=,r=abc",
+      "n,,r=abc",
+      "n,,n=",
+      "n,,n=,",
+      "n,,n=,r=",
+      "n,,n=,r=abc,",
+      "n,,n=,r=ab,c",
+      "n,,n=,r=a\x01z",
+      "n,,m=ext,n=,r=abc",
+      "n,x,n=,r=abc",
+      "nn,n=,r=abc",
+      "n,,n=,s=abc",
+      "n,,n=,r=abc,1=2",
+  };
+  for (const char* m : bad) {
+    ScramServerSession s(rfc_keys(), false);
+    auto r = s.handle_client_first(m);
+    CHECK_MESSAGE(!r.ok(), m);
+  }
+  ScramServerSession s(rfc_keys(), false);
+  CHECK_FALSE(s.handle_client_first(std::string_view("n,,n=\0,r=abc", 12)).ok());
+  ScramServerSession big(rfc_keys(), false);
+  CHECK_FALSE(big.handle_client_first("n,,n=,r=" + std::string(2000, 'a')).ok());
+  ScramServerSession long_nonce(rfc_keys(), false);
+  CHECK_FALSE(long_nonce.handle_client_first("n,,n=,r=" + std::string(600, 'a')).ok());
+  // Extensions after the nonce are allowed.
+  ScramServerSession ext(rfc_keys(), false);
+  CHECK(ext.handle_client_first("n,,n=whatever,r=abc,x=1").ok());
+}
+
+TEST_CASE("server rejects malformed client-final messages") {
+  const std::string nonce = std::string(kRfcClientNonce) + std::string(kRfcServerNonce);
+  const std::string proof = "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+  const std::string bad[] = {
+      "",
+      "c=biws",
+      "c=biws,r=" + nonce,
+      "c=biws,r=" + nonce + ",",
+      "c=biws,r=" + nonce + ",p=",
+      "c=biws,r=" + nonce + ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ",      // no padding
+      "c=biws,r=" + nonce + ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7And*Q=",     // bad char
+      "c=biws,r=" + nonce + ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQAAAA",  // 33+ bytes
+      "c=biws,r=" + nonce + "," + proof + ",x=1",                                  // proof not last
+      "c=biws,r=" + nonce + "x," + proof,                                          // wrong nonce
+      "c=biws,r=" + std::string(kRfcClientNonce) + "," + proof,
+      "c=eSws,r=" + nonce + "," + proof,  // channel binding flag mismatch
+      "c=bi,r=" + nonce + "," + proof,
+      "r=" + nonce + "," + proof,
+      proof,
+      "c=biws,r=" + nonce + "," + proof + std::string(1100, 'A'),
+  };
+  for (const auto& m : bad) {
+    ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+    REQUIRE(s.handle_client_first(kRfcClientFirst).ok());
+    auto r = s.handle_client_final(m);
+    CHECK_MESSAGE(!r.ok(), m);
+    CHECK_MESSAGE(r.status().sqlstate() == "08P01", m);
+    CHECK_FALSE(s.succeeded());
+    // A failed session stays failed.
+    CHECK_FALSE(s.handle_client_final(kRfcClientFinal).ok());
+  }
+  // Extensions before the proof are allowed.
+  ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+  REQUIRE(s.handle_client_first(kRfcClientFirst).ok());
+  auto r = s.handle_client_final("c=biws,r=" + nonce + ",x=1," + proof);
+  CHECK_FALSE(r.ok());
+  CHECK(r.status().sqlstate() == "28P01");  // parsed; the proof covers a different message
+}
+
+TEST_CASE("server session enforces message order") {
+  ScramServerSession s(rfc_keys(), false);
+  CHECK_FALSE(s.handle_client_final(kRfcClientFinal).ok());
+  ScramServerSession s2(rfc_keys(), false, std::string(kRfcServerNonce));
+  REQUIRE(s2.handle_client_first(kRfcClientFirst).ok());
+  CHECK_FALSE(s2.handle_client_first(kRfcClientFirst).ok());
+  ScramServerSession invalid(ScramKeys{}, false);
+  CHECK_FALSE(invalid.handle_client_first(kRfcClientFirst).ok());
+}
+
+TEST_CASE("client rejects malformed server-first messages") {
+  const std::string n = std::string(kRfcClientNonce);
+  const std::string bad[] = {
+      "",
+      "r=" + n + ",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",       // no server part
+      "r=xx" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",  // wrong prefix
+      "r=" + n + "abc",                                      // missing s=
+      "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",                   // missing r=
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ=,i=4096",     // bad base64
+      "r=" + n + "abc,s=,i=4096",                            // empty salt
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==",           // missing i=
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=",
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=0",
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=-1",
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=+4096",
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=10000001",
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=99999999999999999999",
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096x",
+      "r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,",
+      "m=x,r=" + n + "abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+      "r=" + n + std::string(1000, 'z') + ",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",  // long nonce
+      "r=" + n + "abc,s=" + std::string(400, 'A') + ",i=4096",                   // salt over bound
+  };
+  for (const auto& m : bad) {
+    ScramClientSession c = ScramClientSession::with_password("pencil");
+    c.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+    (void)c.client_first();
+    auto r = c.handle_server_first(m);
+    CHECK_MESSAGE(!r.ok(), m);
+    CHECK_FALSE(c.verify_server_final(kRfcServerFinal).ok());
+  }
+  // Out of order.
+  ScramClientSession c = ScramClientSession::with_password("pencil");
+  CHECK_FALSE(c.handle_server_first(kRfcServerFirst).ok());
+}
+
+TEST_CASE("client rejects malformed or hostile server-final messages") {
+  const std::string bad[] = {
+      "",
+      "v=",
+      "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4",
+      "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=,",
+      "x=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
+      "e=invalid-proof",
+      "e=" + std::string(2000, 'x'),
+  };
+  for (const auto& m : bad) {
+    ScramClientSession c = ScramClientSession::with_password("pencil");
+    c.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+    (void)c.client_first();
+    REQUIRE(c.handle_server_first(kRfcServerFirst).ok());
+    CHECK_MESSAGE(!c.verify_server_final(m).ok(), m);
+  }
+  ScramClientSession c = ScramClientSession::with_password("pencil");
+  c.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  (void)c.client_first();
+  REQUIRE(c.handle_server_first(kRfcServerFirst).ok());
+  Status st = c.verify_server_final("e=invalid-proof");
+  CHECK(st.message().find("invalid-proof") != std::string::npos);
+  // Extensions after v= are tolerated.
+  ScramClientSession c2 = ScramClientSession::with_password("pencil");
+  c2.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  (void)c2.client_first();
+  REQUIRE(c2.handle_server_first(kRfcServerFirst).ok());
+  CHECK(c2.verify_server_final(std::string(kRfcServerFinal) + ",x=1").ok());
+}
+
+}  // namespace
+}  // namespace pgsluice
