@@ -31,7 +31,7 @@ FUZZ_REPLAY := $(FUZZ_SRCS:test/fuzz/%.cc=$(BUILD)/fuzz/%)
 all: pgsluice
 
 pgsluice: $(BUILD)/pgsluice
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/pgsluice: $(BUILD)/src/main.o $(BUILD)/libpgsluice.a
 	$(CXX) -o $@ $^ $(LIBS)

@@ -416,8 +416,14 @@ void Client::finish_auth() {
     if (!dead_ && !in_.empty()) forward_messages();
   } else {
     state_ = ClientState::Login;
-    want_read(false);
-    worker_->acquire(this);
+    if (worker_->acquire(this)) {
+      flush();
+      if (!dead_ && !in_.empty()) forward_messages();
+      if (!dead_ && server_ != nullptr) {
+        server_->flush();
+        if (server_ != nullptr && server_->can_release()) worker_->release(server_);
+      }
+    }
   }
 }
 
@@ -483,9 +489,7 @@ bool Client::forward_messages() {
     }
     if (state_ != ClientState::Active) {
       state_ = ClientState::Waiting;
-      want_read(false);
-      worker_->acquire(this);
-      return false;
+      if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
     Server* s = server_;
     switch (type) {

@@ -226,7 +226,7 @@ void Worker::drain_inbox() {
           Server* s = lp->idle.back();
           lp->idle.pop_back();
           m.pool->idle_on(index_).fetch_sub(1);
-          link(c, s);
+          link_waiter(c, s);
         }
         while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && m.pool->try_reserve())
           launch_server(lp);
@@ -342,7 +342,7 @@ void Worker::launch_server(LocalPool* lp) {
   }
 }
 
-void Worker::acquire(Client* c) {
+bool Worker::acquire(Client* c) {
   LocalPool* lp = c->lp_;
   Pool* p = lp->pool;
   if (!lp->idle.empty()) {
@@ -350,14 +350,16 @@ void Worker::acquire(Client* c) {
     lp->idle.pop_back();
     p->idle_on(index_).fetch_sub(1);
     link(c, s);
-    return;
+    return true;
   }
   c->wait_since_ = now_seconds();
+  c->want_read(false);
   lp->waiting.push_back(c);
   p->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+  return false;
 }
 
 // Asks every other worker that holds an idle server of p to send one here.
@@ -391,6 +393,10 @@ void Worker::link(Client* c, Server* s) {
     bufs_.append(s->out_, m.data(), m.size());
     s->internal_++;
   }
+}
+
+void Worker::link_waiter(Client* c, Server* s) {
+  link(c, s);
   c->flush();
   if (c->dead_) return;
   c->want_read(true);
@@ -435,7 +441,7 @@ void Worker::release_idle(Server* s) {
     Client* c = lp->waiting.front();
     lp->waiting.pop_front();
     p->waiting_on(index_).fetch_sub(1);
-    link(c, s);
+    link_waiter(c, s);
     return;
   }
   s->state_ = ServerState::Idle;
@@ -621,7 +627,7 @@ void Worker::janitor() {
       Server* s = lp->idle.back();
       lp->idle.pop_back();
       p->idle_on(index_).fetch_sub(1);
-      link(c, s);
+      link_waiter(c, s);
     }
     while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
       launch_server(lp.get());

@@ -95,10 +95,13 @@ class Worker {
 
   // ---- moves between lists (the only functions that change client/server state) ----
   LocalPool* local_pool(Pool* p);
-  // The client has a request (or a login) and no server: link one or queue the client.
-  void acquire(Client* c);
+  // The client has a request (or a login) and no server. Returns true when a server was
+  // linked at once (the caller goes on forwarding); false when the client was queued.
+  bool acquire(Client* c);
   // Links c and s, queueing the SET that restores the client's parameters.
   void link(Client* c, Server* s);
+  // Links a queued client to a server and restarts its reading and forwarding.
+  void link_waiter(Client* c, Server* s);
   // The server's client is done with it: give it to a waiter or make it idle.
   void release(Server* s);
   // An unlinked server is free: give it to a waiter here or elsewhere, or make it idle.

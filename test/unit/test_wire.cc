@@ -1,0 +1,180 @@
+// Unit tests for the wire codec: startup packets, options, readers, builders.
+#include <doctest/doctest.h>
+
+#include "varcache.h"
+#include "wire.h"
+
+using namespace pgsluice;
+
+namespace {
+std::string startup(const std::vector<std::pair<std::string, std::string>>& p) {
+  std::string s;
+  wire::startup_message(s, p);
+  return s;
+}
+std::span<const uint8_t> span_of(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+}  // namespace
+
+TEST_CASE("startup message round trip") {
+  std::string s = startup({{"user", "alice"}, {"database", "db"}, {"application_name", "x"}});
+  auto r = wire::parse_startup(span_of(s));
+  REQUIRE(r.ok());
+  CHECK(r->kind == wire::StartupPacket::Kind::Startup);
+  CHECK(r->version == wire::kProtocol30);
+  REQUIRE(r->params.size() == 3);
+  CHECK(*r->param("user") == "alice");
+  CHECK(*r->param("database") == "db");
+  CHECK(r->param("nope") == nullptr);
+}
+
+TEST_CASE("startup packet length and layout are checked") {
+  std::string s = startup({{"user", "alice"}});
+  SUBCASE("declared length differs from the bytes") {
+    std::string t = s.substr(0, s.size() - 1);
+    CHECK_FALSE(wire::parse_startup(span_of(t)).ok());
+  }
+  SUBCASE("missing terminator") {
+    std::string t = s;
+    t.pop_back();  // drop the final NUL, then fix the length
+    wire::put_u32(reinterpret_cast<uint8_t*>(t.data()), static_cast<uint32_t>(t.size()));
+    CHECK_FALSE(wire::parse_startup(span_of(t)).ok());
+  }
+  SUBCASE("value without terminator") {
+    std::string t;
+    wire::Writer w(t);
+    w.begin_untyped().u32(wire::kProtocol30).cstr("user").bytes("bob").end();
+    CHECK_FALSE(wire::parse_startup(span_of(t)).ok());
+  }
+  SUBCASE("too short and too long") {
+    std::string tiny("\0\0\0\4", 4);
+    CHECK_FALSE(wire::parse_startup(span_of(tiny)).ok());
+    std::string big = startup({{"user", std::string(11000, 'a')}});
+    CHECK_FALSE(wire::parse_startup(span_of(big)).ok());
+  }
+}
+
+TEST_CASE("SSL, GSS and cancel requests") {
+  std::string ssl;
+  wire::Writer(ssl).begin_untyped().u32(wire::kSslCode).end();
+  auto r = wire::parse_startup(span_of(ssl));
+  REQUIRE(r.ok());
+  CHECK(r->kind == wire::StartupPacket::Kind::Ssl);
+
+  std::string gss;
+  wire::Writer(gss).begin_untyped().u32(wire::kGssCode).end();
+  CHECK(wire::parse_startup(span_of(gss))->kind == wire::StartupPacket::Kind::Gss);
+
+  std::string c;
+  wire::cancel_request(c, 1234, std::string("\1\2\3\4", 4));
+  auto cr = wire::parse_startup(span_of(c));
+  REQUIRE(cr.ok());
+  CHECK(cr->kind == wire::StartupPacket::Kind::Cancel);
+  CHECK(cr->cancel_pid == 1234);
+  CHECK(cr->cancel_key == std::string("\1\2\3\4", 4));
+
+  std::string bad;  // 3-byte key is invalid (4..256)
+  wire::cancel_request(bad, 1, "abc");
+  CHECK_FALSE(wire::parse_startup(span_of(bad)).ok());
+  std::string ssl_extra;
+  wire::Writer(ssl_extra).begin_untyped().u32(wire::kSslCode).u32(0).end();
+  CHECK_FALSE(wire::parse_startup(span_of(ssl_extra)).ok());
+}
+
+TEST_CASE("options parsing follows the server's rules") {
+  auto r = wire::parse_options("-c TimeZone=UTC --DateStyle=ISO -cextra_float_digits=3");
+  REQUIRE(r.ok());
+  REQUIRE(r->size() == 3);
+  CHECK((*r)[0] == std::make_pair(std::string("TimeZone"), std::string("UTC")));
+  CHECK((*r)[1] == std::make_pair(std::string("DateStyle"), std::string("ISO")));
+  CHECK((*r)[2].first == "extra_float_digits");
+  auto esc = wire::parse_options("-c search_path=a\\ b");
+  REQUIRE(esc.ok());
+  CHECK((*esc)[0].second == "a b");
+  auto dash = wire::parse_options("--statement-timeout=5");
+  REQUIRE(dash.ok());
+  CHECK((*dash)[0].first == "statement_timeout");
+  CHECK_FALSE(wire::parse_options("-x").ok());
+  CHECK_FALSE(wire::parse_options("-c").ok());
+  CHECK_FALSE(wire::parse_options("-c novalue").ok());
+}
+
+TEST_CASE("reader never reads past the end") {
+  const uint8_t b[] = {0, 0, 0, 7, 'h', 'i', 0, 1};
+  wire::Reader r(b, sizeof b);
+  uint32_t v = 0;
+  REQUIRE(r.u32(v));
+  CHECK(v == 7);
+  std::string_view s;
+  REQUIRE(r.cstr(s));
+  CHECK(s == "hi");
+  uint16_t u = 0;
+  CHECK_FALSE(r.u16(u));  // only one byte left
+  CHECK_FALSE(r.ok());
+  uint8_t x = 0;
+  CHECK_FALSE(r.u8(x));  // stays failed
+  const uint8_t nonul[] = {'a', 'b'};
+  wire::Reader r2(nonul, 2);
+  CHECK_FALSE(r2.cstr(s));
+}
+
+TEST_CASE("error response builder and parser agree") {
+  std::string m;
+  wire::error_response(m, "FATAL", "28P01", "password authentication failed");
+  REQUIRE(m[0] == 'E');
+  CHECK(wire::get_u32(reinterpret_cast<const uint8_t*>(m.data() + 1)) == m.size() - 1);
+  auto f = wire::parse_error({reinterpret_cast<const uint8_t*>(m.data() + 5), m.size() - 5});
+  CHECK(f.severity == "FATAL");
+  CHECK(f.sqlstate == "28P01");
+  CHECK(f.message == "password authentication failed");
+  // A field without a terminator ends parsing without reading past the body.
+  const uint8_t bad[] = {'C', '2', '8'};
+  auto g = wire::parse_error({bad, sizeof bad});
+  CHECK(g.sqlstate.empty());
+}
+
+TEST_CASE("builders produce exact bytes") {
+  std::string z;
+  wire::ready_for_query(z, 'T');
+  CHECK(z == std::string("Z\0\0\0\5T", 6));
+  std::string k;
+  wire::backend_key_data(k, 0x01020304, std::string("\xaa\xbb\xcc\xdd", 4));
+  CHECK(k == std::string("K\0\0\0\14\1\2\3\4\xaa\xbb\xcc\xdd", 13));
+  std::string q;
+  wire::query(q, "select 1");
+  CHECK(q == std::string("Q\0\0\0\15select 1\0", 14));
+  std::string v;
+  wire::negotiate_protocol_version(v, wire::kProtocol30, {"_pq_.x"});
+  CHECK(v.size() == 1 + 4 + 4 + 4 + 7);
+}
+
+TEST_CASE("frontend message limits mirror the server") {
+  CHECK(wire::frontend_limit('Q') == size_t{1} << 30);
+  CHECK(wire::frontend_limit('S') == wire::kSmallMessageLimit);
+  CHECK(wire::frontend_limit('X') == wire::kSmallMessageLimit);
+  CHECK(wire::frontend_limit('Z') == 0);  // a backend type
+  CHECK(wire::frontend_limit(0) == 0);
+}
+
+TEST_CASE("sql literal quoting") {
+  CHECK(wire::sql_literal("a'b") == "'a''b'");
+  CHECK(wire::sql_literal("") == "''");
+}
+
+TEST_CASE("varcache diff issues SET only for differing values") {
+  TrackedNames names("IntervalStyle, search_path");
+  CHECK(names.size() == 7);
+  CHECK(names.find("timezone") == 2);
+  CHECK(names.find("SEARCH_PATH") == 6);
+  CHECK(names.find("work_mem") == -1);
+  VarCache client(names.size()), server(names.size());
+  client.set(2, "UTC");
+  server.set(2, "utc");
+  CHECK(varcache_diff_sql(names, client, server).empty());  // case-insensitive
+  client.set(1, "ISO, MDY");
+  server.set(1, "Postgres, DMY");
+  client.set(4, "it's");
+  CHECK(varcache_diff_sql(names, client, server) ==
+        "SET DateStyle='ISO, MDY';SET application_name='it''s';");
+}
