@@ -27,14 +27,14 @@ FUZZ_SRCS := $(wildcard test/fuzz/fuzz_*.cc)
 FUZZ_REPLAY := $(FUZZ_SRCS:test/fuzz/%.cc=$(BUILD)/fuzz/%)
 
 .PHONY: all check unit integration fuzz-replay deps demo demo-stop bench \
-        asan ubsan fuzz install clean format format-check
+        asan fuzz install clean format format-check
 all: pgsluice
 
 pgsluice: $(BUILD)/pgsluice
 	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/pgsluice: $(BUILD)/src/main.o $(BUILD)/libpgsluice.a
-	$(CXX) -o $@ $^ $(LIBS)
+	$(CXX) $(EXTRA_CXXFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/libpgsluice.a: $(LIB_OBJS)
 	rm -f $@ && ar rcs $@ $^
@@ -48,10 +48,10 @@ $(BUILD)/test/%.o: test/%.cc
 	$(CXX) $(ALLCXX) -Isrc -Itest -c -o $@ $<
 
 $(BUILD)/unit_tests: $(UNIT_OBJS) $(BUILD)/libpgsluice.a
-	$(CXX) -o $@ $^ $(LIBS)
+	$(CXX) $(EXTRA_CXXFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/integration_tests: $(INT_OBJS) $(BUILD)/libpgsluice.a
-	$(CXX) -o $@ $^ -lpq $(LIBS)
+	$(CXX) $(EXTRA_CXXFLAGS) -o $@ $^ -lpq $(LIBS)
 
 # Fuzz targets built as plain programs that replay their corpus (any compiler).
 $(BUILD)/fuzz/%: test/fuzz/%.cc test/fuzz/replay_main.cc $(BUILD)/libpgsluice.a
@@ -80,11 +80,14 @@ fuzz:
 	  clang++-14 -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
 	    -o $(FUZZ_BUILD)/fuzz/$$n $$f $(FUZZ_BUILD)/libpgsluice.a $(LIBS) || exit 1; done
 
+# Sanitizer builds in their own folders; the whole suite runs against them.
+SAN_FLAGS := -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
-	$(MAKE) BUILD=build-asan OPT=-O1 \
-	  EXTRA_CXXFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
-	  LIBS_EXTRA=-fsanitize=address,undefined check-build
-	
+	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CXXFLAGS="-fsanitize=address,undefined $(SAN_FLAGS)" \
+	  build-asan/pgsluice build-asan/unit_tests build-asan/integration_tests \
+	  $(FUZZ_SRCS:test/fuzz/%.cc=build-asan/fuzz/%)
+	PGSLUICE_BIN=$(CURDIR)/build-asan/pgsluice sh test/run-all.sh build-asan
+
 demo: deps pgsluice
 	@sh contrib/demo.sh start
 demo-stop:

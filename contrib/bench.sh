@@ -1,0 +1,298 @@
+#!/bin/sh
+# Benchmarks pgsluice against Debian's PgBouncer and against PostgreSQL itself.
+#
+# Usage: sh contrib/bench.sh          (what `make bench` runs)
+#
+# Starts one throwaway PostgreSQL 15 (pgbench -i -s 10), PgBouncer and pgsluice side
+# by side with equivalent settings (transaction pooling, default_pool_size 8), then
+# runs pgbench select-only (-S) for {1, 32 clients} x {simple, extended, prepared}
+# against direct / pgbouncer / pgsluice in interleaved rounds, so that drift of the
+# machine hits every target alike. Prints, per case and target: the median tps, the
+# ratio to direct, the proxy's CPU time per transaction (utime+stime from
+# /proc/PID/stat, all threads), failed transactions and aborted clients.
+#
+# Environment:
+#   BENCH_TIME     seconds per pgbench run (default 10)
+#   BENCH_ROUNDS   interleaved rounds (default 3); 6 cases x 3 targets per round
+#   BENCH_SCALE    pgbench scale (default 10)
+#   BENCH_AUTH     client auth of both poolers: md5 (default) or trust
+#   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
+#                  pooler can stand in, e.g. /usr/sbin/pgbouncer
+#   PGBOUNCER_BIN  PgBouncer binary (default /usr/sbin/pgbouncer)
+#   PGBIN          PostgreSQL's programs (default /usr/lib/postgresql/15/bin)
+#
+# Everything runs on 127.0.0.1 and in a temporary directory that is removed on exit,
+# with every process this script started. The table is also saved to
+# build/bench-last.txt.
+set -eu
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+SLUICE=${PGSLUICE_BIN:-$ROOT/pgsluice}
+BOUNCER=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
+TIME=${BENCH_TIME:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+SCALE=${BENCH_SCALE:-10}
+AUTH=${BENCH_AUTH:-md5}
+POOL_SIZE=8
+TARGETS="direct pgbouncer pgsluice"
+CASES="1:simple 1:extended 1:prepared 32:simple 32:extended 32:prepared"
+
+say() { echo "bench: $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Runs a PostgreSQL server program (or PgBouncer) as the postgres user when root.
+as_pg() {
+  if is_root; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+}
+is_pgbouncer() { case "$(basename "$1")" in *pgbouncer*) return 0 ;; esac; return 1; }
+
+listening_ports_hex() {
+  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+    awk '$4 == "0A" { n = split($2, a, ":"); print a[n] }'
+}
+port_in_use() { listening_ports_hex | grep -qx "$(printf '%04X' "$1")"; }
+# free_port START TAKEN...: the first port from START that is free and not TAKEN.
+free_port() {
+  p=$1
+  shift
+  while :; do
+    taken=0
+    for t in "$@"; do [ "$p" = "$t" ] && taken=1; done
+    if [ $taken -eq 0 ] && ! port_in_use "$p"; then echo "$p"; return; fi
+    p=$((p + 1))
+    [ "$p" -lt 65000 ] || die "no free TCP port found"
+  done
+}
+
+# CPU time of a process and all its threads, in clock ticks.
+cpu_ticks() {
+  [ -r "/proc/$1/stat" ] || { echo 0; return; }
+  # Fields after "(comm) ": state is $1, utime $12, stime $13.
+  sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+
+kill_pidfile() {
+  pidfile=$1
+  [ -f "$pidfile" ] || return 0
+  pid=$(head -n 1 "$pidfile" 2>/dev/null | tr -dc 0-9)
+  [ -n "$pid" ] || return 0
+  if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$WORK"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+}
+
+WORK=""
+cleanup() {
+  [ -n "$WORK" ] && [ -d "$WORK" ] || return 0
+  kill_pidfile "$WORK/pgbouncer.pid"
+  kill_pidfile "$WORK/pgsluice.pid"
+  if [ -f "$WORK/pgdata/postmaster.pid" ]; then
+    as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w -t 30 stop >/dev/null 2>&1 ||
+      kill_pidfile "$WORK/pgdata/postmaster.pid"
+  fi
+  rm -rf "$WORK"
+}
+
+for prog in initdb pg_ctl psql pgbench; do
+  [ -x "$PGBIN/$prog" ] || die "$PGBIN/$prog not found (run 'make deps')"
+done
+[ -x "$BOUNCER" ] || die "$BOUNCER not found (run 'make deps')"
+[ -x "$SLUICE" ] || die "$SLUICE not found (run 'make pgsluice', or set PGSLUICE_BIN)"
+case "$AUTH" in md5|trust) ;; *) die "BENCH_AUTH must be md5 or trust" ;; esac
+if is_root; then id postgres >/dev/null 2>&1 || die "running as root needs the postgres user"; fi
+
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+WORK=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
+is_root && chown postgres: "$WORK"
+
+PGPORT=$(free_port 25432)
+BPORT=$(free_port 26432 "$PGPORT")
+SPORT=$(free_port 27432 "$PGPORT" "$BPORT")
+
+say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT ($WORK)"
+as_pg "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres -E UTF8 --locale=C.UTF-8 \
+  --auth-local=trust --auth-host=scram-sha-256 >"$WORK/initdb.log" 2>&1 ||
+  { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+cat >>"$WORK/pgdata/postgresql.conf" <<EOF
+
+# pgsluice benchmark: loopback only, everything in memory, durability not needed.
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$WORK'
+max_connections = 100
+shared_buffers = 512MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w -t 60 start >/dev/null ||
+  { tail -n 20 "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
+"$PGBIN/psql" -X -q -h "$WORK" -p "$PGPORT" -U postgres -d postgres -v ON_ERROR_STOP=1 <<'EOF'
+CREATE ROLE bench LOGIN PASSWORD 'bench';
+CREATE DATABASE bench OWNER bench;
+EOF
+
+export PGPASSWORD=bench
+say "pgbench -i -s $SCALE"
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$PGPORT" -U bench -i -s "$SCALE" -q bench >"$WORK/init.log" 2>&1 ||
+  { cat "$WORK/init.log" >&2; die "pgbench -i failed"; }
+
+(umask 077 && printf '"bench" "bench"\n' >"$WORK/userlist.txt")
+# write_ini NAME PORT: the same settings for both poolers.
+write_ini() {
+  cat >"$WORK/$1.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PGPORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $2
+unix_socket_dir = $WORK
+auth_type = $AUTH
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 200
+logfile = $WORK/$1.log
+pidfile = $WORK/$1.pid
+EOF
+}
+write_ini pgbouncer "$BPORT"
+write_ini pgsluice "$SPORT"
+is_pgbouncer "$SLUICE" || printf 'workers = 2\n' >>"$WORK/pgsluice.ini"
+is_root && chown -R postgres: "$WORK"
+
+# start_pooler NAME BINARY PORT
+start_pooler() {
+  if is_pgbouncer "$2"; then
+    as_pg "$2" -d "$WORK/$1.ini" >"$WORK/$1.out" 2>&1 || true
+  else
+    "$2" -d "$WORK/$1.ini" >"$WORK/$1.out" 2>&1 || true
+  fi
+  i=0
+  until port_in_use "$3" && [ -s "$WORK/$1.pid" ]; do
+    i=$((i + 1))
+    if [ $i -gt 100 ]; then
+      cat "$WORK/$1.out" >&2
+      [ -f "$WORK/$1.log" ] && tail -n 20 "$WORK/$1.log" >&2
+      die "$1 ($2) is not listening on port $3"
+    fi
+    sleep 0.1
+  done
+}
+start_pooler pgbouncer "$BOUNCER" "$BPORT"
+start_pooler pgsluice "$SLUICE" "$SPORT"
+BPID=$(cat "$WORK/pgbouncer.pid")
+SPID=$(cat "$WORK/pgsluice.pid")
+BVERSION=$("$BOUNCER" -V 2>/dev/null | head -n 1 || true)
+
+RES="$WORK/results.tsv"
+: >"$RES"
+nruns=$((ROUNDS * 6 * 3))
+say "$nruns runs of ${TIME}s: about $(((nruns * (TIME + 1) + 3 * 5 + 59) / 60)) min"
+
+# run_one ROUND CLIENTS MODE TARGET: one pgbench run, one line in results.tsv.
+run_one() {
+  case "$4" in
+    direct) port=$PGPORT pid="" ;;
+    pgbouncer) port=$BPORT pid=$BPID ;;
+    pgsluice) port=$SPORT pid=$SPID ;;
+  esac
+  jobs=1
+  [ "$2" -gt 1 ] && jobs=2
+  out="$WORK/run-$1-$2-$3-$4.log"
+  c0=0
+  [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+  rc=0
+  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M "$3" -c "$2" -j "$jobs" \
+    -T "$TIME" bench >"$out" 2>&1 || rc=$?
+  c1=0
+  [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1)
+  xacts=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -n 1)
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -n 1)
+  aborted=$(grep -c 'client [0-9]* .*aborted' "$out" || true)
+  printf '%s\t%s:%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${tps:-0}" \
+    "${xacts:-0}" "${failed:-0}" "${aborted:-0}" "$((c1 - c0))" "$rc" >>"$RES"
+  say "round $1 $2c $3 $4: tps ${tps:-0} failed ${failed:-0} aborted ${aborted:-0} (exit $rc)"
+  if [ "$rc" -ne 0 ] && [ "${aborted:-0}" -eq 0 ]; then
+    tail -n 3 "$out" | sed 's/^/bench:   /' >&2
+  fi
+}
+
+# Warm-up, not counted: fills PostgreSQL's cache and opens every pool's server
+# connections, so that round 1 does not pay for them.
+WARM=$((TIME < 5 ? TIME : 5))
+say "warm-up: ${WARM}s per target"
+for t in $TARGETS; do
+  case "$t" in direct) port=$PGPORT ;; pgbouncer) port=$BPORT ;; pgsluice) port=$SPORT ;; esac
+  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M simple -c 32 -j 2 -T "$WARM" bench \
+    >"$WORK/warmup-$t.log" 2>&1 || { tail -n 5 "$WORK/warmup-$t.log" >&2; die "warm-up of $t failed"; }
+done
+
+r=1
+while [ "$r" -le "$ROUNDS" ]; do
+  for c in $CASES; do
+    for t in $TARGETS; do
+      run_one "$r" "${c%%:*}" "${c#*:}" "$t"
+    done
+  done
+  r=$((r + 1))
+done
+
+CLK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+mkdir -p "$ROOT/build"
+OUT="$ROOT/build/bench-last.txt"
+{
+  echo "pgsluice benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, pgbench -S -T $TIME, $ROUNDS rounds, scale $SCALE"
+  echo "pools: transaction mode, default_pool_size $POOL_SIZE, auth $AUTH; pgsluice workers 2"
+  echo "pgbouncer: $BOUNCER ($BVERSION)"
+  echo "pgsluice:  $SLUICE$(is_pgbouncer "$SLUICE" && echo '  (PgBouncer standing in for pgsluice)')"
+  echo
+  awk -F '\t' -v clk="$CLK" -v targets="$TARGETS" -v cases="$CASES" '
+    function median(list,   a, n, i, j, t) {
+      n = split(list, a, " ")
+      for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      if (n == 0) return 0
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    {
+      k = $2 SUBSEP $3
+      tps[k] = tps[k] " " sprintf("%.0f", $4); xacts[k] += $5; failed[k] += $6; aborted[k] += $7; cpu[k] += $8
+    }
+    END {
+      printf "%-20s %-10s %11s %6s %12s %7s %8s  %s\n", "case", "target", "median tps", "ratio", "CPU us/xact", "failed", "aborted", "tps per round"
+      nc = split(cases, cs, " "); nt = split(targets, ts, " ")
+      for (i = 1; i <= nc; i++) {
+        split(cs[i], cm, ":")
+        label = cm[1] (cm[1] == 1 ? " client " : " clients ") cm[2]
+        base = median(tps[cs[i] SUBSEP "direct"])
+        for (j = 1; j <= nt; j++) {
+          k = cs[i] SUBSEP ts[j]
+          m = median(tps[k])
+          ratio = base > 0 ? sprintf("%.2f", m / base) : "-"
+          us = (ts[j] == "direct") ? "-" : (xacts[k] > 0 ? sprintf("%.1f", cpu[k] / clk * 1e6 / xacts[k]) : "-")
+          printf "%-20s %-10s %11.0f %6s %12s %7d %8d %s\n", (j == 1 ? label : ""), ts[j], m, ratio, us, failed[k], aborted[k], tps[k]
+        }
+      }
+    }' "$RES"
+  echo
+  echo "failed: pgbench's \"number of failed transactions\", summed over rounds;"
+  echo "aborted: clients pgbench aborted on an error, summed over rounds (their"
+  echo "transactions are missing from tps). CPU us/xact: the proxy process's"
+  echo "utime+stime over all rounds / transactions, with $CLK ticks a second."
+  echo "PgBouncer 1.18 cannot remap prepared statements in transaction mode: its"
+  echo "-M prepared rows are expected to show errors (a statement prepared on one"
+  echo "server connection is missing on the next), reported here, not hidden. Some"
+  echo "runs pass by luck: every pgbench client uses the same statement names for"
+  echo "the same text, so once each server connection has prepared them, lookups"
+  echo "on any server succeed. Real applications are not that lucky."
+  echo "pgbench, PostgreSQL and the proxy share this machine's $(nproc) CPUs."
+} | tee "$OUT"
+say "saved to $OUT"
