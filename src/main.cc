@@ -2,6 +2,8 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -73,6 +75,10 @@ void on_signal(evutil_socket_t sig, short, void* arg) {
     case SIGQUIT:
       LOG_INFO("got signal %d, shutting down", static_cast<int>(sig));
       stop_workers(m);
+      break;
+    case SIGUSR1:
+    case SIGUSR2:
+      LOG_WARN("got signal %d: pause/resume is not implemented yet, ignored", static_cast<int>(sig));
       break;
     default:
       break;
@@ -160,6 +166,25 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Drop root once the listening sockets are open (`user =`, as PgBouncer).
+  if (!cfg->user.empty() && geteuid() == 0) {
+    struct passwd* pw = getpwnam(cfg->user.c_str());
+    if (pw == nullptr) {
+      LOG_ERROR("user \"%s\" does not exist", cfg->user.c_str());
+      return 1;
+    }
+    if (!m.unix_path.empty() || !cfg->unix_socket_dir.empty()) {
+      std::string sock = cfg->unix_socket_dir + "/.s.PGSQL." + std::to_string(cfg->listen_port);
+      if (!cfg->unix_socket_dir.empty() && chown(sock.c_str(), pw->pw_uid, pw->pw_gid) != 0)
+        LOG_WARN("could not chown %s: %s", sock.c_str(), strerror(errno));
+    }
+    if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+        setuid(pw->pw_uid) != 0) {
+      LOG_ERROR("could not become user \"%s\": %s", cfg->user.c_str(), strerror(errno));
+      return 1;
+    }
+  }
+
   if (daemon) {
     pid_t pid = fork();
     if (pid < 0) return 1;
@@ -185,9 +210,9 @@ int main(int argc, char** argv) {
     m.unix_path = cfg->unix_socket_dir + "/.s.PGSQL." + std::to_string(cfg->listen_port);
 
   m.base = event_base_new();
-  event* sigs[5];
-  int signums[5] = {SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1};
-  for (int i = 0; i < 5; i++) {
+  event* sigs[6];
+  int signums[6] = {SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2};
+  for (int i = 0; i < 6; i++) {
     sigs[i] = evsignal_new(m.base, signums[i], on_signal, &m);
     event_add(sigs[i], nullptr);
   }
