@@ -58,6 +58,7 @@ class Client final : public Conn {
   bool copy_in_ = false;        // between CopyInResponse and the client's CopyDone/CopyFail
   bool counted_ = false;        // counted in Runtime::clients
   double wait_since_ = 0;       // when it started waiting for a server
+  double connect_time_ = 0;     // when it was accepted
   size_t pos_ = 0;              // index in Worker::clients_
 
  private:

@@ -85,6 +85,8 @@ class Server final : public Conn {
   int cancels_pending_ = 0;
   std::vector<CancelConn*> cancels_;
   double connect_time_ = 0;
+  double idle_since_ = 0;      // when it last became idle
+  size_t pos_ = 0;             // index in Worker::servers_
   std::string login_error_;
   std::string login_sqlstate_;
 

@@ -236,6 +236,7 @@ void Worker::drain_inbox() {
           lp->idle.pop_back();
           m.pool->idle_on(index_).fetch_sub(1);
           s->detach();
+          untrack_server(s);
           rt_->workers[static_cast<size_t>(m.fd)]->post(
               InboxMsg{InboxMsg::Kind::Server, -1, false, s, m.pool, 0, {}});
         }
@@ -249,10 +250,8 @@ void Worker::drain_inbox() {
         for (auto& l : listeners_) event_del(&l->ev);
         std::vector<Client*> all = clients_;
         for (Client* c : all) close_client(c, "shutdown");
-        for (auto& [p, lp] : pools_) {
-          std::vector<Server*> idle = lp->idle;
-          for (Server* s : idle) close_server(s, "shutdown");
-        }
+        std::vector<Server*> servers = servers_;
+        for (Server* s : servers) close_server(s, "shutdown");
         free_dead();
         event_base_loopbreak(base_);
         break;
@@ -294,6 +293,7 @@ void Worker::new_client(int fd, bool is_unix) {
   set_nonblocking(fd);
   if (!is_unix) tune_tcp_socket(fd, cfg_->tcp_keepalive);
   auto* c = new Client(this, Fd(fd), is_unix);
+  c->connect_time_ = now_seconds();
   c->pos_ = clients_.size();
   clients_.push_back(c);
   c->attach(this);
@@ -330,6 +330,7 @@ void Worker::launch_server(LocalPool* lp) {
   }
   if (p->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, cfg_->tcp_keepalive);
   auto* s = new Server(this, Fd(fd), p, lp);
+  track_server(s);
   lp->connecting++;
   s->attach(this);
   int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&p->addr), p->addrlen);
@@ -445,6 +446,7 @@ void Worker::release_idle(Server* s) {
     return;
   }
   s->state_ = ServerState::Idle;
+  s->idle_since_ = now_seconds();
   lp->idle.push_back(s);
   p->idle_on(index_).fetch_add(1);  // seq_cst: published before we look at waiting_on
   for (size_t v = 0; v < rt_->workers.size(); v++) {
@@ -454,12 +456,14 @@ void Worker::release_idle(Server* s) {
     lp->idle.erase(it);
     p->idle_on(index_).fetch_sub(1);
     s->detach();
+    untrack_server(s);
     rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Server, -1, false, s, p, 0, {}});
     break;
   }
 }
 
 void Worker::adopt_server(Server* s, Pool* p) {
+  track_server(s);
   s->lp_ = local_pool(p);
   s->attach(this);
   s->want_read(true);
@@ -575,6 +579,7 @@ void Worker::close_server(Server* s, std::string_view reason) {
     (void)r;
   }
   p->unreserve();
+  untrack_server(s);
   defer_free(s);
   // A slot is free: serve waiters here, or tell another worker.
   if (!stopping_) {
@@ -615,9 +620,58 @@ void Worker::free_dead() {
 
 void Worker::janitor_cb(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->janitor(); }
 
+void Worker::track_server(Server* s) {
+  s->pos_ = servers_.size();
+  servers_.push_back(s);
+}
+
+void Worker::untrack_server(Server* s) {
+  if (s->pos_ < servers_.size() && servers_[s->pos_] == s) {
+    Server* last = servers_.back();
+    servers_[s->pos_] = last;
+    last->pos_ = s->pos_;
+    servers_.pop_back();
+  }
+}
+
 void Worker::janitor() {
   cfg_ = rt_->config();  // adopt a reloaded snapshot at a loop turn
   double now = now_seconds();
+  const Config& cf = *cfg_;
+  // Servers: connect/login timeout, idle timeout, lifetime.
+  std::vector<Server*> expired;
+  for (Server* s : servers_) {
+    bool logging_in = s->state_ == ServerState::Connecting || s->state_ == ServerState::Login;
+    if (logging_in && cf.server_connect_timeout > 0 && now - s->connect_time_ > cf.server_connect_timeout)
+      expired.push_back(s);
+    else if (s->state_ == ServerState::Idle &&
+             ((cf.server_idle_timeout > 0 && now - s->idle_since_ > cf.server_idle_timeout) ||
+              (cf.server_lifetime > 0 && now - s->connect_time_ > cf.server_lifetime)))
+      expired.push_back(s);
+  }
+  for (Server* s : expired) {
+    if (s->dead_) continue;
+    if (s->state_ == ServerState::Connecting || s->state_ == ServerState::Login)
+      server_login_failed(s, "08006", "server_connect_timeout");
+    else
+      close_server(s, "server idle timeout or lifetime");
+  }
+  // Clients that never finish logging in.
+  if (cf.client_login_timeout > 0) {
+    std::vector<Client*> slow;
+    for (Client* cl : clients_)
+      if ((cl->state_ == ClientState::Startup || cl->state_ == ClientState::Auth) &&
+          now - cl->connect_time_ > cf.client_login_timeout)
+        slow.push_back(cl);
+    for (Client* cl : slow) {
+      if (cl->dead_) continue;
+      if (cl->state_ == ClientState::Auth) {
+        cl->queue_error(true, "08P01", "client_login_timeout");
+        cl->flush();
+      }
+      close_client(cl, "client_login_timeout");
+    }
+  }
   for (auto& [p, lp] : pools_) {
     if (lp->waiting.empty()) continue;
     while (!lp->waiting.empty() && !lp->idle.empty()) {

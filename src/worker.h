@@ -166,6 +166,11 @@ class Worker {
 
  public:
   std::vector<Client*> clients_;  // every live client of this worker (unordered)
+  std::vector<Server*> servers_;  // every live server of this worker (unordered)
+
+ private:
+  void track_server(Server* s);
+  void untrack_server(Server* s);
 };
 
 double now_seconds();
