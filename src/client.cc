@@ -493,10 +493,18 @@ bool Client::forward_messages() {
     }
     Server* s = server_;
     switch (type) {
-      case 'Q': case 'F': case 'P': case 'B': case 'D': case 'E': case 'C':
+      case 'Q': case 'F':
         s->queue_.push(type);
         break;
+      case 'P': case 'B': case 'D': case 'E': case 'C':
+        s->queue_.push(type);
+        s->unsynced_ = true;  // an implicit transaction is open until Sync
+        break;
+      case 'H':
+        s->unsynced_ = true;
+        break;
       case 'S':
+        s->unsynced_ = false;
         if (!copy_in_) s->queue_.push(type);  // the server swallows Sync during COPY IN
         break;
       case 'c': case 'f':

@@ -88,7 +88,7 @@ void Server::on_readable() {
 
 bool Server::can_release() const {
   return state_ == ServerState::Active && client_ != nullptr && tx_ == 'I' && queue_.empty() &&
-         internal_ == 0 && fwd_remaining_ == 0 && client_->fwd_remaining_ == 0 &&
+         !unsynced_ && internal_ == 0 && fwd_remaining_ == 0 && client_->fwd_remaining_ == 0 &&
          !client_->copy_in_ && pool_->mode != PoolMode::Session;
 }
 
@@ -409,8 +409,11 @@ void Server::process() {
 
     if (type == 'Z' && pool_->mode == PoolMode::Statement && tx_ != 'I') {
       Client* c = client_;
+      c->server_ = nullptr;  // unlink first: the client is owed this error, not "server crashed"
+      client_ = nullptr;
       c->queue_error(true, "08P01", "transaction blocks not allowed in statement pooling mode");
       c->flush();
+      worker_->close_client(c, "transaction in statement pooling mode");
       worker_->close_server(this, "transaction in statement pooling mode");
       return;
     }

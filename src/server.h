@@ -78,6 +78,7 @@ class Server final : public Conn {
   char tx_ = 'I';       // status byte of the last ReadyForQuery
   RequestQueue queue_;  // client requests awaiting answers
   int internal_ = 0;    // internal queries (SET, reset) whose ReadyForQuery is due
+  bool unsynced_ = false;  // extended-protocol messages sent since the client's last Sync
   bool internal_failed_ = false;
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client
   uint32_t backend_pid_ = 0;

@@ -427,6 +427,7 @@ void Worker::release(Server* s) {
 void Worker::release_idle(Server* s) {
   if (s->dead_) return;
   s->queue_.clear();
+  s->unsynced_ = false;
   s->internal_failed_ = false;
   if (s->cancels_pending_ > 0) {
     s->state_ = ServerState::BeingCanceled;
@@ -512,7 +513,7 @@ void Worker::close_client(Client* c, std::string_view reason) {
   c->dead_ = true;
   if (Server* s = c->server_) {
     bool clean = s->state_ == ServerState::Active && s->tx_ == 'I' && s->queue_.empty() &&
-                 s->internal_ == 0 && s->fwd_remaining_ == 0 && c->fwd_remaining_ == 0 &&
+                 !s->unsynced_ && s->internal_ == 0 && s->fwd_remaining_ == 0 && c->fwd_remaining_ == 0 &&
                  !c->copy_in_ && !s->internal_failed_;
     c->server_ = nullptr;
     s->client_ = nullptr;
