@@ -45,7 +45,7 @@ $(BUILD)/src/%.o: src/%.cc
 
 $(BUILD)/test/%.o: test/%.cc
 	@mkdir -p $(dir $@)
-	$(CXX) $(ALLCXX) -Isrc -Itest -c -o $@ $<
+	$(CXX) $(ALLCXX) -Isrc -Itest $(shell pkg-config --cflags libpq 2>/dev/null) -c -o $@ $<
 
 $(BUILD)/unit_tests: $(UNIT_OBJS) $(BUILD)/libpgsluice.a
 	$(CXX) $(EXTRA_CXXFLAGS) -o $@ $^ $(LIBS)

@@ -428,6 +428,13 @@ void Client::finish_auth() {
 }
 
 void Client::send_welcome() {
+  if (welcomed_) {
+    LOG_ERROR("C-%p: BUG welcome again, state=%d server=%p", static_cast<void*>(this),
+              static_cast<int>(state_), static_cast<void*>(server_));
+    PGS_BUG("welcome sent twice");
+    return;
+  }
+  welcomed_ = true;
   const TrackedNames& tracked = *worker_->rt()->tracked;
   std::string m;
   wire::auth_ok(m);

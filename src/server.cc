@@ -402,12 +402,10 @@ void Server::process() {
       default:
         break;
     }
-    size_t n = in_.size() < total ? in_.size() : total;
-    worker_->bufs().append(client_->out_, in_.begin(), n);
-    in_.rpos += n;
-    fwd_remaining_ = total - n;
-
     if (type == 'Z' && pool_->mode == PoolMode::Statement && tx_ != 'I') {
+      // Instead of this ReadyForQuery the client gets the refusal, so it never sees an
+      // open transaction.
+      in_.rpos += total;
       Client* c = client_;
       c->server_ = nullptr;  // unlink first: the client is owed this error, not "server crashed"
       client_ = nullptr;
@@ -417,6 +415,11 @@ void Server::process() {
       worker_->close_server(this, "transaction in statement pooling mode");
       return;
     }
+    size_t n = in_.size() < total ? in_.size() : total;
+    worker_->bufs().append(client_->out_, in_.begin(), n);
+    in_.rpos += n;
+    fwd_remaining_ = total - n;
+
     if (client_->out_.size() > kHighWater) {
       client_->flush();
       if (dead_) return;

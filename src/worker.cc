@@ -235,10 +235,7 @@ void Worker::drain_inbox() {
           Server* s = lp->idle.back();
           lp->idle.pop_back();
           m.pool->idle_on(index_).fetch_sub(1);
-          s->detach();
-          untrack_server(s);
-          rt_->workers[static_cast<size_t>(m.fd)]->post(
-              InboxMsg{InboxMsg::Kind::Server, -1, false, s, m.pool, 0, {}});
+          hand_over(s, static_cast<size_t>(m.fd));
         }
         break;
       }
@@ -456,9 +453,7 @@ void Worker::release_idle(Server* s) {
     if (it == lp->idle.end()) break;
     lp->idle.erase(it);
     p->idle_on(index_).fetch_sub(1);
-    s->detach();
-    untrack_server(s);
-    rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Server, -1, false, s, p, 0, {}});
+    hand_over(s, v);
     break;
   }
 }
@@ -611,9 +606,20 @@ void Worker::defer_free(Conn* c) {
   event_active(&free_ev_, EV_TIMEOUT, 0);
 }
 
+void Worker::hand_over(Server* s, size_t to) {
+  s->detach();
+  untrack_server(s);
+  handoff_.emplace_back(s, to);
+  event_active(&free_ev_, EV_TIMEOUT, 0);
+}
+
 void Worker::free_cb(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->free_dead(); }
 
 void Worker::free_dead() {
+  std::vector<std::pair<Server*, size_t>> out;
+  out.swap(handoff_);
+  for (auto& [s, to] : out)
+    rt_->workers[to]->post(InboxMsg{InboxMsg::Kind::Server, -1, false, s, s->pool_, 0, {}});
   std::vector<Conn*> d;
   d.swap(dead_);
   for (Conn* c : d) delete c;

@@ -127,6 +127,7 @@ class Worker {
   void accept_on(int lfd, bool is_unix);
   void new_client(int fd, bool is_unix);
   void defer_free(Conn* c);
+  void hand_over(Server* s, size_t to);
   void free_dead();
   void janitor();
   void remove_waiting(Client* c);
@@ -160,6 +161,9 @@ class Worker {
   std::unordered_map<Pool*, std::unique_ptr<LocalPool>> pools_;
   std::unordered_map<uint32_t, Client*> cancel_keys_;
   std::vector<Conn*> dead_;
+  // Servers leaving for another worker. Posted at the end of the loop turn, so that no
+  // caller up the stack can touch a server another thread already owns.
+  std::vector<std::pair<Server*, size_t>> handoff_;
   struct event free_ev_;
   struct event janitor_ev_;
   bool stopping_ = false;
