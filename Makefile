@@ -81,12 +81,12 @@ fuzz:
 	    -o $(FUZZ_BUILD)/fuzz/$$n $$f $(FUZZ_BUILD)/libpgsluice.a $(LIBS) || exit 1; done
 
 # Sanitizer builds in their own folders; the whole suite runs against them.
-SAN_FLAGS := -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_FLAGS := -fno-omit-frame-pointer -fno-sanitize-recover=undefined -Wno-maybe-uninitialized
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CXXFLAGS="-fsanitize=address,undefined $(SAN_FLAGS)" \
 	  build-asan/pgsluice build-asan/unit_tests build-asan/integration_tests \
 	  $(FUZZ_SRCS:test/fuzz/%.cc=build-asan/fuzz/%)
-	PGSLUICE_BIN=$(CURDIR)/build-asan/pgsluice sh test/run-all.sh build-asan
+	ASAN_OPTIONS=quarantine_size_mb=4 PGSLUICE_BIN=$(CURDIR)/build-asan/pgsluice sh test/run-all.sh build-asan
 
 demo: deps pgsluice
 	@sh contrib/demo.sh start

@@ -1,6 +1,7 @@
 // A client connection: startup, authentication, and the client half of the data path.
 #include "client.h"
 
+#include "admin.h"
 #include "log.h"
 #include "password.h"
 #include "pool.h"
@@ -200,6 +201,10 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
     return false;
   }
   counted_ = true;
+  if (is_admin_database(db_)) {
+    is_admin_ = true;  // the console: no pool, no server (admin.cc)
+    return begin_auth();
+  }
   std::string err, sqlstate;
   pool_ = worker_->rt()->registry->get(cfg, db_, user_, &err, &sqlstate);
   if (pool_ == nullptr) {
@@ -387,7 +392,7 @@ void Client::process_auth() {
         worker_->bufs().append(out_, m.data(), m.size());
         // Pass-through: the client proved the stored secret, so its keys can log in to a
         // server holding the same secret (only when no forced user changes who logs in).
-        if (scram_real_secret_ && pool_->user_name == user_) {
+        if (scram_real_secret_ && pool_ != nullptr && pool_->user_name == user_) {
           auto k = parse_scram_secret(secret_);
           if (k) pool_->set_scram_keys(scram_->client_key(), k->server_key);
         }
@@ -409,6 +414,11 @@ void Client::finish_auth() {
              db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port, db_.c_str(),
              user_.c_str());
   worker_->register_cancel_key(this);
+  if (is_admin_) {
+    admin_login(this);
+    return;
+  }
+  lp_->stats.client_login_count++;
   if (pool_->welcome_ready()) {
     send_welcome();
     state_ = ClientState::Idle;
@@ -494,18 +504,40 @@ bool Client::forward_messages() {
       worker_->close_client(this, "client close request");
       return false;
     }
+    if (is_admin_) {  // the console reads whole messages; it never reaches a server
+      size_t whole = len + 1;
+      if (whole > kAdminMaxMessage) {
+        queue_error(true, "08P01", "admin console message too long");
+        flush();
+        worker_->close_client(this, "admin message too long");
+        return false;
+      }
+      if (in_.size() < whole) {
+        worker_->bufs().reserve(in_, whole - in_.size());
+        break;
+      }
+      std::span<const uint8_t> body(in_.begin() + wire::kHeaderLen, len - 4);
+      in_.rpos += whole;
+      if (!admin_message(this, type, body)) return false;
+      continue;
+    }
     if (state_ != ClientState::Active) {
       state_ = ClientState::Waiting;
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
     Server* s = server_;
+    PoolStats& st = lp_->stats;
     switch (type) {
       case 'Q': case 'F':
         s->queue_.push(type);
+        s->begin_request();
         break;
       case 'P': case 'B': case 'D': case 'E': case 'C':
+        if (type == 'P') st.client_parse_count++, st.server_parse_count++;
+        if (type == 'B') st.bind_count++;
         s->queue_.push(type);
         s->unsynced_ = true;  // an implicit transaction is open until Sync
+        s->begin_request();
         break;
       case 'H':
         s->unsynced_ = true;
@@ -521,6 +553,7 @@ bool Client::forward_messages() {
         break;
     }
     size_t total = len + 1;
+    st.bytes_received += total;
     size_t n = in_.size() < total ? in_.size() : total;
     worker_->bufs().append(s->out_, in_.begin(), n);
     in_.rpos += n;

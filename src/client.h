@@ -56,6 +56,7 @@ class Client final : public Conn {
   std::array<uint8_t, 4> cancel_key_{};
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the server
   bool copy_in_ = false;        // between CopyInResponse and the client's CopyDone/CopyFail
+  bool is_admin_ = false;       // logged in to a virtual database (admin console)
   bool welcomed_ = false;       // the welcome was sent (it must be sent once)
   bool counted_ = false;        // counted in Runtime::clients
   double wait_since_ = 0;       // when it started waiting for a server

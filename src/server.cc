@@ -86,6 +86,26 @@ void Server::on_readable() {
   process();
 }
 
+// A ReadyForQuery answered the oldest request: count the query, and the transaction
+// when the server is idle again.
+void Server::account_ready() {
+  if (query_start_us_ == 0) return;
+  uint64_t now = now_us();
+  PoolStats& st = lp_->stats;
+  uint64_t q = now - query_start_us_;
+  st.query_count++;
+  st.query_time_us += q;
+  st.query_hist.add(q);
+  query_start_us_ = queue_.empty() ? 0 : now;
+  if (tx_ == 'I' && xact_start_us_ != 0) {
+    uint64_t x = now - xact_start_us_;
+    st.xact_count++;
+    st.xact_time_us += x;
+    st.xact_hist.add(x);
+    xact_start_us_ = queue_.empty() ? 0 : now;
+  }
+}
+
 bool Server::can_release() const {
   return state_ == ServerState::Active && client_ != nullptr && tx_ == 'I' && queue_.empty() &&
          !unsynced_ && internal_ == 0 && fwd_remaining_ == 0 && client_->fwd_remaining_ == 0 &&
@@ -353,6 +373,7 @@ void Server::process() {
                queue_.front() != 'F')
           queue_.pop();
         if (!queue_.empty()) queue_.pop();
+        account_ready();
         break;
       }
       case 'S': {
@@ -415,6 +436,7 @@ void Server::process() {
       worker_->close_server(this, "transaction in statement pooling mode");
       return;
     }
+    lp_->stats.bytes_sent += total;
     size_t n = in_.size() < total ? in_.size() : total;
     worker_->bufs().append(client_->out_, in_.begin(), n);
     in_.rpos += n;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "stats.h"
 #include "stream.h"
 #include "varcache.h"
 
@@ -66,6 +67,15 @@ class Server final : public Conn {
   void flush();
   // True when the linked client's transaction is over and the server can go back.
   bool can_release() const;
+  void account_ready();
+  // A request went to the server: start the query and transaction clocks if idle.
+  void begin_request() {
+    if (query_start_us_ == 0 || xact_start_us_ == 0) {
+      uint64_t now = now_us();
+      if (query_start_us_ == 0) query_start_us_ = now;
+      if (xact_start_us_ == 0) xact_start_us_ = now;
+    }
+  }
   const std::vector<std::pair<std::string, std::string>>& login_params() const {
     return login_params_;
   }
@@ -78,6 +88,8 @@ class Server final : public Conn {
   char tx_ = 'I';       // status byte of the last ReadyForQuery
   RequestQueue queue_;  // client requests awaiting answers
   int internal_ = 0;    // internal queries (SET, reset) whose ReadyForQuery is due
+  uint64_t query_start_us_ = 0;  // first unanswered request (0: none)
+  uint64_t xact_start_us_ = 0;   // first request of the open transaction (0: none)
   bool unsynced_ = false;  // extended-protocol messages sent since the client's last Sync
   bool internal_failed_ = false;
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client

@@ -22,6 +22,12 @@
 
 namespace pgsluice {
 
+uint64_t now_us() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
+}
+
 double now_seconds() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -196,6 +202,12 @@ void Worker::post(InboxMsg m) {
   (void)r;
 }
 
+void Worker::post_call(std::function<void(Worker&)> fn) {
+  InboxMsg m{InboxMsg::Kind::Call, -1, false, nullptr, nullptr, 0, {}, {}};
+  m.call = std::move(fn);
+  post(std::move(m));
+}
+
 void Worker::inbox_cb(evutil_socket_t fd, short, void* arg) {
   uint64_t v;
   ssize_t r = ::read(fd, &v, sizeof v);
@@ -242,6 +254,9 @@ void Worker::drain_inbox() {
       case InboxMsg::Kind::Cancel:
         handle_cancel(m.cancel_pid, m.cancel_key);
         break;
+      case InboxMsg::Kind::Call:
+        if (m.call) m.call(*this);
+        break;
       case InboxMsg::Kind::Stop: {
         stopping_ = true;
         for (auto& l : listeners_) event_del(&l->ev);
@@ -274,7 +289,7 @@ void Worker::accept_on(int lfd, bool is_unix) {
     if (is_unix && rt_->workers.size() > 1) {
       size_t target = next_unix_target_++ % rt_->workers.size();
       if (target != index_) {
-        rt_->workers[target]->post(InboxMsg{InboxMsg::Kind::NewClient, fd, true, nullptr, nullptr, 0, {}});
+        rt_->workers[target]->post(InboxMsg{InboxMsg::Kind::NewClient, fd, true, nullptr, nullptr, 0, {}, {}});
         continue;
       }
     }
@@ -364,7 +379,7 @@ bool Worker::acquire(Client* c) {
 void Worker::kick(Pool* p) {
   for (size_t v = 0; v < rt_->workers.size(); v++)
     if (v != index_ && p->idle_on(v).load() > 0)
-      rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, static_cast<int>(index_), false, nullptr, p, 0, {}});
+      rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, static_cast<int>(index_), false, nullptr, p, 0, {}, {}});
 }
 
 void Worker::remove_waiting(Client* c) {
@@ -378,6 +393,7 @@ void Worker::remove_waiting(Client* c) {
 }
 
 void Worker::link(Client* c, Server* s) {
+  s->lp_->stats.server_assignment_count++;
   c->server_ = s;
   s->client_ = c;
   s->state_ = ServerState::Active;
@@ -394,6 +410,13 @@ void Worker::link(Client* c, Server* s) {
 }
 
 void Worker::link_waiter(Client* c, Server* s) {
+  if (c->wait_since_ > 0) {
+    double waited = now_seconds() - c->wait_since_;
+    auto us = static_cast<uint64_t>(waited > 0 ? waited * 1e6 : 0);
+    s->lp_->stats.wait_time_us += us;
+    s->lp_->stats.wait_hist.add(us);
+    c->wait_since_ = 0;
+  }
   link(c, s);
   c->flush();
   if (c->dead_) return;
@@ -583,7 +606,7 @@ void Worker::close_server(Server* s, std::string_view reason) {
       launch_server(lp);
     for (size_t v = 0; v < rt_->workers.size(); v++)
       if (v != index_ && p->waiting_on(v).load() > 0)
-        rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, -1, false, nullptr, p, 0, {}});
+        rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, -1, false, nullptr, p, 0, {}, {}});
   }
 }
 
@@ -619,7 +642,7 @@ void Worker::free_dead() {
   std::vector<std::pair<Server*, size_t>> out;
   out.swap(handoff_);
   for (auto& [s, to] : out)
-    rt_->workers[to]->post(InboxMsg{InboxMsg::Kind::Server, -1, false, s, s->pool_, 0, {}});
+    rt_->workers[to]->post(InboxMsg{InboxMsg::Kind::Server, -1, false, s, s->pool_, 0, {}, {}});
   std::vector<Conn*> d;
   d.swap(dead_);
   for (Conn* c : d) delete c;
@@ -733,7 +756,7 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
   size_t owner = pid & 0xff;
   if (owner != index_) {
     if (owner < rt_->workers.size())
-      rt_->workers[owner]->post(InboxMsg{InboxMsg::Kind::Cancel, -1, false, nullptr, nullptr, pid, key});
+      rt_->workers[owner]->post(InboxMsg{InboxMsg::Kind::Cancel, -1, false, nullptr, nullptr, pid, key, {}});
     return;
   }
   auto it = cancel_keys_.find(pid);

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,6 +17,7 @@
 
 #include "config.h"
 #include "pool.h"
+#include "stats.h"
 #include "stream.h"
 #include "varcache.h"
 
@@ -51,6 +53,7 @@ struct LocalPool {
   std::deque<Client*> waiting;  // FIFO of clients in Login/Waiting
   std::vector<Server*> idle;    // LIFO of idle servers
   int connecting = 0;           // servers of this worker still logging in
+  PoolStats stats;              // this worker's share of the pool's statistics
 };
 
 // A connection that forwards one CancelRequest to PostgreSQL and waits for it to close.
@@ -66,7 +69,7 @@ class CancelConn final : public Conn {
 
 // A message for a worker's inbox.
 struct InboxMsg {
-  enum class Kind : uint8_t { NewClient, Server, Kick, Cancel, Stop };
+  enum class Kind : uint8_t { NewClient, Server, Kick, Cancel, Stop, Call };
   Kind kind;
   int fd = -1;               // NewClient
   bool is_unix = false;      // NewClient
@@ -74,6 +77,7 @@ struct InboxMsg {
   Pool* pool = nullptr;      // Server, Kick
   uint32_t cancel_pid = 0;
   std::string cancel_key;
+  std::function<void(Worker&)> call;  // Call: run on the receiving worker's thread
 };
 
 class Worker {
@@ -86,6 +90,10 @@ class Worker {
   void join();
   // Thread-safe: queue a message and wake the loop.
   void post(InboxMsg m);
+  // Thread-safe: run fn on this worker's thread at its next loop turn (admin console,
+  // stats snapshots). fn must not block.
+  void post_call(std::function<void(Worker&)> fn);
+  const std::unordered_map<Pool*, std::unique_ptr<LocalPool>>& local_pools() const { return pools_; }
 
   event_base* base() const { return base_; }
   size_t index() const { return index_; }
