@@ -46,7 +46,7 @@ struct Main {
 };
 
 void stop_workers(Main* m) {
-  for (auto& w : m->rt.workers) w->post(InboxMsg{InboxMsg::Kind::Stop, -1, false, nullptr, nullptr, 0, {}});
+  for (auto& w : m->rt.workers) w->post(InboxMsg{InboxMsg::Kind::Stop, -1, false, nullptr, nullptr, 0, {}, {}});
   event_base_loopbreak(m->base);
 }
 
