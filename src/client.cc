@@ -7,6 +7,7 @@
 #include "pool.h"
 #include "scram.h"
 #include "server.h"
+#include "trace.h"
 #include "wire.h"
 #include "worker.h"
 
@@ -203,6 +204,10 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
   counted_ = true;
   if (is_admin_database(db_)) {
     is_admin_ = true;  // the console: no pool, no server (admin.cc)
+    if (admin_trusted_peer(this)) {  // user pgbouncer over the Unix socket, same uid
+      finish_auth();
+      return !dead_;
+    }
     return begin_auth();
   }
   std::string err, sqlstate;
@@ -419,6 +424,7 @@ void Client::finish_auth() {
     return;
   }
   lp_->stats.client_login_count++;
+  remap_ = pool_->mode != PoolMode::Session && worker_->cfg().max_prepared_statements > 0;
   if (pool_->welcome_ready()) {
     send_welcome();
     state_ = ClientState::Idle;
@@ -521,9 +527,23 @@ bool Client::forward_messages() {
       if (!admin_message(this, type, body)) return false;
       continue;
     }
+    // A message whose statement name is remapped is read far enough to rewrite it before
+    // a server is taken, so a slow client never holds a server while it trickles in.
+    bool remapped = remap_ && (type == 'P' || type == 'B' || type == 'D' || type == 'C');
+    if (remapped) {
+      size_t need = remap_need(type, len);
+      if (in_.size() < need) {
+        worker_->bufs().reserve(in_, need - in_.size());
+        break;
+      }
+    }
     if (state_ != ClientState::Active) {
       state_ = ClientState::Waiting;
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
+    }
+    if (trace_) trace_message(this, true, type, len + 1);
+    if (remapped) {
+      if (remap(type, len)) continue;
     }
     Server* s = server_;
     PoolStats& st = lp_->stats;
@@ -570,6 +590,139 @@ bool Client::forward_messages() {
   worker_->bufs().release_if_empty(in_);
   if (server_ != nullptr) server_->flush();
   return !dead_;
+}
+
+// How many bytes of a Parse/Bind/Describe/Close must be buffered before remap() can
+// rewrite it: the whole message, except for Bind, whose parameters may be large and
+// stream through after its two names.
+size_t Client::remap_need(uint8_t type, size_t len) const {
+  size_t total = len + 1;
+  if (type != 'B') return total;
+  size_t avail = in_.size() < total ? in_.size() : total;
+  const uint8_t* p = in_.begin();
+  int nuls = 0;
+  for (size_t i = wire::kHeaderLen; i < avail; i++)
+    if (p[i] == 0 && ++nuls == 2) return i + 1;
+  return avail + 1 < total ? avail + 1 : total;  // need more of the names
+}
+
+namespace {
+constexpr std::string_view kNoSuchStatement = "PGSLUICE_NO_SUCH_STATEMENT";
+}
+
+// The server-side name for a client's statement, prepared on the linked server if needed.
+// An unknown name maps to one the server does not have either, so that PostgreSQL itself
+// answers 26000 at this point of the pipeline; *rename then tells how to name it back.
+std::string_view Client::server_stmt_name(std::string_view name, int* rename) {
+  if (const auto* e = stmts_.find(name)) {
+    server_->ensure_prepared(*e, static_cast<size_t>(worker_->cfg().max_prepared_statements),
+                             lp_->prepared);
+    return (*e)->server_name;
+  }
+  *rename = server_->add_rename(std::string(kNoSuchStatement), std::string(name));
+  return kNoSuchStatement;
+}
+
+// Rewrites a named-statement message for the linked server. Returns 1 when the message
+// was consumed (sent rewritten, or answered by pgsluice), 0 to forward it unchanged.
+int Client::remap(uint8_t type, size_t len) {
+  Server* s = server_;
+  PoolStats& st = lp_->stats;
+  PreparedStats& ps = lp_->prepared;
+  const size_t max = static_cast<size_t>(worker_->cfg().max_prepared_statements);
+  const size_t total = len + 1;
+  size_t have = in_.size() < total ? in_.size() : total;
+  wire::Reader r(in_.begin() + wire::kHeaderLen, have - wire::kHeaderLen);
+  std::string m;
+  switch (type) {
+    case 'P': {
+      std::string_view name;
+      if (!r.cstr(name) || name.empty()) return 0;
+      auto rest = r.rest();
+      std::string_view body(reinterpret_cast<const char*>(rest.data()), rest.size());
+      st.client_parse_count++;
+      ps.client_parses++;
+      st.bytes_received += total;
+      s->unsynced_ = true;
+      s->begin_request();
+      if (const auto* e = stmts_.find(name)) {
+        // The name is in use: let PostgreSQL answer 42P05 at this point of the pipeline,
+        // with its own skip-to-Sync and transaction state, under the client's name.
+        auto entry = *e;
+        s->ensure_prepared(entry, max, ps);
+        wire::Writer(m).begin('P').cstr(entry->server_name).bytes(entry->body).end();
+        s->queue_.push(Request{'P', ReqAction::Forward, 0,
+                               s->add_rename(entry->server_name, std::string(name)), -1});
+      } else {
+        auto entry = stmt_registry().get(body);
+        int undo = s->add_rename(std::string(name), std::string());
+        stmts_.set(name, entry);
+        if (s->stmts_.touch(entry->id)) {
+          ps.hits++;
+          s->queue_.push(Request{'P', ReqAction::Fake, 0, -1, undo});
+        } else {
+          s->make_room(max, ps);
+          wire::Writer(m).begin('P').cstr(entry->server_name).bytes(body).end();
+          s->queue_.push(Request{'P', ReqAction::Forward, entry->id, -1, undo});
+          s->stmts_.add(entry);
+          st.server_parse_count++;
+          ps.server_parses++;
+        }
+      }
+      worker_->bufs().append(s->out_, m.data(), m.size());
+      in_.rpos += total;
+      s->emit_fakes();
+      return 1;
+    }
+    case 'B': {
+      std::string_view portal, name;
+      if (!r.cstr(portal) || !r.cstr(name) || name.empty()) return 0;
+      st.bind_count++;
+      st.bytes_received += total;
+      s->unsynced_ = true;
+      s->begin_request();
+      int rename = -1;
+      std::string_view srv = server_stmt_name(name, &rename);
+      size_t head = wire::kHeaderLen + portal.size() + 1 + name.size() + 1;
+      size_t rest = total - head;
+      wire::Writer(m).begin('B').cstr(portal).cstr(srv).end();  // length patched below
+      wire::put_u32(reinterpret_cast<uint8_t*>(m.data() + 1),
+                    static_cast<uint32_t>(m.size() - 1 + rest));
+      worker_->bufs().append(s->out_, m.data(), m.size());
+      s->queue_.push(Request{'B', ReqAction::Forward, 0, rename, -1});
+      in_.rpos += head;
+      size_t n = in_.size() < rest ? in_.size() : rest;
+      worker_->bufs().append(s->out_, in_.begin(), n);
+      in_.rpos += n;
+      fwd_remaining_ = rest - n;
+      return 1;
+    }
+    case 'D':
+    case 'C': {
+      uint8_t kind = 0;
+      std::string_view name;
+      if (!r.u8(kind) || !r.cstr(name) || kind != 'S' || name.empty()) return 0;
+      st.bytes_received += total;
+      s->unsynced_ = true;
+      s->begin_request();
+      in_.rpos += total;
+      if (type == 'C') {
+        // Only the client's name goes; the server keeps the statement for others.
+        stmts_.erase(name);
+        s->queue_.push(Request{'C', ReqAction::Fake, 0, -1, -1});
+        s->emit_fakes();
+        return 1;
+      }
+      int rename = -1;
+      std::string_view srv = server_stmt_name(name, &rename);
+      wire::Writer(m).begin('D').u8('S').cstr(srv).end();
+      worker_->bufs().append(s->out_, m.data(), m.size());
+      s->queue_.push(Request{'D', ReqAction::Forward, 0, rename, -1});
+      return 1;
+    }
+    default:
+      return 0;
+  }
 }
 
 }  // namespace pgsluice

@@ -6,6 +6,7 @@
 #include <span>
 #include <string>
 
+#include "prepared.h"
 #include "stream.h"
 #include "varcache.h"
 
@@ -56,12 +57,21 @@ class Client final : public Conn {
   std::array<uint8_t, 4> cancel_key_{};
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the server
   bool copy_in_ = false;        // between CopyInResponse and the client's CopyDone/CopyFail
+  ClientStmts stmts_;           // the client's named statements (remapping)
+  bool remap_ = false;          // remap named statements (transaction/statement mode)
   bool is_admin_ = false;       // logged in to a virtual database (admin console)
   bool welcomed_ = false;       // the welcome was sent (it must be sent once)
   bool counted_ = false;        // counted in Runtime::clients
   double wait_since_ = 0;       // when it started waiting for a server
   double connect_time_ = 0;     // when it was accepted
   size_t pos_ = 0;              // index in Worker::clients_
+  // Console, stats and trace (admin.cc, trace.h); only the owning worker touches them.
+  uint64_t id_ = 0;              // process-wide id (SHOW CLIENTS, KILL_CLIENT)
+  double request_time_ = 0;      // when its last request asked for a server (monotonic)
+  uint8_t admin_role_ = 0;       // console: 0 none, 1 stats_users (read-only), 2 admin
+  bool admin_busy_ = false;      // console: an answer is being gathered; reading is off
+  bool trace_ = false;           // log every message's type and length (trace.h)
+  uint64_t trace_last_us_ = 0;   // time of the previous traced message
 
  private:
   void process_startup();
@@ -71,6 +81,9 @@ class Client final : public Conn {
   void finish_auth();
   void auth_failed();
   bool forward_messages();
+  size_t remap_need(uint8_t type, size_t len) const;
+  int remap(uint8_t type, size_t len);
+  std::string_view server_stmt_name(std::string_view name, int* rename);
 
   AuthStep auth_step_ = AuthStep::None;
   std::string secret_;  // the stored secret of user_ (empty when unknown)

@@ -219,6 +219,11 @@ constexpr Row kRows[] = {
             &Config::scram_iterations, 1, kIntMax),
     int_row("workers", "0", kRestart, "worker threads; 0 means one per CPU", &Config::workers, 0,
             1024),
+    string_row("metrics_listen_addr", "127.0.0.1", kRestart,
+               "address of the Prometheus metrics endpoint", &Config::metrics_listen_addr),
+    int_row("metrics_port", "0", kRestart,
+            "TCP port of the Prometheus metrics endpoint (/metrics); 0 turns it off",
+            &Config::metrics_port, 0, 65535),
 
     // authentication
     auth_row("auth_type", "md5", kReload,

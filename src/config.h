@@ -112,6 +112,8 @@ struct Config {
   int max_prepared_statements = 200;
   int scram_iterations = 4096;
   int workers = 0;  // pgsluice: worker threads; 0 (default) = number of CPUs
+  std::string metrics_listen_addr = "127.0.0.1";  // pgsluice: Prometheus endpoint address
+  int metrics_port = 0;                             // pgsluice: its port; 0 (default) = off
 
   // authentication
   AuthType auth_type = AuthType::Md5;

@@ -5,23 +5,31 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "admin.h"
 #include "config.h"
+#include "gather.h"
 #include "log.h"
+#include "metrics.h"
 #include "password.h"
+#include "pool.h"
 #include "worker.h"
 
 using namespace pgsluice;  // NOLINT: main.cc only
 
 namespace {
 
-constexpr const char* kVersion = "pgsluice 0.1.0";
+const std::string kVersion = std::string("pgsluice ") + kPgsluiceVersion;
 
 void usage(FILE* f) {
   std::fprintf(f,
@@ -34,7 +42,7 @@ void usage(FILE* f) {
                "  -u, --user=USERNAME  accepted for compatibility; not implemented\n"
                "  -V, --version        print the version and exit\n"
                "  -h, --help           print this help and exit\n",
-               kVersion);
+               kVersion.c_str());
 }
 
 struct Main {
@@ -42,43 +50,171 @@ struct Main {
   event_base* base = nullptr;
   std::string pidfile;
   std::string unix_path;
-  int stops = 0;
+  int graceful_signals = 0;                // SIGINT/SIGTERM seen (a second one is immediate)
+  std::atomic<int> requested{0};           // ShutdownMode asked by a console, for on_request
+  event* request_ev = nullptr;             // wakes the main loop from a worker thread
+  event* watch_ev = nullptr;               // graceful shutdown: checks every 100 ms
+  event* stats_ev = nullptr;               // stats_period tick
+  std::unique_ptr<MetricsServer> metrics;  // Prometheus endpoint (off by default)
 };
 
+// systemd's notify protocol, without libsystemd: one datagram to $NOTIFY_SOCKET.
+void sd_notify_msg(const char* msg) {
+  const char* path = getenv("NOTIFY_SOCKET");
+  if (path == nullptr || (path[0] != '/' && path[0] != '@')) return;
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  size_t n = std::strlen(path);
+  if (n >= sizeof un.sun_path) return;
+  std::memcpy(un.sun_path, path, n);
+  if (un.sun_path[0] == '@') un.sun_path[0] = 0;  // abstract namespace
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  ssize_t r = sendto(fd, msg, std::strlen(msg), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&un),
+                     static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n));
+  (void)r;
+  ::close(fd);
+}
+
 void stop_workers(Main* m) {
-  for (auto& w : m->rt.workers) w->post(InboxMsg{InboxMsg::Kind::Stop, -1, false, nullptr, nullptr, 0, {}, {}});
+  for (auto& w : m->rt.workers)
+    w->post(InboxMsg{InboxMsg::Kind::Stop, -1, false, nullptr, nullptr, 0, {}, {}});
   event_base_loopbreak(m->base);
+}
+
+// Re-reads the config file and auth_file, reopens the log; workers adopt it at once.
+Status reload(Main* m) {
+  sd_notify_msg("RELOADING=1");
+  auto cur = m->rt.config();
+  auto next = load_config(cur->config_file);
+  if (!next) {
+    sd_notify_msg("READY=1");
+    return next.status();
+  }
+  for (const auto& w : next.value()->warnings) LOG_WARN("%s", w.c_str());
+  next.value()->config_file = cur->config_file;
+  for (const std::string& k : settings_needing_restart(*cur, *next.value()))
+    LOG_WARN("setting %s changed in the config file: it needs a restart, ignored", k.c_str());
+  m->rt.set_config(next.value());
+  LogSettings ls;
+  ls.logfile = next.value()->logfile;
+  ls.verbose = next.value()->verbose;
+  if (!log_configure(ls)) LOG_ERROR("cannot open logfile %s", ls.logfile.c_str());
+  for (auto& w : m->rt.workers) w->post_call([](Worker& self) { self.refresh_config(); });
+  sd_notify_msg("READY=1");
+  return Status();
+}
+
+// Non-admin clients still connected (WAIT_FOR_CLIENTS), from a blocking gather.
+int open_clients(Main* m) {
+  Snapshot s = gather_blocking(m->rt, kSnapPools, 2.0);
+  int n = s.login_clients;
+  for (const PoolRow& r : s.pools) n += r.cl_active + r.cl_waiting;
+  return n;
+}
+
+void watch_cb(evutil_socket_t, short, void* arg) {
+  auto* m = static_cast<Main*>(arg);
+  auto mode = static_cast<ShutdownMode>(m->rt.shutdown_mode.load());
+  bool done = false;
+  if (mode == ShutdownMode::WaitForServers) {
+    int n = 0;
+    for (Pool* p : m->rt.registry->pools()) n += p->server_count();
+    done = n == 0;
+  } else if (mode == ShutdownMode::WaitForClients) {
+    done = open_clients(m) == 0;
+  }
+  if (done) {
+    LOG_INFO("graceful shutdown: nothing left to wait for");
+    stop_workers(m);
+    return;
+  }
+  timeval tv{0, 100000};
+  evtimer_add(m->watch_ev, &tv);
+}
+
+void start_shutdown(Main* m, ShutdownMode mode) {
+  int cur = m->rt.shutdown_mode.load();
+  if (mode == ShutdownMode::Immediate || cur != 0) {
+    sd_notify_msg("STOPPING=1");
+    m->rt.shutdown_mode = static_cast<int>(ShutdownMode::Immediate);
+    stop_workers(m);
+    return;
+  }
+  sd_notify_msg("STOPPING=1");
+  m->rt.shutdown_mode = static_cast<int>(mode);
+  if (mode == ShutdownMode::WaitForServers) m->rt.paused_all = true;
+  for (auto& w : m->rt.workers)
+    w->post_call([](Worker& self) {
+      self.stop_listening_tcp();
+      self.sweep();
+    });
+  watch_cb(-1, 0, m);
+}
+
+void request_cb(evutil_socket_t, short, void* arg) {
+  auto* m = static_cast<Main*>(arg);
+  int mode = m->requested.exchange(0);
+  if (mode != 0) start_shutdown(m, static_cast<ShutdownMode>(mode));
+}
+
+void schedule_stats(Main* m) {
+  timeval tv{m->rt.config()->stats_period, 0};
+  evtimer_add(m->stats_ev, &tv);
+}
+
+// Every stats_period: totals per database for the averages, and the log_stats line.
+void stats_cb(evutil_socket_t, short, void* arg) {
+  auto* m = static_cast<Main*>(arg);
+  Snapshot s = gather_blocking(m->rt, kSnapPools, 2.0);
+  m->rt.stats->record(stats_by_database(s), now_seconds());
+  if (m->rt.config()->log_stats)
+    LOG_INFO("%s", stats_log_line(m->rt.stats->total_averages()).c_str());
+  schedule_stats(m);
+}
+
+void for_all_workers(Main* m, std::function<void(Worker&)> fn) {
+  for (auto& w : m->rt.workers) w->post_call(fn);
 }
 
 void on_signal(evutil_socket_t sig, short, void* arg) {
   auto* m = static_cast<Main*>(arg);
   switch (sig) {
     case SIGHUP: {
-      LOG_INFO("got SIGHUP, reloading config");
-      auto cur = m->rt.config();
-      auto next = load_config(cur->config_file);
-      if (!next) {
-        LOG_ERROR("reload failed: %s", next.status().message().c_str());
-        return;
-      }
-      for (const auto& w : next.value()->warnings) LOG_WARN("%s", w.c_str());
-      next.value()->config_file = cur->config_file;
-      m->rt.set_config(next.value());
-      LogSettings ls;
-      ls.logfile = next.value()->logfile;
-      ls.verbose = next.value()->verbose;
-      log_configure(ls);
+      LOG_INFO("got SIGHUP, re-reading config");
+      Status st = reload(m);
+      if (!st) LOG_ERROR("reload failed: %s", st.message().c_str());
       break;
     }
     case SIGINT:
     case SIGTERM:
+      if (++m->graceful_signals > 1) {
+        LOG_INFO("got signal %d again, exiting at once", static_cast<int>(sig));
+        start_shutdown(m, ShutdownMode::Immediate);
+      } else if (sig == SIGINT) {
+        LOG_INFO("got SIGINT, shutting down, waiting for servers");
+        start_shutdown(m, ShutdownMode::WaitForServers);
+      } else {
+        LOG_INFO("got SIGTERM, shutting down, waiting for clients");
+        start_shutdown(m, ShutdownMode::WaitForClients);
+      }
+      break;
     case SIGQUIT:
-      LOG_INFO("got signal %d, shutting down", static_cast<int>(sig));
-      stop_workers(m);
+      LOG_INFO("got SIGQUIT, fast exit");
+      start_shutdown(m, ShutdownMode::Immediate);
       break;
     case SIGUSR1:
+      LOG_INFO("got SIGUSR1, pausing all activity");
+      m->rt.paused_all = true;
+      for_all_workers(m, [](Worker& w) { w.sweep(); });
+      break;
     case SIGUSR2:
-      LOG_WARN("got signal %d: pause/resume is not implemented yet, ignored", static_cast<int>(sig));
+      LOG_INFO("got SIGUSR2, continuing");
+      if (m->rt.shutdown_mode.load() == 0) {
+        m->rt.paused_all = false;
+        m->rt.suspended = false;
+        for_all_workers(m, [](Worker& w) { w.sweep(); });
+      }
       break;
     default:
       break;
@@ -98,7 +234,7 @@ int main(int argc, char** argv) {
     } else if (a == "-q" || a == "--quiet") {
       quiet = true;
     } else if (a == "-V" || a == "--version") {
-      std::printf("%s\n", kVersion);
+      std::printf("%s\n", kVersion.c_str());
       return 0;
     } else if (a == "-h" || a == "--help") {
       usage(stdout);
@@ -137,7 +273,8 @@ int main(int argc, char** argv) {
   ls.verbose = cfg->verbose;
   ls.quiet = quiet || daemon;
   if (!log_configure(ls)) {
-    std::fprintf(stderr, "pgsluice: cannot open logfile %s: %s\n", cfg->logfile.c_str(), strerror(errno));
+    std::fprintf(stderr, "pgsluice: cannot open logfile %s: %s\n", cfg->logfile.c_str(),
+                 strerror(errno));
     return 1;
   }
   for (const auto& w : cfg->warnings) LOG_WARN("%s", w.c_str());
@@ -210,6 +347,26 @@ int main(int argc, char** argv) {
     m.unix_path = cfg->unix_socket_dir + "/.s.PGSQL." + std::to_string(cfg->listen_port);
 
   m.base = event_base_new();
+  m.rt.start_time = now_seconds();
+  m.rt.stats = std::make_unique<StatsHistory>();
+  m.rt.stats->record({}, now_seconds());
+  m.rt.reload = [&m]() { return reload(&m); };
+  m.request_ev = event_new(m.base, -1, 0, request_cb, &m);
+  m.rt.request_shutdown = [&m](int mode) {
+    m.requested = mode;
+    event_active(m.request_ev, EV_TIMEOUT, 0);
+  };
+  m.watch_ev = evtimer_new(m.base, watch_cb, &m);
+  m.stats_ev = evtimer_new(m.base, stats_cb, &m);
+  schedule_stats(&m);
+  if (cfg->metrics_port > 0) {
+    m.metrics = std::make_unique<MetricsServer>(&m.rt);
+    Status st = m.metrics->start(m.base, cfg->metrics_listen_addr, cfg->metrics_port);
+    if (!st) {
+      LOG_ERROR("%s", st.message().c_str());
+      return 1;
+    }
+  }
   event* sigs[6];
   int signums[6] = {SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2};
   for (int i = 0; i < 6; i++) {
@@ -217,14 +374,19 @@ int main(int argc, char** argv) {
     event_add(sigs[i], nullptr);
   }
   for (auto& w : m.rt.workers) w->start();
-  LOG_INFO("%s listening on %s:%d with %zu workers", kVersion,
+  sd_notify_msg("READY=1");
+  LOG_INFO("%s listening on %s:%d with %zu workers", kVersion.c_str(),
            cfg->listen_addr.empty() ? "(unix only)" : cfg->listen_addr.c_str(), cfg->listen_port,
            nworkers);
   event_base_dispatch(m.base);
 
   for (auto& w : m.rt.workers) w->join();
+  m.metrics.reset();
   m.rt.workers.clear();
   for (auto* e : sigs) event_free(e);
+  event_free(m.request_ev);
+  event_free(m.watch_ev);
+  event_free(m.stats_ev);
   event_base_free(m.base);
   if (!m.unix_path.empty()) ::unlink(m.unix_path.c_str());
   if (!m.pidfile.empty()) ::unlink(m.pidfile.c_str());

@@ -120,11 +120,18 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   }
   std::string pool_user = def->user.empty() ? user : def->user;
   std::lock_guard<std::mutex> g(mu_);
+  DbState* st = db_state_locked(db);
+  if (st->disabled.load()) {
+    *err = "database does not allow connections: " + db;
+    *sqlstate = "08P01";
+    return nullptr;
+  }
   auto key = std::make_pair(db, pool_user);
   auto pit = pools_.find(key);
   if (pit != pools_.end()) return pit->second.get();
 
   auto p = std::make_unique<Pool>(db, pool_user, nworkers_);
+  p->state = st;
   p->port = def->port;
   p->server_db = def->dbname.empty() ? db : def->dbname;
   const UserDef* udef = nullptr;
@@ -148,7 +155,8 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
     p->pool_size = cfg.default_pool_size;
   p->startup_params.emplace_back("user", pool_user);
   p->startup_params.emplace_back("database", p->server_db);
-  if (!def->client_encoding.empty()) p->startup_params.emplace_back("client_encoding", def->client_encoding);
+  if (!def->client_encoding.empty())
+    p->startup_params.emplace_back("client_encoding", def->client_encoding);
   if (!def->datestyle.empty()) p->startup_params.emplace_back("datestyle", def->datestyle);
   if (!def->timezone.empty()) p->startup_params.emplace_back("timezone", def->timezone);
   if (!def->application_name.empty())
@@ -165,10 +173,42 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   if (!uc) uc = std::make_unique<std::atomic<int>>(0);
   p->user_conns = uc.get();
   p->user_max = (udef && udef->max_user_connections >= 0) ? udef->max_user_connections
-                                                           : cfg.max_user_connections;
+                                                          : cfg.max_user_connections;
   Pool* raw = p.get();
   pools_.emplace(key, std::move(p));
   return raw;
+}
+
+DbState* Registry::db_state_locked(const std::string& db) {
+  auto& st = db_states_[db];
+  if (!st) st = std::make_unique<DbState>();
+  return st.get();
+}
+
+DbState* Registry::db_state(const std::string& db) {
+  std::lock_guard<std::mutex> g(mu_);
+  return db_state_locked(db);
+}
+
+std::vector<Pool*> Registry::pools() {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<Pool*> out;
+  out.reserve(pools_.size());
+  for (auto& [k, p] : pools_) out.push_back(p.get());
+  return out;
+}
+
+std::vector<std::string> Registry::db_names() {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<std::string> out;
+  for (auto& [k, v] : db_states_) out.push_back(k);
+  return out;
+}
+
+int Registry::user_server_count(const std::string& user) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = user_counts_.find(user);
+  return it == user_counts_.end() ? 0 : it->second->load();
 }
 
 }  // namespace pgsluice

@@ -17,6 +17,14 @@
 
 namespace pgsluice {
 
+// Operator state of one database name, shared by all its pools and all workers: set by the
+// console (PAUSE, DISABLE, KILL, RECONNECT) and read by workers in acquire/release.
+struct DbState {
+  std::atomic<bool> paused{false};      // PAUSE/KILL: no server is handed out; released ones close
+  std::atomic<bool> disabled{false};    // DISABLE: new logins refused
+  std::atomic<uint32_t> generation{0};  // RECONNECT: servers of an older generation close
+};
+
 // One (database, user) pool. Settings are fixed at creation; the counters are atomics
 // that any worker may touch; everything else is behind mu_.
 class Pool {
@@ -61,6 +69,8 @@ class Pool {
   void set_scram_keys(const std::array<uint8_t, 32>& ck, const std::array<uint8_t, 32>& sk);
   bool scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) const;
 
+  DbState* state = nullptr;  // this database's operator state (never null once registered)
+
   std::atomic<int>* db_conns = nullptr;  // shared per-database server count
   int db_max = 0;
   std::atomic<int>* user_conns = nullptr;  // shared per-user server count
@@ -87,6 +97,14 @@ class Registry {
   // database is unknown.
   Pool* get(const Config& cfg, const std::string& db, const std::string& user, std::string* err,
             std::string* sqlstate);
+  // Every pool so far, ordered by (database, user). Pools are never freed.
+  std::vector<Pool*> pools();
+  // The operator state of a database name, created on first use.
+  DbState* db_state(const std::string& db);
+  // Names of the databases that have a DbState (pools, or console commands).
+  std::vector<std::string> db_names();
+  // Current per-user server connection count (SHOW USERS).
+  int user_server_count(const std::string& user);
 
  private:
   std::mutex mu_;
@@ -94,6 +112,8 @@ class Registry {
   std::map<std::pair<std::string, std::string>, std::unique_ptr<Pool>> pools_;
   std::map<std::string, std::unique_ptr<std::atomic<int>>> db_counts_;
   std::map<std::string, std::unique_ptr<std::atomic<int>>> user_counts_;
+  std::map<std::string, std::unique_ptr<DbState>> db_states_;
+  DbState* db_state_locked(const std::string& db);
 };
 
 }  // namespace pgsluice

@@ -8,6 +8,7 @@
 #include "password.h"
 #include "pool.h"
 #include "scram.h"
+#include "trace.h"
 #include "wire.h"
 #include "worker.h"
 
@@ -23,7 +24,7 @@ void RequestQueue::drop_syncs_after_front() {
   if (empty()) return;
   size_t w = head_ + 1;
   for (size_t r = head_ + 1; r < q_.size(); r++)
-    if (q_[r] != 'S') q_[w++] = q_[r];
+    if (q_[r].type != 'S') q_[w++] = q_[r];
   q_.resize(w);
 }
 
@@ -84,6 +85,78 @@ void Server::on_readable() {
   }
   if (got == 0) return;
   process();
+}
+
+namespace {
+// Rebuilds an ErrorResponse with the server-side statement name replaced in its message.
+std::string rename_error(std::span<const uint8_t> body, std::string_view from, std::string_view to) {
+  std::string out;
+  wire::Writer w(out);
+  w.begin('E');
+  wire::Reader r(body);
+  for (;;) {
+    uint8_t code = 0;
+    std::string_view v;
+    if (!r.u8(code) || code == 0 || !r.cstr(v)) break;
+    w.u8(code).cstr(code == 'M' ? rename_in_message(v, from, to) : std::string(v));
+  }
+  w.u8(0).end();
+  return out;
+}
+}  // namespace
+
+void Server::make_room(size_t max, PreparedStats& ps) {
+  while (max > 0 && stmts_.size() >= max) {
+    auto victim = stmts_.lru();
+    if (!victim) break;
+    stmts_.remove(victim->id);
+    std::string m;
+    wire::Writer(m).begin('C').u8('S').cstr(victim->server_name).end();
+    worker_->bufs().append(out_, m.data(), m.size());
+    queue_.push(Request{'C', ReqAction::Skip, victim->id, -1, -1});
+    evicting_[victim->id] = std::move(victim);
+    ps.evictions++;
+  }
+}
+
+void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t max,
+                             PreparedStats& ps) {
+  if (stmts_.touch(e->id)) {
+    ps.hits++;
+    return;
+  }
+  make_room(max, ps);
+  std::string m;
+  wire::Writer(m).begin('P').cstr(e->server_name).bytes(e->body).end();
+  worker_->bufs().append(out_, m.data(), m.size());
+  queue_.push(Request{'P', ReqAction::Skip, e->id, -1, -1});
+  stmts_.add(e);
+  ps.server_parses++;
+  lp_->stats.server_parse_count++;
+}
+
+void Server::emit_fakes() {
+  if (fwd_remaining_ > 0) return;  // mid-message to the client: wait for its end
+  while (!queue_.empty() && queue_.front().action == ReqAction::Fake) {
+    const char reply = queue_.front_type() == 'P' ? '1' : '3';
+    const char msg[5] = {reply, 0, 0, 0, 4};
+    if (client_ != nullptr) worker_->bufs().append(client_->out_, msg, sizeof msg);
+    queue_.pop();
+  }
+}
+
+void Server::unwind(const Request& r) {
+  if (r.type == 'P' && r.client_name >= 0 && client_ != nullptr)
+    client_->stmts_.erase(renames_[static_cast<size_t>(r.client_name)].first);  // never created
+  if (r.type == 'P' && r.stmt != 0) {
+    stmts_.remove(r.stmt);  // the Parse failed or was skipped: not prepared here
+  } else if (r.type == 'C' && r.action == ReqAction::Skip && r.stmt != 0) {
+    auto it = evicting_.find(r.stmt);  // the eviction was skipped: still prepared here
+    if (it != evicting_.end()) {
+      stmts_.add(it->second);
+      evicting_.erase(it);
+    }
+  }
 }
 
 // A ReadyForQuery answered the oldest request: count the query, and the transaction
@@ -261,6 +334,7 @@ void Server::process() {
       if (client_ != nullptr) worker_->bufs().append(client_->out_, in_.begin(), n);
       in_.rpos += n;
       fwd_remaining_ -= n;
+      if (fwd_remaining_ == 0) emit_fakes();
       if (client_ != nullptr && client_->out_.size() > kHighWater) {
         client_->flush();
         if (dead_) return;
@@ -280,7 +354,9 @@ void Server::process() {
     }
     size_t total = len + 1;
     bool linked = state_ == ServerState::Active && client_ != nullptr;
-    bool need_whole = !linked || internal_ > 0 || type == 'Z' || type == 'S';
+    bool need_whole = !linked || internal_ > 0 || type == 'Z' || type == 'S' || type == 'C' ||
+                      type == '1' || type == '3' ||
+                      (type == 'E' && !queue_.empty() && queue_.front().rename >= 0);
     if (need_whole) {
       if (total > kMaxParsedMessage && !(linked && internal_ == 0)) {
         worker_->close_server(this, "oversized message from server");
@@ -360,7 +436,8 @@ void Server::process() {
       continue;
     }
 
-    // Linked to a client: bookkeeping, then pass on.
+    // Linked to a client: bookkeeping, then pass on (or swallow an injected reply).
+    bool swallow = false;
     switch (type) {
       case 'Z': {
         uint8_t st = body.empty() ? 0 : body[0];
@@ -369,8 +446,8 @@ void Server::process() {
           return;
         }
         tx_ = static_cast<char>(st);
-        while (!queue_.empty() && queue_.front() != 'S' && queue_.front() != 'Q' &&
-               queue_.front() != 'F')
+        while (!queue_.empty() && queue_.front_type() != 'S' && queue_.front_type() != 'Q' &&
+               queue_.front_type() != 'F')
           queue_.pop();
         if (!queue_.empty()) queue_.pop();
         account_ready();
@@ -389,30 +466,59 @@ void Server::process() {
         break;
       }
       case '1':
-        if (!queue_.empty() && queue_.front() == 'P') queue_.pop();
+        if (!queue_.empty() && queue_.front_type() == 'P') {
+          swallow = queue_.front().action == ReqAction::Skip;
+          queue_.pop();
+        }
         break;
       case '2':
-        if (!queue_.empty() && queue_.front() == 'B') queue_.pop();
+        if (!queue_.empty() && queue_.front_type() == 'B') queue_.pop();
         break;
       case '3':
-        if (!queue_.empty() && queue_.front() == 'C') queue_.pop();
+        if (!queue_.empty() && queue_.front_type() == 'C') {
+          if (queue_.front().action == ReqAction::Skip) {
+            swallow = true;
+            evicting_.erase(queue_.front().stmt);
+          }
+          queue_.pop();
+        }
         break;
       case 'n': case 'T':
-        if (!queue_.empty() && queue_.front() == 'D') queue_.pop();
+        if (!queue_.empty() && queue_.front_type() == 'D') queue_.pop();
         break;
       case 'C': case 'I': case 's':
-        if (!queue_.empty() && queue_.front() == 'E') queue_.pop();
-        if (type == 'C') client_->copy_in_ = false;
+        if (!queue_.empty() && queue_.front_type() == 'E') queue_.pop();
+        if (type == 'C') {
+          client_->copy_in_ = false;
+          // DEALLOCATE ALL / DISCARD ALL dropped every statement of this session.
+          std::string_view tag(reinterpret_cast<const char*>(body.data()),
+                               body.empty() ? 0 : body.size() - 1);
+          if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") {
+            stmts_.clear();
+            evicting_.clear();
+            client_->stmts_.clear();
+          }
+        }
         break;
       case 'E':
         client_->copy_in_ = false;
+        if (!queue_.empty() && queue_.front().rename >= 0) {
+          // An error pgsluice provoked on the client's behalf: name the client's statement.
+          const auto& rn = renames_[static_cast<size_t>(queue_.front().rename)];
+          std::string m = rename_error(body, rn.first, rn.second);
+          worker_->bufs().append(client_->out_, m.data(), m.size());
+          lp_->stats.bytes_sent += m.size();
+          swallow = true;
+        }
         // Extended protocol: the server skips everything up to the next Sync.
-        while (!queue_.empty() && queue_.front() != 'S' && queue_.front() != 'Q' &&
-               queue_.front() != 'F')
+        while (!queue_.empty() && queue_.front_type() != 'S' && queue_.front_type() != 'Q' &&
+               queue_.front_type() != 'F') {
+          unwind(queue_.front());
           queue_.pop();
+        }
         break;
       case 'G':
-        if (!queue_.empty() && queue_.front() == 'E') {
+        if (!queue_.empty() && queue_.front_type() == 'E') {
           queue_.drop_syncs_after_front();
           client_->copy_in_ = true;
         }
@@ -436,11 +542,19 @@ void Server::process() {
       worker_->close_server(this, "transaction in statement pooling mode");
       return;
     }
+    if (swallow) {
+      in_.rpos += total;  // whole: need_whole covers every swallowed type
+      emit_fakes();
+      continue;
+    }
+    if (client_->trace_) trace_message(client_, false, type, total);
     lp_->stats.bytes_sent += total;
     size_t n = in_.size() < total ? in_.size() : total;
     worker_->bufs().append(client_->out_, in_.begin(), n);
     in_.rpos += n;
     fwd_remaining_ = total - n;
+    if (fwd_remaining_ == 0) emit_fakes();
+    if (type == 'Z' && queue_.empty() && !renames_.empty()) renames_.clear();
 
     if (client_->out_.size() > kHighWater) {
       client_->flush();

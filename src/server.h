@@ -2,10 +2,12 @@
 #pragma once
 
 #include <memory>
+#include <unordered_map>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "prepared.h"
 #include "stats.h"
 #include "stream.h"
 #include "varcache.h"
@@ -27,13 +29,30 @@ enum class ServerState : uint8_t {
   BeingCanceled,  // released while cancel requests for it are in flight; not reusable yet
 };
 
-// The requests sent to a server whose answers are still due, oldest first. Each entry is
-// the frontend message type ('Q','P','B','D','E','C','S','F').
+// What to do with the answer to a request.
+enum class ReqAction : uint8_t {
+  Forward,  // the client's own request: its answer goes to the client
+  Skip,     // injected by pgsluice (Parse, eviction Close): swallow its answer
+  Fake,     // answered by pgsluice itself when it reaches the front (ParseComplete, CloseComplete)
+};
+
+// One request sent to a server whose answer is still due.
+struct Request {
+  uint8_t type = 0;  // frontend message type: 'Q','P','B','D','E','C','S','F'
+  ReqAction action = ReqAction::Forward;
+  uint64_t stmt = 0;  // P: the statement it prepares; C(Skip): the statement it evicts
+  int32_t rename = -1;  // index in Server::renames_: show an error under the client's name
+  int32_t client_name = -1;  // P: index in Server::renames_ of the client's name to undo
+};
+
+// The requests sent to a server whose answers are still due, oldest first.
 class RequestQueue {
  public:
-  void push(uint8_t t) { q_.push_back(t); }
+  void push(uint8_t t) { q_.push_back(Request{t, ReqAction::Forward, 0, -1, -1}); }
+  void push(const Request& r) { q_.push_back(r); }
   bool empty() const { return head_ == q_.size(); }
-  uint8_t front() const { return q_[head_]; }
+  const Request& front() const { return q_[head_]; }
+  uint8_t front_type() const { return q_[head_].type; }
   void pop() {
     if (++head_ == q_.size()) {
       q_.clear();
@@ -49,7 +68,7 @@ class RequestQueue {
   void drop_syncs_after_front();
 
  private:
-  std::vector<uint8_t> q_;
+  std::vector<Request> q_;
   size_t head_ = 0;
 };
 
@@ -67,6 +86,19 @@ class Server final : public Conn {
   void flush();
   // True when the linked client's transaction is over and the server can go back.
   bool can_release() const;
+  // Prepared-statement remapping (see prepared.h). All write to out_ and queue_ in order.
+  // Makes sure e is prepared here, injecting a swallowed Parse (and evictions) if not.
+  void ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t max, PreparedStats& ps);
+  // Evicts least recently used statements until one more fits under max.
+  void make_room(size_t max, PreparedStats& ps);
+  // Answers the Fake requests now at the front of the queue (in order).
+  void emit_fakes();
+  int add_rename(std::string from, std::string to) {
+    renames_.emplace_back(std::move(from), std::move(to));
+    return static_cast<int>(renames_.size() - 1);
+  }
+  // Undoes the bookkeeping of requests PostgreSQL skipped or rejected after an error.
+  void unwind(const Request& r);
   void account_ready();
   // A request went to the server: start the query and transaction clocks if idle.
   void begin_request() {
@@ -90,6 +122,9 @@ class Server final : public Conn {
   int internal_ = 0;    // internal queries (SET, reset) whose ReadyForQuery is due
   uint64_t query_start_us_ = 0;  // first unanswered request (0: none)
   uint64_t xact_start_us_ = 0;   // first request of the open transaction (0: none)
+  ServerStmts stmts_;  // named statements prepared on this server (remapping)
+  std::unordered_map<uint64_t, std::shared_ptr<const StmtEntry>> evicting_;  // Close in flight
+  std::vector<std::pair<std::string, std::string>> renames_;  // server name -> client name
   bool unsynced_ = false;  // extended-protocol messages sent since the client's last Sync
   bool internal_failed_ = false;
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client
@@ -100,6 +135,8 @@ class Server final : public Conn {
   double connect_time_ = 0;
   double idle_since_ = 0;      // when it last became idle
   size_t pos_ = 0;             // index in Worker::servers_
+  uint64_t id_ = 0;            // process-wide id (SHOW SERVERS)
+  uint32_t gen_ = 0;           // DbState::generation when connected; older means close_needed
   std::string login_error_;
   std::string login_sqlstate_;
 

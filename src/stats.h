@@ -4,6 +4,9 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
 
 namespace pgsluice {
 
@@ -67,6 +70,46 @@ struct PoolStats {
     xact_hist.merge(o.xact_hist);
     wait_hist.merge(o.wait_hist);
   }
+};
+
+// PgBouncer's avg_* figures over one stats_period: counts and bytes per second; times
+// per transaction, per query and per server assignment (wait), in microseconds.
+struct StatsAverages {
+  uint64_t server_assignment_count = 0;
+  uint64_t xact_count = 0;
+  uint64_t query_count = 0;
+  uint64_t bytes_received = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t xact_time_us = 0;
+  uint64_t query_time_us = 0;
+  uint64_t wait_time_us = 0;
+  uint64_t client_parse_count = 0;
+  uint64_t server_parse_count = 0;
+  uint64_t bind_count = 0;
+  uint64_t client_login_count = 0;
+};
+
+// Averages between two totals taken `seconds` apart (pure; zero when seconds <= 0).
+StatsAverages compute_averages(const PoolStats& cur, const PoolStats& old, double seconds);
+// The log_stats line: "stats: N xacts/s, N queries/s, ..." (PgBouncer's wording).
+std::string stats_log_line(const StatsAverages& a);
+
+// The per-database totals at the last two stats_period ticks, for SHOW STATS averages.
+// Written by the main thread's timer, read by consoles; guarded by a mutex (never on the
+// data path).
+class StatsHistory {
+ public:
+  // A tick: the current per-database totals at monotonic time `now`.
+  void record(std::map<std::string, PoolStats> totals, double now);
+  // Averages per database over the last full period; empty before two ticks.
+  std::map<std::string, StatsAverages> averages() const;
+  // The totals of all databases over the last period.
+  StatsAverages total_averages() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, PoolStats> old_, cur_;
+  double old_t_ = 0, cur_t_ = 0;
 };
 
 // Microseconds on the monotonic clock.

@@ -231,6 +231,7 @@ void Worker::drain_inbox() {
         break;
       case InboxMsg::Kind::Kick: {
         LocalPool* lp = local_pool(m.pool);
+        if (paused(m.pool)) break;
         while (!lp->waiting.empty() && !lp->idle.empty()) {
           Client* c = lp->waiting.front();
           lp->waiting.pop_front();
@@ -306,6 +307,7 @@ void Worker::new_client(int fd, bool is_unix) {
   if (!is_unix) tune_tcp_socket(fd, cfg_->tcp_keepalive);
   auto* c = new Client(this, Fd(fd), is_unix);
   c->connect_time_ = now_seconds();
+  c->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   c->pos_ = clients_.size();
   clients_.push_back(c);
   c->attach(this);
@@ -342,6 +344,8 @@ void Worker::launch_server(LocalPool* lp) {
   }
   if (p->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, cfg_->tcp_keepalive);
   auto* s = new Server(this, Fd(fd), p, lp);
+  s->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
+  s->gen_ = p->state->generation.load(std::memory_order_relaxed);
   track_server(s);
   lp->connecting++;
   s->attach(this);
@@ -358,7 +362,9 @@ void Worker::launch_server(LocalPool* lp) {
 bool Worker::acquire(Client* c) {
   LocalPool* lp = c->lp_;
   Pool* p = lp->pool;
-  if (!lp->idle.empty()) {
+  c->request_time_ = now_seconds();
+  bool hold = paused(p);
+  if (!lp->idle.empty() && !hold) {
     Server* s = lp->idle.back();
     lp->idle.pop_back();
     p->idle_on(index_).fetch_sub(1);
@@ -369,6 +375,7 @@ bool Worker::acquire(Client* c) {
   c->want_read(false);
   lp->waiting.push_back(c);
   p->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
+  if (hold) return false;  // RESUME serves it (sweep)
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
@@ -393,6 +400,7 @@ void Worker::remove_waiting(Client* c) {
 }
 
 void Worker::link(Client* c, Server* s) {
+  apply_trace(c);
   s->lp_->stats.server_assignment_count++;
   c->server_ = s;
   s->client_ = c;
@@ -459,6 +467,10 @@ void Worker::release_idle(Server* s) {
   }
   LocalPool* lp = s->lp_;
   Pool* p = lp->pool;
+  if (paused(p) || stale(s)) {  // PAUSE disconnects released servers; RECONNECT renews them
+    close_server(s, paused(p) ? "pause" : "reconnect");
+    return;
+  }
   if (!lp->waiting.empty()) {
     Client* c = lp->waiting.front();
     lp->waiting.pop_front();
@@ -601,7 +613,7 @@ void Worker::close_server(Server* s, std::string_view reason) {
   untrack_server(s);
   defer_free(s);
   // A slot is free: serve waiters here, or tell another worker.
-  if (!stopping_) {
+  if (!stopping_ && !paused(p)) {
     while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
       launch_server(lp);
     for (size_t v = 0; v < rt_->workers.size(); v++)
@@ -702,20 +714,10 @@ void Worker::janitor() {
       close_client(cl, "client_login_timeout");
     }
   }
+  sweep();
   for (auto& [p, lp] : pools_) {
     if (lp->waiting.empty()) continue;
-    while (!lp->waiting.empty() && !lp->idle.empty()) {
-      Client* c = lp->waiting.front();
-      lp->waiting.pop_front();
-      p->waiting_on(index_).fetch_sub(1);
-      Server* s = lp->idle.back();
-      lp->idle.pop_back();
-      p->idle_on(index_).fetch_sub(1);
-      link_waiter(c, s);
-    }
-    while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
-      launch_server(lp.get());
-    if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+    serve_waiters(p, lp.get());
     if (cfg_->query_wait_timeout > 0) {
       std::vector<Client*> late;
       for (Client* c : lp->waiting)
@@ -791,6 +793,93 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
     cc->want_write(true);
   } else {
     close_cancel(cc);
+  }
+}
+
+// ---------------------------------------------------------------- operator commands
+
+bool Worker::stale(const Server* s) const {
+  return s->gen_ != s->pool_->state->generation.load(std::memory_order_relaxed);
+}
+
+// Links waiting clients to idle servers, connects new ones, or asks other workers.
+void Worker::serve_waiters(Pool* p, LocalPool* lp) {
+  if (paused(p)) return;
+  while (!lp->waiting.empty() && !lp->idle.empty()) {
+    Client* c = lp->waiting.front();
+    lp->waiting.pop_front();
+    p->waiting_on(index_).fetch_sub(1);
+    Server* s = lp->idle.back();
+    lp->idle.pop_back();
+    p->idle_on(index_).fetch_sub(1);
+    link_waiter(c, s);
+  }
+  while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
+    launch_server(lp);
+  if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+}
+
+void Worker::sweep(const std::string& kill_db) {
+  if (!kill_db.empty()) {
+    std::vector<Client*> doomed;
+    for (Client* c : clients_)
+      if (!c->is_admin_ && c->pool_ != nullptr && (kill_db == "*" || c->pool_->db_name == kill_db))
+        doomed.push_back(c);
+    for (Client* c : doomed) {
+      if (c->dead_) continue;
+      c->queue_error(true, "08P01", "database removed");  // PgBouncer kill_pool()
+      c->flush();
+      close_client(c, "database killed");
+    }
+    std::vector<Server*> servers;
+    for (Server* s : servers_)
+      if (kill_db == "*" || s->pool_->db_name == kill_db) servers.push_back(s);
+    for (Server* s : servers) close_server(s, "database killed");
+  }
+  for (auto& [p, lp] : pools_) {
+    bool hold = paused(p);
+    std::vector<Server*> gone;
+    for (Server* s : lp->idle)
+      if (hold || stale(s)) gone.push_back(s);
+    for (Server* s : gone) close_server(s, hold ? "pause" : "reconnect");
+    if (!hold && !lp->waiting.empty()) serve_waiters(p, lp.get());
+  }
+}
+
+Client* Worker::find_client(uint64_t id) {
+  for (Client* c : clients_)
+    if (c->id_ == id && !c->dead_) return c;
+  return nullptr;
+}
+
+void Worker::stop_listening_tcp() {
+  for (auto it = listeners_.begin(); it != listeners_.end();) {
+    if ((*it)->is_unix) {
+      ++it;
+      continue;
+    }
+    event_del(&(*it)->ev);
+    ::close((*it)->fd);
+    it = listeners_.erase(it);
+  }
+}
+
+void Worker::set_trace(int mode, uint64_t client_id, const std::string& db) {
+  trace_mode_ = mode;
+  trace_client_ = client_id;
+  trace_db_ = db;
+  for (Client* c : clients_) {
+    c->trace_ = false;
+    apply_trace(c);
+  }
+}
+
+void Worker::apply_trace_slow(Client* c) {
+  switch (trace_mode_) {
+    case 1: c->trace_ = c->id_ == trace_client_; break;
+    case 2: c->trace_ = c->db_ == trace_db_ && !c->is_admin_; break;
+    case 3: c->trace_ = !c->is_admin_; break;
+    default: c->trace_ = false; break;
   }
 }
 

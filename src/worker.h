@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "pool.h"
+#include "prepared.h"
 #include "stats.h"
 #include "stream.h"
 #include "varcache.h"
@@ -45,7 +46,21 @@ struct Runtime {
   std::vector<std::unique_ptr<Worker>> workers;
   std::atomic<int> clients{0};  // logged-in and logging-in clients, for max_client_conn
   std::string scram_nonce;      // per-process secret for mock SCRAM salts
+
+  // Operator state (console and signals). Workers read these with relaxed loads.
+  std::atomic<bool> paused_all{false};  // PAUSE/KILL without a database, SIGUSR1
+  std::atomic<bool> suspended{false};   // SUSPEND
+  std::atomic<int> shutdown_mode{0};    // ShutdownMode, once a graceful shutdown started
+  std::atomic<uint64_t> next_id{1};     // ids of clients and servers
+  double start_time = 0;                // monotonic seconds at start
+  // Set by main before the workers start; callable from any thread.
+  std::function<void(int mode)> request_shutdown;  // ShutdownMode
+  std::function<Status()> reload;                  // RELOAD: re-read the config
+  std::unique_ptr<StatsHistory> stats;             // stats_period averages (stats.h)
 };
+
+// SHUTDOWN modes (PgBouncer's order).
+enum class ShutdownMode : int { None = 0, Immediate = 1, WaitForServers = 2, WaitForClients = 3 };
 
 // A worker's view of one shared pool.
 struct LocalPool {
@@ -54,6 +69,7 @@ struct LocalPool {
   std::vector<Server*> idle;    // LIFO of idle servers
   int connecting = 0;           // servers of this worker still logging in
   PoolStats stats;              // this worker's share of the pool's statistics
+  PreparedStats prepared;       // prepared-statement remapping counters
 };
 
 // A connection that forwards one CancelRequest to PostgreSQL and waits for it to close.
@@ -93,7 +109,9 @@ class Worker {
   // Thread-safe: run fn on this worker's thread at its next loop turn (admin console,
   // stats snapshots). fn must not block.
   void post_call(std::function<void(Worker&)> fn);
-  const std::unordered_map<Pool*, std::unique_ptr<LocalPool>>& local_pools() const { return pools_; }
+  const std::unordered_map<Pool*, std::unique_ptr<LocalPool>>& local_pools() const {
+    return pools_;
+  }
 
   event_base* base() const { return base_; }
   size_t index() const { return index_; }
@@ -126,6 +144,28 @@ class Worker {
 
   std::shared_ptr<const Config> cfg_ptr() const { return cfg_; }
 
+  // ---- console and operator commands (run on this worker's thread) ----
+  // True while new work must not get a server: PAUSE, KILL, SUSPEND.
+  bool paused(const Pool* p) const {
+    return rt_->paused_all.load(std::memory_order_relaxed) ||
+           rt_->suspended.load(std::memory_order_relaxed) ||
+           p->state->paused.load(std::memory_order_relaxed);
+  }
+  // Closes idle servers that PAUSE, KILL or RECONNECT want gone, and serves waiters
+  // again after RESUME. `kill_db`: also close every client and server of that database
+  // ("*": of every database).
+  void sweep(const std::string& kill_db = {});
+  Client* find_client(uint64_t id);
+  // Adopts the runtime's current config snapshot now (after RELOAD or SET).
+  void refresh_config() { cfg_ = rt_->config(); }
+  // Stops accepting on TCP listeners (graceful shutdown); the Unix socket stays.
+  void stop_listening_tcp();
+  // Wire trace selection (trace.h): 0 off, 1 one client id, 2 one database, 3 all.
+  void set_trace(int mode, uint64_t client_id, const std::string& db);
+  void apply_trace(Client* c) {
+    if (trace_mode_ != 0) apply_trace_slow(c);
+  }
+
  private:
   void run();
   void launch_server(LocalPool* lp);
@@ -139,6 +179,9 @@ class Worker {
   void free_dead();
   void janitor();
   void remove_waiting(Client* c);
+  void serve_waiters(Pool* p, LocalPool* lp);
+  void apply_trace_slow(Client* c);
+  bool stale(const Server* s) const;  // RECONNECT asked for it to close
 
   static void inbox_cb(evutil_socket_t, short, void* arg);
   static void accept_cb(evutil_socket_t fd, short, void* arg);
@@ -175,6 +218,9 @@ class Worker {
   struct event free_ev_;
   struct event janitor_ev_;
   bool stopping_ = false;
+  int trace_mode_ = 0;  // see set_trace()
+  uint64_t trace_client_ = 0;
+  std::string trace_db_;
 
  public:
   std::vector<Client*> clients_;  // every live client of this worker (unordered)

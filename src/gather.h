@@ -1,0 +1,82 @@
+// Snapshots of every worker's clients, servers and pools, gathered by message passing:
+// each worker copies its own state into plain structs on its own thread, and the parts
+// are merged on the requester's thread (a console's worker) or handed to a blocked
+// non-worker thread (the main thread's metrics endpoint and stats timer).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "stats.h"
+
+namespace pgsluice {
+
+class Pool;
+class Worker;
+struct Runtime;
+
+// What a snapshot must hold (bit mask); pool counts and stats are cheap, rows are not.
+enum SnapPart : unsigned { kSnapPools = 1, kSnapClients = 2, kSnapServers = 4, kSnapSockets = 8 };
+
+// One row of SHOW CLIENTS / SERVERS / SOCKETS.
+struct ConnRow {
+  bool is_server = false;
+  std::string user, db, state, addr, local_addr, app_name;
+  int port = 0, local_port = 0;
+  double connect_wall = 0, request_wall = 0;  // Unix time, seconds
+  uint64_t wait_us = 0;
+  bool close_needed = false;
+  const void* ptr = nullptr;
+  const void* link = nullptr;
+  int remote_pid = 0;
+  uint64_t id = 0;
+  size_t worker = 0;
+  bool logging_in = false;   // a client still in startup or authentication
+  int fd = -1, link_fd = 0;  // SHOW FDS
+  // SHOW SOCKETS
+  uint64_t recv_pos = 0, pkt_pos = 0, pkt_remain = 0, send_pos = 0, send_remain = 0, pkt_avail = 0,
+           send_avail = 0;
+};
+
+// One pool's list sizes and statistics (summed over workers when merged).
+struct PoolRow {
+  Pool* pool = nullptr;
+  int cl_active = 0, cl_waiting = 0, sv_active = 0, sv_active_cancel = 0, sv_being_canceled = 0,
+      sv_idle = 0, sv_used = 0, sv_tested = 0, sv_login = 0;
+  uint64_t maxwait_us = 0;
+  PoolStats stats;
+};
+
+struct Snapshot {
+  std::vector<PoolRow> pools;  // ordered by (database, user)
+  std::vector<ConnRow> clients, servers;
+  int admin_clients = 0;  // console clients (they have no pool)
+  int login_clients = 0;  // still in startup or authentication
+  int used_clients = 0, used_servers = 0;
+  uint64_t free_blocks = 0;  // buffer blocks cached by the workers
+  size_t parts = 0;          // workers that answered
+};
+
+// Copies one worker's state (runs on that worker's thread).
+Snapshot snapshot_worker(Worker& w, unsigned parts);
+// Adds `part` into `into` (pool rows summed by pool, rows appended).
+void merge_snapshot(Snapshot& into, Snapshot&& part);
+// Per-database totals of a merged snapshot's pool statistics.
+std::map<std::string, PoolStats> stats_by_database(const Snapshot& s);
+
+// From worker `me`'s thread: asks every worker for its part and calls `done` on `me`'s
+// thread once all have answered. Never blocks.
+void gather_async(Worker& me, unsigned parts, std::function<void(Snapshot&)> done);
+// From a thread that is not a worker: blocks until all workers answered or `timeout_s`
+// passed (then the snapshot holds the parts that came).
+Snapshot gather_blocking(Runtime& rt, unsigned parts, double timeout_s);
+// From a non-worker thread: runs fn on every worker and waits for all (or the timeout).
+void run_on_all_blocking(Runtime& rt, const std::function<void(Worker&)>& fn, double timeout_s);
+
+// Wall-clock seconds of a monotonic timestamp from now_seconds().
+double wall_of(double mono);
+
+}  // namespace pgsluice

@@ -1,0 +1,235 @@
+// The Prometheus endpoint: /metrics on the main thread, from a blocking gather.
+#include "metrics.h"
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include <cinttypes>
+#include <cstdio>
+
+#include "admin.h"
+#include "config.h"
+#include "gather.h"
+#include "pool.h"
+#include "worker.h"
+
+namespace pgsluice {
+
+namespace {
+
+std::string esc(const std::string& v) {
+  std::string o;
+  for (char ch : v) {
+    if (ch == '\\' || ch == '"') {
+      o.push_back('\\');
+      o.push_back(ch);
+    } else if (ch == '\n') {
+      o += "\\n";
+    } else {
+      o.push_back(ch);
+    }
+  }
+  return o;
+}
+
+class Out {
+ public:
+  void head(const char* name, const char* type, const char* help) {
+    char b[512];
+    std::snprintf(b, sizeof b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    s += b;
+  }
+  void line(const std::string& name, const std::string& labels, double v) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%.17g", v);
+    s += name;
+    if (!labels.empty()) s += "{" + labels + "}";
+    s += " ";
+    s += b;
+    s += "\n";
+  }
+  void line_u(const std::string& name, const std::string& labels, uint64_t v) {
+    s += name;
+    if (!labels.empty()) s += "{" + labels + "}";
+    s += " " + std::to_string(v) + "\n";
+  }
+  std::string s;
+};
+
+std::string pool_labels(const PoolRow& r) {
+  return "database=\"" + esc(r.pool->db_name) + "\",user=\"" + esc(r.pool->user_name) + "\"";
+}
+
+void histogram(Out& o, const Snapshot& s, const char* name, const char* help,
+               const Histogram PoolStats::*field) {
+  o.head(name, "histogram", help);
+  std::string n = name;
+  for (const PoolRow& r : s.pools) {
+    const Histogram& h = r.stats.*field;
+    std::string lb = pool_labels(r);
+    uint64_t cum = 0;
+    for (size_t i = 0; i < h.buckets.size(); i++) {
+      cum += h.buckets[i];
+      char le[32];
+      if (i < Histogram::kBoundsUs.size())
+        std::snprintf(le, sizeof le, "%g", static_cast<double>(Histogram::kBoundsUs[i]) / 1e6);
+      else
+        std::snprintf(le, sizeof le, "+Inf");
+      o.line_u(n + "_bucket", lb + ",le=\"" + le + "\"", cum);
+    }
+    o.line(n + "_sum", lb, static_cast<double>(h.sum_us) / 1e6);
+    o.line_u(n + "_count", lb, h.count);
+  }
+}
+
+}  // namespace
+
+std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsExtra& extra) {
+  Out o;
+  o.head("pgbouncer_up", "gauge", "The pooler is up and answering.");
+  o.line("pgbouncer_up", "", 1);
+  o.head("pgbouncer_version_info", "gauge", "The version of pgsluice and of PgBouncer it matches.");
+  o.line("pgbouncer_version_info",
+         std::string("version=\"") + kPgBouncerCompat + "\",pgsluice=\"" + kPgsluiceVersion + "\"",
+         1);
+  o.head("pgbouncer_config_max_client_connections", "gauge", "max_client_conn.");
+  o.line("pgbouncer_config_max_client_connections", "", cfg.max_client_conn);
+  o.head("pgbouncer_config_max_user_connections", "gauge", "max_user_connections.");
+  o.line("pgbouncer_config_max_user_connections", "", cfg.max_user_connections);
+  o.head("pgsluice_paused", "gauge", "1 while PAUSE, KILL or SUSPEND hold every database.");
+  o.line("pgsluice_paused", "", extra.paused ? 1 : 0);
+  o.head("pgsluice_shutting_down", "gauge", "1 during a graceful shutdown.");
+  o.line("pgsluice_shutting_down", "", extra.shutdown_mode != 0 ? 1 : 0);
+  o.head("pgsluice_uptime_seconds", "gauge", "Seconds since start.");
+  o.line("pgsluice_uptime_seconds", "", extra.uptime_s);
+  o.head("pgbouncer_used_clients", "gauge", "Client connections open.");
+  o.line("pgbouncer_used_clients", "", s.used_clients);
+  o.head("pgbouncer_login_clients", "gauge", "Clients still logging in.");
+  o.line("pgbouncer_login_clients", "", s.login_clients);
+  o.head("pgbouncer_used_servers", "gauge", "Server connections open.");
+  o.line("pgbouncer_used_servers", "", s.used_servers);
+  o.head("pgbouncer_pools", "gauge", "Pools.");
+  o.line("pgbouncer_pools", "", static_cast<double>(s.pools.size()));
+
+  struct PoolGauge {
+    const char* name;
+    int PoolRow::*field;
+    const char* help;
+  };
+  const PoolGauge gauges[] = {
+      {"pgbouncer_pools_client_active_connections", &PoolRow::cl_active,
+       "Client connections linked or idle (cl_active)."},
+      {"pgbouncer_pools_client_waiting_connections", &PoolRow::cl_waiting,
+       "Client connections waiting for a server (cl_waiting)."},
+      {"pgbouncer_pools_server_active_connections", &PoolRow::sv_active,
+       "Server connections linked to a client (sv_active)."},
+      {"pgbouncer_pools_server_active_cancel_connections", &PoolRow::sv_active_cancel,
+       "Cancel requests being forwarded (sv_active_cancel)."},
+      {"pgbouncer_pools_server_being_canceled_connections", &PoolRow::sv_being_canceled,
+       "Servers waiting for a cancel to finish (sv_being_canceled)."},
+      {"pgbouncer_pools_server_idle_connections", &PoolRow::sv_idle,
+       "Idle server connections (sv_idle)."},
+      {"pgbouncer_pools_server_used_connections", &PoolRow::sv_used,
+       "Server connections idle and not yet checked (sv_used)."},
+      {"pgbouncer_pools_server_testing_connections", &PoolRow::sv_tested,
+       "Server connections running the reset query (sv_tested)."},
+      {"pgbouncer_pools_server_login_connections", &PoolRow::sv_login,
+       "Server connections logging in (sv_login)."},
+  };
+  for (const PoolGauge& g : gauges) {
+    o.head(g.name, "gauge", g.help);
+    for (const PoolRow& r : s.pools) o.line(g.name, pool_labels(r), r.*(g.field));
+  }
+  o.head("pgbouncer_pools_client_maxwait_seconds", "gauge", "Longest wait of a waiting client.");
+  for (const PoolRow& r : s.pools)
+    o.line("pgbouncer_pools_client_maxwait_seconds", pool_labels(r),
+           static_cast<double>(r.maxwait_us) / 1e6);
+
+  auto by_db = stats_by_database(s);
+  struct Counter {
+    const char* name;
+    uint64_t PoolStats::*field;
+    double scale;
+    const char* help;
+  };
+  const Counter counters[] = {
+      {"pgbouncer_stats_server_assignments_total", &PoolStats::server_assignment_count, 1,
+       "Times a server was assigned to a client."},
+      {"pgbouncer_stats_sql_transactions_pooled_total", &PoolStats::xact_count, 1,
+       "SQL transactions pooled."},
+      {"pgbouncer_stats_queries_pooled_total", &PoolStats::query_count, 1, "SQL queries pooled."},
+      {"pgbouncer_stats_received_bytes_total", &PoolStats::bytes_received, 1,
+       "Bytes received from clients."},
+      {"pgbouncer_stats_sent_bytes_total", &PoolStats::bytes_sent, 1, "Bytes sent to clients."},
+      {"pgbouncer_stats_server_in_transaction_seconds_total", &PoolStats::xact_time_us, 1e-6,
+       "Seconds spent in transactions."},
+      {"pgbouncer_stats_queries_duration_seconds_total", &PoolStats::query_time_us, 1e-6,
+       "Seconds spent in queries."},
+      {"pgbouncer_stats_client_wait_seconds_total", &PoolStats::wait_time_us, 1e-6,
+       "Seconds clients waited for a server."},
+      {"pgbouncer_stats_client_parses_total", &PoolStats::client_parse_count, 1,
+       "Parse messages from clients."},
+      {"pgbouncer_stats_server_parses_total", &PoolStats::server_parse_count, 1,
+       "Parse messages sent to servers."},
+      {"pgbouncer_stats_binds_total", &PoolStats::bind_count, 1, "Bind messages from clients."},
+      {"pgsluice_stats_client_logins_total", &PoolStats::client_login_count, 1, "Client logins."},
+  };
+  for (const Counter& c : counters) {
+    o.head(c.name, "counter", c.help);
+    for (const auto& [db, st] : by_db) {
+      std::string lb = "database=\"" + esc(db) + "\"";
+      if (c.scale == 1)
+        o.line_u(c.name, lb, st.*(c.field));
+      else
+        o.line(c.name, lb, static_cast<double>(st.*(c.field)) * c.scale);
+    }
+  }
+  histogram(o, s, "pgsluice_query_duration_seconds", "Query latency (request to ReadyForQuery).",
+            &PoolStats::query_hist);
+  histogram(o, s, "pgsluice_transaction_duration_seconds", "Transaction latency.",
+            &PoolStats::xact_hist);
+  histogram(o, s, "pgsluice_client_wait_seconds", "Time clients waited for a server.",
+            &PoolStats::wait_hist);
+  return o.s;
+}
+
+MetricsServer::~MetricsServer() {
+  if (http_) evhttp_free(http_);
+}
+
+Status MetricsServer::start(event_base* base, const std::string& addr, int port) {
+  http_ = evhttp_new(base);
+  if (http_ == nullptr) return Status::error("metrics: evhttp_new failed");
+  evhttp_set_allowed_methods(http_, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+  evhttp_set_gencb(http_, &MetricsServer::handle, this);
+  if (evhttp_bind_socket_with_handle(http_, addr.c_str(), static_cast<uint16_t>(port)) == nullptr)
+    return Status::error("metrics: could not listen on " + addr + ":" + std::to_string(port));
+  return Status();
+}
+
+void MetricsServer::handle(evhttp_request* req, void* arg) {
+  auto* self = static_cast<MetricsServer*>(arg);
+  const char* uri = evhttp_request_get_uri(req);
+  std::string path = uri ? uri : "";
+  if (size_t q = path.find('?'); q != std::string::npos) path.resize(q);
+  if (path != "/metrics" && path != "/") {
+    evhttp_send_error(req, HTTP_NOTFOUND, "not found; try /metrics");
+    return;
+  }
+  Runtime* rt = self->rt_;
+  Snapshot s = gather_blocking(*rt, kSnapPools, 2.0);
+  MetricsExtra ex;
+  ex.paused = rt->paused_all.load() || rt->suspended.load();
+  ex.shutdown_mode = rt->shutdown_mode.load();
+  ex.uptime_s = now_seconds() - rt->start_time;
+  std::string body = render_metrics(s, *rt->config(), ex);
+  evbuffer* out = evbuffer_new();
+  evbuffer_add(out, body.data(), body.size());
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                    "text/plain; version=0.0.4; charset=utf-8");
+  evhttp_send_reply(req, HTTP_OK, "OK", out);
+  evbuffer_free(out);
+}
+
+}  // namespace pgsluice

@@ -1,0 +1,89 @@
+// Named prepared statements in transaction and statement pooling: the pooler-wide
+// statement registry, each client's name map, and each server's LRU of what it holds.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace pgsluice {
+
+// One distinct statement: a Parse body without its name (query text, parameter types).
+// Shared by every client that prepared the same thing; freed when nobody maps it.
+struct StmtEntry {
+  uint64_t id = 0;
+  std::string server_name;  // "PGSLUICE_<id>": its name on every server
+  std::string body;         // Parse body after the statement name
+};
+
+// The pooler-wide registry: one entry per distinct body, looked up at Parse time only.
+class StmtRegistry {
+ public:
+  std::shared_ptr<const StmtEntry> get(std::string_view body);
+  size_t size();  // live entries (for tests and stats)
+
+ private:
+  std::mutex mu_;
+  uint64_t next_id_ = 0;
+  std::unordered_map<std::string, std::weak_ptr<const StmtEntry>> by_body_;
+};
+
+StmtRegistry& stmt_registry();
+
+// A client's statement names. Lives as long as the client; survives server changes.
+class ClientStmts {
+ public:
+  const std::shared_ptr<const StmtEntry>* find(std::string_view name) const;
+  void set(std::string_view name, std::shared_ptr<const StmtEntry> e);
+  bool erase(std::string_view name);
+  void clear() { map_.clear(); }
+  size_t size() const { return map_.size(); }
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, std::shared_ptr<const StmtEntry>, Hash, std::equal_to<>> map_;
+};
+
+// The statements one server connection has prepared, most recently used first.
+// Entries are added when the Parse is sent (so a pipeline does not send it twice) and
+// removed again if PostgreSQL rejects or skips that Parse.
+class ServerStmts {
+ public:
+  bool contains(uint64_t id) const { return index_.count(id) != 0; }
+  // Marks id as used now; returns false if the server does not hold it.
+  bool touch(uint64_t id);
+  void add(std::shared_ptr<const StmtEntry> e);
+  void remove(uint64_t id);
+  // The least recently used entry, to evict when full.
+  std::shared_ptr<const StmtEntry> lru() const;
+  size_t size() const { return index_.size(); }
+  void clear() {
+    lru_.clear();
+    index_.clear();
+  }
+
+ private:
+  std::list<std::shared_ptr<const StmtEntry>> lru_;  // front: most recent
+  std::unordered_map<uint64_t, std::list<std::shared_ptr<const StmtEntry>>::iterator> index_;
+};
+
+// Per-worker counters of the remapping (shown by the console).
+struct PreparedStats {
+  uint64_t client_parses = 0;  // named Parse messages from clients
+  uint64_t server_parses = 0;  // Parse messages pgsluice sent (forwarded or injected)
+  uint64_t hits = 0;           // a client's Parse/Bind/Describe found the statement ready
+  uint64_t evictions = 0;      // Close sent to make room
+};
+
+// Replaces the first quoted occurrence of `from` with `to` in an error message, so a
+// server-side name reads as the client's own ("prepared statement \"x\" ...").
+std::string rename_in_message(std::string_view msg, std::string_view from, std::string_view to);
+
+}  // namespace pgsluice
