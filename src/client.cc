@@ -529,14 +529,15 @@ bool Client::forward_messages() {
     }
     // A message whose statement name is remapped is read far enough to rewrite it before
     // a server is taken, so a slow client never holds a server while it trickles in.
-    bool remapped = remap_ && (type == 'P' || type == 'B' || type == 'D' || type == 'C');
-    if (remapped) {
-      size_t need = remap_need(type, len);
+    size_t need = 0;
+    if (remap_ && (type == 'P' || type == 'B' || type == 'D' || type == 'C' || type == 'Q')) {
+      need = remap_need(type, len);
       if (in_.size() < need) {
         worker_->bufs().reserve(in_, need - in_.size());
         break;
       }
     }
+    bool remapped = need > 0;
     if (state_ != ClientState::Active) {
       state_ = ClientState::Waiting;
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
@@ -597,6 +598,14 @@ bool Client::forward_messages() {
 // stream through after its two names.
 size_t Client::remap_need(uint8_t type, size_t len) const {
   size_t total = len + 1;
+  if (type == 'Q') {  // only a query starting with PREPARE/EXECUTE/DEALLOCATE is read whole
+    size_t avail = in_.size() < total ? in_.size() : total;
+    std::string_view text(reinterpret_cast<const char*>(in_.begin()) + wire::kHeaderLen,
+                          avail - wire::kHeaderLen);
+    int k = sql_prepared_prefix(text, avail == total);
+    if (k < 0) return avail + 64 < total ? avail + 64 : total;
+    return k == 0 ? 0 : total;
+  }
   if (type != 'B') return total;
   size_t avail = in_.size() < total ? in_.size() : total;
   const uint8_t* p = in_.begin();
@@ -652,18 +661,19 @@ int Client::remap(uint8_t type, size_t len) {
         s->ensure_prepared(entry, max, ps);
         wire::Writer(m).begin('P').cstr(entry->server_name).bytes(entry->body).end();
         s->queue_.push(Request{'P', ReqAction::Forward, 0,
-                               s->add_rename(entry->server_name, std::string(name)), -1});
+                               s->add_rename(entry->server_name, std::string(name)), -1, -1,
+                               0});
       } else {
         auto entry = stmt_registry().get(body);
         int undo = s->add_rename(std::string(name), std::string());
         stmts_.set(name, entry);
         if (s->stmts_.touch(entry->id)) {
           ps.hits++;
-          s->queue_.push(Request{'P', ReqAction::Fake, 0, -1, undo});
+          s->queue_.push(Request{'P', ReqAction::Fake, 0, -1, undo, -1, 0});
         } else {
           s->make_room(max, ps);
           wire::Writer(m).begin('P').cstr(entry->server_name).bytes(body).end();
-          s->queue_.push(Request{'P', ReqAction::Forward, entry->id, -1, undo});
+          s->queue_.push(Request{'P', ReqAction::Forward, entry->id, -1, undo, -1, 0});
           s->stmts_.add(entry);
           st.server_parse_count++;
           ps.server_parses++;
@@ -689,7 +699,7 @@ int Client::remap(uint8_t type, size_t len) {
       wire::put_u32(reinterpret_cast<uint8_t*>(m.data() + 1),
                     static_cast<uint32_t>(m.size() - 1 + rest));
       worker_->bufs().append(s->out_, m.data(), m.size());
-      s->queue_.push(Request{'B', ReqAction::Forward, 0, rename, -1});
+      s->queue_.push(Request{'B', ReqAction::Forward, 0, rename, -1, -1, 0});
       in_.rpos += head;
       size_t n = in_.size() < rest ? in_.size() : rest;
       worker_->bufs().append(s->out_, in_.begin(), n);
@@ -709,7 +719,7 @@ int Client::remap(uint8_t type, size_t len) {
       if (type == 'C') {
         // Only the client's name goes; the server keeps the statement for others.
         stmts_.erase(name);
-        s->queue_.push(Request{'C', ReqAction::Fake, 0, -1, -1});
+        s->queue_.push(Request{'C', ReqAction::Fake, 0, -1, -1, -1, 0});
         s->emit_fakes();
         return 1;
       }
@@ -717,12 +727,94 @@ int Client::remap(uint8_t type, size_t len) {
       std::string_view srv = server_stmt_name(name, &rename);
       wire::Writer(m).begin('D').u8('S').cstr(srv).end();
       worker_->bufs().append(s->out_, m.data(), m.size());
-      s->queue_.push(Request{'D', ReqAction::Forward, 0, rename, -1});
+      s->queue_.push(Request{'D', ReqAction::Forward, 0, rename, -1, -1, 0});
       return 1;
+    }
+    case 'Q': {
+      std::string_view text;
+      if (!r.cstr(text)) return 0;
+      SqlPrepared sp = parse_sql_prepared(text);
+      if (sp.kind == SqlPrepared::Kind::None) return 0;
+      return remap_sql(sp, total);
     }
     default:
       return 0;
   }
+}
+
+// SQL-level PREPARE / EXECUTE / DEALLOCATE of a whole simple Query (see remap()).
+int Client::remap_sql(const SqlPrepared& sp, size_t total) {
+  Server* s = server_;
+  PreparedStats& ps = lp_->prepared;
+  const size_t max = static_cast<size_t>(worker_->cfg().max_prepared_statements);
+  std::string sql;
+  Request req{'Q', ReqAction::Forward, 0, -1, -1, -1, 0};
+  switch (sp.kind) {
+    case SqlPrepared::Kind::Prepare: {
+      if (stmts_.find(sp.name)) {
+        // PostgreSQL's own error, raised where it would be, so the transaction state follows.
+        std::string msg = "prepared statement \"" + sp.name + "\" already exists";
+        sql = "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', MESSAGE = " +
+              wire::sql_literal(msg) + "; END$pgsluice$";
+        req.rename = s->add_rename(std::string(), std::string());
+        break;
+      }
+      auto entry = stmt_registry().get(sql_stmt_key(sp.types, sp.statement));
+      ps.client_parses++;
+      req.client_name = s->add_rename(sp.name, std::string());
+      stmts_.set(sp.name, entry);
+      if (s->stmts_.touch(entry->id)) {
+        ps.hits++;
+        req.action = ReqAction::Fake;
+        req.tag = s->add_rename("PREPARE", std::string());
+      } else {
+        s->make_room(max, ps);
+        sql = sql_prepare_text(*entry);
+        req.stmt = entry->id;
+        s->stmts_.add(entry);
+        ps.server_parses++;
+      }
+      break;
+    }
+    case SqlPrepared::Kind::Execute: {
+      const auto* e = stmts_.find(sp.name);
+      if (e == nullptr) return 0;  // unknown: PostgreSQL says 26000 with the client's name
+      auto entry = *e;
+      if (is_sql_stmt(*entry) && !s->stmts_.touch(entry->id)) {
+        s->make_room(max, ps);
+        sql = sql_prepare_text(*entry) + ";";
+        req.stmt = entry->id;
+        req.swallow_c = 1;
+        s->stmts_.add(entry);
+        ps.server_parses++;
+      } else if (!is_sql_stmt(*entry)) {
+        s->ensure_prepared(entry, max, ps);
+      } else {
+        ps.hits++;
+      }
+      sql += "EXECUTE " + entry->server_name + sp.args;
+      break;
+    }
+    case SqlPrepared::Kind::Deallocate: {
+      if (!stmts_.erase(sp.name)) return 0;  // unknown: PostgreSQL's own 26000
+      req.action = ReqAction::Fake;
+      req.tag = s->add_rename("DEALLOCATE", std::string());
+      break;
+    }
+    case SqlPrepared::Kind::None:
+      return 0;
+  }
+  lp_->stats.bytes_received += total;
+  s->begin_request();
+  if (!sql.empty()) {
+    std::string m;
+    wire::query(m, sql);
+    worker_->bufs().append(s->out_, m.data(), m.size());
+  }
+  s->queue_.push(req);
+  in_.rpos += total;
+  s->emit_fakes();
+  return 1;
 }
 
 }  // namespace pgsluice

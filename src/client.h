@@ -83,6 +83,7 @@ class Client final : public Conn {
   bool forward_messages();
   size_t remap_need(uint8_t type, size_t len) const;
   int remap(uint8_t type, size_t len);
+  int remap_sql(const SqlPrepared& sp, size_t total);
   std::string_view server_stmt_name(std::string_view name, int* rename);
 
   AuthStep auth_step_ = AuthStep::None;

@@ -91,3 +91,169 @@ std::string rename_in_message(std::string_view msg, std::string_view from, std::
 }
 
 }  // namespace pgsluice
+
+namespace pgsluice {
+
+namespace {
+
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; }
+bool is_ident_start(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+         static_cast<unsigned char>(c) >= 0x80;
+}
+bool is_ident(char c) { return is_ident_start(c) || (c >= '0' && c <= '9') || c == '$'; }
+char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+struct Lexer {
+  std::string_view s;
+  size_t i = 0;
+  void skip_space() {
+    while (i < s.size() && is_space(s[i])) i++;
+  }
+  // A keyword (case-insensitive), followed by a non-identifier character.
+  bool keyword(std::string_view kw) {
+    skip_space();
+    if (s.size() - i < kw.size()) return false;
+    for (size_t k = 0; k < kw.size(); k++)
+      if (lower(s[i + k]) != kw[k]) return false;
+    if (i + kw.size() < s.size() && is_ident(s[i + kw.size()])) return false;
+    i += kw.size();
+    return true;
+  }
+  bool identifier(std::string& out) {
+    skip_space();
+    out.clear();
+    if (i < s.size() && s[i] == '"') {
+      for (i++; i < s.size(); i++) {
+        if (s[i] == '"') {
+          if (i + 1 < s.size() && s[i + 1] == '"') {
+            out.push_back('"');
+            i++;
+          } else {
+            i++;
+            return !out.empty();
+          }
+        } else {
+          out.push_back(s[i]);
+        }
+      }
+      return false;
+    }
+    if (i >= s.size() || !is_ident_start(s[i])) return false;
+    while (i < s.size() && is_ident(s[i])) out.push_back(lower(s[i++]));
+    return true;
+  }
+  // A parenthesised group, quotes respected; returns it with the parentheses.
+  bool group(std::string& out) {
+    skip_space();
+    if (i >= s.size() || s[i] != '(') return false;
+    size_t start = i;
+    int depth = 0;
+    char quote = 0;
+    for (; i < s.size(); i++) {
+      char c = s[i];
+      if (quote) {
+        if (c == quote) quote = 0;
+      } else if (c == '\'' || c == '"') {
+        quote = c;
+      } else if (c == '(') {
+        depth++;
+      } else if (c == ')' && --depth == 0) {
+        i++;
+        out.assign(s.substr(start, i - start));
+        return true;
+      }
+    }
+    return false;
+  }
+};
+
+// The text with a trailing ';' and white space removed; false when a ';' outside quotes
+// and dollar quotes remains (several statements: left alone).
+bool single_statement(std::string_view t, std::string& out) {
+  while (!t.empty() && (is_space(t.back()) || t.back() == ';')) t.remove_suffix(1);
+  char quote = 0;
+  for (size_t i = 0; i < t.size(); i++) {
+    char c = t[i];
+    if (quote) {
+      if (c == quote) quote = 0;
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+    } else if (c == '$' || c == ';' || (c == '-' && i + 1 < t.size() && t[i + 1] == '-') ||
+               (c == '/' && i + 1 < t.size() && t[i + 1] == '*')) {
+      return false;  // dollar quotes, comments and several statements: not ours to touch
+    }
+  }
+  if (quote) return false;
+  out.assign(t);
+  return true;
+}
+
+}  // namespace
+
+int sql_prepared_prefix(std::string_view text, bool complete) {
+  size_t i = 0;
+  while (i < text.size() && is_space(text[i])) i++;
+  std::string word;
+  while (i < text.size() && is_ident(text[i]) && word.size() < 12) word.push_back(lower(text[i++]));
+  if (i == text.size() && !complete && word.size() < 11) return -1;
+  return (word == "prepare" || word == "execute" || word == "deallocate") ? 1 : 0;
+}
+
+SqlPrepared parse_sql_prepared(std::string_view text) {
+  SqlPrepared r;
+  std::string body;
+  if (!single_statement(text, body)) return r;
+  Lexer lx{body};
+  if (lx.keyword("prepare")) {
+    if (!lx.identifier(r.name)) return r;
+    size_t save = lx.i;
+    if (!lx.group(r.types)) lx.i = save;
+    if (!lx.keyword("as")) return r;
+    lx.skip_space();
+    r.statement.assign(body.substr(lx.i));
+    if (r.statement.empty()) return r;
+    r.kind = SqlPrepared::Kind::Prepare;
+  } else if (lx.keyword("execute")) {
+    if (!lx.identifier(r.name)) return r;
+    size_t save = lx.i;
+    if (!lx.group(r.args)) lx.i = save;
+    lx.skip_space();
+    if (lx.i != body.size()) return r;
+    r.kind = SqlPrepared::Kind::Execute;
+  } else if (lx.keyword("deallocate")) {
+    lx.keyword("prepare");
+    if (lx.keyword("all")) return r;  // DEALLOCATE ALL: the server's tag clears everything
+    if (!lx.identifier(r.name)) return r;
+    lx.skip_space();
+    if (lx.i != body.size()) return r;
+    r.kind = SqlPrepared::Kind::Deallocate;
+  }
+  return r;
+}
+
+std::string sql_stmt_key(std::string_view types, std::string_view statement) {
+  std::string k = "\x01";
+  k += types;
+  k += '\x02';
+  k += statement;
+  return k;
+}
+
+bool is_sql_stmt(const StmtEntry& e) { return !e.body.empty() && e.body[0] == '\x01'; }
+
+std::string sql_prepare_text(const StmtEntry& e) {
+  size_t sep = e.body.find('\x02');
+  std::string_view types = std::string_view(e.body).substr(1, sep - 1);
+  std::string_view stmt = std::string_view(e.body).substr(sep + 1);
+  std::string t = "PREPARE " + e.server_name;
+  if (!types.empty()) {
+    t += ' ';
+    t += types;
+  }
+  t += " AS ";
+  t += stmt;
+  return t;
+}
+
+}  // namespace pgsluice

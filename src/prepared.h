@@ -87,3 +87,30 @@ struct PreparedStats {
 std::string rename_in_message(std::string_view msg, std::string_view from, std::string_view to);
 
 }  // namespace pgsluice
+
+namespace pgsluice {
+
+// SQL-level PREPARE / EXECUTE / DEALLOCATE in a simple Query, found by a small lexer
+// (no SQL parser): only a single statement that starts with one of the three keywords.
+struct SqlPrepared {
+  enum class Kind : uint8_t { None, Prepare, Execute, Deallocate };
+  Kind kind = Kind::None;
+  std::string name;        // folded to lower case unless it was double-quoted
+  std::string types;       // PREPARE: "(int, text)" or empty
+  std::string statement;   // PREPARE: the text after AS
+  std::string args;        // EXECUTE: "(1, 'x')" or empty
+};
+
+// What the start of a query is, from the first bytes: -1 when more bytes are needed to
+// tell, 0 when it is not PREPARE/EXECUTE/DEALLOCATE, 1 when it may be.
+int sql_prepared_prefix(std::string_view text, bool complete);
+// Parses a whole query; Kind::None when it is not one statement of the three kinds.
+SqlPrepared parse_sql_prepared(std::string_view text);
+
+// Registry key of an SQL-level statement (never a valid Parse body: it starts with \x01).
+std::string sql_stmt_key(std::string_view types, std::string_view statement);
+bool is_sql_stmt(const StmtEntry& e);
+// "PREPARE PGSLUICE_<id> (types) AS statement" for an SQL-level entry.
+std::string sql_prepare_text(const StmtEntry& e);
+
+}  // namespace pgsluice

@@ -98,7 +98,8 @@ std::string rename_error(std::span<const uint8_t> body, std::string_view from, s
     uint8_t code = 0;
     std::string_view v;
     if (!r.u8(code) || code == 0 || !r.cstr(v)) break;
-    w.u8(code).cstr(code == 'M' ? rename_in_message(v, from, to) : std::string(v));
+    if (from.empty() && (code == 'W' || code == 'q' || code == 'p')) continue;  // DO-block context
+    w.u8(code).cstr(code == 'M' && !from.empty() ? rename_in_message(v, from, to) : std::string(v));
   }
   w.u8(0).end();
   return out;
@@ -113,7 +114,7 @@ void Server::make_room(size_t max, PreparedStats& ps) {
     std::string m;
     wire::Writer(m).begin('C').u8('S').cstr(victim->server_name).end();
     worker_->bufs().append(out_, m.data(), m.size());
-    queue_.push(Request{'C', ReqAction::Skip, victim->id, -1, -1});
+    queue_.push(Request{'C', ReqAction::Skip, victim->id, -1, -1, -1, 0});
     evicting_[victim->id] = std::move(victim);
     ps.evictions++;
   }
@@ -129,7 +130,7 @@ void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t m
   std::string m;
   wire::Writer(m).begin('P').cstr(e->server_name).bytes(e->body).end();
   worker_->bufs().append(out_, m.data(), m.size());
-  queue_.push(Request{'P', ReqAction::Skip, e->id, -1, -1});
+  queue_.push(Request{'P', ReqAction::Skip, e->id, -1, -1, -1, 0});
   stmts_.add(e);
   ps.server_parses++;
   lp_->stats.server_parse_count++;
@@ -138,17 +139,26 @@ void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t m
 void Server::emit_fakes() {
   if (fwd_remaining_ > 0) return;  // mid-message to the client: wait for its end
   while (!queue_.empty() && queue_.front().action == ReqAction::Fake) {
-    const char reply = queue_.front_type() == 'P' ? '1' : '3';
-    const char msg[5] = {reply, 0, 0, 0, 4};
-    if (client_ != nullptr) worker_->bufs().append(client_->out_, msg, sizeof msg);
+    const Request& r = queue_.front();
+    if (client_ != nullptr) {
+      if (r.type == 'Q') {  // a whole simple-query answer: its tag, then ReadyForQuery
+        std::string m;
+        wire::Writer(m).begin('C').cstr(renames_[static_cast<size_t>(r.tag)].first).end();
+        wire::ready_for_query(m, tx_);
+        worker_->bufs().append(client_->out_, m.data(), m.size());
+      } else {
+        const char msg[5] = {r.type == 'P' ? '1' : '3', 0, 0, 0, 4};
+        worker_->bufs().append(client_->out_, msg, sizeof msg);
+      }
+    }
     queue_.pop();
   }
 }
 
 void Server::unwind(const Request& r) {
-  if (r.type == 'P' && r.client_name >= 0 && client_ != nullptr)
+  if ((r.type == 'P' || r.type == 'Q') && r.client_name >= 0 && client_ != nullptr)
     client_->stmts_.erase(renames_[static_cast<size_t>(r.client_name)].first);  // never created
-  if (r.type == 'P' && r.stmt != 0) {
+  if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {
     stmts_.remove(r.stmt);  // the Parse failed or was skipped: not prepared here
   } else if (r.type == 'C' && r.action == ReqAction::Skip && r.stmt != 0) {
     auto it = evicting_.find(r.stmt);  // the eviction was skipped: still prepared here
@@ -487,6 +497,12 @@ void Server::process() {
         if (!queue_.empty() && queue_.front_type() == 'D') queue_.pop();
         break;
       case 'C': case 'I': case 's':
+        if (type == 'C' && !queue_.empty() && queue_.front_type() == 'Q' &&
+            queue_.front().swallow_c > 0) {
+          queue_.front().swallow_c--;  // the PREPARE pgsluice put before the client's EXECUTE
+          swallow = true;
+          break;
+        }
         if (!queue_.empty() && queue_.front_type() == 'E') queue_.pop();
         if (type == 'C') {
           client_->copy_in_ = false;
@@ -509,6 +525,12 @@ void Server::process() {
           worker_->bufs().append(client_->out_, m.data(), m.size());
           lp_->stats.bytes_sent += m.size();
           swallow = true;
+        }
+        if (!queue_.empty() && queue_.front_type() == 'Q') {
+          unwind(queue_.front());  // a PREPARE that failed did not create anything
+          queue_.front().stmt = 0;
+          queue_.front().client_name = -1;
+          queue_.front().swallow_c = 0;
         }
         // Extended protocol: the server skips everything up to the next Sync.
         while (!queue_.empty() && queue_.front_type() != 'S' && queue_.front_type() != 'Q' &&

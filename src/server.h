@@ -42,16 +42,19 @@ struct Request {
   ReqAction action = ReqAction::Forward;
   uint64_t stmt = 0;  // P: the statement it prepares; C(Skip): the statement it evicts
   int32_t rename = -1;  // index in Server::renames_: show an error under the client's name
-  int32_t client_name = -1;  // P: index in Server::renames_ of the client's name to undo
+  int32_t client_name = -1;  // P/Q: index in Server::renames_ of the client's name to undo
+  int32_t tag = -1;          // Q(Fake): index in Server::renames_ of the CommandComplete tag
+  uint8_t swallow_c = 0;     // Q: CommandCompletes of statements pgsluice prepended
 };
 
 // The requests sent to a server whose answers are still due, oldest first.
 class RequestQueue {
  public:
-  void push(uint8_t t) { q_.push_back(Request{t, ReqAction::Forward, 0, -1, -1}); }
+  void push(uint8_t t) { q_.push_back(Request{t, ReqAction::Forward, 0, -1, -1, -1, 0}); }
   void push(const Request& r) { q_.push_back(r); }
   bool empty() const { return head_ == q_.size(); }
   const Request& front() const { return q_[head_]; }
+  Request& front() { return q_[head_]; }
   uint8_t front_type() const { return q_[head_].type; }
   void pop() {
     if (++head_ == q_.size()) {
