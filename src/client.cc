@@ -543,6 +543,7 @@ bool Client::forward_messages() {
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
     if (trace_) trace_message(this, true, type, len + 1);
+    if (remap_) record_segment(type, len);
     if (remapped) {
       if (remap(type, len)) continue;
     }
@@ -693,13 +694,14 @@ int Client::remap(uint8_t type, size_t len) {
       s->begin_request();
       int rename = -1;
       std::string_view srv = server_stmt_name(name, &rename);
+      const auto* bound = stmts_.find(name);
       size_t head = wire::kHeaderLen + portal.size() + 1 + name.size() + 1;
       size_t rest = total - head;
       wire::Writer(m).begin('B').cstr(portal).cstr(srv).end();  // length patched below
       wire::put_u32(reinterpret_cast<uint8_t*>(m.data() + 1),
                     static_cast<uint32_t>(m.size() - 1 + rest));
       worker_->bufs().append(s->out_, m.data(), m.size());
-      s->queue_.push(Request{'B', ReqAction::Forward, 0, rename, -1, -1, 0});
+      s->queue_.push(Request{'B', ReqAction::Forward, bound ? (*bound)->id : 0, rename, -1, -1, 0});
       in_.rpos += head;
       size_t n = in_.size() < rest ? in_.size() : rest;
       worker_->bufs().append(s->out_, in_.begin(), n);
@@ -815,6 +817,37 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
   in_.rpos += total;
   s->emit_fakes();
   return 1;
+}
+
+void Client::record_segment(uint8_t type, size_t len) {
+  if (seg_fresh_) {
+    seg_bytes_.clear();
+    seg_ok_ = server_->tx_ == 'I' && server_->queue_.empty();  // an implicit transaction
+    seg_fresh_ = false;
+  }
+  if (type == 'S') seg_fresh_ = true;  // complete; kept until the client's next message
+  if (!seg_ok_) return;
+  size_t total = len + 1;
+  bool extended = type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C' ||
+                  type == 'H' || type == 'S';
+  if (!extended || in_.size() < total || seg_bytes_.size() + total > 64 * 1024) {
+    seg_ok_ = false;
+    seg_bytes_.clear();
+    return;
+  }
+  seg_bytes_.append(reinterpret_cast<const char*>(in_.begin()), total);
+}
+
+void Client::replay_segment() {
+  std::string rest(reinterpret_cast<const char*>(in_.begin()), in_.size());
+  in_.rpos = in_.wpos;
+  std::string seg;
+  seg.swap(seg_bytes_);
+  seg_ok_ = false;
+  seg_fresh_ = true;
+  worker_->bufs().append(in_, seg.data(), seg.size());
+  worker_->bufs().append(in_, rest.data(), rest.size());
+  process();
 }
 
 }  // namespace pgsluice

@@ -59,6 +59,14 @@ class Client final : public Conn {
   bool copy_in_ = false;        // between CopyInResponse and the client's CopyDone/CopyFail
   ClientStmts stmts_;           // the client's named statements (remapping)
   bool remap_ = false;          // remap named statements (transaction/statement mode)
+  // The current extended-protocol segment (messages up to Sync), kept so that a Bind that
+  // failed with 0A000 after DDL can be replayed once; seg_ok_ is false when it cannot be.
+  std::string seg_bytes_;
+  bool seg_ok_ = false;
+  bool seg_fresh_ = true;
+  void record_segment(uint8_t type, size_t len);
+  // Puts the saved segment back in front of what the client sent since, and runs it again.
+  void replay_segment();
   bool is_admin_ = false;       // logged in to a virtual database (admin console)
   bool welcomed_ = false;       // the welcome was sent (it must be sent once)
   bool counted_ = false;        // counted in Runtime::clients

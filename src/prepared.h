@@ -80,6 +80,7 @@ struct PreparedStats {
   uint64_t server_parses = 0;  // Parse messages pgsluice sent (forwarded or injected)
   uint64_t hits = 0;           // a client's Parse/Bind/Describe found the statement ready
   uint64_t evictions = 0;      // Close sent to make room
+  uint64_t replays = 0;        // segments replayed after 0A000 (cached plan changed)
 };
 
 // Replaces the first quoted occurrence of `from` with `to` in an error message, so a

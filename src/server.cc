@@ -366,7 +366,8 @@ void Server::process() {
     bool linked = state_ == ServerState::Active && client_ != nullptr;
     bool need_whole = !linked || internal_ > 0 || type == 'Z' || type == 'S' || type == 'C' ||
                       type == '1' || type == '3' ||
-                      (type == 'E' && !queue_.empty() && queue_.front().rename >= 0);
+                      (type == 'E' && !queue_.empty() &&
+                       (queue_.front().rename >= 0 || queue_.front().stmt != 0));
     if (need_whole) {
       if (total > kMaxParsedMessage && !(linked && internal_ == 0)) {
         worker_->close_server(this, "oversized message from server");
@@ -448,6 +449,7 @@ void Server::process() {
 
     // Linked to a client: bookkeeping, then pass on (or swallow an injected reply).
     bool swallow = false;
+    bool replay = false;
     switch (type) {
       case 'Z': {
         uint8_t st = body.empty() ? 0 : body[0];
@@ -461,6 +463,12 @@ void Server::process() {
           queue_.pop();
         if (!queue_.empty()) queue_.pop();
         account_ready();
+        if (retry_pending_) {
+          swallow = true;
+          replay = true;
+        } else {
+          retried_ = false;
+        }
         break;
       }
       case 'S': {
@@ -518,7 +526,15 @@ void Server::process() {
         break;
       case 'E':
         client_->copy_in_ = false;
-        if (!queue_.empty() && queue_.front().rename >= 0) {
+        if (!retried_ && client_->seg_ok_ && seg_out_ == 0 && !queue_.empty() &&
+            queue_.front_type() == 'B' && queue_.front().stmt != 0 && queue_.single_segment() &&
+            wire::parse_error(body).sqlstate == "0A000") {
+          // "cached plan must not change result type" after DDL, and the client has seen
+          // nothing of this segment: re-prepare and replay it once (at its ReadyForQuery).
+          retry_pending_ = true;
+          retry_stmt_ = queue_.front().stmt;
+          swallow = true;
+        } else if (!queue_.empty() && queue_.front().rename >= 0) {
           // An error pgsluice provoked on the client's behalf: name the client's statement.
           const auto& rn = renames_[static_cast<size_t>(queue_.front().rename)];
           std::string m = rename_error(body, rn.first, rn.second);
@@ -566,11 +582,26 @@ void Server::process() {
     }
     if (swallow) {
       in_.rpos += total;  // whole: need_whole covers every swallowed type
+      if (replay) {
+        retry_pending_ = false;
+        retried_ = true;
+        // Drop the stale statement here; the replay's Bind injects a fresh Parse.
+        stmts_.remove(retry_stmt_);
+        std::string m;
+        wire::Writer(m).begin('C').u8('S').cstr("PGSLUICE_" + std::to_string(retry_stmt_)).end();
+        worker_->bufs().append(out_, m.data(), m.size());
+        queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+        lp_->prepared.replays++;
+        client_->replay_segment();
+        if (dead_ || client_ == nullptr) return;
+        continue;
+      }
       emit_fakes();
       continue;
     }
     if (client_->trace_) trace_message(client_, false, type, total);
     lp_->stats.bytes_sent += total;
+    seg_out_ = type == 'Z' ? 0 : seg_out_ + total;
     size_t n = in_.size() < total ? in_.size() : total;
     worker_->bufs().append(client_->out_, in_.begin(), n);
     in_.rpos += n;

@@ -67,6 +67,12 @@ class RequestQueue {
     q_.clear();
     head_ = 0;
   }
+  // True when the only Sync queued is the last entry (one segment in flight).
+  bool single_segment() const {
+    for (size_t i = head_; i < q_.size(); i++)
+      if (q_[i].type == 'S') return i + 1 == q_.size();
+    return false;
+  }
   // Drops every 'S' after the front entry (Syncs the server swallows during COPY IN).
   void drop_syncs_after_front();
 
@@ -128,6 +134,10 @@ class Server final : public Conn {
   ServerStmts stmts_;  // named statements prepared on this server (remapping)
   std::unordered_map<uint64_t, std::shared_ptr<const StmtEntry>> evicting_;  // Close in flight
   std::vector<std::pair<std::string, std::string>> renames_;  // server name -> client name
+  bool retry_pending_ = false;  // a 0A000 was swallowed; replay the segment at its ReadyForQuery
+  bool retried_ = false;        // the current segment was replayed once already
+  uint64_t retry_stmt_ = 0;
+  uint64_t seg_out_ = 0;        // bytes sent to the client since the last ReadyForQuery
   bool unsynced_ = false;  // extended-protocol messages sent since the client's last Sync
   bool internal_failed_ = false;
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client
