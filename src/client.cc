@@ -566,6 +566,7 @@ bool Client::forward_messages() {
         break;
       case 'S':
         s->unsynced_ = false;
+        s->syncs_sent_++;
         if (!copy_in_) s->queue_.push(type);  // the server swallows Sync during COPY IN
         break;
       case 'c': case 'f':
@@ -590,7 +591,13 @@ bool Client::forward_messages() {
     }
   }
   worker_->bufs().release_if_empty(in_);
-  if (server_ != nullptr) server_->flush();
+  if (!out_.empty()) flush();  // answers pgsluice gave itself (fake replies)
+  if (!dead_ && server_ != nullptr) {
+    Server* s = server_;
+    s->flush();
+    // A request answered entirely by pgsluice leaves the server with nothing to do.
+    if (!s->dead_ && s->client_ == this && s->can_release()) worker_->release(s);
+  }
   return !dead_;
 }
 
@@ -668,14 +675,21 @@ int Client::remap(uint8_t type, size_t len) {
         auto entry = stmt_registry().get(body);
         int undo = s->add_rename(std::string(name), std::string());
         stmts_.set(name, entry);
-        if (s->stmts_.touch(entry->id)) {
+        bool held = s->stmts_.touch(entry->id);
+        if (held && !s->stmts_.unconfirmed_before(entry->id, s->syncs_sent_)) {
           ps.hits++;
           s->queue_.push(Request{'P', ReqAction::Fake, 0, -1, undo, -1, 0});
         } else {
-          s->make_room(max, ps);
+          if (held) {  // unconfirmed from an earlier segment: prepare it again (see ensure_prepared)
+            wire::Writer(m).begin('C').u8('S').cstr(entry->server_name).end();
+            s->queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+          } else {
+            s->make_room(max, ps);
+          }
           wire::Writer(m).begin('P').cstr(entry->server_name).bytes(body).end();
           s->queue_.push(Request{'P', ReqAction::Forward, entry->id, -1, undo, -1, 0});
           s->stmts_.add(entry);
+          s->stmts_.set_pending(entry->id, s->syncs_sent_);
           st.server_parse_count++;
           ps.server_parses++;
         }
@@ -825,7 +839,7 @@ void Client::record_segment(uint8_t type, size_t len) {
     seg_ok_ = server_->tx_ == 'I' && server_->queue_.empty();  // an implicit transaction
     seg_fresh_ = false;
   }
-  if (type == 'S') seg_fresh_ = true;  // complete; kept until the client's next message
+  if (type == 'S' || type == 'Q' || type == 'F') seg_fresh_ = true;  // a segment ends here
   if (!seg_ok_) return;
   size_t total = len + 1;
   bool extended = type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C' ||

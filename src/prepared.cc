@@ -68,6 +68,8 @@ void ServerStmts::add(std::shared_ptr<const StmtEntry> e) {
 }
 
 void ServerStmts::remove(uint64_t id) {
+  pending_.erase(id);
+  confirmed_.erase(id);
   auto it = index_.find(id);
   if (it == index_.end()) return;
   lru_.erase(it->second);
@@ -179,7 +181,8 @@ bool single_statement(std::string_view t, std::string& out) {
       if (c == quote) quote = 0;
     } else if (c == '\'' || c == '"') {
       quote = c;
-    } else if (c == '$' || c == ';' || (c == '-' && i + 1 < t.size() && t[i + 1] == '-') ||
+    } else if ((c == '$' && i + 1 < t.size() && (t[i + 1] == '$' || is_ident_start(t[i + 1]))) ||
+               c == ';' || (c == '-' && i + 1 < t.size() && t[i + 1] == '-') ||
                (c == '/' && i + 1 < t.size() && t[i + 1] == '*')) {
       return false;  // dollar quotes, comments and several statements: not ours to touch
     }

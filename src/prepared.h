@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace pgsluice {
 
@@ -61,17 +62,36 @@ class ServerStmts {
   bool touch(uint64_t id);
   void add(std::shared_ptr<const StmtEntry> e);
   void remove(uint64_t id);
+  // A Parse for id was sent in segment `sync` (count of Syncs sent) and is not confirmed.
+  void set_pending(uint64_t id, uint64_t sync) { pending_[id] = sync; }
+  void confirm(uint64_t id) {
+    pending_.erase(id);
+    confirmed_.insert(id);
+  }
+  // PostgreSQL acknowledged a Parse of id on this server at some point.
+  bool confirmed(uint64_t id) const { return confirmed_.count(id) != 0; }
+  void drop_pending(uint64_t id) { pending_.erase(id); }
+  // Unconfirmed, and sent before a Sync that precedes the current segment: if that Parse
+  // failed, PostgreSQL skipped nothing for it in later segments, so it cannot be trusted.
+  bool unconfirmed_before(uint64_t id, uint64_t sync) const {
+    auto it = pending_.find(id);
+    return it != pending_.end() && it->second != sync;
+  }
   // The least recently used entry, to evict when full.
   std::shared_ptr<const StmtEntry> lru() const;
   size_t size() const { return index_.size(); }
   void clear() {
     lru_.clear();
     index_.clear();
+    pending_.clear();
+    confirmed_.clear();
   }
 
  private:
   std::list<std::shared_ptr<const StmtEntry>> lru_;  // front: most recent
   std::unordered_map<uint64_t, std::list<std::shared_ptr<const StmtEntry>>::iterator> index_;
+  std::unordered_map<uint64_t, uint64_t> pending_;  // id -> segment of its unconfirmed Parse
+  std::unordered_set<uint64_t> confirmed_;
 };
 
 // Per-worker counters of the remapping (shown by the console).

@@ -122,16 +122,24 @@ void Server::make_room(size_t max, PreparedStats& ps) {
 
 void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t max,
                              PreparedStats& ps) {
-  if (stmts_.touch(e->id)) {
-    ps.hits++;
-    return;
-  }
-  make_room(max, ps);
   std::string m;
+  if (stmts_.touch(e->id)) {
+    if (!stmts_.unconfirmed_before(e->id, syncs_sent_)) {
+      ps.hits++;
+      return;
+    }
+    // Its Parse went out in an earlier segment and may have failed: prepare it again here
+    // (Close of a missing statement is harmless), so this segment gets PostgreSQL's answer.
+    wire::Writer(m).begin('C').u8('S').cstr(e->server_name).end();
+    queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+  } else {
+    make_room(max, ps);
+  }
   wire::Writer(m).begin('P').cstr(e->server_name).bytes(e->body).end();
   worker_->bufs().append(out_, m.data(), m.size());
   queue_.push(Request{'P', ReqAction::Skip, e->id, -1, -1, -1, 0});
   stmts_.add(e);
+  stmts_.set_pending(e->id, syncs_sent_);
   ps.server_parses++;
   lp_->stats.server_parse_count++;
 }
@@ -155,11 +163,16 @@ void Server::emit_fakes() {
   }
 }
 
-void Server::unwind(const Request& r) {
+void Server::unwind(const Request& r, bool failed) {
   if ((r.type == 'P' || r.type == 'Q') && r.client_name >= 0 && client_ != nullptr)
     client_->stmts_.erase(renames_[static_cast<size_t>(r.client_name)].first);  // never created
   if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {
-    stmts_.remove(r.stmt);  // the Parse failed or was skipped: not prepared here
+    // A failed Parse left nothing. A skipped one (and the Close skipped before it) left the
+    // server as it was: the statement is there if PostgreSQL acknowledged it earlier.
+    if (failed || !stmts_.confirmed(r.stmt))
+      stmts_.remove(r.stmt);
+    else
+      stmts_.drop_pending(r.stmt);
   } else if (r.type == 'C' && r.action == ReqAction::Skip && r.stmt != 0) {
     auto it = evicting_.find(r.stmt);  // the eviction was skipped: still prepared here
     if (it != evicting_.end()) {
@@ -485,6 +498,7 @@ void Server::process() {
       }
       case '1':
         if (!queue_.empty() && queue_.front_type() == 'P') {
+          if (queue_.front().stmt != 0) stmts_.confirm(queue_.front().stmt);
           swallow = queue_.front().action == ReqAction::Skip;
           queue_.pop();
         }
@@ -543,15 +557,16 @@ void Server::process() {
           swallow = true;
         }
         if (!queue_.empty() && queue_.front_type() == 'Q') {
-          unwind(queue_.front());  // a PREPARE that failed did not create anything
+          unwind(queue_.front(), true);  // a PREPARE that failed did not create anything
           queue_.front().stmt = 0;
           queue_.front().client_name = -1;
           queue_.front().swallow_c = 0;
         }
         // Extended protocol: the server skips everything up to the next Sync.
-        while (!queue_.empty() && queue_.front_type() != 'S' && queue_.front_type() != 'Q' &&
-               queue_.front_type() != 'F') {
-          unwind(queue_.front());
+        for (bool first = true; !queue_.empty() && queue_.front_type() != 'S' &&
+                                queue_.front_type() != 'Q' && queue_.front_type() != 'F';
+             first = false) {
+          unwind(queue_.front(), first);  // the front raised the error; the rest were skipped
           queue_.pop();
         }
         break;

@@ -107,7 +107,8 @@ class Server final : public Conn {
     return static_cast<int>(renames_.size() - 1);
   }
   // Undoes the bookkeeping of requests PostgreSQL skipped or rejected after an error.
-  void unwind(const Request& r);
+  // `failed`: this request raised the error; otherwise PostgreSQL skipped it.
+  void unwind(const Request& r, bool failed);
   void account_ready();
   // A request went to the server: start the query and transaction clocks if idle.
   void begin_request() {
@@ -138,6 +139,7 @@ class Server final : public Conn {
   bool retried_ = false;        // the current segment was replayed once already
   uint64_t retry_stmt_ = 0;
   uint64_t seg_out_ = 0;        // bytes sent to the client since the last ReadyForQuery
+  uint64_t syncs_sent_ = 0;     // Syncs forwarded: numbers the extended-protocol segments
   bool unsynced_ = false;  // extended-protocol messages sent since the client's last Sync
   bool internal_failed_ = false;
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client

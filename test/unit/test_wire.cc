@@ -178,3 +178,36 @@ TEST_CASE("varcache diff issues SET only for differing values") {
   CHECK(varcache_diff_sql(names, client, server) ==
         "SET DateStyle='ISO, MDY';SET application_name='it''s';");
 }
+
+#include "prepared.h"
+
+TEST_CASE("SQL-level PREPARE/EXECUTE/DEALLOCATE lexer") {
+  auto p = parse_sql_prepared("  PREPARE q(int, text) AS select $1 + 1, $2;  ");
+  CHECK(p.kind == SqlPrepared::Kind::Prepare);
+  CHECK(p.name == "q");
+  CHECK(p.types == "(int, text)");
+  CHECK(p.statement == "select $1 + 1, $2");
+  auto q = parse_sql_prepared("prepare \"Mixed\" as select 1");
+  CHECK(q.kind == SqlPrepared::Kind::Prepare);
+  CHECK(q.name == "Mixed");
+  CHECK(q.types.empty());
+  auto e = parse_sql_prepared("EXECUTE Q (41, 'a;b')");
+  CHECK(e.kind == SqlPrepared::Kind::Execute);
+  CHECK(e.name == "q");
+  CHECK(e.args == "(41, 'a;b')");
+  CHECK(parse_sql_prepared("execute q").kind == SqlPrepared::Kind::Execute);
+  CHECK(parse_sql_prepared("deallocate prepare q").kind == SqlPrepared::Kind::Deallocate);
+  CHECK(parse_sql_prepared("DEALLOCATE ALL").kind == SqlPrepared::Kind::None);
+  // Left alone: several statements, dollar quotes, comments, other commands.
+  CHECK(parse_sql_prepared("prepare q as select 1; select 2").kind == SqlPrepared::Kind::None);
+  CHECK(parse_sql_prepared("prepare q as select $$x$$").kind == SqlPrepared::Kind::None);
+  CHECK(parse_sql_prepared("prepare q as select 1 -- c").kind == SqlPrepared::Kind::None);
+  CHECK(parse_sql_prepared("explain execute q").kind == SqlPrepared::Kind::None);
+  CHECK(parse_sql_prepared("execute q(1) x").kind == SqlPrepared::Kind::None);
+  CHECK(sql_prepared_prefix("  exec", false) == -1);
+  CHECK(sql_prepared_prefix("select 1", false) == 0);
+  CHECK(sql_prepared_prefix("PREPARE x", false) == 1);
+  CHECK(sql_prepared_prefix("exec", true) == 0);
+  CHECK(rename_in_message("prepared statement \"PGSLUICE_3\" does not exist", "PGSLUICE_3", "s1") ==
+        "prepared statement \"s1\" does not exist");
+}
