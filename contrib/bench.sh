@@ -16,6 +16,7 @@
 #   BENCH_ROUNDS   interleaved rounds (default 3); 6 cases x 3 targets per round
 #   BENCH_SCALE    pgbench scale (default 10)
 #   BENCH_AUTH     client auth of both poolers: md5 (default) or trust
+#   BENCH_CASES    clients:mode list (default: all six cases)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
 #   PGBOUNCER_BIN  PgBouncer binary (default /usr/sbin/pgbouncer)
@@ -36,7 +37,7 @@ SCALE=${BENCH_SCALE:-10}
 AUTH=${BENCH_AUTH:-md5}
 POOL_SIZE=8
 TARGETS="direct pgbouncer pgsluice"
-CASES="1:simple 1:extended 1:prepared 32:simple 32:extended 32:prepared"
+CASES=${BENCH_CASES:-"1:simple 1:extended 1:prepared 32:simple 32:extended 32:prepared"}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }

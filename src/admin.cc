@@ -488,7 +488,7 @@ void socket_row(RowSet& rs, const ConnRow& r, const std::string& state, bool deb
                                                cell(r.remote_pid),
                                                "",
                                                r.app_name,
-                                               "0",
+                                               cell_u(r.prepared),
                                                cell_u(r.id)};
   if (debug)
     for (uint64_t x : {r.recv_pos, r.pkt_pos, r.pkt_remain, r.send_pos, r.send_remain, r.pkt_avail,

@@ -38,6 +38,11 @@ Client::Client(Worker* w, Fd fd, bool is_unix) : Conn(w, std::move(fd)), is_unix
 Client::~Client() = default;
 
 void Client::on_readable() {
+  if ((state_ == ClientState::Waiting || state_ == ClientState::Login) &&
+      in_.size() >= BufPool::kBlock) {
+    want_read(false);  // queued with a full block buffered: wait for a server first
+    return;
+  }
   size_t got = 0;
   Io r = read_in(&got);
   if (r == Io::Eof || r == Io::Error) {
@@ -86,7 +91,7 @@ void Client::process() {
       break;
     case ClientState::Login:
     case ClientState::Waiting:
-      break;  // reading is off until a server is linked
+      break;  // bytes wait in in_ until a server is linked (link_waiter)
     case ClientState::Idle:
     case ClientState::Active:
       forward_messages();

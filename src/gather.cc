@@ -112,6 +112,7 @@ ConnRow client_row(Worker& w, Client* c, bool sockets, double now) {
   r.remote_pid = c->is_unix_ ? unix_peer_pid(c->fd()) : 0;
   r.app_name = c->app_name_;
   r.id = c->id_;
+  r.prepared = c->stmts_.size();
   r.worker = w.index();
   r.logging_in = c->state_ == ClientState::Startup || c->state_ == ClientState::Auth;
   r.fd = c->fd();
@@ -139,6 +140,7 @@ ConnRow server_row(Worker& w, Server* s, bool sockets) {
   r.link = s->client_;
   r.remote_pid = static_cast<int>(s->backend_pid_);
   r.id = s->id_;
+  r.prepared = s->stmts_.size();
   r.worker = w.index();
   r.fd = s->fd();
   r.link_fd = s->client_ ? s->client_->fd() : 0;

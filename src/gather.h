@@ -33,6 +33,7 @@ struct ConnRow {
   const void* link = nullptr;
   int remote_pid = 0;
   uint64_t id = 0;
+  uint64_t prepared = 0;  // SHOW CLIENTS/SERVERS prepared_statements
   size_t worker = 0;
   bool logging_in = false;   // a client still in startup or authentication
   int fd = -1, link_fd = 0;  // SHOW FDS

@@ -372,8 +372,7 @@ bool Worker::acquire(Client* c) {
     return true;
   }
   c->wait_since_ = now_seconds();
-  c->want_read(false);
-  lp->waiting.push_back(c);
+  lp->waiting.push_back(c);  // reading stays on (no epoll_ctl); see Client::on_readable
   p->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
   if (hold) return false;  // RESUME serves it (sweep)
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
