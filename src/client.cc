@@ -635,10 +635,11 @@ constexpr std::string_view kNoSuchStatement = "PGSLUICE_NO_SUCH_STATEMENT";
 // The server-side name for a client's statement, prepared on the linked server if needed.
 // An unknown name maps to one the server does not have either, so that PostgreSQL itself
 // answers 26000 at this point of the pipeline; *rename then tells how to name it back.
-std::string_view Client::server_stmt_name(std::string_view name, int* rename) {
+std::string_view Client::server_stmt_name(std::string_view name, int* rename, uint64_t* id) {
   if (const auto* e = stmts_.find(name)) {
     server_->ensure_prepared(*e, static_cast<size_t>(worker_->cfg().max_prepared_statements),
                              lp_->prepared);
+    *id = (*e)->id;
     return (*e)->server_name;
   }
   *rename = server_->add_rename(std::string(kNoSuchStatement), std::string(name));
@@ -712,15 +713,19 @@ int Client::remap(uint8_t type, size_t len) {
       s->unsynced_ = true;
       s->begin_request();
       int rename = -1;
-      std::string_view srv = server_stmt_name(name, &rename);
-      const auto* bound = stmts_.find(name);
+      uint64_t id = 0;
+      std::string_view srv = server_stmt_name(name, &rename, &id);
       size_t head = wire::kHeaderLen + portal.size() + 1 + name.size() + 1;
       size_t rest = total - head;
-      wire::Writer(m).begin('B').cstr(portal).cstr(srv).end();  // length patched below
-      wire::put_u32(reinterpret_cast<uint8_t*>(m.data() + 1),
-                    static_cast<uint32_t>(m.size() - 1 + rest));
-      worker_->bufs().append(s->out_, m.data(), m.size());
-      s->queue_.push(Request{'B', ReqAction::Forward, bound ? (*bound)->id : 0, rename, -1, -1, 0});
+      // The rewritten header goes straight into the server's buffer; names end in NUL both
+      // in the client's bytes and in std::string storage.
+      uint8_t hdr[wire::kHeaderLen] = {'B'};
+      wire::put_u32(hdr + 1, static_cast<uint32_t>(4 + portal.size() + 1 + srv.size() + 1 + rest));
+      BufPool& bp = worker_->bufs();
+      bp.append(s->out_, hdr, sizeof hdr);
+      bp.append(s->out_, portal.data(), portal.size() + 1);
+      bp.append(s->out_, srv.data(), srv.size() + 1);
+      s->queue_.push(Request{'B', ReqAction::Forward, id, rename, -1, -1, 0});
       in_.rpos += head;
       size_t n = in_.size() < rest ? in_.size() : rest;
       worker_->bufs().append(s->out_, in_.begin(), n);
@@ -745,7 +750,8 @@ int Client::remap(uint8_t type, size_t len) {
         return 1;
       }
       int rename = -1;
-      std::string_view srv = server_stmt_name(name, &rename);
+      uint64_t id = 0;
+      std::string_view srv = server_stmt_name(name, &rename, &id);
       wire::Writer(m).begin('D').u8('S').cstr(srv).end();
       worker_->bufs().append(s->out_, m.data(), m.size());
       s->queue_.push(Request{'D', ReqAction::Forward, 0, rename, -1, -1, 0});

@@ -92,7 +92,7 @@ class Client final : public Conn {
   size_t remap_need(uint8_t type, size_t len) const;
   int remap(uint8_t type, size_t len);
   int remap_sql(const SqlPrepared& sp, size_t total);
-  std::string_view server_stmt_name(std::string_view name, int* rename);
+  std::string_view server_stmt_name(std::string_view name, int* rename, uint64_t* id);
 
   AuthStep auth_step_ = AuthStep::None;
   std::string secret_;  // the stored secret of user_ (empty when unknown)
