@@ -143,7 +143,8 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
   }
   if ((sp.version >> 16) != 3) {
     char msg[128];
-    std::snprintf(msg, sizeof msg, "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+    std::snprintf(msg, sizeof msg,
+                  "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
                   sp.version >> 16, sp.version & 0xffff);
     queue_error(true, "08P01", msg);
     flush();
@@ -208,7 +209,7 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
   }
   counted_ = true;
   if (is_admin_database(db_)) {
-    is_admin_ = true;  // the console: no pool, no server (admin.cc)
+    is_admin_ = true;                // the console: no pool, no server (admin.cc)
     if (admin_trusted_peer(this)) {  // user pgbouncer over the Unix socket, same uid
       finish_auth();
       return !dead_;
@@ -286,8 +287,9 @@ bool Client::begin_auth() {
       start_scram();
       break;
     default:
-      queue_error(true, "28000",
-                  std::string("auth_type ") + auth_type_name(cfg.auth_type) + " is not supported yet");
+      queue_error(
+          true, "28000",
+          std::string("auth_type ") + auth_type_name(cfg.auth_type) + " is not supported yet");
       flush();
       worker_->close_client(this, "unsupported auth_type");
       return false;
@@ -329,8 +331,12 @@ void Client::process_auth() {
         if (!r.cstr(pw) || pw.empty() || !user_known_) return auth_failed();
         bool ok = false;
         switch (secret_kind(secret_)) {
-          case SecretKind::Plain: ok = constant_time_eq(pw, secret_); break;
-          case SecretKind::Md5: ok = constant_time_eq(md5_secret(pw, user_), secret_); break;
+          case SecretKind::Plain:
+            ok = constant_time_eq(pw, secret_);
+            break;
+          case SecretKind::Md5:
+            ok = constant_time_eq(md5_secret(pw, user_), secret_);
+            break;
           case SecretKind::Scram: {
             auto k = parse_scram_secret(secret_);
             if (k) {
@@ -376,9 +382,9 @@ void Client::process_auth() {
           return;
         }
         std::string m;
-        wire::auth_request(m, 11,
-                           std::span<const uint8_t>(
-                               reinterpret_cast<const uint8_t*>(res->data()), res->size()));
+        wire::auth_request(
+            m, 11,
+            std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(res->data()), res->size()));
         worker_->bufs().append(out_, m.data(), m.size());
         auth_step_ = AuthStep::ScramFinal;
         flush();
@@ -396,9 +402,9 @@ void Client::process_auth() {
           return;
         }
         std::string m;
-        wire::auth_request(m, 12,
-                           std::span<const uint8_t>(
-                               reinterpret_cast<const uint8_t*>(res->data()), res->size()));
+        wire::auth_request(
+            m, 12,
+            std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(res->data()), res->size()));
         worker_->bufs().append(out_, m.data(), m.size());
         // Pass-through: the client proved the stored secret, so its keys can log in to a
         // server holding the same secret (only when no forced user changes who logs in).
@@ -555,11 +561,16 @@ bool Client::forward_messages() {
     Server* s = server_;
     PoolStats& st = lp_->stats;
     switch (type) {
-      case 'Q': case 'F':
+      case 'Q':
+      case 'F':
         s->queue_.push(type);
         s->begin_request();
         break;
-      case 'P': case 'B': case 'D': case 'E': case 'C':
+      case 'P':
+      case 'B':
+      case 'D':
+      case 'E':
+      case 'C':
         if (type == 'P') st.client_parse_count++, st.server_parse_count++;
         if (type == 'B') st.bind_count++;
         s->queue_.push(type);
@@ -574,7 +585,8 @@ bool Client::forward_messages() {
         s->syncs_sent_++;
         if (!copy_in_) s->queue_.push(type);  // the server swallows Sync during COPY IN
         break;
-      case 'c': case 'f':
+      case 'c':
+      case 'f':
         copy_in_ = false;
         break;
       default:
@@ -675,8 +687,7 @@ int Client::remap(uint8_t type, size_t len) {
         s->ensure_prepared(entry, max, ps);
         wire::Writer(m).begin('P').cstr(entry->server_name).bytes(entry->body).end();
         s->queue_.push(Request{'P', ReqAction::Forward, 0,
-                               s->add_rename(entry->server_name, std::string(name)), -1, -1,
-                               0});
+                               s->add_rename(entry->server_name, std::string(name)), -1, -1, 0});
       } else {
         auto entry = stmt_registry().get(body);
         int undo = s->add_rename(std::string(name), std::string());
@@ -686,7 +697,8 @@ int Client::remap(uint8_t type, size_t len) {
           ps.hits++;
           s->queue_.push(Request{'P', ReqAction::Fake, 0, -1, undo, -1, 0});
         } else {
-          if (held) {  // unconfirmed from an earlier segment: prepare it again (see ensure_prepared)
+          if (held) {  // unconfirmed from an earlier segment: prepare it again (see
+                       // ensure_prepared)
             wire::Writer(m).begin('C').u8('S').cstr(entry->server_name).end();
             s->queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
           } else {

@@ -67,19 +67,19 @@ class Client final : public Conn {
   void record_segment(uint8_t type, size_t len);
   // Puts the saved segment back in front of what the client sent since, and runs it again.
   void replay_segment();
-  bool is_admin_ = false;       // logged in to a virtual database (admin console)
-  bool welcomed_ = false;       // the welcome was sent (it must be sent once)
-  bool counted_ = false;        // counted in Runtime::clients
-  double wait_since_ = 0;       // when it started waiting for a server
-  double connect_time_ = 0;     // when it was accepted
-  size_t pos_ = 0;              // index in Worker::clients_
+  bool is_admin_ = false;    // logged in to a virtual database (admin console)
+  bool welcomed_ = false;    // the welcome was sent (it must be sent once)
+  bool counted_ = false;     // counted in Runtime::clients
+  double wait_since_ = 0;    // when it started waiting for a server
+  double connect_time_ = 0;  // when it was accepted
+  size_t pos_ = 0;           // index in Worker::clients_
   // Console, stats and trace (admin.cc, trace.h); only the owning worker touches them.
-  uint64_t id_ = 0;              // process-wide id (SHOW CLIENTS, KILL_CLIENT)
-  double request_time_ = 0;      // when its last request asked for a server (monotonic)
-  uint8_t admin_role_ = 0;       // console: 0 none, 1 stats_users (read-only), 2 admin
-  bool admin_busy_ = false;      // console: an answer is being gathered; reading is off
-  bool trace_ = false;           // log every message's type and length (trace.h)
-  uint64_t trace_last_us_ = 0;   // time of the previous traced message
+  uint64_t id_ = 0;             // process-wide id (SHOW CLIENTS, KILL_CLIENT)
+  double request_time_ = 0;     // when its last request asked for a server (monotonic)
+  uint8_t admin_role_ = 0;      // console: 0 none, 1 stats_users (read-only), 2 admin
+  bool admin_busy_ = false;     // console: an answer is being gathered; reading is off
+  bool trace_ = false;          // log every message's type and length (trace.h)
+  uint64_t trace_last_us_ = 0;  // time of the previous traced message
 
  private:
   void process_startup();

@@ -98,13 +98,19 @@ namespace pgsluice {
 
 namespace {
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
+}
 bool is_ident_start(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
          static_cast<unsigned char>(c) >= 0x80;
 }
-bool is_ident(char c) { return is_ident_start(c) || (c >= '0' && c <= '9') || c == '$'; }
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+bool is_ident(char c) {
+  return is_ident_start(c) || (c >= '0' && c <= '9') || c == '$';
+}
+char lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
 
 struct Lexer {
   std::string_view s;
@@ -243,7 +249,9 @@ std::string sql_stmt_key(std::string_view types, std::string_view statement) {
   return k;
 }
 
-bool is_sql_stmt(const StmtEntry& e) { return !e.body.empty() && e.body[0] == '\x01'; }
+bool is_sql_stmt(const StmtEntry& e) {
+  return !e.body.empty() && e.body[0] == '\x01';
+}
 
 std::string sql_prepare_text(const StmtEntry& e) {
   size_t sep = e.body.find('\x02');

@@ -116,10 +116,10 @@ namespace pgsluice {
 struct SqlPrepared {
   enum class Kind : uint8_t { None, Prepare, Execute, Deallocate };
   Kind kind = Kind::None;
-  std::string name;        // folded to lower case unless it was double-quoted
-  std::string types;       // PREPARE: "(int, text)" or empty
-  std::string statement;   // PREPARE: the text after AS
-  std::string args;        // EXECUTE: "(1, 'x')" or empty
+  std::string name;       // folded to lower case unless it was double-quoted
+  std::string types;      // PREPARE: "(int, text)" or empty
+  std::string statement;  // PREPARE: the text after AS
+  std::string args;       // EXECUTE: "(1, 'x')" or empty
 };
 
 // What the start of a query is, from the first bytes: -1 when more bytes are needed to

@@ -80,7 +80,8 @@ void Server::on_readable() {
     if (state_ == ServerState::Login || state_ == ServerState::Connecting)
       worker_->server_login_failed(this, "08006", "server closed the connection during login");
     else
-      worker_->close_server(this, r == Io::Eof ? "server closed the connection" : "server read error");
+      worker_->close_server(this,
+                            r == Io::Eof ? "server closed the connection" : "server read error");
     return;
   }
   if (got == 0) return;
@@ -89,7 +90,8 @@ void Server::on_readable() {
 
 namespace {
 // Rebuilds an ErrorResponse with the server-side statement name replaced in its message.
-std::string rename_error(std::span<const uint8_t> body, std::string_view from, std::string_view to) {
+std::string rename_error(std::span<const uint8_t> body, std::string_view from,
+                         std::string_view to) {
   std::string out;
   wire::Writer w(out);
   w.begin('E');
@@ -224,14 +226,17 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
       return true;
     case 3:
       if (secret.empty() || kind != SecretKind::Plain)
-        return fail("server asks for a cleartext password, and pgsluice has no plain password for user " + pool_->user_name);
+        return fail(
+            "server asks for a cleartext password, and pgsluice has no plain password for user " +
+            pool_->user_name);
       wire::password_message(m, secret);
       break;
     case 5: {
       std::span<const uint8_t> salt;
       if (!r.bytes(4, salt)) return fail("bad md5 request from server");
       if (secret.empty() || kind == SecretKind::Scram)
-        return fail("server asks for md5, and pgsluice has no password or md5 secret for user " + pool_->user_name);
+        return fail("server asks for md5, and pgsluice has no password or md5 secret for user " +
+                    pool_->user_name);
       wire::password_message(m, md5_response(secret, pool_->user_name, salt.data()));
       break;
     }
@@ -246,10 +251,12 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
       } else if (kind == SecretKind::Scram) {
         std::array<uint8_t, 32> ck, sk;
         if (!pool_->scram_keys(ck, sk))
-          return fail("password is SCRAM secret but client authentication did not provide SCRAM keys");
+          return fail(
+              "password is SCRAM secret but client authentication did not provide SCRAM keys");
         scram_ = std::make_unique<ScramClientSession>(ScramClientSession::with_keys(ck, sk));
       } else {
-        return fail("server asks for SCRAM, and pgsluice has no usable secret for user " + pool_->user_name);
+        return fail("server asks for SCRAM, and pgsluice has no usable secret for user " +
+                    pool_->user_name);
       }
       wire::sasl_initial_response(m, "SCRAM-SHA-256", scram_->client_first());
       break;
@@ -440,7 +447,8 @@ void Server::process() {
         case 'E':
           if (internal_ > 0) {
             auto f = wire::parse_error(body);
-            LOG_WARN("S-%p: internal query failed: %s", static_cast<void*>(this), f.message.c_str());
+            LOG_WARN("S-%p: internal query failed: %s", static_cast<void*>(this),
+                     f.message.c_str());
             internal_failed_ = true;
           } else {
             auto f = wire::parse_error(body);
@@ -448,7 +456,12 @@ void Server::process() {
             return;
           }
           break;
-        case 'N': case 'A': case 'C': case 'T': case 'D': case 'I':
+        case 'N':
+        case 'A':
+        case 'C':
+        case 'T':
+        case 'D':
+        case 'I':
           break;
         default:
           if (!linked && state_ == ServerState::Idle) {
@@ -515,10 +528,13 @@ void Server::process() {
           queue_.pop();
         }
         break;
-      case 'n': case 'T':
+      case 'n':
+      case 'T':
         if (!queue_.empty() && queue_.front_type() == 'D') queue_.pop();
         break;
-      case 'C': case 'I': case 's':
+      case 'C':
+      case 'I':
+      case 's':
         if (type == 'C' && !queue_.empty() && queue_.front_type() == 'Q' &&
             queue_.front().swallow_c > 0) {
           queue_.front().swallow_c--;  // the PREPARE pgsluice put before the client's EXECUTE
@@ -576,7 +592,8 @@ void Server::process() {
           client_->copy_in_ = true;
         }
         break;
-      case 'K': case 'R':
+      case 'K':
+      case 'R':
         worker_->close_server(this, "unexpected login message from server");
         return;
       default:

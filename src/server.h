@@ -2,9 +2,9 @@
 #pragma once
 
 #include <memory>
-#include <unordered_map>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "prepared.h"
@@ -40,8 +40,8 @@ enum class ReqAction : uint8_t {
 struct Request {
   uint8_t type = 0;  // frontend message type: 'Q','P','B','D','E','C','S','F'
   ReqAction action = ReqAction::Forward;
-  uint64_t stmt = 0;  // P: the statement it prepares; C(Skip): the statement it evicts
-  int32_t rename = -1;  // index in Server::renames_: show an error under the client's name
+  uint64_t stmt = 0;         // P: the statement it prepares; C(Skip): the statement it evicts
+  int32_t rename = -1;       // index in Server::renames_: show an error under the client's name
   int32_t client_name = -1;  // P/Q: index in Server::renames_ of the client's name to undo
   int32_t tag = -1;          // Q(Fake): index in Server::renames_ of the CommandComplete tag
   uint8_t swallow_c = 0;     // Q: CommandCompletes of statements pgsluice prepended
@@ -127,20 +127,20 @@ class Server final : public Conn {
   LocalPool* lp_;
   Client* client_ = nullptr;
   VarCache vars_;
-  char tx_ = 'I';       // status byte of the last ReadyForQuery
-  RequestQueue queue_;  // client requests awaiting answers
-  int internal_ = 0;    // internal queries (SET, reset) whose ReadyForQuery is due
+  char tx_ = 'I';                // status byte of the last ReadyForQuery
+  RequestQueue queue_;           // client requests awaiting answers
+  int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due
   uint64_t query_start_us_ = 0;  // first unanswered request (0: none)
   uint64_t xact_start_us_ = 0;   // first request of the open transaction (0: none)
-  ServerStmts stmts_;  // named statements prepared on this server (remapping)
+  ServerStmts stmts_;            // named statements prepared on this server (remapping)
   std::unordered_map<uint64_t, std::shared_ptr<const StmtEntry>> evicting_;  // Close in flight
   std::vector<std::pair<std::string, std::string>> renames_;  // server name -> client name
   bool retry_pending_ = false;  // a 0A000 was swallowed; replay the segment at its ReadyForQuery
   bool retried_ = false;        // the current segment was replayed once already
   uint64_t retry_stmt_ = 0;
-  uint64_t seg_out_ = 0;        // bytes sent to the client since the last ReadyForQuery
-  uint64_t syncs_sent_ = 0;     // Syncs forwarded: numbers the extended-protocol segments
-  bool unsynced_ = false;  // extended-protocol messages sent since the client's last Sync
+  uint64_t seg_out_ = 0;     // bytes sent to the client since the last ReadyForQuery
+  uint64_t syncs_sent_ = 0;  // Syncs forwarded: numbers the extended-protocol segments
+  bool unsynced_ = false;    // extended-protocol messages sent since the client's last Sync
   bool internal_failed_ = false;
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client
   uint32_t backend_pid_ = 0;
@@ -148,10 +148,10 @@ class Server final : public Conn {
   int cancels_pending_ = 0;
   std::vector<CancelConn*> cancels_;
   double connect_time_ = 0;
-  double idle_since_ = 0;      // when it last became idle
-  size_t pos_ = 0;             // index in Worker::servers_
-  uint64_t id_ = 0;            // process-wide id (SHOW SERVERS)
-  uint32_t gen_ = 0;           // DbState::generation when connected; older means close_needed
+  double idle_since_ = 0;  // when it last became idle
+  size_t pos_ = 0;         // index in Worker::servers_
+  uint64_t id_ = 0;        // process-wide id (SHOW SERVERS)
+  uint32_t gen_ = 0;       // DbState::generation when connected; older means close_needed
   std::string login_error_;
   std::string login_sqlstate_;
 
