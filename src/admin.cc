@@ -695,7 +695,7 @@ void show_stats(Client* c, Snapshot& snap, StatsKind kind) {
                                         : "total_" + n);
       else
         names.push_back(n == "received" ? "bytes_received" : n == "sent" ? "bytes_sent" : n);
-      letters += 'q';
+      letters += 'N';
     }
   if (kind != StatsKind::Totals)
     for (size_t i = 0; i < base.size(); i++) {
@@ -706,7 +706,7 @@ void show_stats(Client* c, Snapshot& snap, StatsKind kind) {
         names.push_back(n == "received" ? "bytes_received" : n == "sent" ? "bytes_sent" : n);
       else
         names.push_back("avg_" + n);  // PgBouncer's mixed prefixes
-      letters += 'q';
+      letters += 'N';
     }
   RowSet rs(letters, names);
   for (const auto& [db, t] : totals) {
@@ -725,7 +725,7 @@ void show_totals(Client* c, Snapshot& snap) {
   PoolStats t;
   for (const PoolRow& r : snap.pools) t.merge(r.stats);
   StatsAverages a = rt->stats ? rt->stats->total_averages() : StatsAverages{};
-  RowSet rs("sq", {"name", "value"});
+  RowSet rs("sN", {"name", "value"});
   auto tc = total_cells(t);
   auto ac = avg_cells(a);
   const auto& base = stats_names();

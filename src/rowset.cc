@@ -21,6 +21,9 @@ std::vector<ColType> col_types(std::string_view letters) {
       case 'b':
         t.push_back(ColType::Bytea);
         break;
+      case 'N':  // PgBouncer sends its statistics as numeric
+        t.push_back(ColType::Numeric);
+        break;
       default:
         t.push_back(ColType::Text);
         break;

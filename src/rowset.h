@@ -11,7 +11,7 @@
 namespace pgsluice {
 
 // PostgreSQL type OIDs used by the console.
-enum class ColType : uint32_t { Text = 25, Int4 = 23, Int8 = 20, Bytea = 17 };
+enum class ColType : uint32_t { Text = 25, Int4 = 23, Int8 = 20, Bytea = 17, Numeric = 1700 };
 
 // PgBouncer's type letters: 's' and 'T' (timestamp as text) text, 'i' int4, 'q' int8,
 // 'b' bytea.

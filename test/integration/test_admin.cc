@@ -18,7 +18,7 @@
 namespace it {
 namespace {
 
-constexpr Oid kText = 25, kInt4 = 23, kInt8 = 20, kBytea = 17;
+constexpr Oid kText = 25, kInt4 = 23, kInt8 = 20, kBytea = 17, kNumeric = 1700;
 
 Oid oid_of(char letter) {
   switch (letter) {
@@ -28,6 +28,8 @@ Oid oid_of(char letter) {
       return kInt8;
     case 'b':
       return kBytea;
+    case 'N':
+      return kNumeric;
     default:
       return kText;
   }
@@ -224,18 +226,18 @@ std::vector<Shape> shapes() {
        {"name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
         "current_connections", "max_user_client_connections", "current_client_connections"},
        "ssssiiii"},
-      {"SHOW STATS", stats, "sqqqqqqqqqqqqqqqqqqqqqqqq"},
+      {"SHOW STATS", stats, "sNNNNNNNNNNNNNNNNNNNNNNNN"},
       {"SHOW STATS_TOTALS",
        {"database", "server_assignment_count", "xact_count", "query_count", "bytes_received",
         "bytes_sent", "xact_time", "query_time", "wait_time", "client_parse_count",
         "server_parse_count", "bind_count", "client_login_count"},
-       "sqqqqqqqqqqqq"},
+       "sNNNNNNNNNNNN"},
       {"SHOW STATS_AVERAGES",
        {"database", "server_assignment_count", "xact_count", "query_count", "bytes_received",
         "bytes_sent", "xact_time", "query_time", "wait_time", "avg_client_parse_count",
         "avg_server_parse_count", "avg_bind_count", "avg_client_login_count"},
-       "sqqqqqqqqqqqq"},
-      {"SHOW TOTALS", {"name", "value"}, "sq"},
+       "sNNNNNNNNNNNN"},
+      {"SHOW TOTALS", {"name", "value"}, "sN"},
       {"SHOW LISTS", {"list", "items"}, "si"},
       {"SHOW CONFIG", {"key", "value", "default", "changeable"}, "ssss"},
       {"SHOW MEM", {"name", "size", "used", "free", "memtotal"}, "siiii"},
