@@ -10,7 +10,7 @@
 set -u
 
 PACKAGES="g++ make pkg-config libevent-dev libssl-dev libsqlite3-dev libinih-dev
-doctest-dev libpq-dev postgresql-15 postgresql-client-15 pgbouncer clang-14
+doctest-dev libpq-dev postgresql-15 postgresql-client-15 pgbouncer clang-14 clang-format
 libclang-rt-14-dev"
 
 missing=""

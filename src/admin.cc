@@ -1021,12 +1021,9 @@ void cmd_set(Client* c, const AdminStatement& st) {
   Status s = set_setting(*next, st.key, st.value);
   if (!s) return reply_error(c, "SET failed: " + s.message());
   rt->set_config(next);
-  if (st.key == "logfile" || st.key == "verbose") {
-    LogSettings ls;
-    ls.logfile = next->logfile;
-    ls.verbose = next->verbose;
-    log_configure(ls);
-  }
+  if (st.key == "logfile" || st.key == "verbose" || st.key == "log_format" ||
+      st.key.rfind("syslog", 0) == 0)
+    log_configure(log_settings(*next));
   on_all_workers(rt, [](Worker& w) { w.refresh_config(); });
   LOG_INFO("SET %s = %s", st.key.c_str(), st.value.c_str());
   reply_tag(c, "SET " + st.key + "=" + st.value);

@@ -248,6 +248,9 @@ constexpr Row kRows[] = {
     bool_row("syslog", "0", kReload, "also log to syslog", &Config::syslog),
     string_row("syslog_ident", "pgbouncer", kReload, "syslog identity", &Config::syslog_ident),
     string_row("syslog_facility", "daemon", kReload, "syslog facility", &Config::syslog_facility),
+    choice_row("log_format", "text", kReload,
+               "format of stderr and logfile lines: text (PgBouncer's) or json (one object a line)",
+               &Config::log_format, "text|json"),
     bool_row("log_connections", "1", kReload, "log successful logins", &Config::log_connections),
     bool_row("log_disconnections", "1", kReload, "log disconnections with their reason",
              &Config::log_disconnections),
@@ -911,6 +914,15 @@ Result<std::shared_ptr<Config>> load_config(const std::string& path) {
     c->userlist = std::move(*users);
   }
   return std::shared_ptr<Config>(std::move(c));
+}
+
+LogSettings log_settings(const Config& c) {
+  LogSettings ls;
+  ls.logfile = c.logfile;
+  ls.verbose = c.verbose;
+  ls.format = c.log_format == "json" ? LogFormat::Json : LogFormat::Text;
+  ls.syslog = SyslogSettings{c.syslog, c.syslog_ident, c.syslog_facility};
+  return ls;
 }
 
 }  // namespace pgsluice

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common.h"
+#include "log.h"
 #include "userlist.h"
 
 namespace pgsluice {
@@ -113,7 +114,7 @@ struct Config {
   int scram_iterations = 4096;
   int workers = 0;  // pgsluice: worker threads; 0 (default) = number of CPUs
   std::string metrics_listen_addr = "127.0.0.1";  // pgsluice: Prometheus endpoint address
-  int metrics_port = 0;                             // pgsluice: its port; 0 (default) = off
+  int metrics_port = 0;                           // pgsluice: its port; 0 (default) = off
 
   // authentication
   AuthType auth_type = AuthType::Md5;
@@ -130,6 +131,7 @@ struct Config {
   bool syslog = false;
   std::string syslog_ident = "pgbouncer";
   std::string syslog_facility = "daemon";
+  std::string log_format = "text";  // pgsluice: text (PgBouncer's lines) or json
   bool log_connections = true;
   bool log_disconnections = true;
   bool log_pooler_errors = true;
@@ -244,5 +246,8 @@ std::optional<bool> parse_bool_value(std::string_view s);      // 0/1/yes/no/on/
 std::optional<long long> parse_int_value(std::string_view s);  // decimal, optional '-'
 // Seconds: decimal or exponent form, finite, 0..1e9, rounded to microseconds.
 std::optional<double> parse_seconds_value(std::string_view s);
+
+// The logging settings a config asks for (logfile, verbose, log_format, syslog*).
+LogSettings log_settings(const Config& c);
 
 }  // namespace pgsluice

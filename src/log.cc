@@ -1,8 +1,9 @@
-// Logging: PgBouncer-style lines to stderr and the logfile, with a connection prefix.
+// Logging: PgBouncer-style lines to stderr, the logfile and syslog, with a connection prefix.
 #include "log.h"
 
 #include <fcntl.h>
 #include <sys/time.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,26 +12,185 @@
 #include <ctime>
 #include <mutex>
 
+// <syslog.h> redefines LOG_INFO and LOG_DEBUG, which log.h uses for its own macros: keep the
+// priorities under other names and drop both macros (this file uses neither meaning again).
+namespace {
+constexpr int kSyslogInfo = LOG_INFO;
+constexpr int kSyslogDebug = LOG_DEBUG;
+}  // namespace
+#undef LOG_INFO
+#undef LOG_DEBUG
+
 namespace pgsluice {
 namespace {
+// g_mu guards the logfile descriptor and the syslog connection (openlog keeps a pointer to
+// g_syslog_ident, so it changes only under the lock, between closelog and openlog).
 std::mutex g_mu;
 int g_fd = -1;
+bool g_syslog = false;
+std::string g_syslog_ident;
 std::atomic<int> g_verbose{0};
 std::atomic<bool> g_quiet{false};
+std::atomic<LogFormat> g_format{LogFormat::Text};
 std::atomic<long> g_bugs{0};
 
-const char* level_name(LogLevel l) {
+// Splits unix_ms into a UTC calendar time and the milliseconds.
+void split_time(long long unix_ms, struct tm* tm, int* ms) {
+  long long sec = unix_ms / 1000;
+  long long rem = unix_ms % 1000;
+  if (rem < 0) {
+    rem += 1000;
+    sec -= 1;
+  }
+  time_t t = static_cast<time_t>(sec);
+  gmtime_r(&t, tm);
+  *ms = static_cast<int>(rem);
+}
+
+// Length of the valid UTF-8 sequence at s[i], or 0 when the byte there does not start one.
+size_t utf8_sequence_length(std::string_view s, size_t i) {
+  auto at = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char c = at(i);
+  size_t need = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // bounds of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    need = 1;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    need = 2;
+    if (c == 0xE0) lo = 0xA0;  // no overlong forms
+    if (c == 0xED) hi = 0x9F;  // no surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    need = 3;
+    if (c == 0xF0) lo = 0x90;  // no overlong forms
+    if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (s.size() - i <= need) return 0;
+  if (at(i + 1) < lo || at(i + 1) > hi) return 0;
+  for (size_t k = 2; k <= need; k++) {
+    if (at(i + k) < 0x80 || at(i + k) > 0xBF) return 0;
+  }
+  return need + 1;
+}
+}  // namespace
+
+const char* log_level_name(LogLevel l) {
   switch (l) {
-    case LogLevel::Fatal: return "FATAL";
-    case LogLevel::Error: return "ERROR";
-    case LogLevel::Warning: return "WARNING";
-    case LogLevel::Log: return "LOG";
-    case LogLevel::Debug: return "DEBUG";
-    case LogLevel::Noise: return "NOISE";
+    case LogLevel::Fatal:
+      return "FATAL";
+    case LogLevel::Error:
+      return "ERROR";
+    case LogLevel::Warning:
+      return "WARNING";
+    case LogLevel::Log:
+      return "LOG";
+    case LogLevel::Debug:
+      return "DEBUG";
+    case LogLevel::Noise:
+      return "NOISE";
   }
   return "LOG";
 }
-}  // namespace
+
+std::string log_json_escape(std::string_view s) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size() + 8);
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(static_cast<char>(c));
+      i++;
+    } else if (c < 0x20 || c == 0x7f) {
+      out += "\\u00";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xf]);
+      i++;
+    } else if (c < 0x80) {
+      out.push_back(static_cast<char>(c));
+      i++;
+    } else if (size_t n = utf8_sequence_length(s, i); n > 0) {
+      out.append(s.substr(i, n));
+      i += n;
+    } else {
+      out += "\\ufffd";
+      i++;
+    }
+  }
+  return out;
+}
+
+std::string log_text_line(long long unix_ms, int pid, LogLevel level, std::string_view text) {
+  struct tm tm;
+  int ms = 0;
+  split_time(unix_ms, &tm, &ms);
+  char head[96];
+  size_t n = std::strftime(head, sizeof head, "%Y-%m-%d %H:%M:%S", &tm);
+  std::snprintf(head + n, sizeof head - n, ".%03d UTC [%d] %s ", ms, pid, log_level_name(level));
+  std::string line = head;
+  line.append(text);
+  line.push_back('\n');
+  return line;
+}
+
+std::string log_json_line(long long unix_ms, int pid, LogLevel level, std::string_view text) {
+  struct tm tm;
+  int ms = 0;
+  split_time(unix_ms, &tm, &ms);
+  char head[128];
+  size_t n = std::strftime(head, sizeof head, "{\"ts\":\"%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(head + n, sizeof head - n, ".%03dZ\",\"pid\":%d,\"level\":\"%s\",\"msg\":\"", ms,
+                pid, log_level_name(level));
+  std::string line = head;
+  line += log_json_escape(text);
+  line += "\"}\n";
+  return line;
+}
+
+std::optional<int> syslog_facility_from_name(std::string_view name) {
+  struct Facility {
+    const char* name;
+    int code;
+  };
+  static const Facility kFacilities[] = {
+      {"auth", LOG_AUTH},     {"authpriv", LOG_AUTHPRIV}, {"daemon", LOG_DAEMON},
+      {"user", LOG_USER},     {"local0", LOG_LOCAL0},     {"local1", LOG_LOCAL1},
+      {"local2", LOG_LOCAL2}, {"local3", LOG_LOCAL3},     {"local4", LOG_LOCAL4},
+      {"local5", LOG_LOCAL5}, {"local6", LOG_LOCAL6},     {"local7", LOG_LOCAL7},
+  };
+  for (const Facility& f : kFacilities) {
+    std::string_view want = f.name;
+    if (want.size() != name.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < name.size() && same; i++) {
+      char ch = name[i];
+      if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
+      same = ch == want[i];
+    }
+    if (same) return f.code;
+  }
+  return std::nullopt;
+}
+
+int syslog_priority(LogLevel level) {
+  switch (level) {
+    case LogLevel::Fatal:
+      return LOG_CRIT;
+    case LogLevel::Error:
+      return LOG_ERR;
+    case LogLevel::Warning:
+      return LOG_WARNING;
+    case LogLevel::Log:
+      return kSyslogInfo;
+    case LogLevel::Debug:
+    case LogLevel::Noise:
+      return kSyslogDebug;
+  }
+  return kSyslogInfo;
+}
 
 bool log_configure(const LogSettings& s) {
   int fd = -1;
@@ -38,11 +198,28 @@ bool log_configure(const LogSettings& s) {
     fd = ::open(s.logfile.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0) return false;
   }
-  std::lock_guard<std::mutex> g(g_mu);
-  if (g_fd >= 0) ::close(g_fd);
-  g_fd = fd;
-  g_verbose = s.verbose;
-  g_quiet = s.quiet;
+  std::optional<int> facility;
+  if (s.syslog) facility = syslog_facility_from_name(s.syslog->facility);
+  {
+    std::lock_guard<std::mutex> g(g_mu);
+    if (g_fd >= 0) ::close(g_fd);
+    g_fd = fd;
+    g_verbose = s.verbose;
+    if (s.quiet) g_quiet = *s.quiet;
+    if (s.format) g_format = *s.format;
+    if (s.syslog) {
+      if (g_syslog) closelog();
+      g_syslog = s.syslog->enabled;
+      if (g_syslog) {
+        g_syslog_ident = s.syslog->ident.empty() ? "unnamed" : s.syslog->ident;
+        openlog(g_syslog_ident.c_str(), LOG_PID, facility.value_or(LOG_DAEMON));
+      }
+    }
+  }
+  if (s.syslog && s.syslog->enabled && !facility) {
+    log_fmt(LogLevel::Warning, "unknown syslog_facility \"%s\", using daemon",
+            s.syslog->facility.c_str());
+  }
   return true;
 }
 
@@ -54,15 +231,10 @@ void log_line(LogLevel level, std::string_view text) {
   if (!log_enabled(level)) return;
   struct timeval tv;
   gettimeofday(&tv, nullptr);
-  struct tm tm;
-  gmtime_r(&tv.tv_sec, &tm);
-  char head[96];
-  size_t n = std::strftime(head, sizeof head, "%Y-%m-%d %H:%M:%S", &tm);
-  std::snprintf(head + n, sizeof head - n, ".%03d UTC [%d] %s ", static_cast<int>(tv.tv_usec / 1000),
-                static_cast<int>(getpid()), level_name(level));
-  std::string line = head;
-  line.append(text);
-  line.push_back('\n');
+  long long unix_ms = static_cast<long long>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
+  int pid = static_cast<int>(getpid());
+  std::string line = g_format.load() == LogFormat::Json ? log_json_line(unix_ms, pid, level, text)
+                                                        : log_text_line(unix_ms, pid, level, text);
   if (!g_quiet.load()) {
     ssize_t r = ::write(STDERR_FILENO, line.data(), line.size());
     (void)r;
@@ -71,6 +243,11 @@ void log_line(LogLevel level, std::string_view text) {
   if (g_fd >= 0) {
     ssize_t r = ::write(g_fd, line.data(), line.size());
     (void)r;
+  }
+  // syslog adds its own time, ident and pid: the message is "LEVEL text" only.
+  if (g_syslog) {
+    syslog(syslog_priority(level), "%s %.*s", log_level_name(level), static_cast<int>(text.size()),
+           text.data());
   }
 }
 

@@ -1,6 +1,7 @@
-// Logging: PgBouncer-style lines to stderr and the logfile, with a connection prefix.
+// Logging: PgBouncer-style lines to stderr, the logfile and syslog, with a connection prefix.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -8,16 +9,33 @@ namespace pgsluice {
 
 enum class LogLevel : int { Fatal = 0, Error = 1, Warning = 2, Log = 3, Debug = 4, Noise = 5 };
 
-struct LogSettings {
-  std::string logfile;
-  int verbose = 0;     // 0: LOG and above; 1: DEBUG; 2+: NOISE
-  bool quiet = false;  // -q: nothing to stderr
+// Line format of stderr and the logfile (the log_format setting; syslog lines are always text).
+enum class LogFormat : int {
+  Text,  // PgBouncer's "2026-11-23 22:56:42.123 UTC [pid] LEVEL text"
+  Json,  // {"ts":"2026-11-23T22:56:42.123Z","pid":1,"level":"LOG","msg":"text"}
 };
 
-// (Re)opens the logfile and applies the settings. Thread-safe.
+struct SyslogSettings {
+  bool enabled = false;             // also send every line to syslog(3)
+  std::string ident = "pgbouncer";  // openlog() ident; empty means "unnamed"
+  std::string facility = "daemon";  // unknown names warn and use daemon, as PgBouncer does
+};
+
+struct LogSettings {
+  std::string logfile;
+  int verbose = 0;            // 0: LOG and above; 1: DEBUG; 2+: NOISE
+  std::optional<bool> quiet;  // -q: nothing to stderr; left unset, it keeps its value
+  // Left unset, these keep their current value (the console's SET logfile/verbose).
+  std::optional<LogFormat> format;       // starts as Text
+  std::optional<SyslogSettings> syslog;  // starts disabled
+};
+
+// (Re)opens the logfile, applies the settings and, when syslog is set, closes and reopens
+// the syslog connection. Thread-safe.
 bool log_configure(const LogSettings& s);
 bool log_enabled(LogLevel level);
-// One line: "2026-11-23 22:56:42.123 UTC [pid] LEVEL text". Thread-safe (one write per line).
+// One line in the configured format to stderr and the logfile (one write each), and to syslog
+// when enabled. Thread-safe.
 void log_line(LogLevel level, std::string_view text);
 
 // printf-style helpers.
@@ -34,5 +52,21 @@ void log_fmt(LogLevel level, const char* fmt, ...) __attribute__((format(printf,
 // An internal invariant broke: logged and counted, never fatal in release builds.
 void log_bug(const char* file, int line, const char* what);
 #define PGS_BUG(what) ::pgsluice::log_bug(__FILE__, __LINE__, what)
+
+// ---- pure helpers (exposed for the unit tests) ----
+
+// "FATAL", "ERROR", "WARNING", "LOG", "DEBUG", "NOISE".
+const char* log_level_name(LogLevel level);
+// `s` as the inside of a JSON string: '"' and '\' backslashed, bytes below 0x20 and 0x7f as
+// \u00XX, valid UTF-8 passed through, each byte of invalid UTF-8 as \ufffd.
+std::string log_json_escape(std::string_view s);
+// One complete line, '\n' included; unix_ms is the time in milliseconds since the epoch (UTC).
+std::string log_text_line(long long unix_ms, int pid, LogLevel level, std::string_view text);
+std::string log_json_line(long long unix_ms, int pid, LogLevel level, std::string_view text);
+// syslog(3) facility for auth, authpriv, daemon, user, local0..local7 (case-insensitive).
+std::optional<int> syslog_facility_from_name(std::string_view name);
+// syslog(3) priority: FATAL LOG_CRIT, ERROR LOG_ERR, WARNING LOG_WARNING, LOG LOG_INFO,
+// DEBUG and NOISE LOG_DEBUG.
+int syslog_priority(LogLevel level);
 
 }  // namespace pgsluice

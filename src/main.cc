@@ -96,9 +96,7 @@ Status reload(Main* m) {
   for (const std::string& k : settings_needing_restart(*cur, *next.value()))
     LOG_WARN("setting %s changed in the config file: it needs a restart, ignored", k.c_str());
   m->rt.set_config(next.value());
-  LogSettings ls;
-  ls.logfile = next.value()->logfile;
-  ls.verbose = next.value()->verbose;
+  LogSettings ls = log_settings(*next.value());
   if (!log_configure(ls)) LOG_ERROR("cannot open logfile %s", ls.logfile.c_str());
   for (auto& w : m->rt.workers) w->post_call([](Worker& self) { self.refresh_config(); });
   sd_notify_msg("READY=1");
@@ -268,9 +266,7 @@ int main(int argc, char** argv) {
   cfg->config_file = config_path;
   if (verbose > cfg->verbose) cfg->verbose = verbose;
 
-  LogSettings ls;
-  ls.logfile = cfg->logfile;
-  ls.verbose = cfg->verbose;
+  LogSettings ls = log_settings(*cfg);
   ls.quiet = quiet || daemon;
   if (!log_configure(ls)) {
     std::fprintf(stderr, "pgsluice: cannot open logfile %s: %s\n", cfg->logfile.c_str(),

@@ -15,8 +15,8 @@ namespace pgsluice {
 // 1s, 2.5s, 5s, 10s, +Inf.
 struct Histogram {
   static constexpr std::array<uint64_t, 16> kBoundsUs = {
-      100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
-      1000000, 2500000, 5000000, 10000000};
+      100,   250,    500,    1000,   2500,    5000,    10000,   25000,
+      50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
   std::array<uint64_t, kBoundsUs.size() + 1> buckets{};  // not cumulative
   uint64_t count = 0;
   uint64_t sum_us = 0;
@@ -44,10 +44,10 @@ struct PoolStats {
   uint64_t bytes_sent = 0;               // to clients
   uint64_t xact_time_us = 0;
   uint64_t query_time_us = 0;
-  uint64_t wait_time_us = 0;             // clients waiting for a server
-  uint64_t client_parse_count = 0;       // Parse messages from clients
-  uint64_t server_parse_count = 0;       // Parse messages sent to servers
-  uint64_t bind_count = 0;               // Bind messages from clients
+  uint64_t wait_time_us = 0;        // clients waiting for a server
+  uint64_t client_parse_count = 0;  // Parse messages from clients
+  uint64_t server_parse_count = 0;  // Parse messages sent to servers
+  uint64_t bind_count = 0;          // Bind messages from clients
   uint64_t client_login_count = 0;
   Histogram query_hist;
   Histogram xact_hist;

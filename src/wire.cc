@@ -74,7 +74,9 @@ Writer& Writer::i16(int16_t v) {
   out_.push_back(static_cast<char>(u & 0xff));
   return *this;
 }
-Writer& Writer::i32(int32_t v) { return u32(static_cast<uint32_t>(v)); }
+Writer& Writer::i32(int32_t v) {
+  return u32(static_cast<uint32_t>(v));
+}
 Writer& Writer::u32(uint32_t v) {
   uint8_t b[4];
   put_u32(b, v);
@@ -134,13 +136,16 @@ Result<StartupPacket> parse_startup(std::span<const uint8_t> packet) {
   if ((code >> 16) != 3) return sp;  // caller rejects the version with its own message
   for (;;) {
     std::string_view name;
-    if (!r.cstr(name)) return Status::error("invalid startup packet layout: expected terminator as last byte");
+    if (!r.cstr(name))
+      return Status::error("invalid startup packet layout: expected terminator as last byte");
     if (name.empty()) break;
     std::string_view value;
-    if (!r.cstr(value)) return Status::error("invalid startup packet layout: expected terminator as last byte");
+    if (!r.cstr(value))
+      return Status::error("invalid startup packet layout: expected terminator as last byte");
     sp.params.emplace_back(std::string(name), std::string(value));
   }
-  if (!r.at_end()) return Status::error("invalid startup packet layout: expected terminator as last byte");
+  if (!r.at_end())
+    return Status::error("invalid startup packet layout: expected terminator as last byte");
   return sp;
 }
 
@@ -177,8 +182,9 @@ Result<std::vector<std::pair<std::string, std::string>>> parse_options(std::stri
     } else if (w.size() > 2 && w.substr(0, 2) == "--") {
       kv = w.substr(2);
     } else {
-      return Status::error("unsupported options startup parameter: only '-c name=value' and "
-                           "'--name=value' are supported");
+      return Status::error(
+          "unsupported options startup parameter: only '-c name=value' and "
+          "'--name=value' are supported");
     }
     size_t eq = kv.find('=');
     if (eq == std::string_view::npos || eq == 0)
@@ -201,11 +207,20 @@ ErrorFields parse_error(std::span<const uint8_t> body) {
     std::string_view v;
     if (!r.cstr(v)) break;
     switch (code) {
-      case 'V': f.severity = v; break;
-      case 'S': s_field = v; break;
-      case 'C': f.sqlstate = v; break;
-      case 'M': f.message = v; break;
-      default: break;
+      case 'V':
+        f.severity = v;
+        break;
+      case 'S':
+        s_field = v;
+        break;
+      case 'C':
+        f.sqlstate = v;
+        break;
+      case 'M':
+        f.message = v;
+        break;
+      default:
+        break;
     }
   }
   if (f.severity.empty()) f.severity = s_field;
@@ -214,9 +229,20 @@ ErrorFields parse_error(std::span<const uint8_t> body) {
 
 size_t frontend_limit(uint8_t type) {
   switch (type) {
-    case 'Q': case 'F': case 'P': case 'B': case 'd':
+    case 'Q':
+    case 'F':
+    case 'P':
+    case 'B':
+    case 'd':
       return size_t{1} << 30;  // PQ_LARGE_MESSAGE_LIMIT
-    case 'C': case 'D': case 'E': case 'H': case 'S': case 'X': case 'c': case 'f':
+    case 'C':
+    case 'D':
+    case 'E':
+    case 'H':
+    case 'S':
+    case 'X':
+    case 'c':
+    case 'f':
       return kSmallMessageLimit;
     case 'p':
       return kMaxAuthMessage;
@@ -236,7 +262,9 @@ void notice_response(std::string& out, std::string_view message) {
   w.begin('N').u8('S').cstr("NOTICE").u8('V').cstr("NOTICE").u8('C').cstr("00000");
   w.u8('M').cstr(message).u8(0).end();
 }
-void auth_ok(std::string& out) { Writer(out).begin('R').i32(0).end(); }
+void auth_ok(std::string& out) {
+  Writer(out).begin('R').i32(0).end();
+}
 void auth_request(std::string& out, int32_t code, std::span<const uint8_t> extra) {
   Writer(out).begin('R').i32(code).bytes(extra).end();
 }
@@ -259,7 +287,9 @@ void negotiate_protocol_version(std::string& out, uint32_t newest_minor,
   for (const auto& o : unrecognised) w.cstr(o);
   w.end();
 }
-void query(std::string& out, std::string_view sql) { Writer(out).begin('Q').cstr(sql).end(); }
+void query(std::string& out, std::string_view sql) {
+  Writer(out).begin('Q').cstr(sql).end();
+}
 void password_message(std::string& out, std::string_view password) {
   Writer(out).begin('p').cstr(password).end();
 }
@@ -278,7 +308,9 @@ void startup_message(std::string& out, const std::vector<std::pair<std::string, 
 void cancel_request(std::string& out, uint32_t pid, std::string_view key) {
   Writer(out).begin_untyped().u32(kCancelCode).u32(pid).bytes(key).end();
 }
-void terminate(std::string& out) { Writer(out).begin('X').end(); }
+void terminate(std::string& out) {
+  Writer(out).begin('X').end();
+}
 
 std::string sql_literal(std::string_view v) {
   std::string s = "'";

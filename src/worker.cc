@@ -36,7 +36,8 @@ double now_seconds() {
 
 // ---------------------------------------------------------------- CancelConn
 
-CancelConn::CancelConn(Worker* w, Fd fd, Server* target) : Conn(w, std::move(fd)), target_(target) {}
+CancelConn::CancelConn(Worker* w, Fd fd, Server* target)
+    : Conn(w, std::move(fd)), target_(target) {}
 CancelConn::~CancelConn() = default;
 
 void CancelConn::on_writable() {
@@ -160,11 +161,13 @@ Status Worker::listen() {
     std::string path = c.unix_socket_dir + "/.s.PGSQL." + std::to_string(c.listen_port);
     sockaddr_un un{};
     un.sun_family = AF_UNIX;
-    if (path.size() >= sizeof un.sun_path) return Status::error("unix socket path too long: " + path);
+    if (path.size() >= sizeof un.sun_path)
+      return Status::error("unix socket path too long: " + path);
     std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
     ::unlink(path.c_str());
     std::string err;
-    int fd = listen_socket(reinterpret_cast<sockaddr*>(&un), sizeof un, c.listen_backlog, false, &err);
+    int fd =
+        listen_socket(reinterpret_cast<sockaddr*>(&un), sizeof un, c.listen_backlog, false, &err);
     if (fd < 0) return Status::error("could not listen on " + path + ": " + err);
     chmod(path.c_str(), static_cast<mode_t>(c.unix_socket_mode));
     auto l = std::make_unique<Listener>();
@@ -244,7 +247,8 @@ void Worker::drain_inbox() {
         while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && m.pool->try_reserve())
           launch_server(lp);
         if (lp->waiting.empty() && !lp->idle.empty() && m.fd >= 0 &&
-            static_cast<size_t>(m.fd) != index_ && m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0) {
+            static_cast<size_t>(m.fd) != index_ &&
+            m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0) {
           Server* s = lp->idle.back();
           lp->idle.pop_back();
           m.pool->idle_on(index_).fetch_sub(1);
@@ -283,14 +287,14 @@ void Worker::accept_on(int lfd, bool is_unix) {
     int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
-        LOG_WARN("accept() failed: %s", strerror(errno));
+      if (errno != EAGAIN && errno != EWOULDBLOCK) LOG_WARN("accept() failed: %s", strerror(errno));
       return;
     }
     if (is_unix && rt_->workers.size() > 1) {
       size_t target = next_unix_target_++ % rt_->workers.size();
       if (target != index_) {
-        rt_->workers[target]->post(InboxMsg{InboxMsg::Kind::NewClient, fd, true, nullptr, nullptr, 0, {}, {}});
+        rt_->workers[target]->post(
+            InboxMsg{InboxMsg::Kind::NewClient, fd, true, nullptr, nullptr, 0, {}, {}});
         continue;
       }
     }
@@ -372,9 +376,9 @@ bool Worker::acquire(Client* c) {
     return true;
   }
   c->wait_since_ = now_seconds();
-  lp->waiting.push_back(c);  // reading stays on (no epoll_ctl); see Client::on_readable
+  lp->waiting.push_back(c);            // reading stays on (no epoll_ctl); see Client::on_readable
   p->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
-  if (hold) return false;  // RESUME serves it (sweep)
+  if (hold) return false;              // RESUME serves it (sweep)
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
@@ -385,7 +389,8 @@ bool Worker::acquire(Client* c) {
 void Worker::kick(Pool* p) {
   for (size_t v = 0; v < rt_->workers.size(); v++)
     if (v != index_ && p->idle_on(v).load() > 0)
-      rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, static_cast<int>(index_), false, nullptr, p, 0, {}, {}});
+      rt_->workers[v]->post(
+          InboxMsg{InboxMsg::Kind::Kick, static_cast<int>(index_), false, nullptr, p, 0, {}, {}});
 }
 
 void Worker::remove_waiting(Client* c) {
@@ -542,12 +547,13 @@ void Worker::close_client(Client* c, std::string_view reason) {
   c->dead_ = true;
   if (Server* s = c->server_) {
     bool clean = s->state_ == ServerState::Active && s->tx_ == 'I' && s->queue_.empty() &&
-                 !s->unsynced_ && s->internal_ == 0 && s->fwd_remaining_ == 0 && c->fwd_remaining_ == 0 &&
-                 !c->copy_in_ && !s->internal_failed_;
+                 !s->unsynced_ && s->internal_ == 0 && s->fwd_remaining_ == 0 &&
+                 c->fwd_remaining_ == 0 && !c->copy_in_ && !s->internal_failed_;
     c->server_ = nullptr;
     s->client_ = nullptr;
     const std::string& reset = cfg_->server_reset_query;
-    bool want_reset = !reset.empty() && (s->pool_->mode == PoolMode::Session || cfg_->server_reset_query_always);
+    bool want_reset =
+        !reset.empty() && (s->pool_->mode == PoolMode::Session || cfg_->server_reset_query_always);
     if (!clean) {
       close_server(s, "client disconnect while server was not ready");
     } else if (want_reset) {
@@ -647,7 +653,9 @@ void Worker::hand_over(Server* s, size_t to) {
   event_active(&free_ev_, EV_TIMEOUT, 0);
 }
 
-void Worker::free_cb(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->free_dead(); }
+void Worker::free_cb(evutil_socket_t, short, void* arg) {
+  static_cast<Worker*>(arg)->free_dead();
+}
 
 void Worker::free_dead() {
   std::vector<std::pair<Server*, size_t>> out;
@@ -659,7 +667,9 @@ void Worker::free_dead() {
   for (Conn* c : d) delete c;
 }
 
-void Worker::janitor_cb(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->janitor(); }
+void Worker::janitor_cb(evutil_socket_t, short, void* arg) {
+  static_cast<Worker*>(arg)->janitor();
+}
 
 void Worker::track_server(Server* s) {
   s->pos_ = servers_.size();
@@ -683,7 +693,8 @@ void Worker::janitor() {
   std::vector<Server*> expired;
   for (Server* s : servers_) {
     bool logging_in = s->state_ == ServerState::Connecting || s->state_ == ServerState::Login;
-    if (logging_in && cf.server_connect_timeout > 0 && now - s->connect_time_ > cf.server_connect_timeout)
+    if (logging_in && cf.server_connect_timeout > 0 &&
+        now - s->connect_time_ > cf.server_connect_timeout)
       expired.push_back(s);
     else if (s->state_ == ServerState::Idle &&
              ((cf.server_idle_timeout > 0 && now - s->idle_since_ > cf.server_idle_timeout) ||
@@ -757,7 +768,8 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
   size_t owner = pid & 0xff;
   if (owner != index_) {
     if (owner < rt_->workers.size())
-      rt_->workers[owner]->post(InboxMsg{InboxMsg::Kind::Cancel, -1, false, nullptr, nullptr, pid, key, {}});
+      rt_->workers[owner]->post(
+          InboxMsg{InboxMsg::Kind::Cancel, -1, false, nullptr, nullptr, pid, key, {}});
     return;
   }
   auto it = cancel_keys_.find(pid);
@@ -767,7 +779,8 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
   }
   Client* c = it->second;
   if (key.size() != 4 ||
-      !constant_time_eq(key, std::string_view(reinterpret_cast<const char*>(c->cancel_key_.data()), 4))) {
+      !constant_time_eq(
+          key, std::string_view(reinterpret_cast<const char*>(c->cancel_key_.data()), 4))) {
     LOG_DEBUG("cancel request with a wrong key ignored");
     return;
   }
@@ -777,7 +790,8 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
     return;
   }
   if (s->internal_ > 0) {
-    LOG_DEBUG("S-%p: ignoring cancel request for server that is setting vars", static_cast<void*>(s));
+    LOG_DEBUG("S-%p: ignoring cancel request for server that is setting vars",
+              static_cast<void*>(s));
     return;
   }
   Pool* p = s->pool_;
@@ -875,10 +889,18 @@ void Worker::set_trace(int mode, uint64_t client_id, const std::string& db) {
 
 void Worker::apply_trace_slow(Client* c) {
   switch (trace_mode_) {
-    case 1: c->trace_ = c->id_ == trace_client_; break;
-    case 2: c->trace_ = c->db_ == trace_db_ && !c->is_admin_; break;
-    case 3: c->trace_ = !c->is_admin_; break;
-    default: c->trace_ = false; break;
+    case 1:
+      c->trace_ = c->id_ == trace_client_;
+      break;
+    case 2:
+      c->trace_ = c->db_ == trace_db_ && !c->is_admin_;
+      break;
+    case 3:
+      c->trace_ = !c->is_admin_;
+      break;
+    default:
+      c->trace_ = false;
+      break;
   }
 }
 

@@ -88,5 +88,8 @@ done
 
 run_suite integration_tests doctest "$BUILD/integration_tests"
 
+# STYLE.md: the tree is clang-formatted; a formatting drift fails CI like a test.
+run_suite clang_format replay /bin/sh -c "cd '$ROOT' && clang-format --dry-run -Werror src/*.cc src/*.h test/*/*.cc test/*/*.h"
+
 echo "$total_pass passed, $total_fail failed"
 [ "$total_fail" -eq 0 ]

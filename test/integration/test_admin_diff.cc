@@ -110,9 +110,9 @@ class PgBouncer118 {
       sleep_ms(50);
     }
     REQUIRE_MESSAGE(up, "PgBouncer 1.18 did not start (exit " << r.exit_code << "): " << r.output
-                                                               << "\nconfig:\n"
-                                                               << ini_ << "\nlog:\n"
-                                                               << log());
+                                                              << "\nconfig:\n"
+                                                              << ini_ << "\nlog:\n"
+                                                              << log());
   }
   PgBouncer118(const PgBouncer118&) = delete;
   PgBouncer118& operator=(const PgBouncer118&) = delete;
@@ -138,11 +138,27 @@ struct Documented {
   std::string letters;
 };
 
-const std::vector<std::string> kSocketCols = {
-    "type",      "user",         "database",  "replication", "state",           "addr",
-    "port",      "local_addr",   "local_port", "connect_time", "request_time",  "wait",
-    "wait_us",   "close_needed", "ptr",       "link",        "remote_pid",      "tls",
-    "application_name", "prepared_statements", "id"};
+const std::vector<std::string> kSocketCols = {"type",
+                                              "user",
+                                              "database",
+                                              "replication",
+                                              "state",
+                                              "addr",
+                                              "port",
+                                              "local_addr",
+                                              "local_port",
+                                              "connect_time",
+                                              "request_time",
+                                              "wait",
+                                              "wait_us",
+                                              "close_needed",
+                                              "ptr",
+                                              "link",
+                                              "remote_pid",
+                                              "tls",
+                                              "application_name",
+                                              "prepared_statements",
+                                              "id"};
 
 std::vector<std::string> plus_debug(std::vector<std::string> v) {
   for (const char* n :
@@ -152,10 +168,18 @@ std::vector<std::string> plus_debug(std::vector<std::string> v) {
 }
 
 std::map<std::string, Documented> documented() {
-  const std::vector<std::string> base = {
-      "server_assignment_count", "xact_count", "query_count", "received", "sent", "xact_time",
-      "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count",
-      "client_login_count"};
+  const std::vector<std::string> base = {"server_assignment_count",
+                                         "xact_count",
+                                         "query_count",
+                                         "received",
+                                         "sent",
+                                         "xact_time",
+                                         "query_time",
+                                         "wait_time",
+                                         "client_parse_count",
+                                         "server_parse_count",
+                                         "bind_count",
+                                         "client_login_count"};
   std::vector<std::string> stats = {"database"};
   for (const auto& n : base)
     stats.push_back(n == "received" ? "total_received" : n == "sent" ? "total_sent" : "total_" + n);
@@ -227,9 +251,10 @@ Oid letter_oid(char l) {
 }
 
 const std::vector<std::string> kCommands = {
-    "POOLS",   "CLIENTS", "SERVERS", "DATABASES", "USERS",     "STATS",   "STATS_TOTALS",
-    "STATS_AVERAGES", "TOTALS", "LISTS", "CONFIG", "MEM",     "STATE",   "VERSION",
-    "FDS",     "SOCKETS", "ACTIVE_SOCKETS", "DNS_HOSTS", "DNS_ZONES", "PEERS", "PEER_POOLS"};
+    "POOLS",        "CLIENTS",        "SERVERS",   "DATABASES", "USERS",          "STATS",
+    "STATS_TOTALS", "STATS_AVERAGES", "TOTALS",    "LISTS",     "CONFIG",         "MEM",
+    "STATE",        "VERSION",        "FDS",       "SOCKETS",   "ACTIVE_SOCKETS", "DNS_HOSTS",
+    "DNS_ZONES",    "PEERS",          "PEER_POOLS"};
 
 // One side's answers, taken while the scenario runs.
 struct Snapshot {
@@ -264,8 +289,7 @@ Snapshot run_scenario(const std::string& app_conninfo, const std::string& admin_
   while (seconds_since(t0) < 0.3) {
     Result p(PQexec(admin.get(), "SHOW POOLS"));
     s.pools_polls++;
-    if (PQresultStatus(p.get()) == PGRES_TUPLES_OK && pool_cell(p.get(), "sv_active") == "1")
-      break;
+    if (PQresultStatus(p.get()) == PGRES_TUPLES_OK && pool_cell(p.get(), "sv_active") == "1") break;
     sleep_ms(5);
   }
   for (const std::string& cmd : kCommands) {
@@ -345,9 +369,9 @@ TEST_CASE("admin diff: SHOW shapes match PgBouncer 1.18 for the commands both ha
       MESSAGE("SHOW " << cmd << ": skipped, PgBouncer 1.18 rejects it: " << ref.err[cmd]);
       continue;
     }
-    REQUIRE_MESSAGE(got.ok.count(cmd),
-                    "SHOW " << cmd << " works on PgBouncer 1.18 but pgsluice rejects it: "
-                            << got.err[cmd]);
+    REQUIRE_MESSAGE(
+        got.ok.count(cmd),
+        "SHOW " << cmd << " works on PgBouncer 1.18 but pgsluice rejects it: " << got.err[cmd]);
     PGresult* a = ref.ok[cmd].get();
     PGresult* b = got.ok[cmd].get();
     const Documented& doc = docs.at(cmd);
@@ -385,8 +409,8 @@ TEST_CASE("admin diff: SHOW shapes match PgBouncer 1.18 for the commands both ha
       // A type change is accepted only when PGBOUNCER-COMPAT §3 gives pgsluice's type.
       auto d = std::find(doc.cols.begin(), doc.cols.end(), name);
       size_t di = static_cast<size_t>(d - doc.cols.begin());
-      bool doc_says_b = d != doc.cols.end() && di < doc.letters.size() &&
-                        letter_oid(doc.letters[di]) == tb;
+      bool doc_says_b =
+          d != doc.cols.end() && di < doc.letters.size() && letter_oid(doc.letters[di]) == tb;
       if (doc_says_b) {
         documented_diffs.push_back("SHOW " + cmd + "." + name + ": 1.18 type OID " +
                                    std::to_string(ta) + ", pgsluice " + std::to_string(tb) +
@@ -471,8 +495,8 @@ TEST_CASE("admin diff: SHOW shapes match PgBouncer 1.18 for the commands both ha
     CHECK(!ka.empty());
     for (const auto& k : ka) {
       CAPTURE(k);
-      CHECK_MESSAGE(kb.count(k) == 1, "SHOW " << cmd << ": 1.18 key '" << k
-                                               << "' missing from pgsluice");
+      CHECK_MESSAGE(kb.count(k) == 1,
+                    "SHOW " << cmd << ": 1.18 key '" << k << "' missing from pgsluice");
     }
   }
   if (ref.ok.count("STATE") && got.ok.count("STATE")) {

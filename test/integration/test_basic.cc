@@ -73,7 +73,6 @@ TEST_CASE("Unix socket listener") {
   CHECK(r.output == "7\n");
 }
 
-
 struct PgbenchStats {
   long processed = -1;
   long failed = -1;

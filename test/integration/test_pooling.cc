@@ -417,8 +417,9 @@ TEST_CASE("statement mode: single statements work, transaction blocks are refuse
   }
   CHECK_MESSAGE(refused, "BEGIN accepted in statement pooling mode");
   // The client is told why, as PgBouncer does, not that the server crashed.
-  CHECK_MESSAGE(std::string(PQerrorMessage(c.get())).find(
-                    "transaction blocks not allowed in statement pooling mode") != std::string::npos,
+  CHECK_MESSAGE(std::string(PQerrorMessage(c.get()))
+                        .find("transaction blocks not allowed in statement pooling mode") !=
+                    std::string::npos,
                 std::string(PQerrorMessage(c.get())));
   // Other clients are unaffected.
   Conn d = connect(p.conninfo());

@@ -1,0 +1,98 @@
+// Unit tests for the log line formats, JSON escaping and the syslog mappings (log.h).
+#include <doctest/doctest.h>
+#include <syslog.h>
+
+#include <string>
+
+// log.h's LOG_INFO and LOG_DEBUG macros take the names of two syslog priorities.
+namespace {
+constexpr int kSyslogInfo = LOG_INFO;
+constexpr int kSyslogDebug = LOG_DEBUG;
+}  // namespace
+#undef LOG_INFO
+#undef LOG_DEBUG
+
+#include "log.h"
+
+namespace pgsluice {
+
+namespace {
+// 2026-11-23 22:56:42.123 UTC
+constexpr long long kWhen = 1795474602123LL;
+}  // namespace
+
+TEST_CASE("log: text line keeps PgBouncer's format") {
+  CHECK(log_text_line(kWhen, 4242, LogLevel::Log, "C-0x1: db/u@1.2.3.4:5 login attempt") ==
+        "2026-11-23 22:56:42.123 UTC [4242] LOG C-0x1: db/u@1.2.3.4:5 login attempt\n");
+  CHECK(log_text_line(kWhen + 877, 1, LogLevel::Warning, "") ==
+        "2026-11-23 22:56:43.000 UTC [1] WARNING \n");
+}
+
+TEST_CASE("log: json line has ts, pid, level and msg") {
+  CHECK(log_json_line(kWhen, 4242, LogLevel::Error, "x") ==
+        "{\"ts\":\"2026-11-23T22:56:42.123Z\",\"pid\":4242,\"level\":\"ERROR\",\"msg\":\"x\"}\n");
+  CHECK(log_json_line(kWhen + 7, 9, LogLevel::Noise, "a \"b\"\nc") ==
+        "{\"ts\":\"2026-11-23T22:56:42.130Z\",\"pid\":9,\"level\":\"NOISE\",\"msg\":"
+        "\"a \\\"b\\\"\\u000ac\"}\n");
+  // Exactly one line, whatever the message holds.
+  std::string l = log_json_line(kWhen, 1, LogLevel::Log, "one\ntwo\r\nthree\n");
+  CHECK(l.find('\n') == l.size() - 1);
+  CHECK(l.find('\r') == std::string::npos);
+}
+
+TEST_CASE("log: json escaping of tricky strings") {
+  CHECK(log_json_escape("") == "");
+  CHECK(log_json_escape("plain text 123 {}[]:,") == "plain text 123 {}[]:,");
+  CHECK(log_json_escape("say \"hi\"") == "say \\\"hi\\\"");
+  CHECK(log_json_escape("C:\\dir\\") == "C:\\\\dir\\\\");
+  CHECK(log_json_escape("\\\"") == "\\\\\\\"");
+  CHECK(log_json_escape("a\nb\tc\rd") == "a\\u000ab\\u0009c\\u000dd");
+  CHECK(log_json_escape(std::string_view("\0\x01\x1f\x7f", 4)) == "\\u0000\\u0001\\u001f\\u007f");
+  CHECK(log_json_escape("\x1b[31mred") == "\\u001b[31mred");
+  CHECK(log_json_escape("/ stays") == "/ stays");
+}
+
+TEST_CASE("log: json escaping passes UTF-8 through and replaces invalid bytes") {
+  // 2-, 3- and 4-byte sequences: é, €, U+2028, 😀
+  CHECK(log_json_escape("caf\xc3\xa9") == "caf\xc3\xa9");
+  CHECK(log_json_escape("\xe2\x82\xac 5") == "\xe2\x82\xac 5");
+  CHECK(log_json_escape("\xe2\x80\xa8") == "\xe2\x80\xa8");
+  CHECK(log_json_escape("\xf0\x9f\x98\x80!") == "\xf0\x9f\x98\x80!");
+  // A lone continuation byte, a truncated sequence, an overlong form, a surrogate, > U+10FFFF.
+  CHECK(log_json_escape("a\x80z") == "a\\ufffdz");
+  CHECK(log_json_escape("\xc3") == "\\ufffd");
+  CHECK(log_json_escape("\xe2\x82") == "\\ufffd\\ufffd");
+  CHECK(log_json_escape("\xc0\xaf") == "\\ufffd\\ufffd");
+  CHECK(log_json_escape("\xed\xa0\x80") == "\\ufffd\\ufffd\\ufffd");
+  CHECK(log_json_escape("\xf4\x90\x80\x80") == "\\ufffd\\ufffd\\ufffd\\ufffd");
+  CHECK(log_json_escape("\xff\"") == "\\ufffd\\\"");
+}
+
+TEST_CASE("log: syslog facility names") {
+  CHECK(syslog_facility_from_name("auth") == LOG_AUTH);
+  CHECK(syslog_facility_from_name("authpriv") == LOG_AUTHPRIV);
+  CHECK(syslog_facility_from_name("daemon") == LOG_DAEMON);
+  CHECK(syslog_facility_from_name("user") == LOG_USER);
+  CHECK(syslog_facility_from_name("local0") == LOG_LOCAL0);
+  CHECK(syslog_facility_from_name("local3") == LOG_LOCAL3);
+  CHECK(syslog_facility_from_name("local7") == LOG_LOCAL7);
+  CHECK(syslog_facility_from_name("LOCAL5") == LOG_LOCAL5);
+  CHECK(syslog_facility_from_name("Daemon") == LOG_DAEMON);
+  CHECK(!syslog_facility_from_name(""));
+  CHECK(!syslog_facility_from_name("local8"));
+  CHECK(!syslog_facility_from_name("kern"));
+  CHECK(!syslog_facility_from_name("daemon "));
+  CHECK(!syslog_facility_from_name(std::string_view("auth\0", 5)));
+}
+
+TEST_CASE("log: level to syslog priority") {
+  CHECK(syslog_priority(LogLevel::Fatal) == LOG_CRIT);
+  CHECK(syslog_priority(LogLevel::Error) == LOG_ERR);
+  CHECK(syslog_priority(LogLevel::Warning) == LOG_WARNING);
+  CHECK(syslog_priority(LogLevel::Log) == kSyslogInfo);
+  CHECK(syslog_priority(LogLevel::Debug) == kSyslogDebug);
+  CHECK(syslog_priority(LogLevel::Noise) == kSyslogDebug);
+  CHECK(std::string(log_level_name(LogLevel::Warning)) == "WARNING");
+}
+
+}  // namespace pgsluice
