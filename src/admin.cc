@@ -823,6 +823,7 @@ void cmd_resume(Client* c, const std::string& arg) {
       return reply_error(c, "pooler is not paused/suspended");
     rt->paused_all = false;
     rt->suspended = false;
+    on_all_workers(rt, [](Worker& w) { w.set_suspended(false); });
   } else {
     LOG_INFO("RESUME '%s' command issued", arg.c_str());
     if (!db_known(rt, arg)) return reply_error(c, "no such database: " + arg);
@@ -1110,6 +1111,7 @@ void run_statement(Client* c, const std::string& q) {
     LOG_INFO("SUSPEND command issued");
     rt->suspended = true;
     sweep_all(rt);
+    on_all_workers(rt, [](Worker& w) { w.set_suspended(true); });
     return reply_tag(c, "SUSPEND");
   }
 }
@@ -1119,6 +1121,7 @@ void run_statement(Client* c, const std::string& q) {
 // ---------------------------------------------------------------- entry points
 
 void admin_login(Client* c) {
+  c->suspend_exempt_ = true;  // the console that says SUSPEND must be able to say RESUME
   const Config& cfg = c->worker()->cfg();
   uint8_t role = 0;
   if (admin_trusted_peer(c) || user_in_list(cfg.admin_users, c->user_))

@@ -211,7 +211,10 @@ void on_signal(evutil_socket_t sig, short, void* arg) {
       if (m->rt.shutdown_mode.load() == 0) {
         m->rt.paused_all = false;
         m->rt.suspended = false;
-        for_all_workers(m, [](Worker& w) { w.sweep(); });
+        for_all_workers(m, [](Worker& w) {
+          w.set_suspended(false);
+          w.sweep();
+        });
       }
       break;
     default:

@@ -115,10 +115,19 @@ void Conn::want_read(bool on) {
   }
   if (on == reading_) return;
   reading_ = on;
+  if (worker_->suspended() && !suspend_exempt_) return;  // recorded; RESUME re-arms it
   if (on)
     event_add(&ev_read_, nullptr);
   else
     event_del(&ev_read_);
+}
+
+void Conn::apply_suspend(bool suspended) {
+  if (!attached_ || !reading_ || suspend_exempt_) return;
+  if (suspended)
+    event_del(&ev_read_);
+  else
+    event_add(&ev_read_, nullptr);
 }
 
 void Conn::want_write(bool on) {

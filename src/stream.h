@@ -81,7 +81,10 @@ class Conn {
   Buf in_;
   Buf out_;
   PeerAddr addr_;
-  bool dead_ = false;  // closed; waiting on the worker's deferred-free list
+  bool dead_ = false;            // closed; waiting on the worker's deferred-free list
+  bool suspend_exempt_ = false;  // keeps reading during SUSPEND (console clients)
+  // SUSPEND: stop (or resume) reading without forgetting whether this connection wants to.
+  void apply_suspend(bool suspended);
 
  protected:
   Worker* worker_;

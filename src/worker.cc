@@ -904,4 +904,25 @@ void Worker::apply_trace_slow(Client* c) {
   }
 }
 
+void Worker::set_suspended(bool on) {
+  if (on == suspended_) return;
+  suspended_ = on;
+  for (auto& l : listeners_) {
+    if (on)
+      event_del(&l->ev);
+    else if (!stopping_)
+      event_add(&l->ev, nullptr);
+  }
+  for (Client* c : clients_) c->apply_suspend(on);
+  for (Server* s : servers_) s->apply_suspend(on);
+  if (on) return;
+  // Bytes that arrived just before the suspension are processed now.
+  std::vector<Server*> servers = servers_;
+  for (Server* s : servers)
+    if (!s->dead_ && !s->in_.empty()) s->process();
+  std::vector<Client*> clients = clients_;
+  for (Client* c : clients)
+    if (!c->dead_ && !c->in_.empty()) c->process();
+}
+
 }  // namespace pgsluice

@@ -146,6 +146,10 @@ class Worker {
 
   // ---- console and operator commands (run on this worker's thread) ----
   // True while new work must not get a server: PAUSE, KILL, SUSPEND.
+  bool suspended() const { return suspended_; }
+  // SUSPEND/RESUME on this worker: stop or restart reading every non-console socket and
+  // accepting new ones; buffered input is processed on resume.
+  void set_suspended(bool on);
   bool paused(const Pool* p) const {
     return rt_->paused_all.load(std::memory_order_relaxed) ||
            rt_->suspended.load(std::memory_order_relaxed) ||
@@ -218,6 +222,7 @@ class Worker {
   struct event free_ev_;
   struct event janitor_ev_;
   bool stopping_ = false;
+  bool suspended_ = false;
   int trace_mode_ = 0;  // see set_trace()
   uint64_t trace_client_ = 0;
   std::string trace_db_;

@@ -750,3 +750,40 @@ TEST_CASE(
 }
 
 }  // namespace it
+
+namespace it {
+namespace {
+
+TEST_CASE("admin console: SUSPEND stops reading every socket until RESUME") {
+  if (skip_in_direct_mode("the admin console is a pooler feature")) return;
+  Pooler p;
+  Conn admin = connect(admin_conninfo(p));
+  Conn c = connect(p.conninfo());
+  // Inside a transaction: PAUSE would let this client go on; SUSPEND must not.
+  exec_ok(c.get(), "begin");
+  exec_ok(c.get(), "select 1");
+  exec_ok(admin.get(), "SUSPEND");
+  CHECK(cell(exec_ok(admin.get(), "SHOW STATE").get(), "key", "suspended", "value") == "yes");
+  REQUIRE(PQsendQuery(c.get(), "select 41 + 1") == 1);
+  sleep_ms(500);
+  PQconsumeInput(c.get());
+  CHECK(PQisBusy(c.get()) == 1);  // not read, so not answered
+  // No new connection is accepted while suspended.
+  std::string err;
+  auto t0 = Clock::now();
+  Conn late = try_connect(p.conninfo() + " connect_timeout=1", &err);
+  CHECK_FALSE(late);
+  CHECK(seconds_since(t0) >= 0.9);
+  exec_ok(admin.get(), "RESUME");
+  Result got(PQgetResult(c.get()));
+  REQUIRE(PQresultStatus(got.get()) == PGRES_TUPLES_OK);
+  CHECK(std::string(PQgetvalue(got.get(), 0, 0)) == "42");
+  while (PGresult* x = PQgetResult(c.get())) PQclear(x);
+  exec_ok(c.get(), "commit");
+  CHECK(scalar(c.get(), "select 'after'") == "after");
+  Conn again = connect(p.conninfo());
+  CHECK(scalar(again.get(), "select 1") == "1");
+}
+
+}  // namespace
+}  // namespace it
