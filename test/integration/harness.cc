@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -284,8 +285,24 @@ bool skip_in_direct_mode(const char* why) {
 
 std::string pgsluice_binary() {
   const char* e = getenv("PGSLUICE_BIN");
-  if (e && *e) return e;
-  return repo_root() + "/pgsluice";
+  std::string bin = (e && *e) ? std::string(e) : repo_root() + "/pgsluice";
+  if (sluice_run_as().empty()) return bin;
+  // pgsluice runs as another user: execute a copy from a world-readable temp dir, because
+  // the checkout may sit below a directory that user cannot enter (/root on a CI machine).
+  static std::mutex mu;
+  static std::string copy;
+  std::lock_guard<std::mutex> lk(mu);
+  if (copy.empty() && access(bin.c_str(), X_OK) == 0) {
+    std::string dir = make_temp_dir("bin");
+    REQUIRE(chmod(dir.c_str(), 0755) == 0);
+    std::string target = dir + "/pgsluice";
+    std::error_code ec;
+    std::filesystem::copy_file(bin, target, ec);
+    REQUIRE_MESSAGE(!ec, "copy " << bin << ": " << ec.message());
+    REQUIRE(chmod(target.c_str(), 0755) == 0);
+    copy = target;
+  }
+  return copy.empty() ? bin : copy;
 }
 
 // ---------------------------------------------------------------------------------------------
