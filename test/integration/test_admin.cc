@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "integration/admin_columns.h"
 #include "integration/harness.h"
 
 namespace it {
@@ -151,35 +152,6 @@ class Second {
   bool done_ = false;
   int status_ = 0;
 };
-
-const std::vector<std::string> kSocketCols = {"type",
-                                              "user",
-                                              "database",
-                                              "replication",
-                                              "state",
-                                              "addr",
-                                              "port",
-                                              "local_addr",
-                                              "local_port",
-                                              "connect_time",
-                                              "request_time",
-                                              "wait",
-                                              "wait_us",
-                                              "close_needed",
-                                              "ptr",
-                                              "link",
-                                              "remote_pid",
-                                              "tls",
-                                              "application_name",
-                                              "prepared_statements",
-                                              "id"};
-
-std::vector<std::string> with_debug(std::vector<std::string> v) {
-  for (const char* n :
-       {"recv_pos", "pkt_pos", "pkt_remain", "send_pos", "send_remain", "pkt_avail", "send_avail"})
-    v.push_back(n);
-  return v;
-}
 
 const std::vector<std::string> kStatsBase = {"server_assignment_count",
                                              "xact_count",

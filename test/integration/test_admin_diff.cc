@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "integration/admin_columns.h"
 #include "integration/harness.h"
 
 namespace it {
@@ -138,35 +139,6 @@ struct Documented {
   std::string letters;
 };
 
-const std::vector<std::string> kSocketCols = {"type",
-                                              "user",
-                                              "database",
-                                              "replication",
-                                              "state",
-                                              "addr",
-                                              "port",
-                                              "local_addr",
-                                              "local_port",
-                                              "connect_time",
-                                              "request_time",
-                                              "wait",
-                                              "wait_us",
-                                              "close_needed",
-                                              "ptr",
-                                              "link",
-                                              "remote_pid",
-                                              "tls",
-                                              "application_name",
-                                              "prepared_statements",
-                                              "id"};
-
-std::vector<std::string> plus_debug(std::vector<std::string> v) {
-  for (const char* n :
-       {"recv_pos", "pkt_pos", "pkt_remain", "send_pos", "send_remain", "pkt_avail", "send_avail"})
-    v.push_back(n);
-  return v;
-}
-
 std::map<std::string, Documented> documented() {
   const std::vector<std::string> base = {"server_assignment_count",
                                          "xact_count",
@@ -193,8 +165,8 @@ std::map<std::string, Documented> documented() {
         "ssiiiiiiiiiiiiiss"}},
       {"CLIENTS", {kSocketCols, "ssssssisiTTiiississii"}},
       {"SERVERS", {kSocketCols, "ssssssisiTTiiississii"}},
-      {"SOCKETS", {plus_debug(kSocketCols), ""}},
-      {"ACTIVE_SOCKETS", {plus_debug(kSocketCols), ""}},
+      {"SOCKETS", {with_debug(kSocketCols), ""}},
+      {"ACTIVE_SOCKETS", {with_debug(kSocketCols), ""}},
       {"DATABASES",
        {{"name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
          "reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts",
