@@ -54,7 +54,7 @@ void Client::on_readable() {
 }
 
 void Client::on_writable() {
-  flush();
+  send_now();
   if (dead_) return;
   if (out_.empty() && server_ != nullptr) {
     // The server was paused while we had too much queued for this client.
@@ -64,6 +64,14 @@ void Client::on_writable() {
 }
 
 void Client::flush() {
+  if (out_.empty()) {
+    want_write(false);
+    return;
+  }
+  worker_->queue_flush(this);
+}
+
+void Client::send_now() {
   if (out_.empty()) {
     want_write(false);
     return;

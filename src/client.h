@@ -42,7 +42,10 @@ class Client final : public Conn {
   // Queues an ErrorResponse (FATAL when `fatal`) to the client.
   void queue_error(bool fatal, std::string_view sqlstate, std::string_view msg);
   // Flushes out_; on a dead socket, closes the client.
+  // Queues out_ to be sent when this loop turn's events are done (Worker::queue_flush).
   void flush();
+  // Sends out_ now; arms the write event if the socket is full.
+  void send_now();
 
   ClientState state_ = ClientState::Startup;
   bool is_unix_ = false;
@@ -56,6 +59,7 @@ class Client final : public Conn {
   uint32_t cancel_pid_ = 0;
   std::array<uint8_t, 4> cancel_key_{};
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the server
+  bool flush_queued_ = false;   // on the worker's list of sends (Worker::queue_flush)
   bool copy_in_ = false;        // between CopyInResponse and the client's CopyDone/CopyFail
   ClientStmts stmts_;           // the client's named statements (remapping)
   bool remap_ = false;          // remap named statements (transaction/statement mode)

@@ -366,7 +366,7 @@ void Server::process() {
       fwd_remaining_ -= n;
       if (fwd_remaining_ == 0) emit_fakes();
       if (client_ != nullptr && client_->out_.size() > kHighWater) {
-        client_->flush();
+        client_->send_now();
         if (dead_) return;
         if (client_ != nullptr && client_->out_.size() > kHighWater) {
           want_read(false);  // resumed by Client::on_writable
@@ -642,7 +642,7 @@ void Server::process() {
     if (type == 'Z' && queue_.empty() && !renames_.empty()) renames_.clear();
 
     if (client_->out_.size() > kHighWater) {
-      client_->flush();
+      client_->send_now();
       if (dead_) return;
       if (client_ != nullptr && client_->out_.size() > kHighWater) {
         want_read(false);

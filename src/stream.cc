@@ -185,7 +185,9 @@ Conn::Io Conn::flush_out() {
 
 void Conn::read_cb(evutil_socket_t, short, void* arg) {
   auto* c = static_cast<Conn*>(arg);
+  Worker* w = c->worker_;  // c may be handed to another worker by its callback
   if (!c->dead_) c->on_readable();
+  w->after_callback();
 }
 
 void Conn::write_cb(evutil_socket_t, short, void* arg) {

@@ -83,6 +83,8 @@ Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
   event_add(&inbox_ev_, nullptr);
   event_assign(&free_ev_, base_, -1, 0, &Worker::free_cb, this);
   event_priority_set(&free_ev_, 1);  // after every other callback of the loop turn
+  event_assign(&flush_ev_, base_, -1, 0, &Worker::flush_cb, this);
+  event_priority_set(&flush_ev_, 1);  // when no socket event of this turn is left
   event_assign(&janitor_ev_, base_, -1, EV_PERSIST, &Worker::janitor_cb, this);
   timeval one{1, 0};
   event_add(&janitor_ev_, &one);
@@ -97,6 +99,7 @@ Worker::~Worker() {
   event_del(&inbox_ev_);
   event_del(&janitor_ev_);
   event_del(&free_ev_);
+  event_del(&flush_ev_);
   if (inbox_fd_ >= 0) ::close(inbox_fd_);
   if (base_) event_base_free(base_);
 }
@@ -646,6 +649,32 @@ void Worker::defer_free(Conn* c) {
   event_active(&free_ev_, EV_TIMEOUT, 0);
 }
 
+void Worker::queue_flush(Client* c) {
+  if (c->flush_queued_) return;
+  c->flush_queued_ = true;
+  flushq_.push_back(c);
+  if (flushq_.size() == 1) {
+    flush_age_ = 0;
+    event_active(&flush_ev_, EV_TIMEOUT, 0);
+  }
+  if (flushq_.size() >= kFlushAfter) flush_age_ = kFlushAfter;  // sent after this callback
+}
+
+void Worker::flush_cb(evutil_socket_t, short, void* arg) {
+  static_cast<Worker*>(arg)->flush_queued();
+}
+
+void Worker::flush_queued() {
+  while (!flushq_.empty()) {
+    flushing_.swap(flushq_);
+    for (Client* c : flushing_) {
+      c->flush_queued_ = false;
+      if (!c->dead_) c->send_now();  // may close c (deferred free) or queue other clients
+    }
+    flushing_.clear();
+  }
+}
+
 void Worker::hand_over(Server* s, size_t to) {
   s->detach();
   untrack_server(s);
@@ -658,6 +687,7 @@ void Worker::free_cb(evutil_socket_t, short, void* arg) {
 }
 
 void Worker::free_dead() {
+  flush_queued();
   std::vector<std::pair<Server*, size_t>> out;
   out.swap(handoff_);
   for (auto& [s, to] : out)

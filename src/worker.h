@@ -164,6 +164,14 @@ class Worker {
   void refresh_config() { cfg_ = rt_->config(); }
   // Stops accepting on TCP listeners (graceful shutdown); the Unix socket stays.
   void stop_listening_tcp();
+  // Queues a client's pending bytes to be sent once the loop has no more events ready
+  // (or after kFlushAfter callbacks, whichever is first): see ARCHITECTURE.md.
+  void queue_flush(Client* c);
+  // Called after each socket callback: sends the queued replies when they waited long enough.
+  void after_callback() {
+    if (!flushq_.empty() && ++flush_age_ >= kFlushAfter) flush_queued();
+  }
+  static constexpr unsigned kFlushAfter = 64;
   // Wire trace selection (trace.h): 0 off, 1 one client id, 2 one database, 3 all.
   void set_trace(int mode, uint64_t client_id, const std::string& db);
   void apply_trace(Client* c) {
@@ -181,6 +189,8 @@ class Worker {
   void defer_free(Conn* c);
   void hand_over(Server* s, size_t to);
   void free_dead();
+  void flush_queued();
+  static void flush_cb(evutil_socket_t, short, void* arg);
   void janitor();
   void remove_waiting(Client* c);
   void serve_waiters(Pool* p, LocalPool* lp);
@@ -216,6 +226,10 @@ class Worker {
   std::unordered_map<Pool*, std::unique_ptr<LocalPool>> pools_;
   std::unordered_map<uint32_t, Client*> cancel_keys_;
   std::vector<Conn*> dead_;
+  std::vector<Client*> flushq_;
+  std::vector<Client*> flushing_;
+  unsigned flush_age_ = 0;
+  struct event flush_ev_;
   // Servers leaving for another worker. Posted at the end of the loop turn, so that no
   // caller up the stack can touch a server another thread already owns.
   std::vector<std::pair<Server*, size_t>> handoff_;
