@@ -444,6 +444,7 @@ void Client::finish_auth() {
   }
   lp_->stats.client_login_count++;
   remap_ = pool_->mode != PoolMode::Session && worker_->cfg().max_prepared_statements > 0;
+  cache_unnamed_ = remap_ && worker_->cfg().cache_unnamed_statements;
   if (pool_->welcome_ready()) {
     send_welcome();
     state_ = ClientState::Idle;
@@ -561,6 +562,18 @@ bool Client::forward_messages() {
       state_ = ClientState::Waiting;
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
+    if (type == 'P' && remapped && parse_must_wait(len)) {
+      // Reusing a name whose own earlier Parse is still unanswered: its outcome decides
+      // between 42P05 and a fresh statement. Wait for it (a Flush makes PostgreSQL send
+      // the answer now); Server::process() resumes this client.
+      if (!parse_stalled_) {
+        static constexpr uint8_t kFlush[] = {'H', 0, 0, 0, 4};
+        worker_->bufs().append(server_->out_, kFlush, sizeof kFlush);
+      }
+      parse_stalled_ = true;
+      want_read(false);
+      break;
+    }
     if (trace_) trace_message(this, true, type, len + 1);
     if (remap_) record_segment(type, len);
     if (remapped) {
@@ -570,6 +583,8 @@ bool Client::forward_messages() {
     PoolStats& st = lp_->stats;
     switch (type) {
       case 'Q':
+        if (cache_unnamed_) stmts_.erase(std::string_view());  // a simple query drops it
+        [[fallthrough]];
       case 'F':
         s->queue_.push(type);
         s->begin_request();
@@ -660,10 +675,48 @@ std::string_view Client::server_stmt_name(std::string_view name, int* rename, ui
     server_->ensure_prepared(*e, static_cast<size_t>(worker_->cfg().max_prepared_statements),
                              lp_->prepared);
     *id = (*e)->id;
+    // Errors that name the statement ("bind message supplies 1 parameters, but prepared
+    // statement ... requires 2") name it as the client does.
+    *rename = server_->add_rename((*e)->server_name, std::string(name));
     return (*e)->server_name;
   }
   *rename = server_->add_rename(std::string(kNoSuchStatement), std::string(name));
   return kNoSuchStatement;
+}
+
+bool Client::parse_must_wait(size_t len) const {
+  wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
+  std::string_view name;
+  if (!r.cstr(name) || name.empty()) return false;
+  const auto* e = stmts_.find(name);
+  return e != nullptr && server_->own_parse_pending((*e)->id);
+}
+
+// A client's Parse of `entry` (its name already mapped): answered by pgsluice when server s
+// holds the statement, otherwise sent under the server-side name.
+void Client::parse_entry(Server* s, const std::shared_ptr<const StmtEntry>& entry, int undo,
+                         size_t max) {
+  PreparedStats& ps = lp_->prepared;
+  bool held = s->stmts_.touch(entry->id);
+  if (held && !s->stmts_.unconfirmed_before(entry->id, s->syncs_sent_)) {
+    ps.hits++;
+    s->queue_.push(Request{'P', ReqAction::Fake, 0, -1, undo, -1, 0});
+    return;
+  }
+  std::string m;
+  if (held) {  // unconfirmed from an earlier segment: prepare it again (see ensure_prepared)
+    wire::Writer(m).begin('C').u8('S').cstr(entry->server_name).end();
+    s->queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+  } else {
+    s->make_room(max, ps);
+  }
+  wire::Writer(m).begin('P').cstr(entry->server_name).bytes(entry->body).end();
+  worker_->bufs().append(s->out_, m.data(), m.size());
+  s->queue_.push(Request{'P', ReqAction::Forward, entry->id, -1, undo, -1, 0});
+  s->stmts_.add(entry);
+  s->stmts_.set_pending(entry->id, s->syncs_sent_);
+  lp_->stats.server_parse_count++;
+  ps.server_parses++;
 }
 
 // Rewrites a named-statement message for the linked server. Returns 1 when the message
@@ -680,7 +733,7 @@ int Client::remap(uint8_t type, size_t len) {
   switch (type) {
     case 'P': {
       std::string_view name;
-      if (!r.cstr(name) || name.empty()) return 0;
+      if (!r.cstr(name) || (name.empty() && !cache_unnamed_)) return 0;
       auto rest = r.rest();
       std::string_view body(reinterpret_cast<const char*>(rest.data()), rest.size());
       st.client_parse_count++;
@@ -688,7 +741,15 @@ int Client::remap(uint8_t type, size_t len) {
       st.bytes_received += total;
       s->unsynced_ = true;
       s->begin_request();
-      if (const auto* e = stmts_.find(name)) {
+      // The unnamed statement is replaced by each unnamed Parse (no 42P05); a repeat of
+      // the same text keeps its entry without asking the registry.
+      const auto* e = stmts_.find(name);
+      if (name.empty() && e != nullptr && (*e)->body != body) e = nullptr;
+      if (e != nullptr && name.empty()) {
+        auto entry = *e;
+        int undo = s->add_rename(std::string(), entry->server_name);
+        parse_entry(s, entry, undo, max);
+      } else if (e != nullptr) {
         // The name is in use: let PostgreSQL answer 42P05 at this point of the pipeline,
         // with its own skip-to-Sync and transaction state, under the client's name.
         auto entry = *e;
@@ -698,36 +759,21 @@ int Client::remap(uint8_t type, size_t len) {
                                s->add_rename(entry->server_name, std::string(name)), -1, -1, 0});
       } else {
         auto entry = stmt_registry().get(body);
-        int undo = s->add_rename(std::string(name), std::string());
+        // Undo on failure: the client's name; for the unnamed statement only if no later
+        // unnamed Parse replaced it meanwhile.
+        int undo =
+            s->add_rename(std::string(name), name.empty() ? entry->server_name : std::string());
         stmts_.set(name, entry);
-        bool held = s->stmts_.touch(entry->id);
-        if (held && !s->stmts_.unconfirmed_before(entry->id, s->syncs_sent_)) {
-          ps.hits++;
-          s->queue_.push(Request{'P', ReqAction::Fake, 0, -1, undo, -1, 0});
-        } else {
-          if (held) {  // unconfirmed from an earlier segment: prepare it again (see
-                       // ensure_prepared)
-            wire::Writer(m).begin('C').u8('S').cstr(entry->server_name).end();
-            s->queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
-          } else {
-            s->make_room(max, ps);
-          }
-          wire::Writer(m).begin('P').cstr(entry->server_name).bytes(body).end();
-          s->queue_.push(Request{'P', ReqAction::Forward, entry->id, -1, undo, -1, 0});
-          s->stmts_.add(entry);
-          s->stmts_.set_pending(entry->id, s->syncs_sent_);
-          st.server_parse_count++;
-          ps.server_parses++;
-        }
+        parse_entry(s, entry, undo, max);
       }
-      worker_->bufs().append(s->out_, m.data(), m.size());
+      if (!m.empty()) worker_->bufs().append(s->out_, m.data(), m.size());
       in_.rpos += total;
       s->emit_fakes();
       return 1;
     }
     case 'B': {
       std::string_view portal, name;
-      if (!r.cstr(portal) || !r.cstr(name) || name.empty()) return 0;
+      if (!r.cstr(portal) || !r.cstr(name) || !remapped_name(name)) return 0;
       st.bind_count++;
       st.bytes_received += total;
       s->unsynced_ = true;
@@ -757,7 +803,7 @@ int Client::remap(uint8_t type, size_t len) {
     case 'C': {
       uint8_t kind = 0;
       std::string_view name;
-      if (!r.u8(kind) || !r.cstr(name) || kind != 'S' || name.empty()) return 0;
+      if (!r.u8(kind) || !r.cstr(name) || kind != 'S' || !remapped_name(name)) return 0;
       st.bytes_received += total;
       s->unsynced_ = true;
       s->begin_request();
@@ -779,6 +825,7 @@ int Client::remap(uint8_t type, size_t len) {
     }
     case 'Q': {
       std::string_view text;
+      if (cache_unnamed_) stmts_.erase(std::string_view());  // a simple query drops it
       if (!r.cstr(text)) return 0;
       SqlPrepared sp = parse_sql_prepared(text);
       if (sp.kind == SqlPrepared::Kind::None) return 0;

@@ -96,17 +96,31 @@ std::string rename_error(std::span<const uint8_t> body, std::string_view from,
   wire::Writer w(out);
   w.begin('E');
   wire::Reader r(body);
+  std::string_view sqlstate;
   for (;;) {
     uint8_t code = 0;
     std::string_view v;
     if (!r.u8(code) || code == 0 || !r.cstr(v)) break;
     if (from.empty() && (code == 'W' || code == 'q' || code == 'p')) continue;  // DO-block context
-    w.u8(code).cstr(code == 'M' && !from.empty() ? rename_in_message(v, from, to) : std::string(v));
+    if (code == 'C') sqlstate = v;
+    if (code == 'M' && !from.empty() && to.empty() && sqlstate == "26000")
+      w.u8(code).cstr("unnamed prepared statement does not exist");  // PostgreSQL's wording
+    else
+      w.u8(code).cstr(code == 'M' && !from.empty() ? rename_in_message(v, from, to)
+                                                   : std::string(v));
   }
   w.u8(0).end();
   return out;
 }
 }  // namespace
+
+bool Server::own_parse_pending(uint64_t id) const {
+  for (size_t i = 0; i < queue_.size(); i++) {
+    const Request& r = queue_.at(i);
+    if (r.type == 'P' && r.stmt == id && r.client_name >= 0) return true;
+  }
+  return false;
+}
 
 void Server::make_room(size_t max, PreparedStats& ps) {
   while (max > 0 && stmts_.size() >= max) {
@@ -126,7 +140,9 @@ void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t m
                              PreparedStats& ps) {
   std::string m;
   if (stmts_.touch(e->id)) {
-    if (!stmts_.unconfirmed_before(e->id, syncs_sent_)) {
+    if (!stmts_.unconfirmed_before(e->id, syncs_sent_) || own_parse_pending(e->id)) {
+      // Ready, or the client's own Parse of it is still unanswered: its outcome decides, as
+      // without a pooler (if it failed, PostgreSQL answers 26000 here).
       ps.hits++;
       return;
     }
@@ -166,8 +182,14 @@ void Server::emit_fakes() {
 }
 
 void Server::unwind(const Request& r, bool failed) {
-  if ((r.type == 'P' || r.type == 'Q') && r.client_name >= 0 && client_ != nullptr)
-    client_->stmts_.erase(renames_[static_cast<size_t>(r.client_name)].first);  // never created
+  if ((r.type == 'P' || r.type == 'Q') && r.client_name >= 0 && client_ != nullptr) {
+    // Never created. `.second`, when set, is the server-side name the client's name must
+    // still map to (the unnamed statement may have been replaced since).
+    const auto& [name, only_if] = renames_[static_cast<size_t>(r.client_name)];
+    const auto* e = client_->stmts_.find(name);
+    if (e != nullptr && (only_if.empty() || (*e)->server_name == only_if))
+      client_->stmts_.erase(name);
+  }
   if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {
     // A failed Parse left nothing. A skipped one (and the Close skipped before it) left the
     // server as it was: the statement is there if PostgreSQL acknowledged it earlier.
@@ -484,9 +506,13 @@ void Server::process() {
           return;
         }
         tx_ = static_cast<char>(st);
+        // Requests still unanswered here were sent after the segment's error was handled
+        // (before its Sync): PostgreSQL skipped them too.
         while (!queue_.empty() && queue_.front_type() != 'S' && queue_.front_type() != 'Q' &&
-               queue_.front_type() != 'F')
+               queue_.front_type() != 'F') {
+          unwind(queue_.front(), false);
           queue_.pop();
+        }
         if (!queue_.empty()) queue_.pop();
         account_ready();
         if (retry_pending_) {
@@ -655,6 +681,15 @@ void Server::process() {
   if (client_ != nullptr) {
     client_->flush();
     if (dead_) return;
+  }
+  if (client_ != nullptr && client_->parse_stalled_) {
+    // The client waits for an answer to one of its Parses (Client::parse_must_wait); it
+    // goes on (or waits again), and releases this server itself when done.
+    Client* c = client_;
+    c->parse_stalled_ = false;
+    c->want_read(true);
+    c->process();
+    return;
   }
   if (can_release()) worker_->release(this);
 }

@@ -63,6 +63,7 @@ class RequestQueue {
     }
   }
   size_t size() const { return q_.size() - head_; }
+  const Request& at(size_t i) const { return q_[head_ + i]; }
   void clear() {
     q_.clear();
     head_ = 0;
@@ -102,6 +103,8 @@ class Server final : public Conn {
   void make_room(size_t max, PreparedStats& ps);
   // Answers the Fake requests now at the front of the queue (in order).
   void emit_fakes();
+  // A client's own Parse of statement id is in the queue (sent, not answered yet).
+  bool own_parse_pending(uint64_t id) const;
   int add_rename(std::string from, std::string to) {
     renames_.emplace_back(std::move(from), std::move(to));
     return static_cast<int>(renames_.size() - 1);

@@ -245,6 +245,26 @@ std::string join(const std::vector<std::string>& v) {
   return s;
 }
 
+// One raw connection through the pooler and one straight to PostgreSQL, fed the same bytes.
+struct SideBySide {
+  Conn via_holder, direct_holder;
+  Raw via, direct;
+  explicit SideBySide(const Pooler& p)
+      : via_holder(connect(p.conninfo("md5user", "md5pass", "testdb", "sslmode=disable"))),
+        direct_holder(connect(direct_conninfo("sslmode=disable"))),
+        via(Raw::from_libpq(via_holder.get())),
+        direct(Raw::from_libpq(direct_holder.get())) {}
+  // Sends bytes both ways, CHECKs that the answers match and returns PostgreSQL's.
+  std::vector<std::string> exchange(const std::string& bytes, int syncs) {
+    std::vector<std::string> got = raw_exchange(via, bytes, syncs);
+    std::vector<std::string> want = raw_exchange(direct, bytes, syncs);
+    INFO("through the pooler: " << join(got));
+    INFO("direct:             " << join(want));
+    CHECK(join(got) == join(want));
+    return want;
+  }
+};
+
 long long stat_total(PGconn* admin, const std::string& col) {
   Result r = exec_ok(admin, "SHOW STATS");
   std::string v = cell(r.get(), "database", "testdb", col);
@@ -751,15 +771,8 @@ TEST_CASE("prepared: raw pipeline with errors gives exactly PostgreSQL's message
       bind_msg("s1", {"1"}) + execute_msg() + sync_msg() +  // E Z
       parse_msg("", "select 'u'") + bind_msg("") + execute_msg() + sync_msg();  // 1 2 D C Z
   const int syncs = 9;
-  Conn via_holder = connect(p.conninfo("md5user", "md5pass", "testdb", "sslmode=disable"));
-  Raw via = Raw::from_libpq(via_holder.get());
-  std::vector<std::string> got = raw_exchange(via, bytes, syncs);
-  Conn direct_holder = connect(direct_conninfo("sslmode=disable"));
-  Raw dr = Raw::from_libpq(direct_holder.get());
-  std::vector<std::string> want = raw_exchange(dr, bytes, syncs);
-  INFO("through the pooler: " << join(got));
-  INFO("direct:             " << join(want));
-  CHECK(join(got) == join(want));
+  SideBySide sb(p);
+  std::vector<std::string> want = sb.exchange(bytes, syncs);
   // What PostgreSQL answers, spelled out.
   std::vector<std::string> expect = {"1",
                                      "2",
@@ -798,11 +811,162 @@ TEST_CASE("prepared: raw pipeline with errors gives exactly PostgreSQL's message
   CHECK(scalar(busy.get(), "select 3") == "3");
   // The same bytes once more on the pooled connection (names now exist differently): the
   // session is still in step with PostgreSQL's answers to a second direct run.
-  std::vector<std::string> got2 = raw_exchange(via, bytes, syncs);
-  std::vector<std::string> want2 = raw_exchange(dr, bytes, syncs);
-  INFO("second run through the pooler: " << join(got2));
-  INFO("second run direct:             " << join(want2));
-  CHECK(join(got2) == join(want2));
+  sb.exchange(bytes, syncs);
+}
+
+TEST_CASE("prepared: Bind right after the client's own failed Parse gives 26000, as PostgreSQL") {
+  Options o;
+  o.default_pool_size = 1;
+  Pooler p(o);
+  // One write: the Bind is read before the Parse's error comes back, so pgsluice must not
+  // prepare the statement again on its own (that would repeat 42601 instead of 26000).
+  std::string bytes = parse_msg("bad1", "selec 1") + sync_msg() + bind_msg("bad1") + execute_msg() +
+                      sync_msg() + parse_msg("bad1", "select 'ok'") + bind_msg("bad1") +
+                      execute_msg() + sync_msg();
+  SideBySide sb(p);
+  std::vector<std::string> want = sb.exchange(bytes, 3);
+  CHECK(join(want) == join({"E:42601:syntax error at or near \"selec\"", "Z:I",
+                            "E:26000:prepared statement \"bad1\" does not exist", "Z:I", "1", "2",
+                            "D:ok", "C:SELECT 1", "Z:I"}));
+  // The name reused within one segment, after a Parse that succeeds and one that fails:
+  // pgsluice waits for the first answer (it sends a Flush so it comes before the Sync).
+  bytes = parse_msg("s2", "select 'a'") + parse_msg("s2", "select 'b'") + sync_msg() +
+          parse_msg("bad2", "selec") + parse_msg("bad2", "select 'c'") + sync_msg() +
+          parse_msg("bad2", "select 'd'") + bind_msg("bad2") + execute_msg() + sync_msg();
+  want = sb.exchange(bytes, 3);
+  CHECK(join(want) == join({"1", "E:42P05:prepared statement \"s2\" already exists", "Z:I",
+                            "E:42601:syntax error at or near \"selec\"", "Z:I", "1", "2", "D:d",
+                            "C:SELECT 1", "Z:I"}));
+}
+
+TEST_CASE("prepared: cache_unnamed_statements keeps the unnamed statement's semantics") {
+  Options o;
+  o.default_pool_size = 1;
+  o.extra_pgbouncer = "cache_unnamed_statements = 1\n";
+  Pooler p(o);
+  std::string bytes =
+      parse_msg("", "select $1::int + 1") + bind_msg("", {"41"}) + execute_msg() +
+      sync_msg() +                                        // 1 2 D C Z
+      bind_msg("", {"1"}) + execute_msg() + sync_msg() +  // 2 D:2 C Z (kept across Syncs)
+      parse_msg("", "select 'x'") + bind_msg("") + execute_msg() + sync_msg() +  // 1 2 D:x C Z
+      msg('Q', cstr("select 'q'")) +               // T D C Z: drops the unnamed one
+      bind_msg("") + execute_msg() + sync_msg() +  // E:26000 Z
+      parse_msg("", "select $1::int") + bind_msg("") + execute_msg() + sync_msg() +  // 1 E Z
+      parse_msg("", "selec bad") + sync_msg() +                                      // E:42601 Z
+      bind_msg("") + execute_msg() + sync_msg() +  // E:26000 Z (the failed one is gone)
+      parse_msg("", "select 'y'") + sync_msg() +   // 1 Z
+      close_stmt_msg("") + sync_msg() +            // 3 Z
+      bind_msg("") + execute_msg() + sync_msg() +  // E:26000 Z
+      parse_msg("", "select 'z'") + describe_stmt_msg("") + sync_msg() +  // 1 t T Z
+      parse_msg("n1", "select $1::int") + sync_msg() +                    // 1 Z
+      bind_msg("n1") + execute_msg() + sync_msg() +                       // E:08P01 under "n1" Z
+      parse_msg("", "select $1::int + 1") + bind_msg("", {"1"}) + execute_msg() +
+      parse_msg("", "select 'x'") + bind_msg("") + execute_msg() + sync_msg();  // 1 2 D 1 2 D Z
+  const int syncs = 15;
+  SideBySide sb(p);
+  std::vector<std::string> want = sb.exchange(bytes, syncs);
+  std::vector<std::string> expect = {
+      "1",
+      "2",
+      "D:42",
+      "C:SELECT 1",
+      "Z:I",  //
+      "2",
+      "D:2",
+      "C:SELECT 1",
+      "Z:I",  //
+      "1",
+      "2",
+      "D:x",
+      "C:SELECT 1",
+      "Z:I",  //
+      "T",
+      "D:q",
+      "C:SELECT 1",
+      "Z:I",  //
+      "E:26000:unnamed prepared statement does not exist",
+      "Z:I",  //
+      "1",
+      "E:08P01:bind message supplies 0 parameters, but prepared statement \"\" requires 1",
+      "Z:I",  //
+      "E:42601:syntax error at or near \"selec\"",
+      "Z:I",  //
+      "E:26000:unnamed prepared statement does not exist",
+      "Z:I",  //
+      "1",
+      "Z:I",
+      "3",
+      "Z:I",  //
+      "E:26000:unnamed prepared statement does not exist",
+      "Z:I",  //
+      "1",
+      "t",
+      "T",
+      "Z:I",  //
+      "1",
+      "Z:I",  //
+      "E:08P01:bind message supplies 0 parameters, but prepared statement \"n1\" requires 1",
+      "Z:I",  //
+      "1",
+      "2",
+      "D:2",
+      "C:SELECT 1",
+      "1",
+      "2",
+      "D:x",
+      "C:SELECT 1",
+      "Z:I"};
+  CHECK(join(want) == join(expect));
+  // A second client, same texts: its unnamed Parses are answered from the server's cache.
+  if (skip_in_direct_mode("parse counters are on the pooler's console")) return;
+  Conn admin = connect(admin_conninfo(p));
+  long long server_before = stat_total(admin.get(), "total_server_parse_count");
+  long long client_before = stat_total(admin.get(), "total_client_parse_count");
+  Conn other_holder = connect(p.conninfo("md5user", "md5pass", "testdb", "sslmode=disable"));
+  Raw other = Raw::from_libpq(other_holder.get());
+  std::string again = parse_msg("", "select $1::int + 1") + bind_msg("", {"41"}) + execute_msg() +
+                      sync_msg() + parse_msg("", "select 'x'") + bind_msg("") + execute_msg() +
+                      sync_msg();
+  CHECK(join(raw_exchange(other, again, 2)) ==
+        "[1] [2] [D:42] [C:SELECT 1] [Z:I] [1] [2] [D:x] [C:SELECT 1] [Z:I] ");
+  CHECK(stat_total(admin.get(), "total_client_parse_count") == client_before + 2);
+  CHECK(stat_total(admin.get(), "total_server_parse_count") == server_before);
+}
+
+TEST_CASE("prepared: pgbench -M extended with cache_unnamed_statements parses once per server") {
+  if (skip_in_direct_mode("parse counters are on the pooler's console")) return;
+  for (int cache = 0; cache <= 1; cache++) {
+    CAPTURE(cache);
+    Options o;
+    o.default_pool_size = 4;
+    o.extra_pgbouncer = "cache_unnamed_statements = " + std::to_string(cache) + "\n";
+    Pooler p(o);
+    CmdResult r = run_shell(
+        "PGPASSWORD=md5pass PGCONNECT_TIMEOUT=10 pgbench -n -M extended -S -c 16 -j 2 -T 3 "
+        "-h 127.0.0.1 -p " +
+            std::to_string(p.port()) + " -U md5user testdb 2>&1",
+        40);
+    INFO("pgbench output:\n" << r.output);
+    CHECK(r.exit_code == 0);
+    std::smatch m;
+    REQUIRE(std::regex_search(r.output, m, std::regex("number of failed transactions: (\\d+)")));
+    CHECK(std::stoll(m[1]) == 0);
+    REQUIRE(std::regex_search(r.output, m,
+                              std::regex("number of transactions actually processed: (\\d+)")));
+    long long xacts = std::stoll(m[1]);
+    Conn admin = connect(admin_conninfo(p));
+    long long client = stat_total(admin.get(), "total_client_parse_count");
+    long long server = stat_total(admin.get(), "total_server_parse_count");
+    MESSAGE("cache " << cache << ": xacts " << xacts << ", client parses " << client
+                     << ", server parses " << server);
+    CHECK(client >= xacts);
+    if (cache) {
+      CHECK(server >= 1);
+      CHECK(server <= 8);  // one per server connection (at most 4), with room for a reconnect
+    } else {
+      CHECK(server == client);  // every unnamed Parse goes to PostgreSQL
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
