@@ -17,6 +17,7 @@
 #   BENCH_SCALE    pgbench scale (default 10)
 #   BENCH_AUTH     client auth of both poolers: md5 (default) or trust
 #   BENCH_CASES    clients:mode list (default: all six cases)
+#   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
 #   PGBOUNCER_BIN  PgBouncer binary (default /usr/sbin/pgbouncer)
@@ -36,7 +37,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 SCALE=${BENCH_SCALE:-10}
 AUTH=${BENCH_AUTH:-md5}
 POOL_SIZE=8
-TARGETS="direct pgbouncer pgsluice"
+TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1"}
 CASES=${BENCH_CASES:-"1:simple 1:extended 1:prepared 32:simple 32:extended 32:prepared"}
 
 say() { echo "bench: $*" >&2; }
@@ -92,6 +93,7 @@ cleanup() {
   [ -n "$WORK" ] && [ -d "$WORK" ] || return 0
   kill_pidfile "$WORK/pgbouncer.pid"
   kill_pidfile "$WORK/pgsluice.pid"
+  kill_pidfile "$WORK/pgsluice-w1.pid"
   if [ -f "$WORK/pgdata/postmaster.pid" ]; then
     as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w -t 30 stop >/dev/null 2>&1 ||
       kill_pidfile "$WORK/pgdata/postmaster.pid"
@@ -115,8 +117,9 @@ is_root && chown postgres: "$WORK"
 PGPORT=$(free_port 25432)
 BPORT=$(free_port 26432 "$PGPORT")
 SPORT=$(free_port 27432 "$PGPORT" "$BPORT")
+S1PORT=$(free_port 28432 "$PGPORT" "$BPORT" "$SPORT")
 
-say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT ($WORK)"
+say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT and $S1PORT ($WORK)"
 as_pg "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres -E UTF8 --locale=C.UTF-8 \
   --auth-local=trust --auth-host=scram-sha-256 >"$WORK/initdb.log" 2>&1 ||
   { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
@@ -166,7 +169,13 @@ EOF
 }
 write_ini pgbouncer "$BPORT"
 write_ini pgsluice "$SPORT"
-is_pgbouncer "$SLUICE" || printf 'workers = 2\n' >>"$WORK/pgsluice.ini"
+write_ini pgsluice-w1 "$S1PORT"
+# pgsluice: one worker per CPU (2 here) and, in the second instance, one worker like
+# PgBouncer's single thread; both serve repeated unnamed Parses from the server cache.
+if ! is_pgbouncer "$SLUICE"; then
+  printf 'workers = 2\ncache_unnamed_statements = 1\n' >>"$WORK/pgsluice.ini"
+  printf 'workers = 1\ncache_unnamed_statements = 1\n' >>"$WORK/pgsluice-w1.ini"
+fi
 is_root && chown -R postgres: "$WORK"
 
 # start_pooler NAME BINARY PORT
@@ -189,13 +198,17 @@ start_pooler() {
 }
 start_pooler pgbouncer "$BOUNCER" "$BPORT"
 start_pooler pgsluice "$SLUICE" "$SPORT"
+start_pooler pgsluice-w1 "$SLUICE" "$S1PORT"
 BPID=$(cat "$WORK/pgbouncer.pid")
 SPID=$(cat "$WORK/pgsluice.pid")
+S1PID=$(cat "$WORK/pgsluice-w1.pid")
 BVERSION=$("$BOUNCER" -V 2>/dev/null | head -n 1 || true)
 
 RES="$WORK/results.tsv"
 : >"$RES"
-nruns=$((ROUNDS * 6 * 3))
+ntargets=$(echo $TARGETS | wc -w)
+ncases=$(echo $CASES | wc -w)
+nruns=$((ROUNDS * ncases * ntargets))
 say "$nruns runs of ${TIME}s: about $(((nruns * (TIME + 1) + 3 * 5 + 59) / 60)) min"
 
 # run_one ROUND CLIENTS MODE TARGET: one pgbench run, one line in results.tsv.
@@ -204,6 +217,8 @@ run_one() {
     direct) port=$PGPORT pid="" ;;
     pgbouncer) port=$BPORT pid=$BPID ;;
     pgsluice) port=$SPORT pid=$SPID ;;
+    pgsluice-w1) port=$S1PORT pid=$S1PID ;;
+    *) die "unknown target $4" ;;
   esac
   jobs=1
   [ "$2" -gt 1 ] && jobs=2
@@ -232,7 +247,10 @@ run_one() {
 WARM=$((TIME < 5 ? TIME : 5))
 say "warm-up: ${WARM}s per target"
 for t in $TARGETS; do
-  case "$t" in direct) port=$PGPORT ;; pgbouncer) port=$BPORT ;; pgsluice) port=$SPORT ;; esac
+  case "$t" in
+    direct) port=$PGPORT ;; pgbouncer) port=$BPORT ;; pgsluice) port=$SPORT ;;
+    pgsluice-w1) port=$S1PORT ;; *) die "unknown target $t" ;;
+  esac
   "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M simple -c 32 -j 2 -T "$WARM" bench \
     >"$WORK/warmup-$t.log" 2>&1 || { tail -n 5 "$WORK/warmup-$t.log" >&2; die "warm-up of $t failed"; }
 done
@@ -252,7 +270,8 @@ mkdir -p "$ROOT/build"
 OUT="$ROOT/build/bench-last.txt"
 {
   echo "pgsluice benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, pgbench -S -T $TIME, $ROUNDS rounds, scale $SCALE"
-  echo "pools: transaction mode, default_pool_size $POOL_SIZE, auth $AUTH; pgsluice workers 2"
+  echo "pools: transaction mode, default_pool_size $POOL_SIZE, auth $AUTH; pgsluice workers 2,"
+  echo "pgsluice-w1 workers 1; both pgsluice with cache_unnamed_statements = 1"
   echo "pgbouncer: $BOUNCER ($BVERSION)"
   echo "pgsluice:  $SLUICE$(is_pgbouncer "$SLUICE" && echo '  (PgBouncer standing in for pgsluice)')"
   echo
@@ -268,7 +287,7 @@ OUT="$ROOT/build/bench-last.txt"
       tps[k] = tps[k] " " sprintf("%.0f", $4); xacts[k] += $5; failed[k] += $6; aborted[k] += $7; cpu[k] += $8
     }
     END {
-      printf "%-20s %-10s %11s %6s %12s %7s %8s  %s\n", "case", "target", "median tps", "ratio", "CPU us/xact", "failed", "aborted", "tps per round"
+      printf "%-20s %-11s %11s %6s %12s %7s %8s  %s\n", "case", "target", "median tps", "ratio", "CPU us/xact", "failed", "aborted", "tps per round"
       nc = split(cases, cs, " "); nt = split(targets, ts, " ")
       for (i = 1; i <= nc; i++) {
         split(cs[i], cm, ":")
@@ -279,7 +298,22 @@ OUT="$ROOT/build/bench-last.txt"
           m = median(tps[k])
           ratio = base > 0 ? sprintf("%.2f", m / base) : "-"
           us = (ts[j] == "direct") ? "-" : (xacts[k] > 0 ? sprintf("%.1f", cpu[k] / clk * 1e6 / xacts[k]) : "-")
-          printf "%-20s %-10s %11.0f %6s %12s %7d %8d %s\n", (j == 1 ? label : ""), ts[j], m, ratio, us, failed[k], aborted[k], tps[k]
+          printf "%-20s %-11s %11.0f %6s %12s %7d %8d %s\n", (j == 1 ? label : ""), ts[j], m, ratio, us, failed[k], aborted[k], tps[k]
+        }
+      }
+      # What -M prepared gains over -M simple at 32 clients, per target (the measure of issue 4).
+      ks = "32:simple"; kp = "32:prepared"
+      if (index(" " cases " ", " " ks " ") && index(" " cases " ", " " kp " ")) {
+        print ""
+        print "32 clients, -M prepared over -M simple (median tps ratio; per round; CPU us/xact):"
+        for (j = 1; j <= nt; j++) {
+          a = tps[ks SUBSEP ts[j]]; b = tps[kp SUBSEP ts[j]]
+          ms = median(a); mp = median(b)
+          na = split(a, ra, " "); split(b, rb, " "); rounds = ""; rlist = ""
+          for (i = 1; i <= na; i++) if (ra[i] > 0) { r = rb[i] / ra[i]; rounds = rounds sprintf(" %.2f", r); rlist = rlist " " r }
+          cs_ = (xacts[ks SUBSEP ts[j]] > 0 && ts[j] != "direct") ? sprintf("%.1f", cpu[ks SUBSEP ts[j]] / clk * 1e6 / xacts[ks SUBSEP ts[j]]) : "-"
+          cp_ = (xacts[kp SUBSEP ts[j]] > 0 && ts[j] != "direct") ? sprintf("%.1f", cpu[kp SUBSEP ts[j]] / clk * 1e6 / xacts[kp SUBSEP ts[j]]) : "-"
+          printf "  %-11s %5.2f  (median of per-round ratios %.2f; rounds%s)  CPU %s -> %s\n", ts[j], (ms > 0 ? mp / ms : 0), median(rlist), rounds, cs_, cp_
         }
       }
     }' "$RES"
