@@ -631,7 +631,10 @@ bool Client::forward_messages() {
     }
   }
   worker_->bufs().release_if_empty(in_);
-  if (!out_.empty()) flush();  // answers pgsluice gave itself (fake replies)
+  // Answers pgsluice gave itself (fake replies) go now only if the server owes nothing
+  // more: otherwise they leave with its answers, in one send (PostgreSQL, too, sends
+  // nothing before a Sync or Flush, and for those an answer is due).
+  if (!out_.empty() && (server_ == nullptr || server_->queue_.empty())) flush();
   if (!dead_ && server_ != nullptr) {
     Server* s = server_;
     s->flush();
