@@ -42,31 +42,9 @@ CASES=${BENCH_CASES:-"1:simple 1:extended 1:prepared 32:simple 32:extended 32:pr
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
-is_root() { [ "$(id -u)" -eq 0 ]; }
 
-# Runs a PostgreSQL server program (or PgBouncer) as the postgres user when root.
-as_pg() {
-  if is_root; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
-}
-is_pgbouncer() { case "$(basename "$1")" in *pgbouncer*) return 0 ;; esac; return 1; }
-
-listening_ports_hex() {
-  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-    awk '$4 == "0A" { n = split($2, a, ":"); print a[n] }'
-}
-port_in_use() { listening_ports_hex | grep -qx "$(printf '%04X' "$1")"; }
-# free_port START TAKEN...: the first port from START that is free and not TAKEN.
-free_port() {
-  p=$1
-  shift
-  while :; do
-    taken=0
-    for t in "$@"; do [ "$p" = "$t" ] && taken=1; done
-    if [ $taken -eq 0 ] && ! port_in_use "$p"; then echo "$p"; return; fi
-    p=$((p + 1))
-    [ "$p" -lt 65000 ] || die "no free TCP port found"
-  done
-}
+# as_pg, is_pgbouncer, free_port, port_in_use, kill_pidfile, start_cluster, ...
+. "$ROOT/contrib/pgcluster.sh"
 
 # CPU time of a process and all its threads, in clock ticks.
 cpu_ticks() {
@@ -75,39 +53,21 @@ cpu_ticks() {
   sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
 
-kill_pidfile() {
-  pidfile=$1
-  [ -f "$pidfile" ] || return 0
-  pid=$(head -n 1 "$pidfile" 2>/dev/null | tr -dc 0-9)
-  [ -n "$pid" ] || return 0
-  if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$WORK"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    i=0
-    while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-}
-
 WORK=""
 cleanup() {
   [ -n "$WORK" ] && [ -d "$WORK" ] || return 0
-  kill_pidfile "$WORK/pgbouncer.pid"
-  kill_pidfile "$WORK/pgsluice.pid"
-  kill_pidfile "$WORK/pgsluice-w1.pid"
-  if [ -f "$WORK/pgdata/postmaster.pid" ]; then
-    as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w -t 30 stop >/dev/null 2>&1 ||
-      kill_pidfile "$WORK/pgdata/postmaster.pid"
-  fi
+  kill_pidfile "$WORK/pgbouncer.pid" "$WORK"
+  kill_pidfile "$WORK/pgsluice.pid" "$WORK"
+  kill_pidfile "$WORK/pgsluice-w1.pid" "$WORK"
+  stop_cluster "$WORK/pgdata" immediate "$WORK"
   rm -rf "$WORK"
 }
 
-for prog in initdb pg_ctl psql pgbench; do
-  [ -x "$PGBIN/$prog" ] || die "$PGBIN/$prog not found (run 'make deps')"
-done
+need_pg_programs
 [ -x "$BOUNCER" ] || die "$BOUNCER not found (run 'make deps')"
 [ -x "$SLUICE" ] || die "$SLUICE not found (run 'make pgsluice', or set PGSLUICE_BIN)"
 case "$AUTH" in md5|trust) ;; *) die "BENCH_AUTH must be md5 or trust" ;; esac
-if is_root; then id postgres >/dev/null 2>&1 || die "running as root needs the postgres user"; fi
+need_postgres_user
 
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
@@ -120,27 +80,14 @@ SPORT=$(free_port 27432 "$PGPORT" "$BPORT")
 S1PORT=$(free_port 28432 "$PGPORT" "$BPORT" "$SPORT")
 
 say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT and $S1PORT ($WORK)"
-as_pg "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres -E UTF8 --locale=C.UTF-8 \
-  --auth-local=trust --auth-host=scram-sha-256 >"$WORK/initdb.log" 2>&1 ||
-  { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-cat >>"$WORK/pgdata/postgresql.conf" <<EOF
-
+start_cluster "$WORK" "$PGPORT" "\
 # pgsluice benchmark: loopback only, everything in memory, durability not needed.
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$WORK'
 max_connections = 100
 shared_buffers = 512MB
 fsync = off
 synchronous_commit = off
-full_page_writes = off
-EOF
-as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w -t 60 start >/dev/null ||
-  { tail -n 20 "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
-"$PGBIN/psql" -X -q -h "$WORK" -p "$PGPORT" -U postgres -d postgres -v ON_ERROR_STOP=1 <<'EOF'
-CREATE ROLE bench LOGIN PASSWORD 'bench';
-CREATE DATABASE bench OWNER bench;
-EOF
+full_page_writes = off"
+create_owner_db "$WORK" "$PGPORT" bench
 
 export PGPASSWORD=bench
 say "pgbench -i -s $SCALE"

@@ -23,43 +23,12 @@ DEMO_TIME=${DEMO_TIME:-5}
 say() { echo "demo: $*"; }
 die() { echo "demo: $*" >&2; exit 1; }
 
-is_root() { [ "$(id -u)" -eq 0 ]; }
+# as_pg, is_pgbouncer, free_port, port_in_use, kill_pidfile, start_cluster, ...
+. "$ROOT/contrib/pgcluster.sh"
 
-# Runs a PostgreSQL server program: as the postgres user when we are root (initdb,
-# pg_ctl and postgres refuse to run as root), directly otherwise.
-as_pg() {
-  if is_root; then
-    (cd / && runuser -u postgres -- "$@")
-  else
-    "$@"
-  fi
-}
-
-# True when the pooler binary is PgBouncer (it refuses to run as root).
-is_pgbouncer() { case "$(basename "$BIN")" in *pgbouncer*) return 0 ;; esac; return 1; }
-
+# Runs the pooler: as the postgres user when it is PgBouncer and we are root.
 as_pooler() {
-  if is_root && is_pgbouncer; then
-    (cd / && runuser -u postgres -- "$@")
-  else
-    "$@"
-  fi
-}
-
-# TCP ports in LISTEN state, as 4-digit upper-case hex, from /proc (no extra tools).
-listening_ports_hex() {
-  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-    awk '$4 == "0A" { n = split($2, a, ":"); print a[n] }'
-}
-port_in_use() { listening_ports_hex | grep -qx "$(printf '%04X' "$1")"; }
-# free_port START [TAKEN]: the first port from START that is free and is not TAKEN.
-free_port() {
-  p=$1
-  while port_in_use "$p" || [ "$p" = "${2:-}" ]; do
-    p=$((p + 1))
-    [ "$p" -lt 65000 ] || die "no free TCP port found"
-  done
-  echo "$p"
+  if is_pgbouncer "$BIN"; then as_pg "$@"; else "$@"; fi
 }
 
 # The directory holding the cluster and the pooler's files: .demo itself, or a
@@ -69,29 +38,12 @@ rundir() {
   if [ -f "$DEMO/rundir" ]; then cat "$DEMO/rundir"; else echo "$DEMO"; fi
 }
 
-# Kills the process whose pid is in file $1 if its command line mentions $2.
-kill_pidfile() {
-  pidfile=$1 pattern=$2
-  [ -f "$pidfile" ] || return 0
-  pid=$(head -n 1 "$pidfile" 2>/dev/null | tr -dc 0-9)
-  [ -n "$pid" ] || return 0
-  if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$pattern"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    i=0
-    while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-}
-
 do_stop() {
   [ -d "$DEMO" ] || { say "nothing to stop (no .demo/)"; return 0; }
   RUN=$(rundir)
   kill_pidfile "$RUN/pgsluice.pid" pgsluice.ini
   kill_pidfile "$RUN/pooler.pid" pgsluice.ini
-  if [ -f "$RUN/pgdata/postmaster.pid" ]; then
-    as_pg "$PGBIN/pg_ctl" -D "$RUN/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1 ||
-      kill_pidfile "$RUN/pgdata/postmaster.pid" postgres
-  fi
+  stop_cluster "$RUN/pgdata" fast postgres
   [ "$RUN" != "$DEMO" ] && rm -rf "$RUN"
   rm -rf "$DEMO"
   say "stopped; .demo/ removed"
@@ -105,11 +57,9 @@ do_start() {
     fi
     rm -rf "$DEMO"
   fi
-  for prog in initdb pg_ctl psql pgbench; do
-    [ -x "$PGBIN/$prog" ] || die "$PGBIN/$prog not found (run 'make deps')"
-  done
+  need_pg_programs
   [ -x "$BIN" ] || die "$BIN not found or not executable (run 'make pgsluice', or set PGSLUICE_BIN)"
-  if is_root; then id postgres >/dev/null 2>&1 || die "running as root needs the postgres user"; fi
+  need_postgres_user
 
   # From here on, a failure or an interruption undoes everything.
   started=0
@@ -132,28 +82,15 @@ do_start() {
   POOLPORT=$(free_port 16432 "$PGPORT")
 
   say "creating a PostgreSQL 15 cluster in $RUN/pgdata (port $PGPORT)"
-  as_pg "$PGBIN/initdb" -D "$RUN/pgdata" -U postgres -E UTF8 --locale=C.UTF-8 \
-    --auth-local=trust --auth-host=scram-sha-256 >"$RUN/initdb.log" 2>&1 ||
-    { cat "$RUN/initdb.log" >&2; die "initdb failed"; }
-  cat >>"$RUN/pgdata/postgresql.conf" <<EOF
-
+  start_cluster "$RUN" "$PGPORT" "\
 # pgsluice demo: loopback and a private socket only; durability is not needed.
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$RUN'
 max_connections = 50
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-password_encryption = 'scram-sha-256'
-EOF
-  as_pg "$PGBIN/pg_ctl" -D "$RUN/pgdata" -l "$RUN/postgres.log" -w -t 60 start >/dev/null ||
-    { tail -n 20 "$RUN/postgres.log" >&2; die "PostgreSQL did not start"; }
+password_encryption = 'scram-sha-256'"
 
-  "$PGBIN/psql" -X -q -h "$RUN" -p "$PGPORT" -U postgres -d postgres -v ON_ERROR_STOP=1 <<'EOF'
-CREATE ROLE demo LOGIN PASSWORD 'demo';
-CREATE DATABASE demo OWNER demo;
-EOF
+  create_owner_db "$RUN" "$PGPORT" demo
   say "user demo (password demo, SCRAM) and database demo created"
 
   # The pooler checks the client's SCRAM proof against this password and uses it to
@@ -178,7 +115,7 @@ logfile = $RUN/pgsluice.log
 pidfile = $RUN/pgsluice.pid
 EOF
   # PgBouncer standing in would warn about a key it does not know.
-  is_pgbouncer || printf 'workers = 2\n' >>"$RUN/pgsluice.ini"
+  is_pgbouncer "$BIN" || printf 'workers = 2\n' >>"$RUN/pgsluice.ini"
   is_root && chown -R postgres: "$RUN"
 
   say "starting $BIN on 127.0.0.1:$POOLPORT"
