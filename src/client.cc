@@ -562,15 +562,11 @@ bool Client::forward_messages() {
       state_ = ClientState::Waiting;
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
-    if (type == 'P' && remapped && parse_must_wait(len)) {
-      // Reusing a name whose own earlier Parse is still unanswered: its outcome decides
-      // between 42P05 and a fresh statement. Wait for it (a Flush makes PostgreSQL send
-      // the answer now); Server::process() resumes this client.
-      if (!parse_stalled_) {
-        static constexpr uint8_t kFlush[] = {'H', 0, 0, 0, 4};
-        worker_->bufs().append(server_->out_, kFlush, sizeof kFlush);
-      }
-      parse_stalled_ = true;
+    if (remapped && !server_->undos_.empty() && must_wait(type, len)) {
+      // The name's meaning depends on an earlier segment still in flight (its Parse or
+      // Close may yet be rejected or skipped): wait for that segment's answer, which
+      // its Sync brings promptly; Server::process() resumes this client.
+      stalled_ = true;
       want_read(false);
       break;
     }
@@ -687,12 +683,28 @@ std::string_view Client::server_stmt_name(std::string_view name, int* rename, ui
   return kNoSuchStatement;
 }
 
-bool Client::parse_must_wait(size_t len) const {
+bool Client::must_wait(uint8_t type, size_t len) const {
   wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
-  std::string_view name;
-  if (!r.cstr(name) || name.empty()) return false;
-  const auto* e = stmts_.find(name);
-  return e != nullptr && server_->own_parse_pending((*e)->id);
+  std::string_view name, portal;
+  uint8_t kind = 0;
+  switch (type) {
+    case 'P':
+      if (!r.cstr(name)) return false;
+      break;
+    case 'B':
+      if (!r.cstr(portal) || !r.cstr(name)) return false;
+      break;
+    case 'D':
+    case 'C':
+      if (!r.u8(kind) || kind != 'S' || !r.cstr(name)) return false;
+      break;
+    default:
+      return false;
+  }
+  if (name.empty() && !cache_unnamed_) return false;
+  // A named Parse waits for any earlier change of its name (42P05 or not depends on it);
+  // other messages only when the name may come back to a previous statement.
+  return server_->name_unresolved(name, type == 'P' && !name.empty());
 }
 
 // A client's Parse of `entry` (its name already mapped): answered by pgsluice when server s
@@ -750,7 +762,7 @@ int Client::remap(uint8_t type, size_t len) {
       if (name.empty() && e != nullptr && (*e)->body != body) e = nullptr;
       if (e != nullptr && name.empty()) {
         auto entry = *e;
-        int undo = s->add_rename(std::string(), entry->server_name);
+        int undo = s->add_undo(name, entry);
         parse_entry(s, entry, undo, max);
       } else if (e != nullptr) {
         // The name is in use: let PostgreSQL answer 42P05 at this point of the pipeline,
@@ -762,10 +774,8 @@ int Client::remap(uint8_t type, size_t len) {
                                s->add_rename(entry->server_name, std::string(name)), -1, -1, 0});
       } else {
         auto entry = stmt_registry().get(body);
-        // Undo on failure: the client's name; for the unnamed statement only if no later
-        // unnamed Parse replaced it meanwhile.
-        int undo =
-            s->add_rename(std::string(name), name.empty() ? entry->server_name : std::string());
+        const auto* prev = stmts_.find(name);  // only "" can be mapped here
+        int undo = s->add_undo(name, prev != nullptr ? *prev : nullptr);
         stmts_.set(name, entry);
         parse_entry(s, entry, undo, max);
       }
@@ -812,9 +822,12 @@ int Client::remap(uint8_t type, size_t len) {
       s->begin_request();
       in_.rpos += total;
       if (type == 'C') {
-        // Only the client's name goes; the server keeps the statement for others.
+        // Only the client's name goes; the server keeps the statement for others. If
+        // PostgreSQL skips this Close (an error earlier in the segment), it comes back.
+        const auto* prev = stmts_.find(name);
+        int undo = prev != nullptr ? s->add_undo(name, *prev) : -1;
         stmts_.erase(name);
-        s->queue_.push(Request{'C', ReqAction::Fake, 0, -1, -1, -1, 0});
+        s->queue_.push(Request{'C', ReqAction::Fake, 0, -1, undo, -1, 0});
         s->emit_fakes();
         return 1;
       }
@@ -858,7 +871,7 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
       }
       auto entry = stmt_registry().get(sql_stmt_key(sp.types, sp.statement));
       ps.client_parses++;
-      req.client_name = s->add_rename(sp.name, std::string());
+      req.client_name = s->add_undo(sp.name, nullptr);  // a new name (else 42P05 above)
       stmts_.set(sp.name, entry);
       if (s->stmts_.touch(entry->id)) {
         ps.hits++;

@@ -64,7 +64,7 @@ class Client final : public Conn {
   ClientStmts stmts_;           // the client's named statements (remapping)
   bool remap_ = false;          // remap named statements (transaction/statement mode)
   bool cache_unnamed_ = false;  // and the unnamed one (cache_unnamed_statements)
-  bool parse_stalled_ = false;  // waiting for the answer to its own earlier Parse of a name
+  bool stalled_ = false;        // waiting for an earlier segment's answer (Client::must_wait)
   // The current extended-protocol segment (messages up to Sync), kept so that a Bind that
   // failed with 0A000 after DDL can be replayed once; seg_ok_ is false when it cannot be.
   std::string seg_bytes_;
@@ -100,7 +100,7 @@ class Client final : public Conn {
   bool remapped_name(std::string_view name) const {
     return !name.empty() || (cache_unnamed_ && stmts_.find(name) != nullptr);
   }
-  bool parse_must_wait(size_t len) const;
+  bool must_wait(uint8_t type, size_t len) const;
   void parse_entry(Server* s, const std::shared_ptr<const StmtEntry>& entry, int undo, size_t max);
   int remap(uint8_t type, size_t len);
   int remap_sql(const SqlPrepared& sp, size_t total);

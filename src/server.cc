@@ -114,6 +114,18 @@ std::string rename_error(std::span<const uint8_t> body, std::string_view from,
 }
 }  // namespace
 
+bool Server::name_unresolved(std::string_view name, bool any) const {
+  bool segment_ended = false;  // a Sync/Query/FunctionCall lies between r and the end
+  for (size_t i = queue_.size(); i-- > 0;) {
+    const Request& r = queue_.at(i);
+    if (r.type == 'S' || r.type == 'Q' || r.type == 'F') segment_ended = true;
+    if (!segment_ended || r.client_name < 0) continue;
+    const NameUndo& u = undos_[static_cast<size_t>(r.client_name)];
+    if (u.name == name && (any || u.prev != nullptr)) return true;
+  }
+  return false;
+}
+
 bool Server::own_parse_pending(uint64_t id) const {
   for (size_t i = 0; i < queue_.size(); i++) {
     const Request& r = queue_.at(i);
@@ -181,14 +193,26 @@ void Server::emit_fakes() {
   }
 }
 
+void Server::unwind_to_sync(bool front_failed) {
+  size_t n = 0;
+  while (n < queue_.size()) {
+    uint8_t t = queue_.at(n).type;
+    if (t == 'S' || t == 'Q' || t == 'F') break;
+    n++;
+  }
+  for (size_t i = n; i-- > 0;) unwind(queue_.at(i), front_failed && i == 0);
+  for (size_t i = 0; i < n; i++) queue_.pop();
+}
+
 void Server::unwind(const Request& r, bool failed) {
-  if ((r.type == 'P' || r.type == 'Q') && r.client_name >= 0 && client_ != nullptr) {
-    // Never created. `.second`, when set, is the server-side name the client's name must
-    // still map to (the unnamed statement may have been replaced since).
-    const auto& [name, only_if] = renames_[static_cast<size_t>(r.client_name)];
-    const auto* e = client_->stmts_.find(name);
-    if (e != nullptr && (only_if.empty() || (*e)->server_name == only_if))
-      client_->stmts_.erase(name);
+  if (r.client_name >= 0 && client_ != nullptr) {
+    // The client's name goes back to what it was before this request; a failed unnamed
+    // Parse leaves no unnamed statement at all (PostgreSQL drops the old one first).
+    const NameUndo& u = undos_[static_cast<size_t>(r.client_name)];
+    if (u.prev == nullptr || (failed && r.type == 'P' && u.name.empty()))
+      client_->stmts_.erase(u.name);
+    else
+      client_->stmts_.set(u.name, u.prev);
   }
   if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {
     // A failed Parse left nothing. A skipped one (and the Close skipped before it) left the
@@ -508,11 +532,7 @@ void Server::process() {
         tx_ = static_cast<char>(st);
         // Requests still unanswered here were sent after the segment's error was handled
         // (before its Sync): PostgreSQL skipped them too.
-        while (!queue_.empty() && queue_.front_type() != 'S' && queue_.front_type() != 'Q' &&
-               queue_.front_type() != 'F') {
-          unwind(queue_.front(), false);
-          queue_.pop();
-        }
+        unwind_to_sync(false);
         if (!queue_.empty()) queue_.pop();
         account_ready();
         if (retry_pending_) {
@@ -605,12 +625,7 @@ void Server::process() {
           queue_.front().swallow_c = 0;
         }
         // Extended protocol: the server skips everything up to the next Sync.
-        for (bool first = true; !queue_.empty() && queue_.front_type() != 'S' &&
-                                queue_.front_type() != 'Q' && queue_.front_type() != 'F';
-             first = false) {
-          unwind(queue_.front(), first);  // the front raised the error; the rest were skipped
-          queue_.pop();
-        }
+        unwind_to_sync(true);  // the front raised the error; the rest were skipped
         break;
       case 'G':
         if (!queue_.empty() && queue_.front_type() == 'E') {
@@ -665,7 +680,10 @@ void Server::process() {
     in_.rpos += n;
     fwd_remaining_ = total - n;
     if (fwd_remaining_ == 0) emit_fakes();
-    if (type == 'Z' && queue_.empty() && !renames_.empty()) renames_.clear();
+    if (type == 'Z' && queue_.empty()) {
+      if (!renames_.empty()) renames_.clear();
+      if (!undos_.empty()) undos_.clear();
+    }
 
     if (client_->out_.size() > kHighWater) {
       client_->send_now();
@@ -682,11 +700,11 @@ void Server::process() {
     client_->flush();
     if (dead_) return;
   }
-  if (client_ != nullptr && client_->parse_stalled_) {
-    // The client waits for an answer to one of its Parses (Client::parse_must_wait); it
-    // goes on (or waits again), and releases this server itself when done.
+  if (client_ != nullptr && client_->stalled_) {
+    // The client waits for an earlier segment's answer (Client::must_wait); it goes on
+    // (or waits again), and releases this server itself when done.
     Client* c = client_;
-    c->parse_stalled_ = false;
+    c->stalled_ = false;
     c->want_read(true);
     c->process();
     return;

@@ -42,7 +42,7 @@ struct Request {
   ReqAction action = ReqAction::Forward;
   uint64_t stmt = 0;         // P: the statement it prepares; C(Skip): the statement it evicts
   int32_t rename = -1;       // index in Server::renames_: show an error under the client's name
-  int32_t client_name = -1;  // P/Q: index in Server::renames_ of the client's name to undo
+  int32_t client_name = -1;  // P/Q/C: index in Server::undos_ (the client's name it changed)
   int32_t tag = -1;          // Q(Fake): index in Server::renames_ of the CommandComplete tag
   uint8_t swallow_c = 0;     // Q: CommandCompletes of statements pgsluice prepended
 };
@@ -103,8 +103,16 @@ class Server final : public Conn {
   void make_room(size_t max, PreparedStats& ps);
   // Answers the Fake requests now at the front of the queue (in order).
   void emit_fakes();
+  // A request of an earlier, unanswered segment changed the client's name `name` (any
+  // change, or only one that an error would undo back to a previous statement).
+  bool name_unresolved(std::string_view name, bool any) const;
   // A client's own Parse of statement id is in the queue (sent, not answered yet).
   bool own_parse_pending(uint64_t id) const;
+  // Records what a client's name mapped to before a Parse/PREPARE/Close changed it.
+  int add_undo(std::string_view name, std::shared_ptr<const StmtEntry> prev) {
+    undos_.push_back(NameUndo{std::string(name), std::move(prev)});
+    return static_cast<int>(undos_.size() - 1);
+  }
   int add_rename(std::string from, std::string to) {
     renames_.emplace_back(std::move(from), std::move(to));
     return static_cast<int>(renames_.size() - 1);
@@ -138,6 +146,16 @@ class Server final : public Conn {
   ServerStmts stmts_;            // named statements prepared on this server (remapping)
   std::unordered_map<uint64_t, std::shared_ptr<const StmtEntry>> evicting_;  // Close in flight
   std::vector<std::pair<std::string, std::string>> renames_;  // server name -> client name
+  // The client's name changes of the requests in flight, undone (latest first) for the
+  // requests PostgreSQL rejected or skipped.
+  struct NameUndo {
+    std::string name;
+    std::shared_ptr<const StmtEntry> prev;  // null: the name was not mapped
+  };
+  std::vector<NameUndo> undos_;
+  // Unwinds queued requests from the front up to (not including) the next Sync, Query or
+  // FunctionCall, latest first; `front_failed`: the front raised the error.
+  void unwind_to_sync(bool front_failed);
   bool retry_pending_ = false;  // a 0A000 was swallowed; replay the segment at its ReadyForQuery
   bool retried_ = false;        // the current segment was replayed once already
   uint64_t retry_stmt_ = 0;

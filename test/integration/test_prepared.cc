@@ -839,6 +839,31 @@ TEST_CASE("prepared: Bind right after the client's own failed Parse gives 26000,
                             "C:SELECT 1", "Z:I"}));
 }
 
+TEST_CASE("prepared: a Close or Parse skipped after an error leaves the statement as it was") {
+  Options o;
+  o.default_pool_size = 1;
+  Pooler p(o);
+  SideBySide sb(p);
+  std::vector<std::string> want =
+      sb.exchange(parse_msg("s3", "select 3") + sync_msg() +                                  // 1 Z
+                      bind_msg("nope") + execute_msg() + close_stmt_msg("s3") + sync_msg() +  // E Z
+                      bind_msg("s3") + execute_msg() + sync_msg() +  // 2 D:3 C Z
+                      bind_msg("nope") + execute_msg() + close_stmt_msg("s3") +
+                      parse_msg("s3", "select 33") + sync_msg() +    // E Z
+                      bind_msg("s3") + execute_msg() + sync_msg() +  // 2 D:3 C Z
+                      close_stmt_msg("s3") + parse_msg("s3", "select 33") + bind_msg("s3") +
+                      execute_msg() + sync_msg(),  // 3 1 2 D:33 C Z
+                  6);
+  CHECK(join(want) ==
+        join({"1",          "Z:I", "E:26000:prepared statement \"nope\" does not exist",
+              "Z:I",        "2",   "D:3",
+              "C:SELECT 1", "Z:I", "E:26000:prepared statement \"nope\" does not exist",
+              "Z:I",        "2",   "D:3",
+              "C:SELECT 1", "Z:I", "3",
+              "1",          "2",   "D:33",
+              "C:SELECT 1", "Z:I"}));
+}
+
 TEST_CASE("prepared: cache_unnamed_statements keeps the unnamed statement's semantics") {
   Options o;
   o.default_pool_size = 1;
@@ -917,6 +942,13 @@ TEST_CASE("prepared: cache_unnamed_statements keeps the unnamed statement's sema
       "C:SELECT 1",
       "Z:I"};
   CHECK(join(want) == join(expect));
+  // An unnamed Parse skipped after an error leaves the previous unnamed statement.
+  want = sb.exchange(parse_msg("", "select 'old'") + sync_msg() + bind_msg("nope") + execute_msg() +
+                         parse_msg("", "select 'new'") + sync_msg() + bind_msg("") + execute_msg() +
+                         sync_msg(),
+                     3);
+  CHECK(join(want) == join({"1", "Z:I", "E:26000:prepared statement \"nope\" does not exist", "Z:I",
+                            "2", "D:old", "C:SELECT 1", "Z:I"}));
   // A second client, same texts: its unnamed Parses are answered from the server's cache.
   if (skip_in_direct_mode("parse counters are on the pooler's console")) return;
   Conn admin = connect(admin_conninfo(p));
