@@ -702,9 +702,9 @@ bool Client::must_wait(uint8_t type, size_t len) const {
       return false;
   }
   if (name.empty() && !cache_unnamed_) return false;
-  // A named Parse waits for any earlier change of its name (42P05 or not depends on it);
-  // other messages only when the name may come back to a previous statement.
-  return server_->name_unresolved(name, type == 'P' && !name.empty());
+  // An unnamed Parse replaces whatever was there, whatever became of it.
+  if (type == 'P' && name.empty()) return false;
+  return server_->name_unresolved(name);
 }
 
 // A client's Parse of `entry` (its name already mapped): answered by pgsluice when server s

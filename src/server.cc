@@ -114,22 +114,13 @@ std::string rename_error(std::span<const uint8_t> body, std::string_view from,
 }
 }  // namespace
 
-bool Server::name_unresolved(std::string_view name, bool any) const {
+bool Server::name_unresolved(std::string_view name) const {
   bool segment_ended = false;  // a Sync/Query/FunctionCall lies between r and the end
   for (size_t i = queue_.size(); i-- > 0;) {
     const Request& r = queue_.at(i);
     if (r.type == 'S' || r.type == 'Q' || r.type == 'F') segment_ended = true;
     if (!segment_ended || r.client_name < 0) continue;
-    const NameUndo& u = undos_[static_cast<size_t>(r.client_name)];
-    if (u.name == name && (any || u.prev != nullptr)) return true;
-  }
-  return false;
-}
-
-bool Server::own_parse_pending(uint64_t id) const {
-  for (size_t i = 0; i < queue_.size(); i++) {
-    const Request& r = queue_.at(i);
-    if (r.type == 'P' && r.stmt == id && r.client_name >= 0) return true;
+    if (undos_[static_cast<size_t>(r.client_name)].name == name) return true;
   }
   return false;
 }
@@ -152,9 +143,7 @@ void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t m
                              PreparedStats& ps) {
   std::string m;
   if (stmts_.touch(e->id)) {
-    if (!stmts_.unconfirmed_before(e->id, syncs_sent_) || own_parse_pending(e->id)) {
-      // Ready, or the client's own Parse of it is still unanswered: its outcome decides, as
-      // without a pooler (if it failed, PostgreSQL answers 26000 here).
+    if (!stmts_.unconfirmed_before(e->id, syncs_sent_)) {
       ps.hits++;
       return;
     }
@@ -178,6 +167,11 @@ void Server::emit_fakes() {
   if (fwd_remaining_ > 0) return;  // mid-message to the client: wait for its end
   while (!queue_.empty() && queue_.front().action == ReqAction::Fake) {
     const Request& r = queue_.front();
+    if (skip_to_sync_) {  // PostgreSQL skips it too: no answer, and its change is undone
+      unwind(r, false);
+      queue_.pop();
+      continue;
+    }
     if (client_ != nullptr) {
       if (r.type == 'Q') {  // a whole simple-query answer: its tag, then ReadyForQuery
         std::string m;
@@ -197,7 +191,7 @@ void Server::unwind_to_sync(bool front_failed) {
   size_t n = 0;
   while (n < queue_.size()) {
     uint8_t t = queue_.at(n).type;
-    if (t == 'S' || t == 'Q' || t == 'F') break;
+    if (t == 'S' || (!skip_to_sync_ && (t == 'Q' || t == 'F'))) break;
     n++;
   }
   for (size_t i = n; i-- > 0;) unwind(queue_.at(i), front_failed && i == 0);
@@ -533,6 +527,7 @@ void Server::process() {
         // Requests still unanswered here were sent after the segment's error was handled
         // (before its Sync): PostgreSQL skipped them too.
         unwind_to_sync(false);
+        skip_to_sync_ = false;
         if (!queue_.empty()) queue_.pop();
         account_ready();
         if (retry_pending_) {
@@ -624,7 +619,11 @@ void Server::process() {
           queue_.front().client_name = -1;
           queue_.front().swallow_c = 0;
         }
-        // Extended protocol: the server skips everything up to the next Sync.
+        // Extended protocol: the server skips everything up to the next Sync, simple
+        // queries included.
+        if (!queue_.empty() && queue_.front_type() != 'Q' && queue_.front_type() != 'F' &&
+            queue_.front_type() != 'S')
+          skip_to_sync_ = true;
         unwind_to_sync(true);  // the front raised the error; the rest were skipped
         break;
       case 'G':

@@ -103,11 +103,8 @@ class Server final : public Conn {
   void make_room(size_t max, PreparedStats& ps);
   // Answers the Fake requests now at the front of the queue (in order).
   void emit_fakes();
-  // A request of an earlier, unanswered segment changed the client's name `name` (any
-  // change, or only one that an error would undo back to a previous statement).
-  bool name_unresolved(std::string_view name, bool any) const;
-  // A client's own Parse of statement id is in the queue (sent, not answered yet).
-  bool own_parse_pending(uint64_t id) const;
+  // A request of an earlier, unanswered segment changed the client's name `name`.
+  bool name_unresolved(std::string_view name) const;
   // Records what a client's name mapped to before a Parse/PREPARE/Close changed it.
   int add_undo(std::string_view name, std::shared_ptr<const StmtEntry> prev) {
     undos_.push_back(NameUndo{std::string(name), std::move(prev)});
@@ -153,6 +150,9 @@ class Server final : public Conn {
     std::shared_ptr<const StmtEntry> prev;  // null: the name was not mapped
   };
   std::vector<NameUndo> undos_;
+  // An extended-protocol request failed: PostgreSQL ignores every message up to the next
+  // Sync (simple queries too), so none of them gets an answer or a fake one.
+  bool skip_to_sync_ = false;
   // Unwinds queued requests from the front up to (not including) the next Sync, Query or
   // FunctionCall, latest first; `front_failed`: the front raised the error.
   void unwind_to_sync(bool front_failed);
