@@ -674,9 +674,6 @@ std::string_view Client::server_stmt_name(std::string_view name, int* rename, ui
     server_->ensure_prepared(*e, static_cast<size_t>(worker_->cfg().max_prepared_statements),
                              lp_->prepared);
     *id = (*e)->id;
-    // Errors that name the statement ("bind message supplies 1 parameters, but prepared
-    // statement ... requires 2") name it as the client does.
-    *rename = server_->add_rename((*e)->server_name, std::string(name));
     return (*e)->server_name;
   }
   *rename = server_->add_rename(std::string(kNoSuchStatement), std::string(name));
@@ -804,7 +801,7 @@ int Client::remap(uint8_t type, size_t len) {
       bp.append(s->out_, hdr, sizeof hdr);
       bp.append(s->out_, portal.data(), portal.size() + 1);
       bp.append(s->out_, srv.data(), srv.size() + 1);
-      s->queue_.push(Request{'B', ReqAction::Forward, id, rename, -1, -1, 0});
+      s->queue_.push(Request{'B', ReqAction::Forward, id, rename, -1, name_tag(name), 0});
       in_.rpos += head;
       size_t n = in_.size() < rest ? in_.size() : rest;
       worker_->bufs().append(s->out_, in_.begin(), n);
@@ -836,7 +833,7 @@ int Client::remap(uint8_t type, size_t len) {
       std::string_view srv = server_stmt_name(name, &rename, &id);
       wire::Writer(m).begin('D').u8('S').cstr(srv).end();
       worker_->bufs().append(s->out_, m.data(), m.size());
-      s->queue_.push(Request{'D', ReqAction::Forward, 0, rename, -1, -1, 0});
+      s->queue_.push(Request{'D', ReqAction::Forward, id, rename, -1, name_tag(name), 0});
       return 1;
     }
     case 'Q': {

@@ -41,7 +41,6 @@ class Client final : public Conn {
   void send_welcome();
   // Queues an ErrorResponse (FATAL when `fatal`) to the client.
   void queue_error(bool fatal, std::string_view sqlstate, std::string_view msg);
-  // Flushes out_; on a dead socket, closes the client.
   // Queues out_ to be sent when this loop turn's events are done (Worker::queue_flush).
   void flush();
   // Sends out_ now; arms the write event if the socket is full.

@@ -46,6 +46,16 @@ void ClientStmts::set(std::string_view name, std::shared_ptr<const StmtEntry> e)
   map_[std::string(name)] = std::move(e);
 }
 
+const StmtEntry* ClientStmts::find_by_id(uint64_t id, int32_t tag, std::string_view* name) const {
+  for (const auto& [n, e] : map_) {
+    if (e->id == id && name_tag(n) == tag) {
+      *name = n;
+      return e.get();
+    }
+  }
+  return nullptr;
+}
+
 bool ClientStmts::erase(std::string_view name) {
   auto it = map_.find(name);
   if (it == map_.end()) return false;

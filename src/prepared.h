@@ -43,6 +43,8 @@ class ClientStmts {
   bool erase(std::string_view name);
   void clear() { map_.clear(); }
   size_t size() const { return map_.size(); }
+  // The entry `id` under a client name whose name_tag() is `tag` (error path only: a scan).
+  const StmtEntry* find_by_id(uint64_t id, int32_t tag, std::string_view* name) const;
 
  private:
   struct Hash {
@@ -51,6 +53,12 @@ class ClientStmts {
   };
   std::unordered_map<std::string, std::shared_ptr<const StmtEntry>, Hash, std::equal_to<>> map_;
 };
+
+// A 31-bit fingerprint of a client's statement name, kept in a request instead of a copy
+// of the name (see Server::process, error renaming).
+inline int32_t name_tag(std::string_view name) {
+  return static_cast<int32_t>(std::hash<std::string_view>{}(name)&0x7fffffff);
+}
 
 // The statements one server connection has prepared, most recently used first.
 // Entries are added when the Parse is sent (so a pipeline does not send it twice) and

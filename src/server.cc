@@ -612,6 +612,22 @@ void Server::process() {
           worker_->bufs().append(client_->out_, m.data(), m.size());
           lp_->stats.bytes_sent += m.size();
           swallow = true;
+        } else if (!queue_.empty() && queue_.front().stmt != 0 &&
+                   (queue_.front_type() == 'B' || queue_.front_type() == 'D')) {
+          // An error that names a remapped statement ("bind message supplies 1 parameters,
+          // but prepared statement ... requires 2"): name it as the client does.
+          // The name is looked up by the statement and a fingerprint of the name (no copy
+          // on the Bind path); the unnamed statement may have been replaced meanwhile.
+          const Request& r = queue_.front();
+          std::string_view name;
+          const StmtEntry* e = client_->stmts_.find_by_id(r.stmt, r.tag, &name);
+          if (e != nullptr || r.tag == name_tag({})) {
+            std::string from = "PGSLUICE_" + std::to_string(r.stmt);
+            std::string m = rename_error(body, from, name);
+            worker_->bufs().append(client_->out_, m.data(), m.size());
+            lp_->stats.bytes_sent += m.size();
+            swallow = true;
+          }
         }
         if (!queue_.empty() && queue_.front_type() == 'Q') {
           unwind(queue_.front(), true);  // a PREPARE that failed did not create anything

@@ -43,7 +43,8 @@ struct Request {
   uint64_t stmt = 0;         // P: the statement it prepares; C(Skip): the statement it evicts
   int32_t rename = -1;       // index in Server::renames_: show an error under the client's name
   int32_t client_name = -1;  // P/Q/C: index in Server::undos_ (the client's name it changed)
-  int32_t tag = -1;          // Q(Fake): index in Server::renames_ of the CommandComplete tag
+  int32_t tag = -1;          // Q(Fake): index in Server::renames_ of the CommandComplete tag;
+                             // B/D: name_tag() of the client's statement name
   uint8_t swallow_c = 0;     // Q: CommandCompletes of statements pgsluice prepended
 };
 
