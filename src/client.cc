@@ -903,7 +903,10 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
       break;
     }
     case SqlPrepared::Kind::Deallocate: {
-      if (!stmts_.erase(sp.name)) return 0;  // unknown: PostgreSQL's own 26000
+      const auto* prev = stmts_.find(sp.name);
+      if (prev == nullptr) return 0;                  // unknown: PostgreSQL's own 26000
+      req.client_name = s->add_undo(sp.name, *prev);  // back if PostgreSQL skips it
+      stmts_.erase(sp.name);
       req.action = ReqAction::Fake;
       req.tag = s->add_rename("DEALLOCATE", std::string());
       break;

@@ -869,18 +869,19 @@ TEST_CASE("prepared: after an extended-protocol error everything up to Sync is s
   o.default_pool_size = 1;
   Pooler p(o);
   SideBySide sb(p);
-  // PostgreSQL ignores a simple Query after a failed Bind until the Sync, and a Parse
-  // pgsluice would answer itself (the server holds the text) must be skipped as well.
-  std::vector<std::string> want =
-      sb.exchange(parse_msg("s9", "select 9") + sync_msg() +  // 1 Z
-                      bind_msg("nope") + execute_msg() + msg('Q', cstr("select 'q'")) +
-                      parse_msg("s10", "select 9") + sync_msg() +     // E Z
-                      bind_msg("s10") + execute_msg() + sync_msg() +  // E Z
-                      msg('Q', cstr("select 'after'")),               // T D C Z
-                  4);
+  // PostgreSQL ignores a simple Query after a failed Bind until the Sync; a Parse and a
+  // DEALLOCATE pgsluice would answer itself must be skipped as well.
+  std::vector<std::string> want = sb.exchange(
+      parse_msg("s9", "select 9") + sync_msg() +  // 1 Z
+          bind_msg("nope") + execute_msg() + msg('Q', cstr("select 'q'")) +
+          parse_msg("s10", "select 9") + msg('Q', cstr("DEALLOCATE s9")) + sync_msg() +  // E Z
+          bind_msg("s10") + execute_msg() + sync_msg() +                                 // E Z
+          bind_msg("s9") + execute_msg() + sync_msg() +  // 2 D:9 C Z
+          msg('Q', cstr("select 'after'")),              // T D C Z
+      5);
   CHECK(join(want) == join({"1", "Z:I", "E:26000:prepared statement \"nope\" does not exist", "Z:I",
-                            "E:26000:prepared statement \"s10\" does not exist", "Z:I", "T",
-                            "D:after", "C:SELECT 1", "Z:I"}));
+                            "E:26000:prepared statement \"s10\" does not exist", "Z:I", "2", "D:9",
+                            "C:SELECT 1", "Z:I", "T", "D:after", "C:SELECT 1", "Z:I"}));
   // The only server went back to the pool: another client gets it.
   Conn other = connect(p.conninfo("md5user", "md5pass", "testdb", "connect_timeout=5"));
   CHECK(scalar(other.get(), "select 1") == "1");
