@@ -164,8 +164,8 @@ class Worker {
   void refresh_config() { cfg_ = rt_->config(); }
   // Stops accepting on TCP listeners (graceful shutdown); the Unix socket stays.
   void stop_listening_tcp();
-  // Queues a client's pending bytes to be sent once the loop has no more events ready
-  // (or after kFlushAfter callbacks, whichever is first): see ARCHITECTURE.md.
+  // Queues a client's pending bytes to be sent after the callbacks of this loop pass (or
+  // after kFlushAfter socket callbacks, whichever is first): see ARCHITECTURE.md.
   void queue_flush(Client* c);
   // Called after each socket callback: sends the queued replies when they waited long enough.
   void after_callback() {

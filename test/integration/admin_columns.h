@@ -37,4 +37,24 @@ inline std::vector<std::string> with_debug(std::vector<std::string> v) {
   return v;
 }
 
+// SHOW STATS: database, then total_* and avg_* of PgBouncer's twelve counters.
+inline std::vector<std::string> show_stats_columns() {
+  const std::vector<std::string> base = {"server_assignment_count",
+                                         "xact_count",
+                                         "query_count",
+                                         "received",
+                                         "sent",
+                                         "xact_time",
+                                         "query_time",
+                                         "wait_time",
+                                         "client_parse_count",
+                                         "server_parse_count",
+                                         "bind_count",
+                                         "client_login_count"};
+  std::vector<std::string> stats = {"database"};
+  for (const auto& n : base)
+    stats.push_back(n == "received" ? "total_received" : n == "sent" ? "total_sent" : "total_" + n);
+  for (const auto& n : base) stats.push_back(n == "received" ? "avg_recv" : "avg_" + n);
+  return stats;
+}
 }  // namespace it

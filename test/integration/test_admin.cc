@@ -153,19 +153,6 @@ class Second {
   int status_ = 0;
 };
 
-const std::vector<std::string> kStatsBase = {"server_assignment_count",
-                                             "xact_count",
-                                             "query_count",
-                                             "received",
-                                             "sent",
-                                             "xact_time",
-                                             "query_time",
-                                             "wait_time",
-                                             "client_parse_count",
-                                             "server_parse_count",
-                                             "bind_count",
-                                             "client_login_count"};
-
 struct Shape {
   const char* cmd;
   std::vector<std::string> names;
@@ -173,10 +160,7 @@ struct Shape {
 };
 
 std::vector<Shape> shapes() {
-  std::vector<std::string> stats = {"database"};
-  for (const auto& n : kStatsBase)
-    stats.push_back(n == "received" ? "total_received" : n == "sent" ? "total_sent" : "total_" + n);
-  for (const auto& n : kStatsBase) stats.push_back(n == "received" ? "avg_recv" : "avg_" + n);
+  const std::vector<std::string> stats = show_stats_columns();
   return {
       {"SHOW POOLS",
        {"database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",

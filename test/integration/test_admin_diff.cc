@@ -140,22 +140,7 @@ struct Documented {
 };
 
 std::map<std::string, Documented> documented() {
-  const std::vector<std::string> base = {"server_assignment_count",
-                                         "xact_count",
-                                         "query_count",
-                                         "received",
-                                         "sent",
-                                         "xact_time",
-                                         "query_time",
-                                         "wait_time",
-                                         "client_parse_count",
-                                         "server_parse_count",
-                                         "bind_count",
-                                         "client_login_count"};
-  std::vector<std::string> stats = {"database"};
-  for (const auto& n : base)
-    stats.push_back(n == "received" ? "total_received" : n == "sent" ? "total_sent" : "total_" + n);
-  for (const auto& n : base) stats.push_back(n == "received" ? "avg_recv" : "avg_" + n);
+  const std::vector<std::string> stats = show_stats_columns();
   return {
       {"POOLS",
        {{"database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
