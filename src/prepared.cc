@@ -252,21 +252,29 @@ SqlPrepared parse_sql_prepared(std::string_view text) {
 }
 
 std::string sql_stmt_key(std::string_view types, std::string_view statement) {
+  // The length of the types first: any byte but NUL may appear in either part.
   std::string k = "\x01";
-  k += types;
+  k += std::to_string(types.size());
   k += '\x02';
+  k += types;
   k += statement;
   return k;
 }
 
 bool is_sql_stmt(const StmtEntry& e) {
-  return !e.body.empty() && e.body[0] == '\x01';
+  // A Parse body always holds its query's NUL; a query text (and so this key) never does.
+  return !e.body.empty() && e.body[0] == '\x01' && e.body.find('\0') == std::string::npos;
 }
 
 std::string sql_prepare_text(const StmtEntry& e) {
-  size_t sep = e.body.find('\x02');
-  std::string_view types = std::string_view(e.body).substr(1, sep - 1);
-  std::string_view stmt = std::string_view(e.body).substr(sep + 1);
+  std::string_view b(e.body);
+  size_t sep = b.find('\x02');
+  size_t n = 0;
+  for (size_t i = 1; i < sep && i < b.size(); i++) n = n * 10 + static_cast<size_t>(b[i] - '0');
+  std::string_view rest = sep == std::string_view::npos ? std::string_view() : b.substr(sep + 1);
+  if (n > rest.size()) n = rest.size();
+  std::string_view types = rest.substr(0, n);
+  std::string_view stmt = rest.substr(n);
   std::string t = "PREPARE " + e.server_name;
   if (!types.empty()) {
     t += ' ';

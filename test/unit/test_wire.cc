@@ -208,6 +208,20 @@ TEST_CASE("SQL-level PREPARE/EXECUTE/DEALLOCATE lexer") {
   CHECK(sql_prepared_prefix("select 1", false) == 0);
   CHECK(sql_prepared_prefix("PREPARE x", false) == 1);
   CHECK(sql_prepared_prefix("exec", true) == 0);
+  // The registry key keeps types and statement apart whatever bytes they hold (found by
+  // fuzz_sql: a \x02 inside the types once moved text from the types into the statement).
+  auto odd = parse_sql_prepared("PREPARE o (int\x02) AS SELECT 1");
+  REQUIRE(odd.kind == SqlPrepared::Kind::Prepare);
+  StmtEntry oe;
+  oe.server_name = "PGSLUICE_9";
+  oe.body = sql_stmt_key(odd.types, odd.statement);
+  CHECK(is_sql_stmt(oe));
+  CHECK(sql_prepare_text(oe) == "PREPARE PGSLUICE_9 (int\x02) AS SELECT 1");
+  oe.body = sql_stmt_key("", "SELECT 2");
+  CHECK(sql_prepare_text(oe) == "PREPARE PGSLUICE_9 AS SELECT 2");
+  CHECK(sql_stmt_key("(a)", "b") != sql_stmt_key("", "(a)b"));
+  oe.body = std::string("\x01(x)\x02SELECT 1\0\0\0", 17);  // a Parse body, never SQL-level
+  CHECK_FALSE(is_sql_stmt(oe));
   CHECK(rename_in_message("prepared statement \"PGSLUICE_3\" does not exist", "PGSLUICE_3", "s1") ==
         "prepared statement \"s1\" does not exist");
 }

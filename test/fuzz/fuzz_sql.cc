@@ -1,0 +1,62 @@
+// libFuzzer target: query texts from the network. The SQL-level PREPARE/EXECUTE/DEALLOCATE
+// lexer (prepared.cc) reads every simple Query in transaction mode, the console parser
+// (admin.cc) every console query. Besides not crashing, the lexer must keep the promises
+// the data path relies on; a broken promise aborts.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "admin.h"
+#include "prepared.h"
+
+namespace {
+
+void check(bool ok) {
+  if (!ok) std::abort();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace pgsluice;
+  std::string_view text(reinterpret_cast<const char*>(data), size);
+  // A Query's text is a C string: the data path never sees a NUL inside it.
+  text = text.substr(0, text.find('\0'));
+  size = text.size();
+
+  (void)parse_admin_statement(text);
+
+  // Client::remap_need() decides from the first bytes whether to buffer a whole query:
+  // a decision taken on a prefix must stand once the rest arrives, and a query that
+  // parses as one of the three statements must be recognised from its start.
+  int whole = sql_prepared_prefix(text, true);
+  check(whole == 0 || whole == 1);
+  for (size_t k = 0; k <= size && k <= 64; k++) {
+    int part = sql_prepared_prefix(text.substr(0, k), false);
+    check(part == -1 || part == whole);
+  }
+  SqlPrepared sp = parse_sql_prepared(text);
+  if (sp.kind == SqlPrepared::Kind::None) return 0;
+  check(whole == 1);
+  check(!sp.name.empty());
+
+  if (sp.kind == SqlPrepared::Kind::Prepare) {
+    // What pgsluice sends a server is "PREPARE PGSLUICE_<id> [types] AS statement":
+    // it must read back as the same statement under the new name.
+    StmtEntry e;
+    e.body = sql_stmt_key(sp.types, sp.statement);
+    e.server_name = "PGSLUICE_7";
+    check(is_sql_stmt(e));
+    SqlPrepared again = parse_sql_prepared(sql_prepare_text(e));
+    check(again.kind == SqlPrepared::Kind::Prepare);
+    check(again.name == "pgsluice_7");
+    check(again.types == sp.types);
+    check(again.statement == sp.statement);
+  }
+
+  // Error messages name the client's statement instead of the server's.
+  (void)rename_in_message(text, sp.name, "x");
+  return 0;
+}
