@@ -2,6 +2,8 @@
 // server LRU.
 #include "prepared.h"
 
+#include <charconv>
+
 namespace pgsluice {
 
 StmtRegistry& stmt_registry() {
@@ -267,14 +269,12 @@ bool is_sql_stmt(const StmtEntry& e) {
 }
 
 std::string sql_prepare_text(const StmtEntry& e) {
-  std::string_view b(e.body);
+  std::string_view b(e.body);  // "\x01" <length of types> "\x02" types statement
   size_t sep = b.find('\x02');
   size_t n = 0;
-  for (size_t i = 1; i < sep && i < b.size(); i++) n = n * 10 + static_cast<size_t>(b[i] - '0');
-  std::string_view rest = sep == std::string_view::npos ? std::string_view() : b.substr(sep + 1);
-  if (n > rest.size()) n = rest.size();
-  std::string_view types = rest.substr(0, n);
-  std::string_view stmt = rest.substr(n);
+  std::from_chars(b.data() + 1, b.data() + sep, n);
+  std::string_view types = b.substr(sep + 1, n);
+  std::string_view stmt = b.substr(sep + 1 + types.size());
   std::string t = "PREPARE " + e.server_name;
   if (!types.empty()) {
     t += ' ';
