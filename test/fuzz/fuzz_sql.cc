@@ -1,7 +1,8 @@
 // libFuzzer target: query texts from the network. The SQL-level PREPARE/EXECUTE/DEALLOCATE
 // lexer (prepared.cc) reads every simple Query in transaction mode, the console parser
-// (admin.cc) every console query. Besides not crashing, the lexer must keep the promises
-// the data path relies on; a broken promise aborts.
+// (admin.cc) every console query, parse_trace_target (trace.cc) the value of SET trace.
+// Besides not crashing, the lexer must keep the promises the data path relies on; a
+// broken promise aborts.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 
 #include "admin.h"
 #include "prepared.h"
+#include "trace.h"
 
 namespace {
 
@@ -27,6 +29,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size = text.size();
 
   (void)parse_admin_statement(text);
+  TraceTarget target;
+  (void)parse_trace_target(text, target);  // SET trace = '...' on the console
 
   // Client::remap_need() decides from the first bytes whether to buffer a whole query:
   // a decision taken on a prefix must stand once the rest arrives, and a query that
