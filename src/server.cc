@@ -251,9 +251,8 @@ bool Server::can_release() const {
 }
 
 bool Server::handle_auth_request(std::span<const uint8_t> body) {
-  wire::Reader r(body);
-  int32_t code = -1;
-  if (!r.i32(code)) return false;
+  wire::AuthRequest req;
+  bool well_formed = wire::parse_auth_request(body, req);
   const std::string& secret = pool_->secret;
   SecretKind kind = secret_kind(secret);
   std::string m;
@@ -261,7 +260,8 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
     worker_->server_login_failed(this, "08P01", why);
     return false;
   };
-  switch (code) {
+  if (!well_formed) return fail("bad authentication request from server");
+  switch (req.code) {
     case 0:
       return true;
     case 3:
@@ -272,20 +272,14 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
       wire::password_message(m, secret);
       break;
     case 5: {
-      std::span<const uint8_t> salt;
-      if (!r.bytes(4, salt)) return fail("bad md5 request from server");
       if (secret.empty() || kind == SecretKind::Scram)
         return fail("server asks for md5, and pgsluice has no password or md5 secret for user " +
                     pool_->user_name);
-      wire::password_message(m, md5_response(secret, pool_->user_name, salt.data()));
+      wire::password_message(m, md5_response(secret, pool_->user_name, req.salt.data()));
       break;
     }
     case 10: {
-      bool found = false;
-      std::string_view mech;
-      while (r.cstr(mech) && !mech.empty())
-        if (mech == "SCRAM-SHA-256") found = true;
-      if (!found) return fail("server offers no supported SASL mechanism");
+      if (!req.scram_sha_256) return fail("server offers no supported SASL mechanism");
       if (kind == SecretKind::Plain && !secret.empty()) {
         scram_ = std::make_unique<ScramClientSession>(ScramClientSession::with_password(secret));
       } else if (kind == SecretKind::Scram) {
@@ -303,24 +297,21 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
     }
     case 11: {
       if (!scram_) return fail("unexpected SASL continue");
-      auto rest = r.rest();
-      auto res = scram_->handle_server_first(
-          std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
+      auto res = scram_->handle_server_first(req.sasl_data);
       if (!res) return fail("SCRAM: " + res.status().message());
       wire::sasl_response(m, *res);
       break;
     }
     case 12: {
       if (!scram_) return fail("unexpected SASL final");
-      auto rest = r.rest();
-      Status st = scram_->verify_server_final(
-          std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
+      Status st = scram_->verify_server_final(req.sasl_data);
       if (!st) return fail("SCRAM: server signature mismatch");
       scram_.reset();
       return true;
     }
     default:
-      return fail("unsupported authentication method requested by server: " + std::to_string(code));
+      return fail("unsupported authentication method requested by server: " +
+                  std::to_string(req.code));
   }
   worker_->bufs().append(out_, m.data(), m.size());
   flush();
@@ -336,7 +327,7 @@ bool Server::handle_login_message(uint8_t type, std::span<const uint8_t> body) {
       return handle_auth_request(body);
     case 'S': {
       std::string_view name, value;
-      if (!r.cstr(name) || !r.cstr(value)) {
+      if (!wire::parse_parameter_status(body, name, value)) {
         worker_->server_login_failed(this, "08P01", "bad ParameterStatus from server");
         return false;
       }
@@ -352,13 +343,12 @@ bool Server::handle_login_message(uint8_t type, std::span<const uint8_t> body) {
       return true;
     }
     case 'K': {
-      size_t n = body.size();
-      if (n < 8 || n > 260 || !r.u32(backend_pid_)) {
+      std::span<const uint8_t> key;
+      if (!wire::parse_backend_key(body, backend_pid_, key)) {
         worker_->server_login_failed(this, "08P01", "bad BackendKeyData from server");
         return false;
       }
-      auto rest = r.rest();
-      backend_key_.assign(reinterpret_cast<const char*>(rest.data()), rest.size());
+      backend_key_.assign(reinterpret_cast<const char*>(key.data()), key.size());
       return true;
     }
     case 'E': {
@@ -472,9 +462,8 @@ void Server::process() {
           break;
         }
         case 'S': {
-          wire::Reader r(body);
           std::string_view name, value;
-          if (r.cstr(name) && r.cstr(value)) {
+          if (wire::parse_parameter_status(body, name, value)) {
             int i = worker_->rt()->tracked->find(name);
             if (i >= 0) {
               vars_.set(static_cast<size_t>(i), value);
@@ -539,9 +528,8 @@ void Server::process() {
         break;
       }
       case 'S': {
-        wire::Reader r(body);
         std::string_view name, value;
-        if (r.cstr(name) && r.cstr(value)) {
+        if (wire::parse_parameter_status(body, name, value)) {
           int i = worker_->rt()->tracked->find(name);
           if (i >= 0) {
             vars_.set(static_cast<size_t>(i), value);

@@ -227,6 +227,45 @@ ErrorFields parse_error(std::span<const uint8_t> body) {
   return f;
 }
 
+bool parse_auth_request(std::span<const uint8_t> body, AuthRequest& out) {
+  Reader r(body);
+  out = AuthRequest();
+  if (!r.i32(out.code)) return false;
+  switch (out.code) {
+    case 5:
+      return r.bytes(4, out.salt);
+    case 10: {
+      std::string_view mech;
+      while (r.cstr(mech) && !mech.empty())
+        if (mech == "SCRAM-SHA-256") out.scram_sha_256 = true;
+      return true;
+    }
+    case 11:
+    case 12: {
+      auto rest = r.rest();
+      out.sasl_data = std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size());
+      return true;
+    }
+    default:
+      return true;
+  }
+}
+
+bool parse_parameter_status(std::span<const uint8_t> body, std::string_view& name,
+                            std::string_view& value) {
+  Reader r(body);
+  return r.cstr(name) && r.cstr(value);
+}
+
+bool parse_backend_key(std::span<const uint8_t> body, uint32_t& pid,
+                       std::span<const uint8_t>& key) {
+  if (body.size() < 8 || body.size() > 260) return false;
+  Reader r(body);
+  if (!r.u32(pid)) return false;
+  key = r.rest();
+  return true;
+}
+
 size_t frontend_limit(uint8_t type) {
   switch (type) {
     case 'Q':

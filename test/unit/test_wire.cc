@@ -134,6 +134,54 @@ TEST_CASE("error response builder and parser agree") {
   CHECK(g.sqlstate.empty());
 }
 
+TEST_CASE("server login messages: auth requests, ParameterStatus, BackendKeyData") {
+  auto body = [](const std::string& m) {  // a built message without its type and length
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(m.data() + 5), m.size() - 5);
+  };
+  const uint8_t salt[] = {1, 2, 3, 4};
+  std::string m;
+  wire::auth_request(m, 5, salt);
+  wire::AuthRequest a;
+  REQUIRE(wire::parse_auth_request(body(m), a));
+  CHECK(a.code == 5);
+  REQUIRE(a.salt.size() == 4);
+  CHECK(a.salt[3] == 4);
+  CHECK_FALSE(wire::parse_auth_request(body(m).first(6), a));  // md5 without its whole salt
+  CHECK_FALSE(wire::parse_auth_request(body(m).first(3), a));  // not even a code
+  m.clear();
+  wire::auth_sasl(m, "SCRAM-SHA-256");
+  REQUIRE(wire::parse_auth_request(body(m), a));
+  CHECK(a.code == 10);
+  CHECK(a.scram_sha_256);
+  m.clear();
+  wire::auth_sasl(m, "SCRAM-SHA-256-PLUS");
+  REQUIRE(wire::parse_auth_request(body(m), a));
+  CHECK_FALSE(a.scram_sha_256);
+  const uint8_t cont[] = {0, 0, 0, 11, 'r', '=', 'x'};
+  REQUIRE(wire::parse_auth_request(cont, a));
+  CHECK(a.sasl_data == "r=x");
+
+  m.clear();
+  wire::parameter_status(m, "TimeZone", "UTC");
+  std::string_view name, value;
+  REQUIRE(wire::parse_parameter_status(body(m), name, value));
+  CHECK(name == "TimeZone");
+  CHECK(value == "UTC");
+  CHECK_FALSE(wire::parse_parameter_status(body(m).first(body(m).size() - 1), name, value));
+
+  uint32_t pid = 0;
+  std::span<const uint8_t> key;
+  const uint8_t k30[] = {0, 0, 1, 0, 9, 8, 7, 6};
+  REQUIRE(wire::parse_backend_key(k30, pid, key));
+  CHECK(pid == 256);
+  CHECK(key.size() == 4);
+  CHECK_FALSE(wire::parse_backend_key(std::span<const uint8_t>(k30).first(7), pid, key));
+  std::vector<uint8_t> k32(4 + 256, 1), k_long(4 + 257, 1);
+  CHECK(wire::parse_backend_key(k32, pid, key));  // protocol 3.2: up to 256 key bytes
+  CHECK(key.size() == 256);
+  CHECK_FALSE(wire::parse_backend_key(k_long, pid, key));
+}
+
 TEST_CASE("builders produce exact bytes") {
   std::string z;
   wire::ready_for_query(z, 'T');
