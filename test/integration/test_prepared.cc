@@ -3,6 +3,7 @@
 // retry after "cached plan must not change result type". Where it makes sense the same
 // sequence runs against PostgreSQL directly and the two are compared.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <functional>
 #include <regex>
@@ -1180,6 +1181,67 @@ TEST_CASE("prepared: re-prepare skipped after an error in a later pipeline segme
   CHECK(scalar(busy.get(), "select 1") == "1");
   got = raw_exchange(r, bind_msg("s1") + execute_msg() + sync_msg(), 1);
   CHECK(join(got) == join({"2", "D:one", "C:SELECT 1", "Z:I"}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. A server that vanishes: mid-transaction, and idle while holding a client's statement.
+
+// The remote_pid of every server on the console.
+std::set<int> server_pids(PGconn* admin) {
+  Result r = exec_ok(admin, "SHOW SERVERS");
+  std::set<int> pids;
+  int c = PQfnumber(r.get(), "remote_pid");
+  for (int i = 0; c >= 0 && i < PQntuples(r.get()); i++)
+    pids.insert(std::stoi(PQgetvalue(r.get(), i, c)));
+  return pids;
+}
+
+TEST_CASE("prepared: servers terminated mid-transaction and while idle; other sessions go on") {
+  if (skip_in_direct_mode("pool behaviour")) return;
+  Options o;
+  o.default_pool_size = 2;
+  Pooler p(o);
+  Conn admin = connect(admin_conninfo(p));
+  Conn killer = connect(direct_conninfo());  // same role: may terminate its backends
+  Conn a = connect(p.conninfo());
+  Conn b = connect(p.conninfo());
+  Conn bystander = connect(p.conninfo());
+  // b holds one server inside a transaction; a prepares on the other, which goes idle.
+  exec_ok(b.get(), "BEGIN");
+  exec_ok(b.get(), "CREATE TEMP TABLE vanish_t (x int)");
+  int b_pid = backend_pid(b.get());
+  prepare_ok(a.get(), "plus", "select $1::int + 1, pg_backend_pid()", 1);
+  int a_pid = std::stoi(run_prepared(a.get(), "plus", {"1"})[1]);
+  REQUIRE(a_pid != b_pid);
+
+  // PostgreSQL terminates b's backend in the middle of b's transaction.
+  CHECK(scalar(killer.get(), "select pg_terminate_backend(" + std::to_string(b_pid) + ")") == "t");
+  {
+    Result r(PQexec(b.get(), "INSERT INTO vanish_t VALUES (1)"));
+    CHECK(PQresultStatus(r.get()) != PGRES_COMMAND_OK);  // the error, not a hang
+    // PostgreSQL's own FATAL reaches b as it would without a pooler.
+    std::string err = PQerrorMessage(b.get());
+    INFO("b got: " << err);
+    CHECK(err.find("terminating connection due to administrator command") != std::string::npos);
+  }
+  CHECK(PQstatus(b.get()) == CONNECTION_BAD);  // that session ends
+
+  // a's statement was prepared on a server that is now killed while idle in the pool.
+  CHECK(scalar(killer.get(), "select pg_terminate_backend(" + std::to_string(a_pid) + ")") == "t");
+  for (int i = 0; i < 100 && server_pids(admin.get()).count(a_pid) > 0; i++) usleep(50 * 1000);
+  REQUIRE(server_pids(admin.get()).count(a_pid) == 0);
+  REQUIRE(server_pids(admin.get()).count(b_pid) == 0);
+
+  // Everyone else goes on: a's statement is prepared again on a new server, unseen.
+  auto row = run_prepared(a.get(), "plus", {"41"});
+  CHECK(row[0] == "42");
+  CHECK(std::stoi(row[1]) != a_pid);
+  CHECK(scalar(bystander.get(), "select 7") == "7");
+  // b's transaction is gone with its backend: its temp table never reached anyone.
+  CHECK(scalar(bystander.get(), "select count(*) from pg_class where relname = 'vanish_t'") == "0");
+  Conn b2 = connect(p.conninfo());
+  CHECK(scalar(b2.get(), "select 1") == "1");
+  CHECK(p.alive());
 }
 
 }  // namespace
