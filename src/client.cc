@@ -547,6 +547,7 @@ bool Client::forward_messages() {
       if (!admin_message(this, type, body)) return false;
       continue;
     }
+    if (type == 'P' && remap_ && state_ == ClientState::Idle && answer_parses()) continue;
     // A message whose statement name is remapped is read far enough to rewrite it before
     // a server is taken, so a slow client never holds a server while it trickles in.
     size_t need = 0;
@@ -729,6 +730,63 @@ void Client::parse_entry(Server* s, const std::shared_ptr<const StmtEntry>& entr
   s->stmts_.set_pending(entry->id, s->syncs_sent_);
   lp_->stats.server_parse_count++;
   ps.server_parses++;
+}
+
+// A segment of only named Parses and its Sync, from a client with no server: when
+// PostgreSQL has accepted every one of these statements before (on any server) and none of
+// the names is in use, pgsluice answers it itself (ParseComplete each, then ReadyForQuery
+// 'I', as PostgreSQL would) and takes no server. The server-side Parse follows with the
+// first Bind or Describe, on whichever server runs it. Without this, a client that prepares
+// synchronously while its own other connections hold every server in open transactions
+// (pgbench -M prepared with more clients than servers) waits for ever. Returns true when
+// the segment was answered; false leaves everything to the normal path.
+bool Client::answer_parses() {
+  const uint8_t* p = in_.begin();
+  const size_t avail = in_.size();
+  size_t pos = 0;
+  std::vector<std::pair<std::string_view, std::shared_ptr<const StmtEntry>>> found;
+  for (;;) {
+    if (avail - pos < wire::kHeaderLen) return false;  // the Sync is not here yet
+    uint8_t type = p[pos];
+    size_t len = wire::get_u32(p + pos + 1);
+    if (len < 4 || avail - pos - 1 < len) return false;
+    if (type == 'S') {
+      if (len != 4) return false;
+      pos += len + 1;
+      break;
+    }
+    if (type != 'P' || found.size() >= 64) return false;
+    wire::Reader r(p + pos + wire::kHeaderLen, len - 4);
+    std::string_view name;
+    if (!r.cstr(name) || name.empty() || stmts_.find(name) != nullptr) return false;
+    for (const auto& f : found)
+      if (f.first == name) return false;  // 42P05 comes from PostgreSQL, through a server
+    auto rest = r.rest();
+    auto e = stmt_registry().find(
+        std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
+    if (e == nullptr || !e->parsed.load(std::memory_order_relaxed)) return false;
+    found.emplace_back(name, std::move(e));
+    pos += len + 1;
+  }
+  if (found.empty()) return false;
+  PoolStats& st = lp_->stats;
+  PreparedStats& ps = lp_->prepared;
+  std::string m;
+  for (auto& [name, e] : found) {
+    if (trace_) trace_message(this, true, 'P', name.size() + 1 + e->body.size() + wire::kHeaderLen);
+    stmts_.set(name, std::move(e));
+    st.client_parse_count++;
+    ps.client_parses++;
+    ps.hits++;
+    m.append("1\0\0\0\4", 5);
+  }
+  if (trace_) trace_message(this, true, 'S', 5);
+  wire::ready_for_query(m, 'I');
+  st.bytes_received += pos;
+  in_.rpos += pos;
+  worker_->bufs().append(out_, m.data(), m.size());
+  flush();
+  return true;
 }
 
 // Rewrites a named-statement message for the linked server. Returns 1 when the message

@@ -102,6 +102,7 @@ class Client final : public Conn {
   bool must_wait(uint8_t type, size_t len) const;
   void parse_entry(Server* s, const std::shared_ptr<const StmtEntry>& entry, int undo, size_t max);
   int remap(uint8_t type, size_t len);
+  bool answer_parses();
   int remap_sql(const SqlPrepared& sp, size_t total);
   std::string_view server_stmt_name(std::string_view name, int* rename, uint64_t* id);
 

@@ -31,6 +31,12 @@ std::shared_ptr<const StmtEntry> StmtRegistry::get(std::string_view body) {
   return e;
 }
 
+std::shared_ptr<const StmtEntry> StmtRegistry::find(std::string_view body) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = by_body_.find(std::string(body));
+  return it == by_body_.end() ? nullptr : it->second.lock();
+}
+
 size_t StmtRegistry::size() {
   std::lock_guard<std::mutex> g(mu_);
   size_t n = 0;

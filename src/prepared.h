@@ -2,6 +2,7 @@
 // statement registry, each client's name map, and each server's LRU of what it holds.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -19,12 +20,17 @@ struct StmtEntry {
   uint64_t id = 0;
   std::string server_name;  // "PGSLUICE_<id>": its name on every server
   std::string body;         // Parse body after the statement name
+  // PostgreSQL has accepted a Parse of it (on any server): a client's Parse of the same
+  // text can be answered without taking a server (Client::answer_parses).
+  mutable std::atomic<bool> parsed{false};
 };
 
 // The pooler-wide registry: one entry per distinct body, looked up at Parse time only.
 class StmtRegistry {
  public:
   std::shared_ptr<const StmtEntry> get(std::string_view body);
+  // The live entry for body, or null; never creates one.
+  std::shared_ptr<const StmtEntry> find(std::string_view body);
   size_t size();  // live entries (for tests and stats)
 
  private:
@@ -75,6 +81,8 @@ class ServerStmts {
   void confirm(uint64_t id) {
     pending_.erase(id);
     confirmed_.insert(id);
+    auto it = index_.find(id);
+    if (it != index_.end()) (*it->second)->parsed.store(true, std::memory_order_relaxed);
   }
   // PostgreSQL acknowledged a Parse of id on this server at some point.
   bool confirmed(uint64_t id) const { return confirmed_.count(id) != 0; }

@@ -1244,5 +1244,94 @@ TEST_CASE("prepared: servers terminated mid-transaction and while idle; other se
   CHECK(p.alive());
 }
 
+// ---------------------------------------------------------------------------------------------
+// 14. A Parse of a statement PostgreSQL already accepted needs no server.
+
+// pgbench -M prepared prepares each statement with a blocking PQprepare. With more clients
+// than servers, the clients of one pgbench thread hold every server inside their
+// transactions while another client of that thread blocks in PQprepare for BEGIN: without a
+// server for that Parse nothing moves again (PgBouncer 1.18 hangs the same way).
+TEST_CASE("prepared: pgbench -M prepared TPC-B with more clients than servers completes") {
+  Options o;
+  o.default_pool_size = 2;
+  o.workers = 1;
+  Pooler p(o);
+  std::string cmd =
+      "PGPASSWORD=md5pass PGCONNECT_TIMEOUT=10 pgbench -n -M prepared -c 6 -j 1 -t 30 "
+      "-h 127.0.0.1 -p " +
+      std::to_string(p.port()) + " -U md5user testdb 2>&1";
+  CmdResult r = run_shell(cmd, 60);
+  INFO("pgbench output:\n" << r.output);
+  REQUIRE(r.exit_code == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(r.output, m,
+                            std::regex("number of transactions actually processed: (\\d+)/")));
+  CHECK(std::stoll(m[1]) == 6 * 30);
+  REQUIRE(std::regex_search(r.output, m, std::regex("number of failed transactions: (\\d+)")));
+  CHECK(std::stoll(m[1]) == 0);
+}
+
+TEST_CASE("prepared: a known statement is prepared while every server is busy") {
+  if (skip_in_direct_mode("needs a pool smaller than the clients")) return;
+  Options o;
+  o.default_pool_size = 1;
+  o.extra_pgbouncer = "query_wait_timeout = 5\n";
+  Pooler p(o);
+  Conn a = connect(p.conninfo());
+  Conn holder = connect(p.conninfo());
+  Conn b = connect(p.conninfo());
+  const std::string text = "select $1::int * 2";
+  prepare_ok(a.get(), "twice", text, 1);
+  CHECK(run_prepared(a.get(), "twice", {"21"})[0] == "42");
+  exec_ok(holder.get(), "BEGIN");  // the only server is now taken
+  int held = backend_pid(holder.get());
+  // b prepares the same text under its own name: answered at once (before, it waited for
+  // the server until query_wait_timeout ended it).
+  prepare_ok(b.get(), "mine", text, 1);
+  exec_ok(holder.get(), "COMMIT");
+  auto row = run_prepared(b.get(), "mine", {"5"});
+  CHECK(row[0] == "10");
+  CHECK(backend_pid(b.get()) == held);
+  Conn admin = connect(admin_conninfo(p));
+  CHECK(stat_total(admin.get(), "total_client_parse_count") >= 2);
+  CHECK(stat_total(admin.get(), "total_server_parse_count") == 1);
+}
+
+TEST_CASE("prepared: a statement PostgreSQL has not accepted yet is not answered by pgsluice") {
+  if (skip_in_direct_mode("needs a pool smaller than the clients")) return;
+  Options o;
+  o.default_pool_size = 1;
+  Pooler p(o);
+  Conn x = connect(p.conninfo());
+  Conn y = connect(p.conninfo());
+  // x's Parse of a bad text waits in PostgreSQL behind a sleep, so pgsluice knows the text
+  // but not yet PostgreSQL's verdict when y prepares the same text.
+  REQUIRE(PQenterPipelineMode(x.get()) == 1);
+  REQUIRE(PQsendQueryParams(x.get(), "select pg_sleep(0.5)", 0, nullptr, nullptr, nullptr, nullptr,
+                            0) == 1);
+  REQUIRE(PQsendPrepare(x.get(), "bad", "selec 1", 0, nullptr) == 1);
+  REQUIRE(PQpipelineSync(x.get()) == 1);
+  REQUIRE(PQflush(x.get()) == 0);
+  usleep(150 * 1000);
+  REQUIRE(PQsendPrepare(y.get(), "bad_too", "selec 1", 0, nullptr) == 1);
+  // x: the sleep's result, then PostgreSQL's 42601 for the Parse, then the Sync.
+  std::vector<std::string> seen;
+  for (int i = 0; i < 8; i++) {
+    PGresult* r = PQgetResult(x.get());
+    if (r == nullptr) continue;
+    ExecStatusType st = PQresultStatus(r);
+    seen.push_back(st == PGRES_PIPELINE_SYNC ? "sync"
+                   : st == PGRES_TUPLES_OK   ? "rows"
+                                             : sqlstate_of(r));
+    PQclear(r);
+    if (st == PGRES_PIPELINE_SYNC) break;
+  }
+  CHECK(join(seen) == join({"rows", "42601", "sync"}));
+  // y gets PostgreSQL's own answer, not a ParseComplete from pgsluice.
+  Result ry(PQgetResult(y.get()));
+  CHECK(sqlstate_of(ry.get()) == "42601");
+  while (PGresult* rest = PQgetResult(y.get())) PQclear(rest);
+}
+
 }  // namespace
 }  // namespace it
