@@ -756,6 +756,9 @@ bool Client::answer_parses() {
       break;
     }
     if (type != 'P' || found.size() >= 64) return false;
+    if (len > wire::frontend_limit('P') ||
+        static_cast<long long>(len) > worker_->cfg().max_packet_size)
+      return false;  // the normal path rejects it
     wire::Reader r(p + pos + wire::kHeaderLen, len - 4);
     std::string_view name;
     if (!r.cstr(name) || name.empty() || stmts_.find(name) != nullptr) return false;
