@@ -22,6 +22,7 @@
 #include <fstream>
 #include <iostream>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -684,6 +685,22 @@ std::string shell_quote(const std::string& s) {
       o += ch;
   }
   return o + "'";
+}
+
+PgbenchRun run_pgbench(const Pooler& p, const std::string& args, int timeout_s) {
+  CmdResult r = run_shell("PGPASSWORD=md5pass PGCONNECT_TIMEOUT=10 pgbench -n -h 127.0.0.1 -p " +
+                              std::to_string(p.port()) + " -U md5user " + args + " testdb",
+                          timeout_s);
+  PgbenchRun run;
+  run.exit_code = r.exit_code;
+  run.output = std::move(r.output);
+  std::smatch m;
+  if (std::regex_search(run.output, m,
+                        std::regex(R"(number of transactions actually processed: (\d+))")))
+    run.processed = std::stoll(m[1]);
+  if (std::regex_search(run.output, m, std::regex(R"(number of failed transactions: (\d+))")))
+    run.failed = std::stoll(m[1]);
+  return run;
 }
 
 CmdResult run_shell(const std::string& cmd, int timeout_s) {

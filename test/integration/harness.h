@@ -139,6 +139,16 @@ CmdResult run_shell(const std::string& cmd, int timeout_s = 60);
 // Single-quotes s for sh.
 std::string shell_quote(const std::string& s);
 
+// One pgbench run as md5user against testdb through p (host 127.0.0.1, p's port), with
+// pgbench's own counts read from its output (-1 when absent).
+struct PgbenchRun {
+  int exit_code = -1;
+  long long processed = -1;  // "number of transactions actually processed"
+  long long failed = -1;     // "number of failed transactions"
+  std::string output;
+};
+PgbenchRun run_pgbench(const Pooler& p, const std::string& args, int timeout_s = 60);
+
 // Free TCP port on 127.0.0.1.
 int free_port();
 

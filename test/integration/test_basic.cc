@@ -2,7 +2,6 @@
 // pgbench.
 #include <doctest/doctest.h>
 
-#include <regex>
 #include <string>
 
 #include "integration/harness.h"
@@ -73,49 +72,31 @@ TEST_CASE("Unix socket listener") {
   CHECK(r.output == "7\n");
 }
 
-struct PgbenchStats {
-  long processed = -1;
-  long failed = -1;
-};
-
-PgbenchStats parse_pgbench(const std::string& out) {
-  PgbenchStats s;
-  std::smatch m;
-  if (std::regex_search(out, m, std::regex(R"(number of transactions actually processed: (\d+))")))
-    s.processed = std::stol(m[1]);
-  if (std::regex_search(out, m, std::regex(R"(number of failed transactions: (\d+))")))
-    s.failed = std::stol(m[1]);
-  return s;
-}
-
-void run_pgbench(const Pooler& p, const std::string& args) {
-  std::string cmd = "PGPASSWORD=md5pass pgbench -n -h 127.0.0.1 -p " + std::to_string(p.port()) +
-                    " -U md5user " + args + " testdb";
-  auto r = run_shell(cmd, 60);
-  auto s = parse_pgbench(r.output);
-  bool ok = r.exit_code == 0 && s.processed > 0 && s.failed == 0;
-  CHECK_MESSAGE(ok, "command: " << cmd << "\nexit " << r.exit_code << ", output:\n" << r.output);
-  MESSAGE("pgbench " << args << ": " << s.processed << " transactions");
+void check_pgbench(const Pooler& p, const std::string& args) {
+  PgbenchRun r = run_pgbench(p, args);
+  bool ok = r.exit_code == 0 && r.processed > 0 && r.failed == 0;
+  CHECK_MESSAGE(ok, "pgbench " << args << "\nexit " << r.exit_code << ", output:\n" << r.output);
+  MESSAGE("pgbench " << args << ": " << r.processed << " transactions");
 }
 
 TEST_CASE("pgbench select-only, simple protocol, 32 clients") {
   Pooler p;
-  run_pgbench(p, "-M simple -S -c 32 -j 2 -T 4");
+  check_pgbench(p, "-M simple -S -c 32 -j 2 -T 4");
 }
 
 TEST_CASE("pgbench select-only, extended protocol, 32 clients") {
   Pooler p;
-  run_pgbench(p, "-M extended -S -c 32 -j 2 -T 4");
+  check_pgbench(p, "-M extended -S -c 32 -j 2 -T 4");
 }
 
 TEST_CASE("pgbench TPC-B-like, simple protocol, 32 clients") {
   Pooler p;
-  run_pgbench(p, "-M simple -c 32 -j 2 -T 4");
+  check_pgbench(p, "-M simple -c 32 -j 2 -T 4");
 }
 
 TEST_CASE("pgbench TPC-B-like, extended protocol, 32 clients") {
   Pooler p;
-  run_pgbench(p, "-M extended -c 32 -j 2 -T 4");
+  check_pgbench(p, "-M extended -c 32 -j 2 -T 4");
 }
 
 }  // namespace
