@@ -899,16 +899,12 @@ void cmd_kill_client(Client* c, const std::string& arg) {
     w->post_call([st, home, me, id](Worker& self) {
       bool found = false;
       Client* victim = self.find_client(id);
-      if (victim != nullptr && !victim->is_admin_ && victim->state_ != ClientState::Startup &&
-          victim->state_ != ClientState::Auth) {
-        victim->queue_error(true, "08P01", "admin forced disconnect");
-        victim->flush();
-        self.close_client(victim, "admin forced disconnect");
+      if (victim != nullptr && !victim->is_admin_ && victim->state() != ClientState::Startup &&
+          victim->state() != ClientState::Auth) {
+        self.fail_client(victim, "08P01", "admin forced disconnect", "admin forced disconnect");
         found = true;
       } else if (victim != nullptr && victim->is_admin_ && victim->id_ != me) {
-        victim->queue_error(true, "08P01", "admin forced disconnect");
-        victim->flush();
-        self.close_client(victim, "admin forced disconnect");
+        self.fail_client(victim, "08P01", "admin forced disconnect", "admin forced disconnect");
         found = true;
       }
       home->post_call([st, me, found](Worker& h) {
@@ -1129,9 +1125,7 @@ void admin_login(Client* c) {
   else if (user_in_list(cfg.stats_users, c->user_) || cfg.auth_type == AuthType::Any)
     role = kRoleStats;  // auth_type=any: read-only unless in admin_users (PgBouncer's source)
   if (role == 0) {
-    c->queue_error(true, "08P01", "not allowed");
-    c->flush();
-    c->worker()->close_client(c, "not allowed");
+    c->worker()->fail_client(c, "08P01", "not allowed", "not allowed");
     return;
   }
   c->admin_role_ = role;
@@ -1149,7 +1143,7 @@ void admin_login(Client* c) {
   wire::ready_for_query(m, 'I');
   c->worker()->bufs().append(c->out_, m.data(), m.size());
   c->welcomed_ = true;
-  c->state_ = ClientState::Idle;
+  c->worker()->set_state(c, ClientState::Idle);
   c->flush();
 }
 
@@ -1158,17 +1152,13 @@ bool admin_message(Client* c, uint8_t type, std::span<const uint8_t> body) {
     const char* msg = (type == 'P' || type == 'B' || type == 'E')
                           ? "extended query protocol not supported by admin console"
                           : "unsupported packet type for admin console";
-    c->queue_error(true, "08P01", msg);
-    c->flush();
-    c->worker()->close_client(c, "bad packet");
+    c->worker()->fail_client(c, "08P01", msg, "bad packet");
     return false;
   }
   std::string_view q(reinterpret_cast<const char*>(body.data()), body.size());
   size_t nul = q.find('\0');
   if (nul == std::string_view::npos) {
-    c->queue_error(true, "08P01", "incomplete query");
-    c->flush();
-    c->worker()->close_client(c, "incomplete query");
+    c->worker()->fail_client(c, "08P01", "incomplete query", "incomplete query");
     return false;
   }
   q = q.substr(0, nul);

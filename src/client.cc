@@ -88,6 +88,10 @@ void Client::queue_error(bool fatal, std::string_view sqlstate, std::string_view
              user_.c_str(), addr_.host.c_str(), addr_.port, std::string(msg).c_str());
 }
 
+void Client::fail(std::string_view sqlstate, std::string_view msg, std::string_view reason) {
+  worker_->fail_client(this, sqlstate, msg, reason);
+}
+
 void Client::process() {
   if (dead_) return;
   switch (state_) {
@@ -104,6 +108,8 @@ void Client::process() {
     case ClientState::Active:
       forward_messages();
       break;
+    case ClientState::Closed:
+      break;
   }
 }
 
@@ -112,9 +118,7 @@ void Client::process_startup() {
     if (in_.size() < 4) return;
     size_t len = wire::get_u32(in_.begin());
     if (len < 8 || len > wire::kMaxStartupLen) {
-      queue_error(true, "08P01", "invalid length of startup packet");
-      flush();
-      worker_->close_client(this, "bad startup packet length");
+      fail("08P01", "invalid length of startup packet", "bad startup packet length");
       return;
     }
     if (in_.size() < len) {
@@ -131,9 +135,7 @@ void Client::process_startup() {
 bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
   auto parsed = wire::parse_startup(pkt);
   if (!parsed) {
-    queue_error(true, "08P01", parsed.status().message());
-    flush();
-    worker_->close_client(this, "bad startup packet");
+    fail("08P01", parsed.status().message(), "bad startup packet");
     return false;
   }
   wire::StartupPacket& sp = *parsed;
@@ -154,9 +156,7 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
     std::snprintf(msg, sizeof msg,
                   "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
                   sp.version >> 16, sp.version & 0xffff);
-    queue_error(true, "08P01", msg);
-    flush();
-    worker_->close_client(this, "unsupported protocol");
+    fail("08P01", msg, "unsupported protocol");
     return false;
   }
   const Config& cfg = worker_->cfg();
@@ -164,9 +164,7 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
   vars_.resize(tracked.size());
   std::vector<std::string> unrecognised;
   auto bad_param = [&](const std::string& name) {
-    queue_error(true, "08P01", "unsupported startup parameter: " + name);
-    flush();
-    worker_->close_client(this, "unsupported startup parameter");
+    fail("08P01", "unsupported startup parameter: " + name, "unsupported startup parameter");
     return false;
   };
   for (const auto& [k, v] : sp.params) {
@@ -189,9 +187,7 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
           return bad_param("options");
       }
     } else if (k == "replication") {
-      queue_error(true, "08P01", "replication connections are not supported");
-      flush();
-      worker_->close_client(this, "replication connection");
+      fail("08P01", "replication connections are not supported", "replication connection");
       return false;
     } else if (!in_csv_list(cfg.ignore_startup_parameters, k)) {
       return bad_param(k);
@@ -203,16 +199,12 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
     worker_->bufs().append(out_, m.data(), m.size());
   }
   if (user_.empty()) {
-    queue_error(true, "28000", "no PostgreSQL user name specified in startup packet");
-    flush();
-    worker_->close_client(this, "no user");
+    fail("28000", "no PostgreSQL user name specified in startup packet", "no user");
     return false;
   }
   if (db_.empty()) db_ = user_;
   if (int n = ++worker_->rt()->clients; cfg.max_client_conn > 0 && n > cfg.max_client_conn) {
-    queue_error(true, "53300", "no more connections allowed (max_client_conn)");
-    flush();
-    worker_->close_client(this, "max_client_conn");
+    fail("53300", "no more connections allowed (max_client_conn)", "max_client_conn");
     return false;
   }
   counted_ = true;
@@ -227,9 +219,7 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
   std::string err, sqlstate;
   pool_ = worker_->rt()->registry->get(cfg, db_, user_, &err, &sqlstate);
   if (pool_ == nullptr) {
-    queue_error(true, sqlstate, err);
-    flush();
-    worker_->close_client(this, "unknown database");
+    fail(sqlstate, err, "unknown database");
     return false;
   }
   lp_ = worker_->local_pool(pool_);
@@ -295,23 +285,20 @@ bool Client::begin_auth() {
       start_scram();
       break;
     default:
-      queue_error(
-          true, "28000",
-          std::string("auth_type ") + auth_type_name(cfg.auth_type) + " is not supported yet");
-      flush();
-      worker_->close_client(this, "unsupported auth_type");
+      fail("28000",
+           std::string("auth_type ") + auth_type_name(cfg.auth_type) + " is not supported yet",
+           "unsupported auth_type");
       return false;
   }
   worker_->bufs().append(out_, m.data(), m.size());
-  state_ = ClientState::Auth;
+  worker_->set_state(this, ClientState::Auth);
   flush();
   return !dead_;
 }
 
 void Client::auth_failed() {
-  queue_error(true, "28P01", "password authentication failed for user \"" + user_ + "\"");
-  flush();
-  worker_->close_client(this, "password authentication failed");
+  fail("28P01", "password authentication failed for user \"" + user_ + "\"",
+       "password authentication failed");
 }
 
 void Client::process_auth() {
@@ -320,9 +307,7 @@ void Client::process_auth() {
     uint8_t type = in_.begin()[0];
     size_t len = wire::get_u32(in_.begin() + 1);
     if (type != 'p' || len < 4 || len > wire::kMaxAuthMessage) {
-      queue_error(true, "08P01", "invalid message during authentication");
-      flush();
-      worker_->close_client(this, "bad auth packet");
+      fail("08P01", "invalid message during authentication", "bad auth packet");
       return;
     }
     size_t total = len + 1;
@@ -370,23 +355,18 @@ void Client::process_auth() {
         int32_t n = 0;
         std::span<const uint8_t> data;
         if (!r.cstr(mech) || !r.i32(n) || n < 0 || !r.bytes(static_cast<size_t>(n), data)) {
-          queue_error(true, "08P01", "malformed SASLInitialResponse");
-          flush();
-          worker_->close_client(this, "bad SASL message");
+          fail("08P01", "malformed SASLInitialResponse", "bad SASL message");
           return;
         }
         if (mech != "SCRAM-SHA-256") {
-          queue_error(true, "28000", "client selected an invalid SASL authentication mechanism");
-          flush();
-          worker_->close_client(this, "bad SASL mechanism");
+          fail("28000", "client selected an invalid SASL authentication mechanism",
+               "bad SASL mechanism");
           return;
         }
         auto res = scram_->handle_client_first(
             std::string_view(reinterpret_cast<const char*>(data.data()), data.size()));
         if (!res) {
-          queue_error(true, res.status().sqlstate(), res.status().message());
-          flush();
-          worker_->close_client(this, "bad SCRAM client-first");
+          fail(res.status().sqlstate(), res.status().message(), "bad SCRAM client-first");
           return;
         }
         std::string m;
@@ -404,9 +384,7 @@ void Client::process_auth() {
             std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
         if (!res) {
           if (res.status().sqlstate() == "28P01") return auth_failed();
-          queue_error(true, res.status().sqlstate(), res.status().message());
-          flush();
-          worker_->close_client(this, "bad SCRAM client-final");
+          fail(res.status().sqlstate(), res.status().message(), "bad SCRAM client-final");
           return;
         }
         std::string m;
@@ -447,12 +425,11 @@ void Client::finish_auth() {
   cache_unnamed_ = remap_ && worker_->cfg().cache_unnamed_statements;
   if (pool_->welcome_ready()) {
     send_welcome();
-    state_ = ClientState::Idle;
+    worker_->set_state(this, ClientState::Idle);
     flush();
     if (!dead_ && !in_.empty()) forward_messages();
   } else {
-    state_ = ClientState::Login;
-    if (worker_->acquire(this)) {
+    if (worker_->acquire(this)) {  // else it waits in Login
       flush();
       if (!dead_ && !in_.empty()) forward_messages();
       if (!dead_ && server_ != nullptr) {
@@ -514,15 +491,11 @@ bool Client::forward_messages() {
     if (limit == 0 || type == 'p') {
       char msg[64];
       std::snprintf(msg, sizeof msg, "invalid frontend message type %d", type);
-      queue_error(true, "08P01", msg);
-      flush();
-      worker_->close_client(this, "invalid message type");
+      fail("08P01", msg, "invalid message type");
       return false;
     }
     if (len < 4 || len > limit || static_cast<long long>(len) > cfg.max_packet_size) {
-      queue_error(true, "08P01", "invalid message length");
-      flush();
-      worker_->close_client(this, "invalid message length");
+      fail("08P01", "invalid message length", "invalid message length");
       return false;
     }
     if (type == 'X') {
@@ -533,9 +506,7 @@ bool Client::forward_messages() {
     if (is_admin_) {  // the console reads whole messages; it never reaches a server
       size_t whole = len + 1;
       if (whole > kAdminMaxMessage) {
-        queue_error(true, "08P01", "admin console message too long");
-        flush();
-        worker_->close_client(this, "admin message too long");
+        fail("08P01", "admin console message too long", "admin message too long");
         return false;
       }
       if (in_.size() < whole) {
@@ -560,7 +531,6 @@ bool Client::forward_messages() {
     }
     bool remapped = need > 0;
     if (state_ != ClientState::Active) {
-      state_ = ClientState::Waiting;
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
     if (remapped && !server_->undos_.empty() && must_wait(type, len)) {
@@ -601,9 +571,11 @@ bool Client::forward_messages() {
         s->unsynced_ = true;
         break;
       case 'S':
-        s->unsynced_ = false;
         s->syncs_sent_++;
-        if (!copy_in_) s->queue_.push(type);  // the server swallows Sync during COPY IN
+        if (!copy_in_) {  // the server swallows Sync during COPY IN
+          s->unsynced_ = false;
+          s->queue_.push(type);
+        }
         break;
       case 'c':
       case 'f':

@@ -17,6 +17,8 @@ struct LocalPool;
 class Server;
 class ScramServerSession;
 
+// A client's state. Only Worker::set_state() changes it, and with it the list the client
+// sits on (Login and Waiting: LocalPool::waiting; every other: only Worker::clients_).
 enum class ClientState : uint8_t {
   Startup,  // reading the startup packet (SSL/GSS requests answered 'N')
   Auth,     // password or SASL exchange in progress
@@ -24,6 +26,7 @@ enum class ClientState : uint8_t {
   Idle,     // logged in, no server linked, nothing to send
   Waiting,  // has a request; waits for a server (LocalPool::waiting)
   Active,   // linked to server_
+  Closed,   // closed; freed at the end of the loop turn (on no list)
 };
 
 enum class AuthStep : uint8_t { None, Cleartext, Md5, ScramFirst, ScramFinal };
@@ -41,12 +44,14 @@ class Client final : public Conn {
   void send_welcome();
   // Queues an ErrorResponse (FATAL when `fatal`) to the client.
   void queue_error(bool fatal, std::string_view sqlstate, std::string_view msg);
+  // Ends this session with a FATAL error (Worker::fail_client).
+  void fail(std::string_view sqlstate, std::string_view msg, std::string_view reason);
   // Queues out_ to be sent when this loop turn's events are done (Worker::queue_flush).
   void flush();
   // Sends out_ now; arms the write event if the socket is full.
   void send_now();
 
-  ClientState state_ = ClientState::Startup;
+  ClientState state() const { return state_; }
   bool is_unix_ = false;
   Pool* pool_ = nullptr;
   LocalPool* lp_ = nullptr;
@@ -87,6 +92,8 @@ class Client final : public Conn {
   uint64_t trace_last_us_ = 0;  // time of the previous traced message
 
  private:
+  friend class Worker;  // set_state(), the one door for state changes
+  ClientState state_ = ClientState::Startup;
   void process_startup();
   void process_auth();
   bool handle_startup_packet(std::span<const uint8_t> pkt);

@@ -58,7 +58,7 @@ int unix_peer_pid(int fd) {
 }
 
 const char* client_state_name(const Client* c) {
-  switch (c->state_) {
+  switch (c->state()) {
     case ClientState::Login:
     case ClientState::Waiting:
       return "waiting";
@@ -70,7 +70,8 @@ const char* client_state_name(const Client* c) {
 }
 
 const char* server_state_name(const Server* s) {
-  switch (s->state_) {
+  switch (s->state()) {
+    case ServerState::New:
     case ServerState::Connecting:
     case ServerState::Login:
       return "new";
@@ -82,6 +83,9 @@ const char* server_state_name(const Server* s) {
       return "tested";
     case ServerState::BeingCanceled:
       return "being_canceled";
+    case ServerState::Moving:
+    case ServerState::Closed:
+      break;
   }
   return "idle";
 }
@@ -105,7 +109,8 @@ ConnRow client_row(Worker& w, Client* c, bool sockets, double now) {
   r.connect_wall = wall_of(c->connect_time_);
   double req = c->request_time_ > 0 ? c->request_time_ : c->connect_time_;
   r.request_wall = wall_of(req);
-  if ((c->state_ == ClientState::Waiting || c->state_ == ClientState::Login) && c->wait_since_ > 0)
+  if ((c->state() == ClientState::Waiting || c->state() == ClientState::Login) &&
+      c->wait_since_ > 0)
     r.wait_us = static_cast<uint64_t>(std::max(0.0, now - c->wait_since_) * 1e6);
   r.ptr = c;
   r.link = c->server_;
@@ -114,7 +119,7 @@ ConnRow client_row(Worker& w, Client* c, bool sockets, double now) {
   r.id = c->id_;
   r.prepared = c->stmts_.size();
   r.worker = w.index();
-  r.logging_in = c->state_ == ClientState::Startup || c->state_ == ClientState::Auth;
+  r.logging_in = c->state() == ClientState::Startup || c->state() == ClientState::Auth;
   r.fd = c->fd();
   r.link_fd = c->server_ ? c->server_->fd() : 0;
   if (sockets) {
@@ -134,7 +139,7 @@ ConnRow server_row(Worker& w, Server* s, bool sockets) {
   r.port = s->addr_.port;
   local_of(s->fd(), r.local_addr, r.local_port);
   r.connect_wall = wall_of(s->connect_time_);
-  r.request_wall = wall_of(s->state_ == ServerState::Idle ? s->idle_since_ : s->connect_time_);
+  r.request_wall = wall_of(s->state() == ServerState::Idle ? s->idle_since_ : s->connect_time_);
   r.close_needed = s->gen_ != s->pool_->state->generation.load(std::memory_order_relaxed);
   r.ptr = s;
   r.link = s->client_;
@@ -178,10 +183,10 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
     if (c->dead_) continue;
     s.used_clients++;
     if (c->is_admin_) {
-      if (c->state_ != ClientState::Startup && c->state_ != ClientState::Auth) s.admin_clients++;
-    } else if (c->state_ == ClientState::Startup || c->state_ == ClientState::Auth) {
+      if (c->state() != ClientState::Startup && c->state() != ClientState::Auth) s.admin_clients++;
+    } else if (c->state() == ClientState::Startup || c->state() == ClientState::Auth) {
       s.login_clients++;
-    } else if ((c->state_ == ClientState::Idle || c->state_ == ClientState::Active) && c->pool_) {
+    } else if ((c->state() == ClientState::Idle || c->state() == ClientState::Active) && c->pool_) {
       PoolRow& r = rows[c->pool_];
       r.pool = c->pool_;
       r.cl_active++;
@@ -194,7 +199,7 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
     s.used_servers++;
     PoolRow& r = rows[sv->pool_];
     r.pool = sv->pool_;
-    switch (sv->state_) {
+    switch (sv->state()) {
       case ServerState::Connecting:
       case ServerState::Login:
         r.sv_login++;
@@ -210,6 +215,10 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
         break;
       case ServerState::Idle:
         break;  // counted from LocalPool::idle
+      case ServerState::New:
+      case ServerState::Moving:
+      case ServerState::Closed:
+        break;
     }
     r.sv_active_cancel += static_cast<int>(sv->cancels_.size());
     if (parts & (kSnapServers | kSnapSockets))

@@ -53,7 +53,7 @@ void Server::on_writable() {
   }
   flush();
   if (dead_) return;
-  if (out_.empty() && client_ != nullptr && client_->state_ == ClientState::Active) {
+  if (out_.empty() && client_ != nullptr && client_->state() == ClientState::Active) {
     client_->want_read(true);
     client_->process();
   }
@@ -65,7 +65,7 @@ void Server::flush() {
 }
 
 void Server::start_login() {
-  state_ = ServerState::Login;
+  worker_->set_state(this, ServerState::Login);
   std::string m;
   wire::startup_message(m, pool_->startup_params);
   worker_->bufs().append(out_, m.data(), m.size());
@@ -244,10 +244,14 @@ void Server::account_ready() {
   }
 }
 
+bool Server::clean() const {
+  return tx_ == 'I' && queue_.empty() && !unsynced_ && !skip_to_sync_ && !copy_ && internal_ == 0 &&
+         !internal_failed_ && fwd_remaining_ == 0 && !retry_pending_ && in_.empty();
+}
+
 bool Server::can_release() const {
-  return state_ == ServerState::Active && client_ != nullptr && tx_ == 'I' && queue_.empty() &&
-         !unsynced_ && internal_ == 0 && fwd_remaining_ == 0 && client_->fwd_remaining_ == 0 &&
-         !client_->copy_in_ && pool_->mode != PoolMode::Session;
+  return state_ == ServerState::Active && client_ != nullptr && pool_->mode != PoolMode::Session &&
+         client_->fwd_remaining_ == 0 && !client_->copy_in_ && clean();
 }
 
 bool Server::handle_auth_request(std::span<const uint8_t> body) {
@@ -443,15 +447,15 @@ void Server::process() {
           tx_ = body.empty() ? '?' : static_cast<char>(body[0]);
           if (internal_ > 0) internal_--;
           if (internal_ == 0 && internal_failed_) {
-            if (client_ != nullptr) {
-              client_->queue_error(true, "08P01", "invalid server parameter");
-              client_->flush();
+            if (Client* c = client_) {
+              worker_->unlink(c, this);
+              worker_->fail_client(c, "08P01", "invalid server parameter",
+                                   "invalid server parameter");
             }
             worker_->close_server(this, "internal query failed");
             return;
           }
           if (state_ == ServerState::Resetting && internal_ == 0) {
-            client_ = nullptr;
             if (tx_ != 'I') {
               worker_->close_server(this, "reset query left a transaction open");
               return;
@@ -513,6 +517,7 @@ void Server::process() {
           return;
         }
         tx_ = static_cast<char>(st);
+        copy_ = false;
         // Requests still unanswered here were sent after the segment's error was handled
         // (before its Sync): PostgreSQL skipped them too.
         unwind_to_sync(false);
@@ -573,6 +578,7 @@ void Server::process() {
         if (!queue_.empty() && queue_.front_type() == 'E') queue_.pop();
         if (type == 'C') {
           client_->copy_in_ = false;
+          copy_ = false;
           // DEALLOCATE ALL / DISCARD ALL dropped every statement of this session.
           std::string_view tag(reinterpret_cast<const char*>(body.data()),
                                body.empty() ? 0 : body.size() - 1);
@@ -585,6 +591,7 @@ void Server::process() {
         break;
       case 'E':
         client_->copy_in_ = false;
+        copy_ = false;
         if (!retried_ && client_->seg_ok_ && seg_out_ == 0 && !queue_.empty() &&
             queue_.front_type() == 'B' && queue_.front().stmt != 0 && queue_.single_segment() &&
             wire::parse_error(body).sqlstate == "0A000") {
@@ -631,10 +638,18 @@ void Server::process() {
         unwind_to_sync(true);  // the front raised the error; the rest were skipped
         break;
       case 'G':
+        copy_ = true;
         if (!queue_.empty() && queue_.front_type() == 'E') {
+          // Extended protocol: PostgreSQL ignores the Syncs sent during COPY and wants one
+          // after it, so the implicit transaction stays open until the client sends it.
           queue_.drop_syncs_after_front();
+          unsynced_ = true;
           client_->copy_in_ = true;
         }
+        break;
+      case 'H':
+      case 'W':
+        copy_ = true;
         break;
       case 'K':
       case 'R':
@@ -650,9 +665,8 @@ void Server::process() {
       Client* c = client_;
       c->server_ = nullptr;  // unlink first: the client is owed this error, not "server crashed"
       client_ = nullptr;
-      c->queue_error(true, "08P01", "transaction blocks not allowed in statement pooling mode");
-      c->flush();
-      worker_->close_client(c, "transaction in statement pooling mode");
+      worker_->fail_client(c, "08P01", "transaction blocks not allowed in statement pooling mode",
+                           "transaction in statement pooling mode");
       worker_->close_server(this, "transaction in statement pooling mode");
       return;
     }

@@ -20,13 +20,18 @@ class Client;
 class ScramClientSession;
 class CancelConn;
 
+// A server's state. Only Worker::set_state() changes it, and with it the list or count it
+// belongs to (Connecting and Login: LocalPool::connecting; Idle: LocalPool::idle).
 enum class ServerState : uint8_t {
+  New,            // constructed, not connecting yet (on no list)
   Connecting,     // non-blocking connect in progress
   Login,          // startup sent; authenticating, reading ParameterStatus until ReadyForQuery
-  Idle,           // logged in, in LocalPool::idle
+  Idle,           // logged in, clean (Server::clean), in LocalPool::idle
   Active,         // linked to client_
   Resetting,      // running server_reset_query after its client left
   BeingCanceled,  // released while cancel requests for it are in flight; not reusable yet
+  Moving,         // being handed to another worker (on no list)
+  Closed,         // closed; freed at the end of the loop turn (on no list)
 };
 
 // What to do with the answer to a request.
@@ -131,7 +136,11 @@ class Server final : public Conn {
     return login_params_;
   }
 
-  ServerState state_ = ServerState::Connecting;
+  ServerState state() const { return state_; }
+  // The one rule for "PostgreSQL is idle and clean": at a Sync boundary with nothing in
+  // flight either way, no open transaction (explicit or implicit), not in COPY, not skipping
+  // to a Sync after an error, no internal query pending. Only a clean server may be reused.
+  bool clean() const;
   Pool* pool_;
   LocalPool* lp_;
   Client* client_ = nullptr;
@@ -164,6 +173,7 @@ class Server final : public Conn {
   uint64_t syncs_sent_ = 0;  // Syncs forwarded: numbers the extended-protocol segments
   bool unsynced_ = false;    // extended-protocol messages sent since the client's last Sync
   bool internal_failed_ = false;
+  bool copy_ = false;  // PostgreSQL is in COPY IN/OUT/BOTH (from 'G'/'H'/'W' to its 'C' or 'E')
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client
   uint32_t backend_pid_ = 0;
   std::string backend_key_;
@@ -178,6 +188,8 @@ class Server final : public Conn {
   std::string login_sqlstate_;
 
  private:
+  friend class Worker;  // set_state(), the one door for state changes
+  ServerState state_ = ServerState::New;
   bool handle_login_message(uint8_t type, std::span<const uint8_t> body);
   bool handle_auth_request(std::span<const uint8_t> body);
   std::vector<std::pair<std::string, std::string>> login_params_;

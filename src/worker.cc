@@ -83,6 +83,8 @@ Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
   event_add(&inbox_ev_, nullptr);
   event_assign(&free_ev_, base_, -1, 0, &Worker::free_cb, this);
   event_priority_set(&free_ev_, 1);  // after every other callback of the loop turn
+  event_assign(&serve_ev_, base_, -1, 0, &Worker::serve_cb, this);
+  event_priority_set(&serve_ev_, 1);  // after the callbacks already active this turn
   event_assign(&flush_ev_, base_, -1, 0, &Worker::flush_cb, this);
   event_priority_set(&flush_ev_, 1);  // when no socket event of this turn is left
   event_assign(&janitor_ev_, base_, -1, EV_PERSIST, &Worker::janitor_cb, this);
@@ -100,6 +102,7 @@ Worker::~Worker() {
   event_del(&janitor_ev_);
   event_del(&free_ev_);
   event_del(&flush_ev_);
+  event_del(&serve_ev_);
   if (inbox_fd_ >= 0) ::close(inbox_fd_);
   if (base_) event_base_free(base_);
 }
@@ -238,25 +241,11 @@ void Worker::drain_inbox() {
       case InboxMsg::Kind::Kick: {
         LocalPool* lp = local_pool(m.pool);
         if (paused(m.pool)) break;
-        while (!lp->waiting.empty() && !lp->idle.empty()) {
-          Client* c = lp->waiting.front();
-          lp->waiting.pop_front();
-          m.pool->waiting_on(index_).fetch_sub(1);
-          Server* s = lp->idle.back();
-          lp->idle.pop_back();
-          m.pool->idle_on(index_).fetch_sub(1);
-          link_waiter(c, s);
-        }
-        while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && m.pool->try_reserve())
-          launch_server(lp);
+        serve_waiters(m.pool, lp);
         if (lp->waiting.empty() && !lp->idle.empty() && m.fd >= 0 &&
             static_cast<size_t>(m.fd) != index_ &&
-            m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0) {
-          Server* s = lp->idle.back();
-          lp->idle.pop_back();
-          m.pool->idle_on(index_).fetch_sub(1);
-          hand_over(s, static_cast<size_t>(m.fd));
-        }
+            m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0)
+          hand_over(lp->idle.back(), static_cast<size_t>(m.fd));
         break;
       }
       case InboxMsg::Kind::Cancel:
@@ -337,9 +326,7 @@ void Worker::launch_server(LocalPool* lp) {
     p->unreserve();
     std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
     for (Client* c : w) {
-      c->queue_error(true, "08006", p->resolve_error);
-      c->flush();
-      close_client(c, "server address");
+      fail_client(c, "08006", p->resolve_error, "server address");
     }
     return;
   }
@@ -354,7 +341,7 @@ void Worker::launch_server(LocalPool* lp) {
   s->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   s->gen_ = p->state->generation.load(std::memory_order_relaxed);
   track_server(s);
-  lp->connecting++;
+  set_state(s, ServerState::Connecting);
   s->attach(this);
   int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&p->addr), p->addrlen);
   if (rc == 0) {
@@ -366,22 +353,102 @@ void Worker::launch_server(LocalPool* lp) {
   }
 }
 
+// ---------------------------------------------------------------- the state doors
+
+namespace {
+bool in_waiting_list(ClientState st) {
+  return st == ClientState::Login || st == ClientState::Waiting;
+}
+bool logging_in(ServerState st) {
+  return st == ServerState::Connecting || st == ServerState::Login;
+}
+
+// Removes x from a list, looking at the usual end first (O(1) on the common paths).
+template <typename L, typename T>
+bool erase_from(L& list, T* x, bool front_first) {
+  if (list.empty()) return false;
+  if (front_first && list.front() == x) {
+    list.erase(list.begin());
+    return true;
+  }
+  if (!front_first && list.back() == x) {
+    list.pop_back();
+    return true;
+  }
+  auto it = std::find(list.begin(), list.end(), x);
+  if (it == list.end()) return false;
+  list.erase(it);
+  return true;
+}
+}  // namespace
+
+void Worker::set_state(Client* c, ClientState to) {
+  ClientState from = c->state_;
+  if (from == to) return;
+  LocalPool* lp = c->lp_;
+  if (in_waiting_list(from) && lp != nullptr && erase_from(lp->waiting, c, true))
+    lp->pool->waiting_on(index_).fetch_sub(1);
+  c->state_ = to;
+  if (in_waiting_list(to) && lp != nullptr) {
+    c->wait_since_ = now_seconds();
+    lp->waiting.push_back(c);
+    lp->pool->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
+  }
+}
+
+void Worker::set_state(Server* s, ServerState to) {
+  ServerState from = s->state_;
+  if (from == to) return;
+  LocalPool* lp = s->lp_;
+  if (from == ServerState::Idle && erase_from(lp->idle, s, false))
+    lp->pool->idle_on(index_).fetch_sub(1);
+  if (logging_in(from) && !logging_in(to)) lp->connecting--;
+  if (!logging_in(from) && logging_in(to)) lp->connecting++;
+  s->state_ = to;
+  if (to == ServerState::Idle) {
+    s->idle_since_ = now_seconds();
+    lp->idle.push_back(s);
+    lp->pool->idle_on(index_).fetch_add(1);  // seq_cst: published before we look at waiting_on
+  }
+}
+
+void Worker::link(Client* c, Server* s) {
+  apply_trace(c);
+  s->lp_->stats.server_assignment_count++;
+  c->server_ = s;
+  s->client_ = c;
+  set_state(s, ServerState::Active);
+  bool was_login = c->state_ == ClientState::Login;
+  set_state(c, ClientState::Active);
+  if (was_login) c->send_welcome();
+  std::string sql = varcache_diff_sql(*rt_->tracked, c->vars_, s->vars_);
+  if (!sql.empty()) {
+    std::string m;
+    wire::query(m, sql);
+    bufs_.append(s->out_, m.data(), m.size());
+    s->internal_++;
+  }
+}
+
+void Worker::unlink(Client* c, Server* s) {
+  if (c != nullptr && c->server_ == s) c->server_ = nullptr;
+  if (s != nullptr && s->client_ == c) s->client_ = nullptr;
+  if (c != nullptr && c->state_ == ClientState::Active) set_state(c, ClientState::Idle);
+}
+
 bool Worker::acquire(Client* c) {
   LocalPool* lp = c->lp_;
   Pool* p = lp->pool;
   c->request_time_ = now_seconds();
   bool hold = paused(p);
-  if (!lp->idle.empty() && !hold) {
-    Server* s = lp->idle.back();
-    lp->idle.pop_back();
-    p->idle_on(index_).fetch_sub(1);
-    link(c, s);
+  if (!lp->idle.empty() && !hold && lp->waiting.empty()) {  // else: first come, first served
+    link(c, lp->idle.back());
     return true;
   }
-  c->wait_since_ = now_seconds();
-  lp->waiting.push_back(c);            // reading stays on (no epoll_ctl); see Client::on_readable
-  p->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
-  if (hold) return false;              // RESUME serves it (sweep)
+  // Not welcomed yet: it also waits for the pool's parameters. Reading stays on (no
+  // epoll_ctl); see Client::on_readable.
+  set_state(c, c->welcomed_ ? ClientState::Waiting : ClientState::Login);
+  if (hold) return false;  // RESUME serves it (sweep)
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
@@ -394,34 +461,6 @@ void Worker::kick(Pool* p) {
     if (v != index_ && p->idle_on(v).load() > 0)
       rt_->workers[v]->post(
           InboxMsg{InboxMsg::Kind::Kick, static_cast<int>(index_), false, nullptr, p, 0, {}, {}});
-}
-
-void Worker::remove_waiting(Client* c) {
-  LocalPool* lp = c->lp_;
-  if (lp == nullptr) return;
-  auto it = std::find(lp->waiting.begin(), lp->waiting.end(), c);
-  if (it != lp->waiting.end()) {
-    lp->waiting.erase(it);
-    lp->pool->waiting_on(index_).fetch_sub(1);
-  }
-}
-
-void Worker::link(Client* c, Server* s) {
-  apply_trace(c);
-  s->lp_->stats.server_assignment_count++;
-  c->server_ = s;
-  s->client_ = c;
-  s->state_ = ServerState::Active;
-  bool was_login = c->state_ == ClientState::Login;
-  c->state_ = ClientState::Active;
-  if (was_login) c->send_welcome();
-  std::string sql = varcache_diff_sql(*rt_->tracked, c->vars_, s->vars_);
-  if (!sql.empty()) {
-    std::string m;
-    wire::query(m, sql);
-    bufs_.append(s->out_, m.data(), m.size());
-    s->internal_++;
-  }
 }
 
 void Worker::link_waiter(Client* c, Server* s) {
@@ -444,28 +483,28 @@ void Worker::link_waiter(Client* c, Server* s) {
 }
 
 void Worker::release(Server* s) {
-  if (s->client_ != nullptr) {
-    Client* c = s->client_;
-    c->server_ = nullptr;
-    s->client_ = nullptr;
-    if (c->state_ == ClientState::Active) c->state_ = ClientState::Idle;
-    // The client may already have sent the next request.
-    if (!c->dead_ && !c->in_.empty()) {
-      release_idle(s);
-      c->process();
-      return;
-    }
-  }
+  Client* c = s->client_;
+  unlink(c, s);
   release_idle(s);
+  // The client may already have sent the next request.
+  if (c != nullptr && !c->dead_ && !c->in_.empty()) c->process();
 }
 
+// The one door back into the pool. A server that is not clean is closed, whoever asked.
+// Waiters are linked from the end of the loop turn (serve_later), never from this stack,
+// so no call chain runs from one client's reply into another client's request.
 void Worker::release_idle(Server* s) {
   if (s->dead_) return;
+  if (s->client_ != nullptr) unlink(s->client_, s);
+  if (!s->clean()) {
+    close_server(s, "server not clean at release");
+    return;
+  }
   s->queue_.clear();
-  s->unsynced_ = false;
-  s->internal_failed_ = false;
+  s->renames_.clear();
+  s->undos_.clear();
   if (s->cancels_pending_ > 0) {
-    s->state_ = ServerState::BeingCanceled;
+    set_state(s, ServerState::BeingCanceled);
     return;
   }
   if (stopping_) {
@@ -478,25 +517,32 @@ void Worker::release_idle(Server* s) {
     close_server(s, paused(p) ? "pause" : "reconnect");
     return;
   }
+  set_state(s, ServerState::Idle);
   if (!lp->waiting.empty()) {
-    Client* c = lp->waiting.front();
-    lp->waiting.pop_front();
-    p->waiting_on(index_).fetch_sub(1);
-    link_waiter(c, s);
+    serve_later(lp);
     return;
   }
-  s->state_ = ServerState::Idle;
-  s->idle_since_ = now_seconds();
-  lp->idle.push_back(s);
-  p->idle_on(index_).fetch_add(1);  // seq_cst: published before we look at waiting_on
   for (size_t v = 0; v < rt_->workers.size(); v++) {
     if (v == index_ || p->waiting_on(v).load() <= 0) continue;
-    auto it = std::find(lp->idle.begin(), lp->idle.end(), s);
-    if (it == lp->idle.end()) break;
-    lp->idle.erase(it);
-    p->idle_on(index_).fetch_sub(1);
     hand_over(s, v);
     break;
+  }
+}
+
+void Worker::serve_later(LocalPool* lp) {
+  if (lp->serve_queued) return;
+  lp->serve_queued = true;
+  serveq_.push_back(lp);
+  event_active(&serve_ev_, EV_TIMEOUT, 0);
+}
+
+void Worker::serve_cb(evutil_socket_t, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  std::vector<LocalPool*> q;
+  q.swap(w->serveq_);
+  for (LocalPool* lp : q) {
+    lp->serve_queued = false;
+    w->serve_waiters(lp->pool, lp);
   }
 }
 
@@ -505,19 +551,15 @@ void Worker::adopt_server(Server* s, Pool* p) {
   s->lp_ = local_pool(p);
   s->attach(this);
   s->want_read(true);
-  s->state_ = ServerState::Idle;
   release_idle(s);
 }
 
 void Worker::server_login_done(Server* s) {
-  LocalPool* lp = s->lp_;
-  lp->connecting--;
   s->pool_->set_welcome(s->login_params());
   if (cfg_->log_connections)
     LOG_INFO("S-%p: %s/%s@%s:%d new connection to server", static_cast<void*>(s),
              s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
              s->addr_.port);
-  s->state_ = ServerState::Idle;
   release_idle(s);
 }
 
@@ -535,25 +577,28 @@ void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::stri
       keep--;
       continue;
     }
-    c->queue_error(true, sqlstate, msg);
-    c->flush();
-    close_client(c, "server login failed");
+    fail_client(c, sqlstate, msg, "server login failed");
   }
   close_server(s, "login failed");
 }
 
+void Worker::fail_client(Client* c, std::string_view sqlstate, std::string_view msg,
+                         std::string_view reason) {
+  if (c->dead_) return;
+  c->queue_error(true, sqlstate, msg);
+  close_client(c, reason);  // sends what out_ holds before the socket goes
+}
+
 void Worker::close_client(Client* c, std::string_view reason) {
   if (c->dead_) return;
-  if (cfg_->log_disconnections && c->state_ != ClientState::Startup)
+  if (cfg_->log_disconnections && c->state() != ClientState::Startup)
     LOG_INFO("C-%p: %s/%s@%s:%d closing because: %s", static_cast<void*>(c), c->db_.c_str(),
              c->user_.c_str(), c->addr_.host.c_str(), c->addr_.port, std::string(reason).c_str());
   c->dead_ = true;
   if (Server* s = c->server_) {
-    bool clean = s->state_ == ServerState::Active && s->tx_ == 'I' && s->queue_.empty() &&
-                 !s->unsynced_ && s->internal_ == 0 && s->fwd_remaining_ == 0 &&
-                 c->fwd_remaining_ == 0 && !c->copy_in_ && !s->internal_failed_;
-    c->server_ = nullptr;
-    s->client_ = nullptr;
+    // Half a message of this client in the server's buffer: PostgreSQL waits for the rest.
+    bool clean = s->state() == ServerState::Active && s->clean() && c->fwd_remaining_ == 0;
+    unlink(c, s);
     const std::string& reset = cfg_->server_reset_query;
     bool want_reset =
         !reset.empty() && (s->pool_->mode == PoolMode::Session || cfg_->server_reset_query_always);
@@ -564,13 +609,13 @@ void Worker::close_client(Client* c, std::string_view reason) {
       wire::query(m, reset);
       bufs_.append(s->out_, m.data(), m.size());
       s->internal_++;
-      s->state_ = ServerState::Resetting;
+      set_state(s, ServerState::Resetting);
       s->flush();
     } else {
       release_idle(s);
     }
   }
-  if (c->state_ == ClientState::Waiting || c->state_ == ClientState::Login) remove_waiting(c);
+  set_state(c, ClientState::Closed);
   unregister_cancel_key(c);
   if (c->counted_) {
     rt_->clients--;
@@ -594,24 +639,15 @@ void Worker::close_server(Server* s, std::string_view reason) {
   s->dead_ = true;
   LocalPool* lp = s->lp_;
   Pool* p = s->pool_;
-  if (s->state_ == ServerState::Connecting || s->state_ == ServerState::Login) lp->connecting--;
-  if (s->state_ == ServerState::Idle) {
-    auto it = std::find(lp->idle.begin(), lp->idle.end(), s);
-    if (it != lp->idle.end()) {
-      lp->idle.erase(it);
-      p->idle_on(index_).fetch_sub(1);
-    }
-  }
+  bool say_goodbye = s->state() == ServerState::Idle || s->state() == ServerState::Active;
+  set_state(s, ServerState::Closed);
   for (CancelConn* cc : s->cancels_) cc->target_ = nullptr;
   s->cancels_.clear();
   if (Client* c = s->client_) {
-    s->client_ = nullptr;
-    c->server_ = nullptr;
-    c->queue_error(true, "08006", "server conn crashed?");
-    c->flush();
-    close_client(c, "server connection closed");
+    unlink(c, s);
+    fail_client(c, "08006", "server conn crashed?", "server connection closed");
   }
-  if (s->state_ == ServerState::Idle || s->state_ == ServerState::Active) {
+  if (say_goodbye) {
     std::string m;
     wire::terminate(m);
     ssize_t r = ::send(s->fd(), m.data(), m.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -637,7 +673,7 @@ void Worker::close_cancel(CancelConn* cc) {
     auto it = std::find(s->cancels_.begin(), s->cancels_.end(), cc);
     if (it != s->cancels_.end()) s->cancels_.erase(it);
     s->cancels_pending_--;
-    if (s->cancels_pending_ == 0 && s->state_ == ServerState::BeingCanceled) release_idle(s);
+    if (s->cancels_pending_ == 0 && s->state() == ServerState::BeingCanceled) release_idle(s);
   }
   defer_free(cc);
 }
@@ -676,6 +712,7 @@ void Worker::flush_queued() {
 }
 
 void Worker::hand_over(Server* s, size_t to) {
+  set_state(s, ServerState::Moving);
   s->detach();
   untrack_server(s);
   handoff_.emplace_back(s, to);
@@ -722,18 +759,18 @@ void Worker::janitor() {
   // Servers: connect/login timeout, idle timeout, lifetime.
   std::vector<Server*> expired;
   for (Server* s : servers_) {
-    bool logging_in = s->state_ == ServerState::Connecting || s->state_ == ServerState::Login;
+    bool logging_in = s->state() == ServerState::Connecting || s->state() == ServerState::Login;
     if (logging_in && cf.server_connect_timeout > 0 &&
         now - s->connect_time_ > cf.server_connect_timeout)
       expired.push_back(s);
-    else if (s->state_ == ServerState::Idle &&
+    else if (s->state() == ServerState::Idle &&
              ((cf.server_idle_timeout > 0 && now - s->idle_since_ > cf.server_idle_timeout) ||
               (cf.server_lifetime > 0 && now - s->connect_time_ > cf.server_lifetime)))
       expired.push_back(s);
   }
   for (Server* s : expired) {
     if (s->dead_) continue;
-    if (s->state_ == ServerState::Connecting || s->state_ == ServerState::Login)
+    if (s->state() == ServerState::Connecting || s->state() == ServerState::Login)
       server_login_failed(s, "08006", "server_connect_timeout");
     else
       close_server(s, "server idle timeout or lifetime");
@@ -742,16 +779,15 @@ void Worker::janitor() {
   if (cf.client_login_timeout > 0) {
     std::vector<Client*> slow;
     for (Client* cl : clients_)
-      if ((cl->state_ == ClientState::Startup || cl->state_ == ClientState::Auth) &&
+      if ((cl->state() == ClientState::Startup || cl->state() == ClientState::Auth) &&
           now - cl->connect_time_ > cf.client_login_timeout)
         slow.push_back(cl);
     for (Client* cl : slow) {
       if (cl->dead_) continue;
-      if (cl->state_ == ClientState::Auth) {
-        cl->queue_error(true, "08P01", "client_login_timeout");
-        cl->flush();
-      }
-      close_client(cl, "client_login_timeout");
+      if (cl->state() == ClientState::Auth)
+        fail_client(cl, "08P01", "client_login_timeout", "client_login_timeout");
+      else
+        close_client(cl, "client_login_timeout");
     }
   }
   sweep();
@@ -763,9 +799,7 @@ void Worker::janitor() {
       for (Client* c : lp->waiting)
         if (now - c->wait_since_ > cfg_->query_wait_timeout) late.push_back(c);
       for (Client* c : late) {
-        c->queue_error(true, "08P01", "query_wait_timeout");
-        c->flush();
-        close_client(c, "query_wait_timeout");
+        fail_client(c, "08P01", "query_wait_timeout", "query_wait_timeout");
       }
     }
   }
@@ -815,7 +849,7 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
     return;
   }
   Server* s = c->server_;
-  if (s == nullptr || s->state_ != ServerState::Active) {
+  if (s == nullptr || s->state() != ServerState::Active) {
     LOG_DEBUG("C-%p: cancel request for idle client ignored", static_cast<void*>(c));
     return;
   }
@@ -848,15 +882,8 @@ bool Worker::stale(const Server* s) const {
 // Links waiting clients to idle servers, connects new ones, or asks other workers.
 void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   if (paused(p)) return;
-  while (!lp->waiting.empty() && !lp->idle.empty()) {
-    Client* c = lp->waiting.front();
-    lp->waiting.pop_front();
-    p->waiting_on(index_).fetch_sub(1);
-    Server* s = lp->idle.back();
-    lp->idle.pop_back();
-    p->idle_on(index_).fetch_sub(1);
-    link_waiter(c, s);
-  }
+  while (!lp->waiting.empty() && !lp->idle.empty())
+    link_waiter(lp->waiting.front(), lp->idle.back());
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
@@ -870,9 +897,7 @@ void Worker::sweep(const std::string& kill_db) {
         doomed.push_back(c);
     for (Client* c : doomed) {
       if (c->dead_) continue;
-      c->queue_error(true, "08P01", "database removed");  // PgBouncer kill_pool()
-      c->flush();
-      close_client(c, "database killed");
+      fail_client(c, "08P01", "database removed", "database killed");  // PgBouncer kill_pool()
     }
     std::vector<Server*> servers;
     for (Server* s : servers_)

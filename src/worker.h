@@ -15,9 +15,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "client.h"
 #include "config.h"
 #include "pool.h"
 #include "prepared.h"
+#include "server.h"
 #include "stats.h"
 #include "stream.h"
 #include "varcache.h"
@@ -68,6 +70,7 @@ struct LocalPool {
   std::deque<Client*> waiting;  // FIFO of clients in Login/Waiting
   std::vector<Server*> idle;    // LIFO of idle servers
   int connecting = 0;           // servers of this worker still logging in
+  bool serve_queued = false;    // on Worker::serveq_ (waiters are served at the end of the turn)
   PoolStats stats;              // this worker's share of the pool's statistics
   PreparedStats prepared;       // prepared-statement remapping counters
 };
@@ -119,7 +122,12 @@ class Worker {
   Runtime* rt() const { return rt_; }
   const Config& cfg() const { return *cfg_; }
 
-  // ---- moves between lists (the only functions that change client/server state) ----
+  // ---- the state doors: the only functions that change a client's or server's state,
+  // and with it the list it sits on and that list's published counter ----
+  void set_state(Client* c, ClientState to);
+  void set_state(Server* s, ServerState to);
+  // Clears the client/server link on both sides (an Active client becomes Idle).
+  void unlink(Client* c, Server* s);
   LocalPool* local_pool(Pool* p);
   // The client has a request (or a login) and no server. Returns true when a server was
   // linked at once (the caller goes on forwarding); false when the client was queued.
@@ -132,6 +140,10 @@ class Worker {
   void release(Server* s);
   // An unlinked server is free: give it to a waiter here or elsewhere, or make it idle.
   void release_idle(Server* s);
+  // The one door that ends a client's session with an error: queues a FATAL
+  // ErrorResponse (sqlstate, msg), sends what it can, and closes the client.
+  void fail_client(Client* c, std::string_view sqlstate, std::string_view msg,
+                   std::string_view reason);
   void close_client(Client* c, std::string_view reason);
   void close_server(Server* s, std::string_view reason);
   void close_cancel(CancelConn* c);
@@ -192,8 +204,10 @@ class Worker {
   void flush_queued();
   static void flush_cb(evutil_socket_t, short, void* arg);
   void janitor();
-  void remove_waiting(Client* c);
   void serve_waiters(Pool* p, LocalPool* lp);
+  // Serves lp's waiters from the end of this loop turn (not from the releasing stack).
+  void serve_later(LocalPool* lp);
+  static void serve_cb(evutil_socket_t, short, void* arg);
   void apply_trace_slow(Client* c);
   bool stale(const Server* s) const;  // RECONNECT asked for it to close
 
@@ -234,6 +248,8 @@ class Worker {
   // caller up the stack can touch a server another thread already owns.
   std::vector<std::pair<Server*, size_t>> handoff_;
   struct event free_ev_;
+  std::vector<LocalPool*> serveq_;
+  struct event serve_ev_;
   struct event janitor_ev_;
   bool stopping_ = false;
   bool suspended_ = false;
