@@ -20,14 +20,6 @@ constexpr size_t kMaxBackendMessage = size_t{1} << 30;
 constexpr size_t kMaxParsedMessage = 1 << 20;  // messages read whole (Z, S, login) are small
 }  // namespace
 
-void RequestQueue::drop_syncs_after_front() {
-  if (empty()) return;
-  size_t w = head_ + 1;
-  for (size_t r = head_ + 1; r < q_.size(); r++)
-    if (q_[r].type != 'S') q_[w++] = q_[r];
-  q_.resize(w);
-}
-
 Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
     : Conn(w, std::move(fd)), pool_(pool), lp_(lp) {
   vars_.resize(w->rt()->tracked->size());
@@ -88,43 +80,6 @@ void Server::on_readable() {
   process();
 }
 
-namespace {
-// Rebuilds an ErrorResponse with the server-side statement name replaced in its message.
-std::string rename_error(std::span<const uint8_t> body, std::string_view from,
-                         std::string_view to) {
-  std::string out;
-  wire::Writer w(out);
-  w.begin('E');
-  wire::Reader r(body);
-  std::string_view sqlstate;
-  for (;;) {
-    uint8_t code = 0;
-    std::string_view v;
-    if (!r.u8(code) || code == 0 || !r.cstr(v)) break;
-    if (from.empty() && (code == 'W' || code == 'q' || code == 'p')) continue;  // DO-block context
-    if (code == 'C') sqlstate = v;
-    if (code == 'M' && !from.empty() && to.empty() && sqlstate == "26000")
-      w.u8(code).cstr("unnamed prepared statement does not exist");  // PostgreSQL's wording
-    else
-      w.u8(code).cstr(code == 'M' && !from.empty() ? rename_in_message(v, from, to)
-                                                   : std::string(v));
-  }
-  w.u8(0).end();
-  return out;
-}
-}  // namespace
-
-bool Server::name_unresolved(std::string_view name) const {
-  bool segment_ended = false;  // a Sync/Query/FunctionCall lies between r and the end
-  for (size_t i = queue_.size(); i-- > 0;) {
-    const Request& r = queue_.at(i);
-    if (r.type == 'S' || r.type == 'Q' || r.type == 'F') segment_ended = true;
-    if (!segment_ended || r.client_name < 0) continue;
-    if (undos_[static_cast<size_t>(r.client_name)].name == name) return true;
-  }
-  return false;
-}
-
 void Server::make_room(size_t max, PreparedStats& ps) {
   while (max > 0 && stmts_.size() >= max) {
     auto victim = stmts_.lru();
@@ -165,63 +120,10 @@ void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t m
 
 void Server::emit_fakes() {
   if (fwd_remaining_ > 0) return;  // mid-message to the client: wait for its end
-  while (!queue_.empty() && queue_.front().action == ReqAction::Fake) {
-    const Request& r = queue_.front();
-    if (skip_to_sync_) {  // PostgreSQL skips it too: no answer, and its change is undone
-      unwind(r, false);
-      queue_.pop();
-      continue;
-    }
-    if (client_ != nullptr) {
-      if (r.type == 'Q') {  // a whole simple-query answer: its tag, then ReadyForQuery
-        std::string m;
-        wire::Writer(m).begin('C').cstr(renames_[static_cast<size_t>(r.tag)].first).end();
-        wire::ready_for_query(m, tx_);
-        worker_->bufs().append(client_->out_, m.data(), m.size());
-      } else {
-        const char msg[5] = {r.type == 'P' ? '1' : '3', 0, 0, 0, 4};
-        worker_->bufs().append(client_->out_, msg, sizeof msg);
-      }
-    }
-    queue_.pop();
-  }
-}
-
-void Server::unwind_to_sync(bool front_failed) {
-  size_t n = 0;
-  while (n < queue_.size()) {
-    uint8_t t = queue_.at(n).type;
-    if (t == 'S' || (!skip_to_sync_ && (t == 'Q' || t == 'F'))) break;
-    n++;
-  }
-  for (size_t i = n; i-- > 0;) unwind(queue_.at(i), front_failed && i == 0);
-  for (size_t i = 0; i < n; i++) queue_.pop();
-}
-
-void Server::unwind(const Request& r, bool failed) {
-  if (r.client_name >= 0 && client_ != nullptr) {
-    // The client's name goes back to what it was before this request; a failed unnamed
-    // Parse leaves no unnamed statement at all (PostgreSQL drops the old one first).
-    const NameUndo& u = undos_[static_cast<size_t>(r.client_name)];
-    if (u.prev == nullptr || (failed && r.type == 'P' && u.name.empty()))
-      client_->stmts_.erase(u.name);
-    else
-      client_->stmts_.set(u.name, u.prev);
-  }
-  if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {
-    // A failed Parse left nothing. A skipped one (and the Close skipped before it) left the
-    // server as it was: the statement is there if PostgreSQL acknowledged it earlier.
-    if (failed || !stmts_.confirmed(r.stmt))
-      stmts_.remove(r.stmt);
-    else
-      stmts_.drop_pending(r.stmt);
-  } else if (r.type == 'C' && r.action == ReqAction::Skip && r.stmt != 0) {
-    auto it = evicting_.find(r.stmt);  // the eviction was skipped: still prepared here
-    if (it != evicting_.end()) {
-      stmts_.add(it->second);
-      evicting_.erase(it);
-    }
-  }
+  if (queue_.empty() || queue_.front().action != ReqAction::Fake) return;
+  std::string m;
+  take_fakes(m, client_ != nullptr ? &client_->stmts_ : nullptr);
+  if (client_ != nullptr && !m.empty()) worker_->bufs().append(client_->out_, m.data(), m.size());
 }
 
 // A ReadyForQuery answered the oldest request: count the query, and the transaction
@@ -418,10 +320,7 @@ void Server::process() {
     }
     size_t total = len + 1;
     bool linked = state_ == ServerState::Active && client_ != nullptr;
-    bool need_whole = !linked || internal_ > 0 || type == 'Z' || type == 'S' || type == 'C' ||
-                      type == '1' || type == '3' ||
-                      (type == 'E' && !queue_.empty() &&
-                       (queue_.front().rename >= 0 || queue_.front().stmt != 0));
+    bool need_whole = !linked || internal_ > 0 || needs_whole(type);
     if (need_whole) {
       if (total > kMaxParsedMessage && !(linked && internal_ == 0)) {
         worker_->close_server(this, "oversized message from server");
@@ -506,201 +405,65 @@ void Server::process() {
       continue;
     }
 
-    // Linked to a client: bookkeeping, then pass on (or swallow an injected reply).
-    bool swallow = false;
-    bool replay = false;
-    switch (type) {
-      case 'Z': {
-        uint8_t st = body.empty() ? 0 : body[0];
-        if (st != 'I' && st != 'T' && st != 'E') {
-          worker_->close_server(this, "invalid ReadyForQuery status from server");
-          return;
+    // Linked to a client: the reply book decides, then pass on (or swallow, rewrite).
+    if (type == 'S') {
+      std::string_view name, value;
+      if (wire::parse_parameter_status(body, name, value)) {
+        int i = worker_->rt()->tracked->find(name);
+        if (i >= 0) {
+          vars_.set(static_cast<size_t>(i), value);
+          client_->vars_.set(static_cast<size_t>(i), value);
         }
-        tx_ = static_cast<char>(st);
-        copy_ = false;
-        // Requests still unanswered here were sent after the segment's error was handled
-        // (before its Sync): PostgreSQL skipped them too.
-        unwind_to_sync(false);
-        skip_to_sync_ = false;
-        if (!queue_.empty()) queue_.pop();
-        account_ready();
-        if (retry_pending_) {
-          swallow = true;
-          replay = true;
-        } else {
-          retried_ = false;
-        }
-        break;
       }
-      case 'S': {
-        std::string_view name, value;
-        if (wire::parse_parameter_status(body, name, value)) {
-          int i = worker_->rt()->tracked->find(name);
-          if (i >= 0) {
-            vars_.set(static_cast<size_t>(i), value);
-            client_->vars_.set(static_cast<size_t>(i), value);
-          }
-        }
-        break;
-      }
-      case '1':
-        if (!queue_.empty() && queue_.front_type() == 'P') {
-          if (queue_.front().stmt != 0) stmts_.confirm(queue_.front().stmt);
-          swallow = queue_.front().action == ReqAction::Skip;
-          queue_.pop();
-        }
-        break;
-      case '2':
-        if (!queue_.empty() && queue_.front_type() == 'B') queue_.pop();
-        break;
-      case '3':
-        if (!queue_.empty() && queue_.front_type() == 'C') {
-          if (queue_.front().action == ReqAction::Skip) {
-            swallow = true;
-            evicting_.erase(queue_.front().stmt);
-          }
-          queue_.pop();
-        }
-        break;
-      case 'n':
-      case 'T':
-        if (!queue_.empty() && queue_.front_type() == 'D') queue_.pop();
-        break;
-      case 'C':
-      case 'I':
-      case 's':
-        if (type == 'C' && !queue_.empty() && queue_.front_type() == 'Q' &&
-            queue_.front().swallow_c > 0) {
-          queue_.front().swallow_c--;  // the PREPARE pgsluice put before the client's EXECUTE
-          swallow = true;
-          break;
-        }
-        if (!queue_.empty() && queue_.front_type() == 'E') queue_.pop();
-        if (type == 'C') {
-          client_->copy_in_ = false;
-          copy_ = false;
-          // DEALLOCATE ALL / DISCARD ALL dropped every statement of this session.
-          std::string_view tag(reinterpret_cast<const char*>(body.data()),
-                               body.empty() ? 0 : body.size() - 1);
-          if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") {
-            stmts_.clear();
-            evicting_.clear();
-            client_->stmts_.clear();
-          }
-        }
-        break;
-      case 'E':
-        client_->copy_in_ = false;
-        copy_ = false;
-        if (!retried_ && client_->seg_ok_ && seg_out_ == 0 && !queue_.empty() &&
-            queue_.front_type() == 'B' && queue_.front().stmt != 0 && queue_.single_segment() &&
-            wire::parse_error(body).sqlstate == "0A000") {
-          // "cached plan must not change result type" after DDL, and the client has seen
-          // nothing of this segment: re-prepare and replay it once (at its ReadyForQuery).
-          retry_pending_ = true;
-          retry_stmt_ = queue_.front().stmt;
-          swallow = true;
-        } else if (!queue_.empty() && queue_.front().rename >= 0) {
-          // An error pgsluice provoked on the client's behalf: name the client's statement.
-          const auto& rn = renames_[static_cast<size_t>(queue_.front().rename)];
-          std::string m = rename_error(body, rn.first, rn.second);
-          worker_->bufs().append(client_->out_, m.data(), m.size());
-          lp_->stats.bytes_sent += m.size();
-          swallow = true;
-        } else if (!queue_.empty() && queue_.front().stmt != 0 &&
-                   (queue_.front_type() == 'B' || queue_.front_type() == 'D')) {
-          // An error that names a remapped statement ("bind message supplies 1 parameters,
-          // but prepared statement ... requires 2"): name it as the client does.
-          // The name is looked up by the statement and a fingerprint of the name (no copy
-          // on the Bind path); the unnamed statement may have been replaced meanwhile.
-          const Request& r = queue_.front();
-          std::string_view name;
-          const StmtEntry* e = client_->stmts_.find_by_id(r.stmt, r.tag, &name);
-          if (e != nullptr || r.tag == name_tag({})) {
-            std::string from = "PGSLUICE_" + std::to_string(r.stmt);
-            std::string m = rename_error(body, from, name);
-            worker_->bufs().append(client_->out_, m.data(), m.size());
-            lp_->stats.bytes_sent += m.size();
-            swallow = true;
-          }
-        }
-        if (!queue_.empty() && queue_.front_type() == 'Q') {
-          unwind(queue_.front(), true);  // a PREPARE that failed did not create anything
-          queue_.front().stmt = 0;
-          queue_.front().client_name = -1;
-          queue_.front().swallow_c = 0;
-        }
-        // Extended protocol: the server skips everything up to the next Sync, simple
-        // queries included.
-        if (!queue_.empty() && queue_.front_type() != 'Q' && queue_.front_type() != 'F' &&
-            queue_.front_type() != 'S')
-          skip_to_sync_ = true;
-        unwind_to_sync(true);  // the front raised the error; the rest were skipped
-        break;
-      case 'G':
-        copy_ = true;
-        if (!queue_.empty() && queue_.front_type() == 'E') {
-          // Extended protocol: PostgreSQL ignores the Syncs sent during COPY and wants one
-          // after it, so the implicit transaction stays open until the client sends it.
-          queue_.drop_syncs_after_front();
-          unsynced_ = true;
-          client_->copy_in_ = true;
-        }
-        break;
-      case 'H':
-      case 'W':
-        copy_ = true;
-        break;
-      case 'K':
-      case 'R':
-        worker_->close_server(this, "unexpected login message from server");
-        return;
-      default:
-        break;
+    }
+    ReplyVerdict v = on_reply(type, body, client_->stmts_, client_->seg_ok_);
+    if (v.copy_in >= 0) client_->copy_in_ = v.copy_in == 1;
+    if (v.ready) account_ready();
+    if (v.kind == ReplyVerdict::Kind::Close) {
+      worker_->close_server(this, v.why);
+      return;
     }
     if (type == 'Z' && pool_->mode == PoolMode::Statement && tx_ != 'I') {
       // Instead of this ReadyForQuery the client gets the refusal, so it never sees an
       // open transaction.
       in_.rpos += total;
       Client* c = client_;
-      c->server_ = nullptr;  // unlink first: the client is owed this error, not "server crashed"
-      client_ = nullptr;
+      worker_->unlink(c, this);  // first: the client is owed this error, not "server crashed"
       worker_->fail_client(c, "08P01", "transaction blocks not allowed in statement pooling mode",
                            "transaction in statement pooling mode");
       worker_->close_server(this, "transaction in statement pooling mode");
       return;
     }
-    if (swallow) {
-      in_.rpos += total;  // whole: need_whole covers every swallowed type
-      if (replay) {
-        retry_pending_ = false;
-        retried_ = true;
-        // Drop the stale statement here; the replay's Bind injects a fresh Parse.
-        stmts_.remove(retry_stmt_);
-        std::string m;
-        wire::Writer(m).begin('C').u8('S').cstr("PGSLUICE_" + std::to_string(retry_stmt_)).end();
-        worker_->bufs().append(out_, m.data(), m.size());
-        queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
-        lp_->prepared.replays++;
-        client_->replay_segment();
-        if (dead_ || client_ == nullptr) return;
-        continue;
-      }
+    if (v.kind == ReplyVerdict::Kind::Rewrite) {
+      worker_->bufs().append(client_->out_, v.rewritten.data(), v.rewritten.size());
+      lp_->stats.bytes_sent += v.rewritten.size();
+    }
+    if (v.kind == ReplyVerdict::Kind::Replay) {
+      in_.rpos += total;
+      // Drop the stale statement here; the replay's Bind injects a fresh Parse.
+      stmts_.remove(v.replay_stmt);
+      std::string m;
+      wire::Writer(m).begin('C').u8('S').cstr("PGSLUICE_" + std::to_string(v.replay_stmt)).end();
+      worker_->bufs().append(out_, m.data(), m.size());
+      queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+      lp_->prepared.replays++;
+      client_->replay_segment();
+      if (dead_ || client_ == nullptr) return;
+      continue;
+    }
+    if (v.kind != ReplyVerdict::Kind::Forward) {
+      in_.rpos += total;  // whole: needs_whole() covers every type not forwarded
       emit_fakes();
       continue;
     }
     if (client_->trace_) trace_message(client_, false, type, total);
     lp_->stats.bytes_sent += total;
-    seg_out_ = type == 'Z' ? 0 : seg_out_ + total;
+    if (type != 'Z') seg_out_ += total;
     size_t n = in_.size() < total ? in_.size() : total;
     worker_->bufs().append(client_->out_, in_.begin(), n);
     in_.rpos += n;
     fwd_remaining_ = total - n;
     if (fwd_remaining_ == 0) emit_fakes();
-    if (type == 'Z' && queue_.empty()) {
-      if (!renames_.empty()) renames_.clear();
-      if (!undos_.empty()) undos_.clear();
-    }
 
     if (client_->out_.size() > kHighWater) {
       client_->send_now();

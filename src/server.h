@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "prepared.h"
+#include "replies.h"
 #include "stats.h"
 #include "stream.h"
 #include "varcache.h"
@@ -34,61 +35,9 @@ enum class ServerState : uint8_t {
   Closed,         // closed; freed at the end of the loop turn (on no list)
 };
 
-// What to do with the answer to a request.
-enum class ReqAction : uint8_t {
-  Forward,  // the client's own request: its answer goes to the client
-  Skip,     // injected by pgsluice (Parse, eviction Close): swallow its answer
-  Fake,     // answered by pgsluice itself when it reaches the front (ParseComplete, CloseComplete)
-};
-
-// One request sent to a server whose answer is still due.
-struct Request {
-  uint8_t type = 0;  // frontend message type: 'Q','P','B','D','E','C','S','F'
-  ReqAction action = ReqAction::Forward;
-  uint64_t stmt = 0;         // P: the statement it prepares; C(Skip): the statement it evicts
-  int32_t rename = -1;       // index in Server::renames_: show an error under the client's name
-  int32_t client_name = -1;  // P/Q/C: index in Server::undos_ (the client's name it changed)
-  int32_t tag = -1;          // Q(Fake): index in Server::renames_ of the CommandComplete tag;
-                             // B/D: name_tag() of the client's statement name
-  uint8_t swallow_c = 0;     // Q: CommandCompletes of statements pgsluice prepended
-};
-
-// The requests sent to a server whose answers are still due, oldest first.
-class RequestQueue {
- public:
-  void push(uint8_t t) { q_.push_back(Request{t, ReqAction::Forward, 0, -1, -1, -1, 0}); }
-  void push(const Request& r) { q_.push_back(r); }
-  bool empty() const { return head_ == q_.size(); }
-  const Request& front() const { return q_[head_]; }
-  Request& front() { return q_[head_]; }
-  uint8_t front_type() const { return q_[head_].type; }
-  void pop() {
-    if (++head_ == q_.size()) {
-      q_.clear();
-      head_ = 0;
-    }
-  }
-  size_t size() const { return q_.size() - head_; }
-  const Request& at(size_t i) const { return q_[head_ + i]; }
-  void clear() {
-    q_.clear();
-    head_ = 0;
-  }
-  // True when the only Sync queued is the last entry (one segment in flight).
-  bool single_segment() const {
-    for (size_t i = head_; i < q_.size(); i++)
-      if (q_[i].type == 'S') return i + 1 == q_.size();
-    return false;
-  }
-  // Drops every 'S' after the front entry (Syncs the server swallows during COPY IN).
-  void drop_syncs_after_front();
-
- private:
-  std::vector<Request> q_;
-  size_t head_ = 0;
-};
-
-class Server final : public Conn {
+// The bookkeeping of replies is the pure ReplyBook base (replies.h); Server adds the socket,
+// the login and the framing of the data path.
+class Server final : public Conn, public ReplyBook {
  public:
   Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp);
   ~Server() override;
@@ -109,20 +58,6 @@ class Server final : public Conn {
   void make_room(size_t max, PreparedStats& ps);
   // Answers the Fake requests now at the front of the queue (in order).
   void emit_fakes();
-  // A request of an earlier, unanswered segment changed the client's name `name`.
-  bool name_unresolved(std::string_view name) const;
-  // Records what a client's name mapped to before a Parse/PREPARE/Close changed it.
-  int add_undo(std::string_view name, std::shared_ptr<const StmtEntry> prev) {
-    undos_.push_back(NameUndo{std::string(name), std::move(prev)});
-    return static_cast<int>(undos_.size() - 1);
-  }
-  int add_rename(std::string from, std::string to) {
-    renames_.emplace_back(std::move(from), std::move(to));
-    return static_cast<int>(renames_.size() - 1);
-  }
-  // Undoes the bookkeeping of requests PostgreSQL skipped or rejected after an error.
-  // `failed`: this request raised the error; otherwise PostgreSQL skipped it.
-  void unwind(const Request& r, bool failed);
   void account_ready();
   // A request went to the server: start the query and transaction clocks if idle.
   void begin_request() {
@@ -145,35 +80,10 @@ class Server final : public Conn {
   LocalPool* lp_;
   Client* client_ = nullptr;
   VarCache vars_;
-  char tx_ = 'I';                // status byte of the last ReadyForQuery
-  RequestQueue queue_;           // client requests awaiting answers
   int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due
   uint64_t query_start_us_ = 0;  // first unanswered request (0: none)
   uint64_t xact_start_us_ = 0;   // first request of the open transaction (0: none)
-  ServerStmts stmts_;            // named statements prepared on this server (remapping)
-  std::unordered_map<uint64_t, std::shared_ptr<const StmtEntry>> evicting_;  // Close in flight
-  std::vector<std::pair<std::string, std::string>> renames_;  // server name -> client name
-  // The client's name changes of the requests in flight, undone (latest first) for the
-  // requests PostgreSQL rejected or skipped.
-  struct NameUndo {
-    std::string name;
-    std::shared_ptr<const StmtEntry> prev;  // null: the name was not mapped
-  };
-  std::vector<NameUndo> undos_;
-  // An extended-protocol request failed: PostgreSQL ignores every message up to the next
-  // Sync (simple queries too), so none of them gets an answer or a fake one.
-  bool skip_to_sync_ = false;
-  // Unwinds queued requests from the front up to (not including) the next Sync, Query or
-  // FunctionCall, latest first; `front_failed`: the front raised the error.
-  void unwind_to_sync(bool front_failed);
-  bool retry_pending_ = false;  // a 0A000 was swallowed; replay the segment at its ReadyForQuery
-  bool retried_ = false;        // the current segment was replayed once already
-  uint64_t retry_stmt_ = 0;
-  uint64_t seg_out_ = 0;     // bytes sent to the client since the last ReadyForQuery
-  uint64_t syncs_sent_ = 0;  // Syncs forwarded: numbers the extended-protocol segments
-  bool unsynced_ = false;    // extended-protocol messages sent since the client's last Sync
   bool internal_failed_ = false;
-  bool copy_ = false;  // PostgreSQL is in COPY IN/OUT/BOTH (from 'G'/'H'/'W' to its 'C' or 'E')
   uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the client
   uint32_t backend_pid_ = 0;
   std::string backend_key_;
