@@ -20,6 +20,9 @@
 #   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
+#   BENCH_BASE_BIN a second pgsluice binary (an older build) run as target
+#                  pgsluice-base with the same settings as pgsluice, for a
+#                  before/after comparison in one run (added to the targets)
 #   PGBOUNCER_BIN  PgBouncer binary (default /usr/sbin/pgbouncer)
 #   PGBIN          PostgreSQL's programs (default /usr/lib/postgresql/15/bin)
 #
@@ -37,7 +40,8 @@ ROUNDS=${BENCH_ROUNDS:-3}
 SCALE=${BENCH_SCALE:-10}
 AUTH=${BENCH_AUTH:-md5}
 POOL_SIZE=8
-TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1"}
+BASE=${BENCH_BASE_BIN:-}
+TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1${BASE:+ pgsluice-base}"}
 CASES=${BENCH_CASES:-"1:simple 1:extended 1:prepared 32:simple 32:extended 32:prepared"}
 
 say() { echo "bench: $*" >&2; }
@@ -59,6 +63,7 @@ cleanup() {
   kill_pidfile "$WORK/pgbouncer.pid" "$WORK"
   kill_pidfile "$WORK/pgsluice.pid" "$WORK"
   kill_pidfile "$WORK/pgsluice-w1.pid" "$WORK"
+  kill_pidfile "$WORK/pgsluice-base.pid" "$WORK"
   stop_cluster "$WORK/pgdata" immediate "$WORK"
   rm -rf "$WORK"
 }
@@ -78,6 +83,7 @@ PGPORT=$(free_port 25432)
 BPORT=$(free_port 26432 "$PGPORT")
 SPORT=$(free_port 27432 "$PGPORT" "$BPORT")
 S1PORT=$(free_port 28432 "$PGPORT" "$BPORT" "$SPORT")
+S2PORT=$(free_port 29432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT")
 
 say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT and $S1PORT ($WORK)"
 start_cluster "$WORK" "$PGPORT" "\
@@ -117,11 +123,13 @@ EOF
 write_ini pgbouncer "$BPORT"
 write_ini pgsluice "$SPORT"
 write_ini pgsluice-w1 "$S1PORT"
+[ -n "$BASE" ] && write_ini pgsluice-base "$S2PORT"
 # pgsluice: one worker per CPU (2 here) and, in the second instance, one worker like
 # PgBouncer's single thread; both serve repeated unnamed Parses from the server cache.
 if ! is_pgbouncer "$SLUICE"; then
   printf 'workers = 2\ncache_unnamed_statements = 1\n' >>"$WORK/pgsluice.ini"
   printf 'workers = 1\ncache_unnamed_statements = 1\n' >>"$WORK/pgsluice-w1.ini"
+  [ -n "$BASE" ] && printf 'workers = 2\ncache_unnamed_statements = 1\n' >>"$WORK/pgsluice-base.ini"
 fi
 is_root && chown -R postgres: "$WORK"
 
@@ -149,6 +157,11 @@ start_pooler pgsluice-w1 "$SLUICE" "$S1PORT"
 BPID=$(cat "$WORK/pgbouncer.pid")
 SPID=$(cat "$WORK/pgsluice.pid")
 S1PID=$(cat "$WORK/pgsluice-w1.pid")
+S2PID=""
+if [ -n "$BASE" ]; then
+  start_pooler pgsluice-base "$BASE" "$S2PORT"
+  S2PID=$(cat "$WORK/pgsluice-base.pid")
+fi
 BVERSION=$("$BOUNCER" -V 2>/dev/null | head -n 1 || true)
 
 RES="$WORK/results.tsv"
@@ -165,6 +178,7 @@ run_one() {
     pgbouncer) port=$BPORT pid=$BPID ;;
     pgsluice) port=$SPORT pid=$SPID ;;
     pgsluice-w1) port=$S1PORT pid=$S1PID ;;
+    pgsluice-base) port=$S2PORT pid=$S2PID ;;
     *) die "unknown target $4" ;;
   esac
   jobs=1
@@ -196,7 +210,7 @@ say "warm-up: ${WARM}s per target"
 for t in $TARGETS; do
   case "$t" in
     direct) port=$PGPORT ;; pgbouncer) port=$BPORT ;; pgsluice) port=$SPORT ;;
-    pgsluice-w1) port=$S1PORT ;; *) die "unknown target $t" ;;
+    pgsluice-w1) port=$S1PORT ;; pgsluice-base) port=$S2PORT ;; *) die "unknown target $t" ;;
   esac
   "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M simple -c 32 -j 2 -T "$WARM" bench \
     >"$WORK/warmup-$t.log" 2>&1 || { tail -n 5 "$WORK/warmup-$t.log" >&2; die "warm-up of $t failed"; }
@@ -221,6 +235,7 @@ OUT="$ROOT/build/bench-last.txt"
   echo "pgsluice-w1 workers 1; both pgsluice with cache_unnamed_statements = 1"
   echo "pgbouncer: $BOUNCER ($BVERSION)"
   echo "pgsluice:  $SLUICE$(is_pgbouncer "$SLUICE" && echo '  (PgBouncer standing in for pgsluice)')"
+  [ -n "$BASE" ] && echo "pgsluice-base: $BASE (same settings as pgsluice)"
   echo
   awk -F '\t' -v clk="$CLK" -v targets="$TARGETS" -v cases="$CASES" '
     function median(list,   a, n, i, j, t) {
