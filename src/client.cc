@@ -551,31 +551,12 @@ bool Client::forward_messages() {
     switch (type) {
       case 'Q':
         if (cache_unnamed_) stmts_.erase(std::string_view());  // a simple query drops it
-        [[fallthrough]];
-      case 'F':
-        s->queue_.push(type);
-        s->begin_request();
         break;
       case 'P':
+        st.client_parse_count++, st.server_parse_count++;
+        break;
       case 'B':
-      case 'D':
-      case 'E':
-      case 'C':
-        if (type == 'P') st.client_parse_count++, st.server_parse_count++;
-        if (type == 'B') st.bind_count++;
-        s->queue_.push(type);
-        s->unsynced_ = true;  // an implicit transaction is open until Sync
-        s->begin_request();
-        break;
-      case 'H':
-        s->unsynced_ = true;
-        break;
-      case 'S':
-        s->syncs_sent_++;
-        if (!copy_in_) {  // the server swallows Sync during COPY IN
-          s->unsynced_ = false;
-          s->queue_.push(type);
-        }
+        st.bind_count++;
         break;
       case 'c':
       case 'f':
@@ -584,6 +565,7 @@ bool Client::forward_messages() {
       default:
         break;
     }
+    s->note_request(type, copy_in_);
     size_t total = len + 1;
     st.bytes_received += total;
     size_t n = in_.size() < total ? in_.size() : total;
@@ -784,8 +766,7 @@ int Client::remap(uint8_t type, size_t len) {
       st.client_parse_count++;
       ps.client_parses++;
       st.bytes_received += total;
-      s->unsynced_ = true;
-      s->begin_request();
+      s->note_extended();
       // The unnamed statement is replaced by each unnamed Parse (no 42P05); a repeat of
       // the same text keeps its entry without asking the registry.
       const auto* e = stmts_.find(name);
@@ -817,8 +798,7 @@ int Client::remap(uint8_t type, size_t len) {
       if (!r.cstr(portal) || !r.cstr(name) || !remapped_name(name)) return 0;
       st.bind_count++;
       st.bytes_received += total;
-      s->unsynced_ = true;
-      s->begin_request();
+      s->note_extended();
       int rename = -1;
       uint64_t id = 0;
       std::string_view srv = server_stmt_name(name, &rename, &id);
@@ -846,8 +826,7 @@ int Client::remap(uint8_t type, size_t len) {
       std::string_view name;
       if (!r.u8(kind) || !r.cstr(name) || kind != 'S' || !remapped_name(name)) return 0;
       st.bytes_received += total;
-      s->unsynced_ = true;
-      s->begin_request();
+      s->note_extended();
       in_.rpos += total;
       if (type == 'C') {
         // Only the client's name goes; the server keeps the statement for others. If

@@ -46,6 +46,10 @@ class Client final : public Conn {
   void queue_error(bool fatal, std::string_view sqlstate, std::string_view msg);
   // Ends this session with a FATAL error (Worker::fail_client).
   void fail(std::string_view sqlstate, std::string_view msg, std::string_view reason);
+  // The linked server's doors into the client's state: a tracked parameter's value as
+  // PostgreSQL reports it, and COPY IN starting or ending.
+  void server_set_parameter(size_t i, std::string_view value) { vars_.set(i, value); }
+  void server_copy_in(bool on) { copy_in_ = on; }
   // Queues out_ to be sent when this loop turn's events are done (Worker::queue_flush).
   void flush();
   // Sends out_ now; arms the write event if the socket is full.

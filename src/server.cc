@@ -371,7 +371,7 @@ void Server::process() {
             if (i >= 0) {
               vars_.set(static_cast<size_t>(i), value);
               // The server's spelling of a value we SET on the client's behalf.
-              if (client_ != nullptr) client_->vars_.set(static_cast<size_t>(i), value);
+              if (client_ != nullptr) client_->server_set_parameter(static_cast<size_t>(i), value);
             }
           }
           break;
@@ -412,12 +412,12 @@ void Server::process() {
         int i = worker_->rt()->tracked->find(name);
         if (i >= 0) {
           vars_.set(static_cast<size_t>(i), value);
-          client_->vars_.set(static_cast<size_t>(i), value);
+          client_->server_set_parameter(static_cast<size_t>(i), value);
         }
       }
     }
     ReplyVerdict v = on_reply(type, body, client_->stmts_, client_->seg_ok_);
-    if (v.copy_in >= 0) client_->copy_in_ = v.copy_in == 1;
+    if (v.copy_in >= 0) client_->server_copy_in(v.copy_in == 1);
     if (v.ready) account_ready();
     if (v.kind == ReplyVerdict::Kind::Close) {
       worker_->close_server(this, v.why);

@@ -59,6 +59,44 @@ class Server final : public Conn, public ReplyBook {
   // Answers the Fake requests now at the front of the queue (in order).
   void emit_fakes();
   void account_ready();
+  // The linked client hands over a message of this type (its bytes follow in out_): the
+  // server side's own bookkeeping of what PostgreSQL now owes. `client_copy_in`: the
+  // client is sending COPY data (PostgreSQL ignores a Sync then).
+  void note_request(uint8_t type, bool client_copy_in) {
+    switch (type) {
+      case 'Q':
+      case 'F':
+        queue_.push(type);
+        begin_request();
+        break;
+      case 'P':
+      case 'B':
+      case 'D':
+      case 'E':
+      case 'C':
+        queue_.push(type);
+        note_extended();
+        break;
+      case 'H':
+        unsynced_ = true;
+        break;
+      case 'S':
+        syncs_sent_++;
+        if (!client_copy_in) {
+          unsynced_ = false;
+          queue_.push(type);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  // An extended-protocol request went out (its queue entry pushed by the caller): an
+  // implicit transaction is open until the client's Sync.
+  void note_extended() {
+    unsynced_ = true;
+    begin_request();
+  }
   // A request went to the server: start the query and transaction clocks if idle.
   void begin_request() {
     if (query_start_us_ == 0 || xact_start_us_ == 0) {
