@@ -231,12 +231,15 @@ bool Client::begin_auth() {
   const std::string* s = cfg.userlist.find(user_);
   user_known_ = s != nullptr;
   secret_ = s ? *s : std::string();
-  SecretKind kind = user_known_ ? secret_kind(secret_) : SecretKind::Plain;
+  // An empty secret is no password: like PostgreSQL (a role without a password) and PgBouncer,
+  // every password method refuses it, through the same motions as for an unknown user.
+  const bool has_secret = user_known_ && !secret_.empty();
+  SecretKind kind = has_secret ? secret_kind(secret_) : SecretKind::Plain;
   std::string m;
   auto start_scram = [&]() {
     ScramKeys keys;
-    bool mock = !user_known_;
-    if (user_known_ && kind == SecretKind::Scram) {
+    bool mock = !has_secret;
+    if (has_secret && kind == SecretKind::Scram) {
       auto k = parse_scram_secret(secret_);
       if (k) {
         keys = *k;
@@ -244,13 +247,12 @@ bool Client::begin_auth() {
       } else {
         mock = true;
       }
-    } else if (user_known_ && kind == SecretKind::Plain) {
-      uint8_t salt[16];
-      random_bytes(salt, sizeof salt);
-      keys = scram_keys_from_password(secret_, std::string_view(reinterpret_cast<char*>(salt), 16),
-                                      cfg.scram_iterations);
+    } else if (has_secret && kind == SecretKind::Plain) {
+      // PBKDF2 runs once per (user, secret), not on the event loop at every login.
+      keys = scram_key_cache().get(user_, secret_, cfg.scram_iterations);
+      if (keys.iterations == 0) mock = true;
     } else {
-      mock = true;  // unknown user, or an md5 secret that cannot serve SCRAM
+      mock = true;  // unknown user, no password, or an md5 secret that cannot serve SCRAM
     }
     if (mock) keys = scram_mock_keys(user_, worker_->rt()->scram_nonce, cfg.scram_iterations);
     scram_ = std::make_unique<ScramServerSession>(std::move(keys), mock);
@@ -273,7 +275,7 @@ bool Client::begin_auth() {
       auth_step_ = AuthStep::Cleartext;
       break;
     case AuthType::Md5:
-      if (user_known_ && kind == SecretKind::Scram) {
+      if (has_secret && kind == SecretKind::Scram) {
         start_scram();
       } else {
         random_bytes(md5_salt_.data(), md5_salt_.size());
@@ -301,6 +303,12 @@ void Client::auth_failed() {
        "password authentication failed");
 }
 
+// A PasswordMessage (cleartext or md5) holding an empty string: PostgreSQL refuses it before
+// looking at the user, with this message; it depends only on what the client sent.
+void Client::empty_password() {
+  fail("28P01", "empty password returned by client", "empty password");
+}
+
 void Client::process_auth() {
   while (!dead_ && state_ == ClientState::Auth) {
     if (in_.size() < wire::kHeaderLen) return;
@@ -321,7 +329,9 @@ void Client::process_auth() {
     switch (auth_step_) {
       case AuthStep::Cleartext: {
         std::string_view pw;
-        if (!r.cstr(pw) || pw.empty() || !user_known_) return auth_failed();
+        if (!r.cstr(pw)) return auth_failed();
+        if (pw.empty()) return empty_password();
+        if (!user_known_ || secret_.empty()) return auth_failed();
         bool ok = false;
         switch (secret_kind(secret_)) {
           case SecretKind::Plain:
@@ -345,7 +355,10 @@ void Client::process_auth() {
       }
       case AuthStep::Md5: {
         std::string_view resp;
-        if (!r.cstr(resp) || !user_known_ || !md5_verify(secret_, user_, md5_salt_.data(), resp))
+        if (!r.cstr(resp)) return auth_failed();
+        if (resp.empty()) return empty_password();
+        // md5_verify refuses an empty stored secret.
+        if (!user_known_ || !md5_verify(secret_, user_, md5_salt_.data(), resp))
           return auth_failed();
         finish_auth();
         break;

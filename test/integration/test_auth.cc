@@ -1,10 +1,24 @@
 // Client authentication through pgsluice: md5, scram-sha-256, plain, trust, any; secrets of
-// each kind in the auth_file; wrong passwords and unknown users fail alike with 28P01.
+// each kind in the auth_file; wrong passwords and unknown users fail alike with 28P01; empty
+// secrets and passwords refused; nothing kept for clients that never authenticate; log lines
+// that names cannot split; the server login refused when the server skips authentication.
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <fstream>
+#include <random>
+#include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "integration/harness.h"
+#include "password.h"
+#include "scram.h"
 
 namespace it {
 namespace {
@@ -122,6 +136,189 @@ TEST_CASE("auth_type=any with a forced database user") {
   login_ok(p, "whoever", "", "md5user");
   login_ok(p, "someone_else", "bogus", "md5user");
   CHECK(first_auth_code(p, "whoever") == 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Empty secrets and empty passwords (PostgreSQL and PgBouncer refuse both for every password
+// method).
+
+// Logs in over the raw protocol, answering whatever is asked with `password`: cleartext, md5,
+// or a real SCRAM exchange (so an empty password can be proven, which libpq refuses to send).
+// Returns the message that ended it: 'R' with code 0 (logged in), 'E', or type 0 on close.
+Msg raw_login(int port, const std::string& user, const std::string& db,
+              const std::string& password) {
+  Raw r = Raw::tcp(port);
+  REQUIRE(r.send_bytes(startup_packet({{"user", user}, {"database", db}})));
+  pgsluice::ScramClientSession scram = pgsluice::ScramClientSession::with_password(password);
+  for (int step = 0; step < 6; ++step) {
+    Msg m;
+    if (r.read_msg(&m, 5) != ReadStatus::Ok) return Msg{};
+    if (m.type != 'R' || m.body.size() < 4) return m;
+    uint32_t code = static_cast<uint32_t>(static_cast<uint8_t>(m.body[3]));
+    if (code == 0) return m;
+    if (code == 3) {
+      REQUIRE(r.send_msg('p', cstr(password)));
+    } else if (code == 5) {
+      REQUIRE(m.body.size() >= 8);
+      std::string resp = pgsluice::md5_response(
+          password, user, reinterpret_cast<const uint8_t*>(m.body.data() + 4));
+      REQUIRE(r.send_msg('p', cstr(resp)));
+    } else if (code == 10) {
+      std::string first = scram.client_first();
+      REQUIRE(r.send_msg(
+          'p', cstr("SCRAM-SHA-256") + be32(static_cast<uint32_t>(first.size())) + first));
+    } else if (code == 11) {
+      auto fin = scram.handle_server_first(m.body.substr(4));
+      REQUIRE(fin);
+      REQUIRE(r.send_msg('p', *fin));
+    } else if (code == 12) {
+      CHECK(scram.verify_server_final(m.body.substr(4)).ok());
+    } else {
+      return m;
+    }
+  }
+  return Msg{};
+}
+
+// Sends `raw_reply` (a complete PasswordMessage body) as the answer to the first auth request.
+Msg answer_first_request(int port, const std::string& user, const std::string& raw_reply) {
+  Raw r = Raw::tcp(port);
+  REQUIRE(r.send_bytes(startup_packet({{"user", user}, {"database", "testdb"}})));
+  Msg m;
+  REQUIRE(r.read_msg(&m, 5) == ReadStatus::Ok);
+  REQUIRE(m.type == 'R');
+  REQUIRE(r.send_msg('p', raw_reply));
+  Msg e;
+  if (r.read_msg(&e, 5) != ReadStatus::Ok) return Msg{};
+  return e;
+}
+
+bool logged_in(const Msg& m) {
+  return m.type == 'R' && m.body.size() >= 4 && m.body[3] == 0;
+}
+
+void check_refused(const Msg& m, const std::string& message) {
+  CHECK_MESSAGE(m.type == 'E', "expected ErrorResponse, got type "
+                                   << int(m.type) << (logged_in(m) ? " (logged in)" : ""));
+  CHECK(m.field('C') == "28P01");
+  CHECK(m.field('M') == message);
+}
+
+TEST_CASE("empty secret: no password method lets a client in with the empty password") {
+  if (skip_in_direct_mode("auth_file is pooler configuration")) return;
+  for (const char* method : {"scram-sha-256", "md5", "plain"}) {
+    CAPTURE(method);
+    Options o;
+    o.auth_type = method;
+    o.extra_userlist = "\"emptyuser\" \"\"\n";
+    Pooler p(o);
+    const int port = p.port();
+    std::string failed = "password authentication failed for user \"emptyuser\"";
+    std::string method_s = method;
+    if (method_s == "plain") {
+      // The client's empty PasswordMessage: PostgreSQL's own message, whoever the user is.
+      check_refused(raw_login(port, "emptyuser", "testdb", ""),
+                    "empty password returned by client");
+      check_refused(raw_login(port, "plainuser", "testdb", ""),
+                    "empty password returned by client");
+      check_refused(raw_login(port, "nosuchuser", "testdb", ""),
+                    "empty password returned by client");
+    } else {
+      // A proof of the empty password (SCRAM, or md5 of "" + user) fails like a wrong one.
+      check_refused(raw_login(port, "emptyuser", "testdb", ""), failed);
+      check_refused(raw_login(port, "scramuser", "testdb", ""),
+                    "password authentication failed for user \"scramuser\"");
+    }
+    // Any other password fails the same way as for an unknown user.
+    check_refused(raw_login(port, "emptyuser", "testdb", "x"), failed);
+    check_refused(login_with_wrong_password(port, "emptyuser", "testdb"), failed);
+    // Real secrets still work over the same raw client.
+    if (method_s == "scram-sha-256")
+      CHECK(logged_in(raw_login(port, "scramuser", "testdb", "scrampass")));
+    else
+      CHECK(logged_in(raw_login(port, "plainuser", "testdb", "plainpass")));
+  }
+}
+
+TEST_CASE("empty password sent by the client for a user with a real secret is refused") {
+  if (skip_in_direct_mode("auth_type is pooler configuration")) return;
+  {
+    Options o;
+    o.auth_type = "md5";
+    Pooler p(o);
+    // An empty md5 response (not an md5 of anything).
+    check_refused(answer_first_request(p.port(), "md5user", std::string(1, '\0')),
+                  "empty password returned by client");
+  }
+  {
+    Options o;
+    o.auth_type = "plain";
+    Pooler p(o);
+    check_refused(answer_first_request(p.port(), "md5user", std::string(1, '\0')),
+                  "empty password returned by client");
+  }
+}
+
+TEST_CASE("auth_type=trust: a user with an empty secret is trusted, as in PgBouncer") {
+  if (skip_in_direct_mode("auth_type is pooler configuration")) return;
+  Options o;
+  o.auth_type = "trust";
+  o.extra_userlist = "\"emptyuser\" \"\"\n";
+  // emptyuser is no PostgreSQL role: the server login uses a forced user.
+  o.databases = "testdb = host=127.0.0.1 port=" + std::to_string(cluster().port) +
+                " dbname=testdb user=md5user password=md5pass\n";
+  Pooler p(o);
+  Msg m = raw_login(p.port(), "emptyuser", "testdb", "");
+  CHECK(logged_in(m));
+}
+
+// ---------------------------------------------------------------------------------------------
+// SCRAM with a plain-text secret: PBKDF2 once per secret, not per login.
+
+// utime + stime of a process, in seconds.
+double cpu_seconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(stat.substr(close + 2));
+  std::string field;
+  long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; i++) {
+    if (i == 14) utime = atoll(field.c_str());
+    if (i == 15) stime = atoll(field.c_str());
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+TEST_CASE("SCRAM logins with a plain-text secret: keys derived once (figures printed)") {
+  if (skip_in_direct_mode("auth_type is pooler configuration")) return;
+  Options o;
+  o.auth_type = "scram-sha-256";
+  Pooler p(o);
+  const int n = 200;
+  auto timed = [&](const char* what, auto&& login) {
+    double cpu0 = cpu_seconds(p.pid());
+    auto t0 = Clock::now();
+    for (int i = 0; i < n; i++) login();
+    double wall = seconds_since(t0);
+    double cpu = cpu_seconds(p.pid()) - cpu0;
+    MESSAGE(n << " SCRAM logins, " << std::string(what) << ": " << wall << " s wall, pgsluice CPU "
+              << cpu << " s (" << cpu / n * 1e6 << " us per login)");
+  };
+  timed("plain-text secret, right password",
+        [&] { CHECK(logged_in(raw_login(p.port(), "plainuser", "testdb", "plainpass"))); });
+  timed("plain-text secret, wrong password", [&] {
+    check_refused(raw_login(p.port(), "plainuser", "testdb", "nope"),
+                  "password authentication failed for user \"plainuser\"");
+  });
+  timed("unknown user", [&] {
+    check_refused(raw_login(p.port(), "nosuchuser", "testdb", "nope"),
+                  "password authentication failed for user \"nosuchuser\"");
+  });
+  // libpq's own login still works (its keys match the cached ones).
+  Conn c = connect(p.conninfo("plainuser", "plainpass"));
+  CHECK(scalar(c.get(), "select current_user") == "plainuser");
 }
 
 }  // namespace
