@@ -216,13 +216,9 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
     }
     return begin_auth();
   }
-  std::string err, sqlstate;
-  pool_ = worker_->rt()->registry->get(cfg, db_, user_, &err, &sqlstate);
-  if (pool_ == nullptr) {
-    fail(sqlstate, err, "unknown database");
-    return false;
-  }
-  lp_ = worker_->local_pool(pool_);
+  // No pool is looked up or created before the password is checked (finish_auth): a client
+  // that never authenticates leaves nothing behind, and an unknown database is reported only
+  // after authentication, as PostgreSQL and PgBouncer do.
   return begin_auth();
 }
 
@@ -405,13 +401,7 @@ void Client::process_auth() {
             m, 12,
             std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(res->data()), res->size()));
         worker_->bufs().append(out_, m.data(), m.size());
-        // Pass-through: the client proved the stored secret, so its keys can log in to a
-        // server holding the same secret (only when no forced user changes who logs in).
-        if (scram_real_secret_ && pool_ != nullptr && pool_->user_name == user_) {
-          auto k = parse_scram_secret(secret_);
-          if (k) pool_->set_scram_keys(scram_->client_key(), k->server_key);
-        }
-        finish_auth();
+        finish_auth();  // also hands the proven keys to the pool for pass-through
         break;
       }
       case AuthStep::None:
@@ -422,12 +412,30 @@ void Client::process_auth() {
 }
 
 void Client::finish_auth() {
-  scram_.reset();
+  std::unique_ptr<ScramServerSession> scram = std::move(scram_);
   auth_step_ = AuthStep::None;
   if (worker_->cfg().log_connections)
     LOG_INFO("C-%p: %s/%s@%s:%d login attempt: db=%s user=%s", static_cast<void*>(this),
              db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port, db_.c_str(),
              user_.c_str());
+  if (!is_admin_) {
+    // Authenticated: only now is the pool found or created (unknown or disabled database:
+    // refused here, after the password, so that nothing is created for strangers).
+    std::string err, sqlstate;
+    pool_ = worker_->rt()->registry->get(worker_->cfg(), db_, user_, &err, &sqlstate);
+    if (pool_ == nullptr) {
+      fail(sqlstate, err, "unknown database");
+      return;
+    }
+    lp_ = worker_->local_pool(pool_);
+    // Pass-through: the client proved the stored secret, so its keys can log in to a
+    // server holding the same secret (only when no forced user changes who logs in).
+    if (scram != nullptr && scram->succeeded() && scram_real_secret_ && pool_->user_name == user_) {
+      auto k = parse_scram_secret(secret_);
+      if (k) pool_->set_scram_keys(scram->client_key(), k->server_key);
+    }
+  }
+  scram.reset();
   worker_->register_cancel_key(this);
   if (is_admin_) {
     admin_login(this);

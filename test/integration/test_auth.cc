@@ -321,5 +321,82 @@ TEST_CASE("SCRAM logins with a plain-text secret: keys derived once (figures pri
   CHECK(scalar(c.get(), "select current_user") == "plainuser");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Nothing is created for clients that do not authenticate.
+
+long long list_items(PGconn* admin, const std::string& list) {
+  Result r = exec_ok(admin, "SHOW LISTS");
+  for (int i = 0; i < PQntuples(r.get()); i++)
+    if (list == PQgetvalue(r.get(), i, 0)) return atoll(PQgetvalue(r.get(), i, 1));
+  return -1;
+}
+
+int pool_rows(PGconn* admin) {
+  Result r = exec_ok(admin, "SHOW POOLS");
+  return PQntuples(r.get());
+}
+
+std::string random_name(std::mt19937_64& rng, const char* prefix) {
+  static const char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::string s = prefix;
+  for (int i = 0; i < 12; i++) s.push_back(kChars[rng() % (sizeof kChars - 1)]);
+  return s;
+}
+
+TEST_CASE("logins that fail authentication create no pools (unknown users, '*' databases)") {
+  if (skip_in_direct_mode("pools are pooler state")) return;
+  Options o;  // md5; the default [databases] has testdb and '*'
+  Pooler p(o);
+  Conn admin = connect(p.conninfo("md5user", "md5pass", "pgbouncer"));
+  Conn c = connect(p.conninfo());  // one real pool
+  CHECK(scalar(c.get(), "select 1") == "1");
+  const long long pools0 = list_items(admin.get(), "pools");
+  const long long dbs0 = list_items(admin.get(), "databases");
+  const int rows0 = pool_rows(admin.get());
+  const long rss0 = vm_rss_kb(p.pid());
+  std::mt19937_64 rng(42);
+  for (int i = 0; i < 500; i++) {
+    Msg m = login_with_wrong_password(p.port(), random_name(rng, "nouser_"), "testdb");
+    REQUIRE(m.field('C') == "28P01");
+  }
+  const long rss1 = vm_rss_kb(p.pid());
+  CHECK(list_items(admin.get(), "pools") == pools0);
+  CHECK(pool_rows(admin.get()) == rows0);
+  // Known user, wrong password, 500 database names that only the '*' entry would serve; and
+  // unknown users on such names.
+  for (int i = 0; i < 500; i++) {
+    std::string db = random_name(rng, "nodb_");
+    Msg m = login_with_wrong_password(p.port(), i % 2 ? "md5user" : random_name(rng, "u_"), db);
+    REQUIRE(m.field('C') == "28P01");
+  }
+  const long rss2 = vm_rss_kb(p.pid());
+  CHECK(list_items(admin.get(), "pools") == pools0);
+  CHECK(list_items(admin.get(), "databases") == dbs0);
+  CHECK(pool_rows(admin.get()) == rows0);
+  MESSAGE("RSS kB: start " << rss0 << ", after 500 unknown users " << rss1
+                           << ", after 500 unknown databases " << rss2);
+  CHECK(rss2 - rss0 < 4096);
+  // An authenticated client on a database served by '*' still gets its pool.
+  Conn pg = connect(p.conninfo("md5user", "md5pass", "postgres"));
+  CHECK(scalar(pg.get(), "select current_database()") == "postgres");
+  CHECK(list_items(admin.get(), "pools") == pools0 + 1);
+}
+
+TEST_CASE("an unknown database is reported after authentication, not before") {
+  if (skip_in_direct_mode("databases are pooler configuration")) return;
+  Options o;
+  const Cluster& cl = cluster();
+  o.databases = "testdb = host=127.0.0.1 port=" + std::to_string(cl.port) + " dbname=testdb\n";
+  Pooler p(o);
+  // A wrong password: 28P01, whether the database exists or not.
+  Msg m = login_with_wrong_password(p.port(), "md5user", "nosuchdb");
+  CHECK(m.field('C') == "28P01");
+  // The right password: then the database is unknown.
+  std::string err;
+  Conn c = try_connect(p.conninfo("md5user", "md5pass", "nosuchdb"), &err);
+  CHECK(c == nullptr);
+  CHECK_MESSAGE(err.find("no such database: nosuchdb") != std::string::npos, err);
+}
+
 }  // namespace
 }  // namespace it
