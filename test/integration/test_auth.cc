@@ -398,5 +398,181 @@ TEST_CASE("an unknown database is reported after authentication, not before") {
   CHECK_MESSAGE(err.find("no such database: nosuchdb") != std::string::npos, err);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Server login: a fault injector in place of PostgreSQL.
+
+// Stands where PostgreSQL would: reads a startup packet, then breaks the login protocol the way
+// its script says, and keeps the connection open.
+class FakeServer {
+ public:
+  enum class Script {
+    OkInsideScram,  // AuthenticationSASL, then AuthenticationOk without SASLContinue/Final
+    NoAuthAtAll,    // ParameterStatus, BackendKeyData, ReadyForQuery with no auth request
+    TrustOk,        // AuthenticationOk at once (trust), then the welcome: a valid login
+  };
+  explicit FakeServer(Script s) : script_(s) {
+    lfd_ = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(lfd_ >= 0);
+    int one = 1;
+    setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(listen(lfd_, 16) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port_ = ntohs(a.sin_port);
+    th_ = std::thread([this] { run(); });
+  }
+  ~FakeServer() {
+    stop_ = true;
+    th_.join();
+    for (int fd : fds_) close(fd);
+    close(lfd_);
+  }
+  int port() const { return port_; }
+  int connections() const { return connections_.load(); }
+
+ private:
+  static bool read_n(int fd, std::string& out, size_t n) {
+    out.clear();
+    while (out.size() < n) {
+      char buf[4096];
+      size_t want = std::min(sizeof buf, n - out.size());
+      ssize_t got = recv(fd, buf, want, 0);
+      if (got <= 0) return false;
+      out.append(buf, static_cast<size_t>(got));
+    }
+    return true;
+  }
+  static uint32_t u32(const std::string& s, size_t at) {
+    return static_cast<uint32_t>(static_cast<uint8_t>(s[at])) << 24 |
+           static_cast<uint32_t>(static_cast<uint8_t>(s[at + 1])) << 16 |
+           static_cast<uint32_t>(static_cast<uint8_t>(s[at + 2])) << 8 |
+           static_cast<uint32_t>(static_cast<uint8_t>(s[at + 3]));
+  }
+  static void send_all(int fd, const std::string& b) {
+    size_t off = 0;
+    while (off < b.size()) {
+      ssize_t n = send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return;
+      off += static_cast<size_t>(n);
+    }
+  }
+  static std::string welcome() {
+    std::string w;
+    for (auto [k, v] :
+         std::vector<std::pair<const char*, const char*>>{{"server_version", "15.0"},
+                                                          {"server_encoding", "UTF8"},
+                                                          {"client_encoding", "UTF8"},
+                                                          {"DateStyle", "ISO, MDY"},
+                                                          {"TimeZone", "UTC"},
+                                                          {"integer_datetimes", "on"},
+                                                          {"standard_conforming_strings", "on"}})
+      w += msg('S', cstr(k) + cstr(v));
+    w += msg('K', be32(4242) + be32(1234));
+    w += msg('Z', "I");
+    return w;
+  }
+  void serve(int fd) {
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string head, body;
+    if (!read_n(fd, head, 4) || u32(head, 0) < 8 || !read_n(fd, body, u32(head, 0) - 4)) return;
+    connections_++;
+    switch (script_) {
+      case Script::OkInsideScram: {
+        send_all(fd, msg('R', be32(10) + cstr("SCRAM-SHA-256") + std::string(1, '\0')));
+        std::string h;  // the SASLInitialResponse
+        if (!read_n(fd, h, 5) || h[0] != 'p' || !read_n(fd, body, u32(h, 1) - 4)) return;
+        send_all(fd, msg('R', be32(0)) + welcome());
+        break;
+      }
+      case Script::NoAuthAtAll:
+        send_all(fd, welcome());
+        break;
+      case Script::TrustOk:
+        send_all(fd, msg('R', be32(0)) + welcome());
+        break;
+    }
+  }
+  void run() {
+    while (!stop_) {
+      pollfd pfd{lfd_, POLLIN, 0};
+      if (poll(&pfd, 1, 50) <= 0) continue;
+      int fd = accept(lfd_, nullptr, nullptr);
+      if (fd < 0) continue;
+      fds_.push_back(fd);  // kept open until the end: no EOF to hide the injected fault
+      serve(fd);
+    }
+  }
+
+  Script script_;
+  int lfd_ = -1;
+  int port_ = 0;
+  std::thread th_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+  std::vector<int> fds_;
+};
+
+// pgsluice (trust for clients) in front of `fake`, logging in to it as plainuser/plainpass.
+Options fake_target(const FakeServer& fake) {
+  Options o;
+  o.auth_type = "trust";
+  o.databases = "fakedb = host=127.0.0.1 port=" + std::to_string(fake.port()) +
+                " dbname=fakedb user=plainuser password=plainpass\n";
+  return o;
+}
+
+// A client's login to fakedb over the raw protocol: the message that ends it ('E', or 'Z'
+// when a session was established).
+Msg fake_login(const Pooler& p) {
+  Raw r = Raw::tcp(p.port());
+  REQUIRE(r.send_bytes(startup_packet({{"user", "md5user"}, {"database", "fakedb"}})));
+  for (int i = 0; i < 32; i++) {
+    Msg m;
+    if (r.read_msg(&m, 8) != ReadStatus::Ok) return Msg{};
+    if (m.type == 'E' || m.type == 'Z') return m;
+  }
+  return Msg{};
+}
+
+TEST_CASE("server login: AuthenticationOk inside a SCRAM exchange is refused") {
+  if (skip_in_direct_mode("the server login is pgsluice's")) return;
+  FakeServer fake(FakeServer::Script::OkInsideScram);
+  Pooler p(fake_target(fake));
+  Msg m = fake_login(p);
+  CHECK_MESSAGE(m.type == 'E', "a session was established, type " << int(m.type));
+  CHECK(m.field('C') == "08P01");
+  CHECK_MESSAGE(m.field('M').find("SCRAM exchange completed") != std::string::npos, m.field('M'));
+  CHECK(fake.connections() >= 1);
+  std::string err;
+  Conn c = try_connect(p.conninfo("md5user", "", "fakedb"), &err);
+  CHECK_MESSAGE(c == nullptr, "libpq client got a session from an unauthenticated server");
+  CHECK(p.log().find("server login failed") != std::string::npos);
+}
+
+TEST_CASE("server login: a welcome without any authentication exchange is refused") {
+  if (skip_in_direct_mode("the server login is pgsluice's")) return;
+  FakeServer fake(FakeServer::Script::NoAuthAtAll);
+  Pooler p(fake_target(fake));
+  Msg m = fake_login(p);
+  CHECK_MESSAGE(m.type == 'E', "a session was established, type " << int(m.type));
+  CHECK(m.field('C') == "08P01");
+  CHECK_MESSAGE(
+      m.field('M').find("expected authentication request from server") != std::string::npos,
+      m.field('M'));
+}
+
+TEST_CASE("server login: a trusting server (AuthenticationOk at once) is accepted, as by libpq") {
+  if (skip_in_direct_mode("the server login is pgsluice's")) return;
+  FakeServer fake(FakeServer::Script::TrustOk);
+  Pooler p(fake_target(fake));
+  Msg m = fake_login(p);
+  CHECK_MESSAGE(m.type == 'Z', "login refused: " << m.field('M'));
+}
+
 }  // namespace
 }  // namespace it
