@@ -574,5 +574,31 @@ TEST_CASE("server login: a trusting server (AuthenticationOk at once) is accepte
   CHECK_MESSAGE(m.type == 'Z', "login refused: " << m.field('M'));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Names in log lines.
+
+TEST_CASE("a user name with a newline cannot forge a log line") {
+  if (skip_in_direct_mode("the log is pgsluice's")) return;
+  Options o;
+  o.extra_pgbouncer = "log_connections = 1\nlog_disconnections = 1\nlog_pooler_errors = 1\n";
+  Pooler p(o);
+  const std::string forged = "2026-01-01 00:00:00.000 UTC [1] LOG C-0x1: forged line";
+  Msg m = login_with_wrong_password(p.port(), "evil\n" + forged, "testdb");
+  CHECK(m.field('C') == "28P01");
+  Conn c = connect(p.conninfo());  // a later event, so the failed login is surely logged
+  CHECK(scalar(c.get(), "select 1") == "1");
+  std::string log = read_file(p.dir() + "/pgsluice.log");
+  std::istringstream in(log);
+  std::string line;
+  int event_lines = 0;
+  while (std::getline(in, line)) {
+    CHECK_MESSAGE(line.rfind("2026-01-01", 0) != 0, "forged line: " << line);
+    if (line.find("forged line") == std::string::npos) continue;
+    CHECK_MESSAGE(line.find("evil\\n2026-01-01") != std::string::npos, line);
+    if (line.find("closing because") != std::string::npos) event_lines++;
+  }
+  CHECK(event_lines == 1);
+}
+
 }  // namespace
 }  // namespace it
