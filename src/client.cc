@@ -216,13 +216,9 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
     }
     return begin_auth();
   }
-  std::string err, sqlstate;
-  pool_ = worker_->rt()->registry->get(cfg, db_, user_, &err, &sqlstate);
-  if (pool_ == nullptr) {
-    fail(sqlstate, err, "unknown database");
-    return false;
-  }
-  lp_ = worker_->local_pool(pool_);
+  // No pool is looked up or created before the password is checked (finish_auth): a client
+  // that never authenticates leaves nothing behind, and an unknown database is reported only
+  // after authentication, as PostgreSQL and PgBouncer do.
   return begin_auth();
 }
 
@@ -231,12 +227,15 @@ bool Client::begin_auth() {
   const std::string* s = cfg.userlist.find(user_);
   user_known_ = s != nullptr;
   secret_ = s ? *s : std::string();
-  SecretKind kind = user_known_ ? secret_kind(secret_) : SecretKind::Plain;
+  // An empty secret is no password: like PostgreSQL (a role without a password) and PgBouncer,
+  // every password method refuses it, through the same motions as for an unknown user.
+  const bool has_secret = user_known_ && !secret_.empty();
+  SecretKind kind = has_secret ? secret_kind(secret_) : SecretKind::Plain;
   std::string m;
   auto start_scram = [&]() {
     ScramKeys keys;
-    bool mock = !user_known_;
-    if (user_known_ && kind == SecretKind::Scram) {
+    bool mock = !has_secret;
+    if (has_secret && kind == SecretKind::Scram) {
       auto k = parse_scram_secret(secret_);
       if (k) {
         keys = *k;
@@ -244,13 +243,12 @@ bool Client::begin_auth() {
       } else {
         mock = true;
       }
-    } else if (user_known_ && kind == SecretKind::Plain) {
-      uint8_t salt[16];
-      random_bytes(salt, sizeof salt);
-      keys = scram_keys_from_password(secret_, std::string_view(reinterpret_cast<char*>(salt), 16),
-                                      cfg.scram_iterations);
+    } else if (has_secret && kind == SecretKind::Plain) {
+      // PBKDF2 runs once per (user, secret), not on the event loop at every login.
+      keys = scram_key_cache().get(user_, secret_, cfg.scram_iterations);
+      if (keys.iterations == 0) mock = true;
     } else {
-      mock = true;  // unknown user, or an md5 secret that cannot serve SCRAM
+      mock = true;  // unknown user, no password, or an md5 secret that cannot serve SCRAM
     }
     if (mock) keys = scram_mock_keys(user_, worker_->rt()->scram_nonce, cfg.scram_iterations);
     scram_ = std::make_unique<ScramServerSession>(std::move(keys), mock);
@@ -273,7 +271,7 @@ bool Client::begin_auth() {
       auth_step_ = AuthStep::Cleartext;
       break;
     case AuthType::Md5:
-      if (user_known_ && kind == SecretKind::Scram) {
+      if (has_secret && kind == SecretKind::Scram) {
         start_scram();
       } else {
         random_bytes(md5_salt_.data(), md5_salt_.size());
@@ -301,6 +299,12 @@ void Client::auth_failed() {
        "password authentication failed");
 }
 
+// A PasswordMessage (cleartext or md5) holding an empty string: PostgreSQL refuses it before
+// looking at the user, with this message; it depends only on what the client sent.
+void Client::empty_password() {
+  fail("28P01", "empty password returned by client", "empty password");
+}
+
 void Client::process_auth() {
   while (!dead_ && state_ == ClientState::Auth) {
     if (in_.size() < wire::kHeaderLen) return;
@@ -321,7 +325,9 @@ void Client::process_auth() {
     switch (auth_step_) {
       case AuthStep::Cleartext: {
         std::string_view pw;
-        if (!r.cstr(pw) || pw.empty() || !user_known_) return auth_failed();
+        if (!r.cstr(pw)) return auth_failed();
+        if (pw.empty()) return empty_password();
+        if (!user_known_ || secret_.empty()) return auth_failed();
         bool ok = false;
         switch (secret_kind(secret_)) {
           case SecretKind::Plain:
@@ -345,7 +351,10 @@ void Client::process_auth() {
       }
       case AuthStep::Md5: {
         std::string_view resp;
-        if (!r.cstr(resp) || !user_known_ || !md5_verify(secret_, user_, md5_salt_.data(), resp))
+        if (!r.cstr(resp)) return auth_failed();
+        if (resp.empty()) return empty_password();
+        // md5_verify refuses an empty stored secret.
+        if (!user_known_ || !md5_verify(secret_, user_, md5_salt_.data(), resp))
           return auth_failed();
         finish_auth();
         break;
@@ -392,13 +401,7 @@ void Client::process_auth() {
             m, 12,
             std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(res->data()), res->size()));
         worker_->bufs().append(out_, m.data(), m.size());
-        // Pass-through: the client proved the stored secret, so its keys can log in to a
-        // server holding the same secret (only when no forced user changes who logs in).
-        if (scram_real_secret_ && pool_ != nullptr && pool_->user_name == user_) {
-          auto k = parse_scram_secret(secret_);
-          if (k) pool_->set_scram_keys(scram_->client_key(), k->server_key);
-        }
-        finish_auth();
+        finish_auth();  // also hands the proven keys to the pool for pass-through
         break;
       }
       case AuthStep::None:
@@ -409,12 +412,30 @@ void Client::process_auth() {
 }
 
 void Client::finish_auth() {
-  scram_.reset();
+  std::unique_ptr<ScramServerSession> scram = std::move(scram_);
   auth_step_ = AuthStep::None;
   if (worker_->cfg().log_connections)
     LOG_INFO("C-%p: %s/%s@%s:%d login attempt: db=%s user=%s", static_cast<void*>(this),
              db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port, db_.c_str(),
              user_.c_str());
+  if (!is_admin_) {
+    // Authenticated: only now is the pool found or created (unknown or disabled database:
+    // refused here, after the password, so that nothing is created for strangers).
+    std::string err, sqlstate;
+    pool_ = worker_->rt()->registry->get(worker_->cfg(), db_, user_, &err, &sqlstate);
+    if (pool_ == nullptr) {
+      fail(sqlstate, err, "unknown database");
+      return;
+    }
+    lp_ = worker_->local_pool(pool_);
+    // Pass-through: the client proved the stored secret, so its keys can log in to a
+    // server holding the same secret (only when no forced user changes who logs in).
+    if (scram != nullptr && scram->succeeded() && scram_real_secret_ && pool_->user_name == user_) {
+      auto k = parse_scram_secret(secret_);
+      if (k) pool_->set_scram_keys(scram->client_key(), k->server_key);
+    }
+  }
+  scram.reset();
   worker_->register_cancel_key(this);
   if (is_admin_) {
     admin_login(this);

@@ -104,6 +104,7 @@ class Client final : public Conn {
   bool begin_auth();
   void finish_auth();
   void auth_failed();
+  void empty_password();
   bool forward_messages();
   size_t remap_need(uint8_t type, size_t len) const;
   // Whether a Bind/Describe/Close of this statement name is rewritten.

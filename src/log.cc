@@ -123,6 +123,32 @@ std::string log_json_escape(std::string_view s) {
   return out;
 }
 
+std::string log_escape_controls(std::string_view s) {
+  static const char kHex[] = "0123456789abcdef";
+  size_t i = 0;
+  while (i < s.size() && static_cast<unsigned char>(s[i]) >= 0x20 && s[i] != 0x7f) i++;
+  std::string out(s.substr(0, i));
+  if (i == s.size()) return out;
+  out.reserve(s.size() + 8);
+  for (; i < s.size(); i++) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != 0x7f) {
+      out.push_back(static_cast<char>(c));
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else {
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xf]);
+    }
+  }
+  return out;
+}
+
 std::string log_text_line(long long unix_ms, int pid, LogLevel level, std::string_view text) {
   struct tm tm;
   int ms = 0;
@@ -131,7 +157,7 @@ std::string log_text_line(long long unix_ms, int pid, LogLevel level, std::strin
   size_t n = std::strftime(head, sizeof head, "%Y-%m-%d %H:%M:%S", &tm);
   std::snprintf(head + n, sizeof head - n, ".%03d UTC [%d] %s ", ms, pid, log_level_name(level));
   std::string line = head;
-  line.append(text);
+  line.append(log_escape_controls(text));
   line.push_back('\n');
   return line;
 }
@@ -246,8 +272,9 @@ void log_line(LogLevel level, std::string_view text) {
   }
   // syslog adds its own time, ident and pid: the message is "LEVEL text" only.
   if (g_syslog) {
-    syslog(syslog_priority(level), "%s %.*s", log_level_name(level), static_cast<int>(text.size()),
-           text.data());
+    std::string safe = log_escape_controls(text);
+    syslog(syslog_priority(level), "%s %.*s", log_level_name(level), static_cast<int>(safe.size()),
+           safe.data());
   }
 }
 

@@ -60,7 +60,12 @@ const char* log_level_name(LogLevel level);
 // `s` as the inside of a JSON string: '"' and '\' backslashed, bytes below 0x20 and 0x7f as
 // \u00XX, valid UTF-8 passed through, each byte of invalid UTF-8 as \ufffd.
 std::string log_json_escape(std::string_view s);
+// `s` with every control byte (below 0x20, and 0x7f) written as an escape: \n, \r, \t or
+// \xNN. Everything else, invalid UTF-8 included, is kept. Text-format and syslog lines pass
+// through it, so a name or message from the network can never end a line or forge another.
+std::string log_escape_controls(std::string_view s);
 // One complete line, '\n' included; unix_ms is the time in milliseconds since the epoch (UTC).
+// Control bytes in `text` are escaped (log_escape_controls).
 std::string log_text_line(long long unix_ms, int pid, LogLevel level, std::string_view text);
 std::string log_json_line(long long unix_ms, int pid, LogLevel level, std::string_view text);
 // syslog(3) facility for auth, authpriv, daemon, user, local0..local7 (case-insensitive).

@@ -74,7 +74,9 @@ bool Pool::scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) 
   return true;
 }
 
-static void resolve(Pool& p, const Config& cfg, const std::string& host) {
+// Fills p.addr for `host` (a Unix socket directory when empty or starting with '/'). Network
+// names go through the registry's address cache; getaddrinfo runs without any lock held.
+void Registry::resolve(Pool& p, const Config& cfg, const std::string& host) {
   if (host.empty() || host[0] == '/') {
     std::string dir = host.empty() ? cfg.unix_socket_dir : host;
     std::string path = dir + "/.s.PGSQL." + std::to_string(p.port);
@@ -90,6 +92,16 @@ static void resolve(Pool& p, const Config& cfg, const std::string& host) {
     p.host = dir;
     return;
   }
+  auto key = std::make_pair(host, p.port);
+  {
+    std::lock_guard<std::mutex> g(addr_mu_);
+    auto it = addrs_.find(key);
+    if (it != addrs_.end()) {
+      p.addr = it->second.first;
+      p.addrlen = it->second.second;
+      return;
+    }
+  }
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_family = AF_UNSPEC;
@@ -98,11 +110,13 @@ static void resolve(Pool& p, const Config& cfg, const std::string& host) {
   int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0 || res == nullptr) {
     p.resolve_error = std::string("could not resolve host \"") + host + "\": " + gai_strerror(rc);
-    return;
+    return;  // failures are not cached: the next new pool tries again
   }
   std::memcpy(&p.addr, res->ai_addr, res->ai_addrlen);
   p.addrlen = res->ai_addrlen;
   freeaddrinfo(res);
+  std::lock_guard<std::mutex> g(addr_mu_);
+  addrs_.emplace(key, std::make_pair(p.addr, p.addrlen));
 }
 
 Pool* Registry::get(const Config& cfg, const std::string& db, const std::string& user,
@@ -119,19 +133,23 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
     return nullptr;
   }
   std::string pool_user = def->user.empty() ? user : def->user;
-  std::lock_guard<std::mutex> g(mu_);
-  DbState* st = db_state_locked(db);
-  if (st->disabled.load()) {
+  auto key = std::make_pair(db, pool_user);
+  auto disabled = [&]() {
+    auto st = db_states_.find(db);
+    if (st == db_states_.end() || !st->second->disabled.load()) return false;
     *err = "database does not allow connections: " + db;
     *sqlstate = "08P01";
-    return nullptr;
+    return true;
+  };
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (disabled()) return nullptr;
+    auto pit = pools_.find(key);
+    if (pit != pools_.end()) return pit->second.get();
   }
-  auto key = std::make_pair(db, pool_user);
-  auto pit = pools_.find(key);
-  if (pit != pools_.end()) return pit->second.get();
 
+  // A new pool, built without the registry lock (resolving a host name may block).
   auto p = std::make_unique<Pool>(db, pool_user, nworkers_);
-  p->state = st;
   p->port = def->port;
   p->server_db = def->dbname.empty() ? db : def->dbname;
   const UserDef* udef = nullptr;
@@ -165,6 +183,11 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   p->host = def->host;
   resolve(*p, cfg, def->host);
 
+  std::lock_guard<std::mutex> g(mu_);
+  if (disabled()) return nullptr;
+  auto pit = pools_.find(key);
+  if (pit != pools_.end()) return pit->second.get();  // another worker made it meanwhile
+  p->state = db_state_locked(db);
   auto& dc = db_counts_[def->name];
   if (!dc) dc = std::make_unique<std::atomic<int>>(0);
   p->db_conns = dc.get();

@@ -89,12 +89,14 @@ class Pool {
   std::array<uint8_t, 32> server_key_{};
 };
 
-// Finds or creates pools. Pools live until the process ends.
+// Finds or creates pools. Pools live until the process ends, so they are created only for
+// authenticated clients.
 class Registry {
  public:
   explicit Registry(size_t nworkers) : nworkers_(nworkers) {}
-  // The pool for a client's (database, user) under `cfg`; nullptr and `err` set when the
-  // database is unknown.
+  // The pool for an authenticated client's (database, user) under `cfg`; nullptr and `err`
+  // set when the database is unknown or disabled. A new pool's host name is resolved without
+  // the registry lock, once per (host, port) for the process.
   Pool* get(const Config& cfg, const std::string& db, const std::string& user, std::string* err,
             std::string* sqlstate);
   // Every pool so far, ordered by (database, user). Pools are never freed.
@@ -114,6 +116,9 @@ class Registry {
   std::map<std::string, std::unique_ptr<std::atomic<int>>> user_counts_;
   std::map<std::string, std::unique_ptr<DbState>> db_states_;
   DbState* db_state_locked(const std::string& db);
+  void resolve(Pool& p, const Config& cfg, const std::string& host);
+  std::mutex addr_mu_;  // guards addrs_ only; never held across getaddrinfo
+  std::map<std::pair<std::string, int>, std::pair<sockaddr_storage, socklen_t>> addrs_;
 };
 
 }  // namespace pgsluice

@@ -307,6 +307,50 @@ ScramKeys scram_mock_keys(std::string_view user, std::string_view process_nonce,
 }
 
 // ---------------------------------------------------------------------------------------------
+// ScramKeyCache
+
+ScramKeys ScramKeyCache::get(std::string_view user, std::string_view password, int iterations) {
+  std::string id(user);
+  id.push_back('\0');
+  id.append(password);
+  id.push_back('\0');
+  id.append(std::to_string(iterations));
+  Key digest{};
+  bool hashed = sha256(id, digest);
+  wipe(id);
+  if (!hashed) return ScramKeys{};
+  std::string key(as_chars(digest));
+  OPENSSL_cleanse(digest.data(), digest.size());
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = keys_.find(key);
+    if (it != keys_.end()) return it->second;
+  }
+  std::optional<ScramKeys> k = scram_keys_with_random_salt(password, iterations);
+  std::lock_guard<std::mutex> g(mu_);
+  derivations_++;
+  if (!k) return ScramKeys{};
+  if (keys_.size() >= max_) keys_.clear();
+  // Another thread may have derived the same keys meanwhile: the first one stays.
+  return keys_.emplace(std::move(key), std::move(*k)).first->second;
+}
+
+uint64_t ScramKeyCache::derivations() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return derivations_;
+}
+
+size_t ScramKeyCache::size() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return keys_.size();
+}
+
+ScramKeyCache& scram_key_cache() {
+  static ScramKeyCache cache;
+  return cache;
+}
+
+// ---------------------------------------------------------------------------------------------
 // ScramServerSession
 
 ScramServerSession::ScramServerSession(ScramKeys keys, bool mock)

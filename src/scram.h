@@ -4,6 +4,8 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -60,6 +62,29 @@ std::string scram_secret_string(const ScramKeys& k);  // inverse of parse
 // Deterministic keys for a user that does not exist, so an attacker cannot tell (salt derived from
 // user + a per-process random nonce; the exchange looks like a real one and always fails).
 ScramKeys scram_mock_keys(std::string_view user, std::string_view process_nonce, int iterations);
+
+// Keys derived from plain-text secrets, so that PBKDF2 runs once per (user, secret, iterations)
+// rather than on the event loop at every SCRAM login. The salt is chosen at random by the first
+// derivation and then stays, as a stored secret's does (so a known user's salt is as stable
+// as an unknown user's mock salt). Entries are keyed by a hash of user, secret and iterations:
+// a secret changed by a reload simply misses. Thread-safe; the lock is never held while
+// deriving. Bounded: when full, it is emptied.
+class ScramKeyCache {
+ public:
+  explicit ScramKeyCache(size_t max_entries = 4096) : max_(max_entries) {}
+  // The keys for `password`; iterations == 0 in the result if deriving failed.
+  ScramKeys get(std::string_view user, std::string_view password, int iterations);
+  uint64_t derivations() const;  // PBKDF2 runs so far
+  size_t size() const;
+
+ private:
+  mutable std::mutex mu_;
+  size_t max_;
+  uint64_t derivations_ = 0;
+  std::map<std::string, ScramKeys> keys_;
+};
+// The process-wide cache used by client authentication.
+ScramKeyCache& scram_key_cache();
 
 // The pooler verifying a client (server role). One exchange per object.
 class ScramServerSession {

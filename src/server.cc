@@ -169,6 +169,12 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
   if (!well_formed) return fail("bad authentication request from server");
   switch (req.code) {
     case 0:
+      // A SCRAM exchange, once begun, must end with the server's signature verified (code
+      // 12): an AuthenticationOk before that would let any server in without proving it
+      // knows the secret (libpq's require_auth=scram-sha-256 refuses it the same way).
+      if (scram_ != nullptr)
+        return fail("server sent AuthenticationOk before the SCRAM exchange completed");
+      auth_ok_ = true;
       return true;
     case 3:
       if (secret.empty() || kind != SecretKind::Plain)
@@ -227,9 +233,25 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
 // Returns false when the server was closed.
 bool Server::handle_login_message(uint8_t type, std::span<const uint8_t> body) {
   wire::Reader r(body);
+  // Until AuthenticationOk only authentication requests, errors, notices and a
+  // NegotiateProtocolVersion may come (libpq: "expected authentication request from
+  // server"); after it, no further authentication request.
+  if (!auth_ok_ && type != 'R' && type != 'E' && type != 'N' && type != 'v') {
+    std::string what = "expected authentication request from server, but received ";
+    if (type >= 0x20 && type < 0x7f)
+      what.push_back(static_cast<char>(type));
+    else
+      what += "byte " + std::to_string(type);
+    worker_->server_login_failed(this, "08P01", what);
+    return false;
+  }
   switch (type) {
     case 'R':
-      if (login_done_query_) return true;
+      if (auth_ok_) {
+        worker_->server_login_failed(this, "08P01",
+                                     "unexpected authentication request after AuthenticationOk");
+        return false;
+      }
       return handle_auth_request(body);
     case 'S': {
       std::string_view name, value;

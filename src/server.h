@@ -141,8 +141,9 @@ class Server final : public Conn, public ReplyBook {
   bool handle_login_message(uint8_t type, std::span<const uint8_t> body);
   bool handle_auth_request(std::span<const uint8_t> body);
   std::vector<std::pair<std::string, std::string>> login_params_;
-  bool login_done_query_ = false;  // connect_query sent; its replies are swallowed
-  std::unique_ptr<ScramClientSession> scram_;
+  bool login_done_query_ = false;              // connect_query sent; its replies are swallowed
+  std::unique_ptr<ScramClientSession> scram_;  // a SCRAM exchange begun and not yet verified
+  bool auth_ok_ = false;                       // AuthenticationOk received
 };
 
 }  // namespace pgsluice

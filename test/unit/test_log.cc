@@ -28,6 +28,22 @@ TEST_CASE("log: text line keeps PgBouncer's format") {
         "2026-11-23 22:56:43.000 UTC [1] WARNING \n");
 }
 
+TEST_CASE("log: control bytes are escaped, so one event is one text line") {
+  CHECK(log_escape_controls("plain name") == "plain name");
+  CHECK(log_escape_controls("") == "");
+  CHECK(log_escape_controls("a\nb\rc\td") == "a\\nb\\rc\\td");
+  CHECK(log_escape_controls(std::string_view("x\0y\x1b[31m\x7fz", 10)) == "x\\x00y\\x1b[31m\\x7fz");
+  // Bytes above 0x7f (UTF-8 or not) and quotes are kept as they are.
+  CHECK(log_escape_controls("caf\xc3\xa9 \"q\" \xff") == "caf\xc3\xa9 \"q\" \xff");
+  // A user name that tries to forge a second log line stays inside the first one.
+  std::string forged = "C-0x1: db/evil\n2026-11-23 22:56:42.123 UTC [1] LOG forged@1.2.3.4:5";
+  std::string l = log_text_line(kWhen, 7, LogLevel::Log, forged);
+  CHECK(l.find('\n') == l.size() - 1);
+  CHECK(l ==
+        "2026-11-23 22:56:42.123 UTC [7] LOG C-0x1: db/evil\\n2026-11-23 22:56:42.123 UTC [1] "
+        "LOG forged@1.2.3.4:5\n");
+}
+
 TEST_CASE("log: json line has ts, pid, level and msg") {
   CHECK(log_json_line(kWhen, 4242, LogLevel::Error, "x") ==
         "{\"ts\":\"2026-11-23T22:56:42.123Z\",\"pid\":4242,\"level\":\"ERROR\",\"msg\":\"x\"}\n");

@@ -258,6 +258,52 @@ TEST_CASE("pass-through: recovered ClientKey logs in to a server with the same s
   CHECK(st.sqlstate() == "28P01");
 }
 
+TEST_CASE("key cache: PBKDF2 once per (user, secret, iterations), keys that verify") {
+  ScramKeyCache cache;
+  ScramKeys a = cache.get("alice", "pw1", 4096);
+  REQUIRE(a.iterations == 4096);
+  CHECK(a.salt.size() == kScramDefaultSaltLen);
+  ScramKeys check = scram_keys_from_password("pw1", a.salt, 4096);
+  CHECK(check.stored_key == a.stored_key);
+  CHECK(check.server_key == a.server_key);
+  CHECK(cache.derivations() == 1);
+  // Hits: same keys and salt, no new derivation.
+  for (int i = 0; i < 5; i++) {
+    ScramKeys again = cache.get("alice", "pw1", 4096);
+    CHECK(again.salt == a.salt);
+    CHECK(again.stored_key == a.stored_key);
+  }
+  CHECK(cache.derivations() == 1);
+  // A changed secret (reload), another user or another iteration count: a new entry.
+  ScramKeys b = cache.get("alice", "pw2", 4096);
+  CHECK(b.stored_key != a.stored_key);
+  CHECK(cache.get("bob", "pw1", 4096).salt != a.salt);
+  CHECK(cache.get("alice", "pw1", 4097).iterations == 4097);
+  CHECK(cache.derivations() == 4);
+  CHECK(cache.size() == 4);
+  // A full exchange with the cached keys accepts the password.
+  ScramServerSession srv(cache.get("alice", "pw2", 4096), false);
+  ScramClientSession cli = ScramClientSession::with_password("pw2");
+  auto sf = srv.handle_client_first(cli.client_first());
+  REQUIRE(sf);
+  auto cf = cli.handle_server_first(*sf);
+  REQUIRE(cf);
+  auto fin = srv.handle_client_final(*cf);
+  REQUIRE(fin);
+  CHECK(cli.verify_server_final(*fin).ok());
+}
+
+TEST_CASE("key cache: bounded, and failures are not cached") {
+  ScramKeyCache cache(2);
+  (void)cache.get("u1", "p", 1);
+  (void)cache.get("u2", "p", 1);
+  CHECK(cache.size() == 2);
+  (void)cache.get("u3", "p", 1);
+  CHECK(cache.size() <= 2);
+  CHECK(cache.get("u4", "p", 0).iterations == 0);  // out of bounds: nothing stored
+  CHECK(cache.size() <= 2);
+}
+
 TEST_CASE("mock keys are deterministic per user and never verify") {
   ScramKeys a1 = scram_mock_keys("alice", "process-nonce", 4096);
   ScramKeys a2 = scram_mock_keys("alice", "process-nonce", 4096);
