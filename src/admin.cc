@@ -941,15 +941,45 @@ void cmd_shutdown(Client* c, const std::string& arg) {
   if (mode != ShutdownMode::Immediate) reply_tag(c, "SHUTDOWN");
 }
 
-void cmd_reload(Client* c) {
+// Runs `change` (RELOAD or SET) on the main thread, the one door for config snapshots, and
+// answers the console on its own worker when the main thread is done. The console's
+// reading is off meanwhile; the worker's loop never waits.
+void change_config_on_main(Client* c, std::function<Status(Runtime*)> change,
+                           std::function<void(Client*, const Status&)> answer) {
   Runtime* rt = c->worker()->rt();
-  LOG_INFO("RELOAD command issued");
-  Status st = rt->reload ? rt->reload() : Status::error("reload is not available");
-  if (!st) {
-    LOG_ERROR("RELOAD failed: %s", st.message().c_str());
-    return reply_error(c, "RELOAD failed, see logs for additional details", "F0000");
+  if (!rt->post_main) {
+    answer(c, Status::error("configuration changes are not available"));
+    return;
   }
-  reply_tag(c, "RELOAD");
+  uint64_t id = c->id_;
+  Worker* w = c->worker();
+  c->admin_busy_ = true;
+  c->want_read(false);
+  rt->post_main([rt, w, id, change, answer]() {
+    Status st = change(rt);
+    w->post_call([id, st, answer](Worker& self) {
+      Client* cl = self.find_client(id);
+      if (cl == nullptr) return;
+      answer(cl, st);
+      resume_client(self, id);
+    });
+  });
+}
+
+void cmd_reload(Client* c) {
+  LOG_INFO("RELOAD command issued");
+  change_config_on_main(
+      c,
+      [](Runtime* rt) {
+        return rt->reload ? rt->reload() : Status::error("reload is not available");
+      },
+      [](Client* cl, const Status& st) {
+        if (!st) {
+          LOG_ERROR("RELOAD failed: %s", st.message().c_str());
+          return reply_error(cl, "RELOAD failed, see logs for additional details", "F0000");
+        }
+        reply_tag(cl, "RELOAD");
+      });
 }
 
 void cmd_wait_close(Client* c, const std::string& arg) {
@@ -1014,16 +1044,18 @@ void cmd_set(Client* c, const AdminStatement& st) {
   if (info == nullptr) return reply_error(c, "SET failed: unknown setting: " + st.key);
   if (!info->reloadable)
     return reply_error(c, "SET failed: " + st.key + " cannot be changed without a restart");
-  auto next = std::make_shared<Config>(*rt->config());
-  Status s = set_setting(*next, st.key, st.value);
-  if (!s) return reply_error(c, "SET failed: " + s.message());
-  rt->set_config(next);
-  if (st.key == "logfile" || st.key == "verbose" || st.key == "log_format" ||
-      st.key.rfind("syslog", 0) == 0)
-    log_configure(log_settings(*next));
-  on_all_workers(rt, [](Worker& w) { w.refresh_config(); });
-  LOG_INFO("SET %s = %s", st.key.c_str(), st.value.c_str());
-  reply_tag(c, "SET " + st.key + "=" + st.value);
+  // The read-modify-write of the snapshot happens on the main thread (Runtime::set_one),
+  // serialized with every other SET and RELOAD.
+  std::string key = st.key, value = st.value;
+  change_config_on_main(
+      c,
+      [key, value](Runtime* r) {
+        return r->set_one ? r->set_one(key, value) : Status::error("SET is not available");
+      },
+      [key, value](Client* cl, const Status& s) {
+        if (!s) return reply_error(cl, "SET failed: " + s.message());
+        reply_tag(cl, "SET " + key + "=" + value);
+      });
 }
 
 // Runs one statement. Returns false when the answer is deferred (reading stays off).

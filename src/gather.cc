@@ -2,12 +2,14 @@
 #include "gather.h"
 
 #include <arpa/inet.h>
+#include <event2/event.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -286,6 +288,66 @@ void gather_async(Worker& me, unsigned parts, std::function<void(Snapshot&)> don
       home->post_call([st, part](Worker&) {
         merge_snapshot(st->merged, std::move(*part));
         if (--st->left == 0) st->done(st->merged);
+      });
+    });
+  }
+}
+
+namespace {
+// A gather answered on the main thread. Only the main thread touches its fields (the
+// workers' parts arrive through post_main); workers only hold the shared_ptr.
+struct MainGather {
+  Snapshot merged;
+  size_t left = 0;
+  bool finished = false;
+  event* timer = nullptr;
+  std::shared_ptr<MainGather>* timer_ref = nullptr;  // the timer's hold on this gather
+  std::function<void(Snapshot&, bool)> done;
+
+  void finish(bool complete) {
+    if (finished) return;
+    finished = true;
+    if (timer != nullptr) event_free(timer);
+    timer = nullptr;
+    delete timer_ref;  // the caller holds its own reference
+    timer_ref = nullptr;
+    auto fn = std::move(done);
+    fn(merged, complete);
+  }
+
+  static void deadline_cb(evutil_socket_t, short, void* arg) {
+    std::shared_ptr<MainGather> keep = *static_cast<std::shared_ptr<MainGather>*>(arg);
+    keep->finish(false);
+  }
+};
+}  // namespace
+
+void gather_on_main(Runtime& rt, unsigned parts, double timeout_s,
+                    std::function<void(Snapshot&, bool)> done) {
+  auto st = std::make_shared<MainGather>();
+  st->left = rt.workers.size();
+  st->done = std::move(done);
+  if (st->left == 0 || !rt.post_main) {
+    st->finish(st->left == 0);
+    return;
+  }
+  if (rt.main_base != nullptr) {
+    st->timer_ref = new std::shared_ptr<MainGather>(st);
+    st->timer = evtimer_new(rt.main_base, &MainGather::deadline_cb, st->timer_ref);
+    if (st->timer != nullptr) {
+      double whole = std::floor(timeout_s);
+      timeval tv{static_cast<time_t>(whole), static_cast<suseconds_t>((timeout_s - whole) * 1e6)};
+      evtimer_add(st->timer, &tv);
+    }
+  }
+  Runtime* rtp = &rt;
+  for (auto& w : rt.workers) {
+    w->post_call([st, parts, rtp](Worker& self) {
+      auto part = std::make_shared<Snapshot>(snapshot_worker(self, parts));
+      rtp->post_main([st, part]() {
+        if (st->finished) return;
+        merge_snapshot(st->merged, std::move(*part));
+        if (--st->left == 0) st->finish(true);
       });
     });
   }

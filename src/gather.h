@@ -1,7 +1,7 @@
 // Snapshots of every worker's clients, servers and pools, gathered by message passing:
 // each worker copies its own state into plain structs on its own thread, and the parts
-// are merged on the requester's thread (a console's worker) or handed to a blocked
-// non-worker thread (the main thread's metrics endpoint and stats timer).
+// are merged on the requester's thread (a console's worker, or the main thread for the
+// metrics endpoint, the stats timer and the shutdown watcher).
 #pragma once
 
 #include <cstdint>
@@ -71,8 +71,15 @@ std::map<std::string, PoolStats> stats_by_database(const Snapshot& s);
 // From worker `me`'s thread: asks every worker for its part and calls `done` on `me`'s
 // thread once all have answered. Never blocks.
 void gather_async(Worker& me, unsigned parts, std::function<void(Snapshot&)> done);
+// From the main thread: asks every worker for its part and calls `done` on the main thread
+// (through Runtime::post_main) once all have answered, with complete = true, or when
+// `timeout_s` passed first, with the parts that came and complete = false. Never blocks;
+// `done` runs exactly once (not at all if the main loop stops first).
+void gather_on_main(Runtime& rt, unsigned parts, double timeout_s,
+                    std::function<void(Snapshot&, bool complete)> done);
 // From a thread that is not a worker: blocks until all workers answered or `timeout_s`
-// passed (then the snapshot holds the parts that came).
+// passed (then the snapshot holds the parts that came). The daemon's main thread does not
+// use it (gather_on_main); it is kept for tools and tests.
 Snapshot gather_blocking(Runtime& rt, unsigned parts, double timeout_s);
 // From a non-worker thread: runs fn on every worker and waits for all (or the timeout).
 void run_on_all_blocking(Runtime& rt, const std::function<void(Worker&)>& fn, double timeout_s);

@@ -14,7 +14,10 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "admin.h"
 #include "config.h"
@@ -50,12 +53,15 @@ struct Main {
   event_base* base = nullptr;
   std::string pidfile;
   std::string unix_path;
-  int graceful_signals = 0;                // SIGINT/SIGTERM seen (a second one is immediate)
-  std::atomic<int> requested{0};           // ShutdownMode asked by a console, for on_request
-  event* request_ev = nullptr;             // wakes the main loop from a worker thread
-  event* watch_ev = nullptr;               // graceful shutdown: checks every 100 ms
-  event* stats_ev = nullptr;               // stats_period tick
-  std::unique_ptr<MetricsServer> metrics;  // Prometheus endpoint (off by default)
+  int graceful_signals = 0;                   // SIGINT/SIGTERM seen (a second one is immediate)
+  std::atomic<int> requested{0};              // ShutdownMode asked by a console, for on_request
+  event* request_ev = nullptr;                // wakes the main loop from a worker thread
+  event* watch_ev = nullptr;                  // graceful shutdown: checks every 100 ms
+  event* stats_ev = nullptr;                  // stats_period tick
+  event* post_ev = nullptr;                   // runs the functions posted to the main thread
+  std::mutex post_mu;                         // guards posted
+  std::vector<std::function<void()>> posted;  // Runtime::post_main, for post_ev
+  std::unique_ptr<MetricsServer> metrics;     // Prometheus endpoint (off by default)
 };
 
 // systemd's notify protocol, without libsystemd: one datagram to $NOTIFY_SOCKET.
@@ -82,7 +88,45 @@ void stop_workers(Main* m) {
   event_base_loopbreak(m->base);
 }
 
-// Re-reads the config file and auth_file, reopens the log; workers adopt it at once.
+// Runtime::post_main: queue fn for the main thread and wake its loop (any thread).
+void post_main(Main* m, std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> g(m->post_mu);
+    m->posted.push_back(std::move(fn));
+  }
+  event_active(m->post_ev, EV_TIMEOUT, 0);
+}
+
+void post_cb(evutil_socket_t, short, void* arg) {
+  auto* m = static_cast<Main*>(arg);
+  std::vector<std::function<void()>> run;
+  {
+    std::lock_guard<std::mutex> g(m->post_mu);
+    run.swap(m->posted);
+  }
+  for (auto& fn : run) fn();
+}
+
+// The one door for a new config snapshot after start (RELOAD, SIGHUP, console SET), on the
+// main thread only, so changes are serialized and none is lost. Refuses what pgsluice
+// cannot honour (the running snapshot stays), warns once for TLS modes that fall back to
+// plain text, publishes the snapshot and has every worker adopt it at once.
+Status commit_config(Main* m, std::shared_ptr<Config> next, bool reopen_log) {
+  Status ok = check_unsupported_settings(*next);
+  if (!ok) return ok;
+  std::shared_ptr<const Config> cur = m->rt.config();
+  for (const std::string& w : tls_fallback_warnings(*next, cur.get())) LOG_WARN("%s", w.c_str());
+  m->rt.set_config(next);
+  if (reopen_log) {
+    LogSettings ls = log_settings(*next);
+    if (!log_configure(ls)) LOG_ERROR("cannot open logfile %s", ls.logfile.c_str());
+  }
+  for (auto& w : m->rt.workers) w->post_call([](Worker& self) { self.refresh_config(); });
+  return Status();
+}
+
+// Re-reads the config file and auth_file, reopens the log; workers adopt it at once. The
+// file's values replace everything, console SETs included (PgBouncer's RELOAD).
 Status reload(Main* m) {
   sd_notify_msg("RELOADING=1");
   auto cur = m->rt.config();
@@ -95,40 +139,51 @@ Status reload(Main* m) {
   next.value()->config_file = cur->config_file;
   for (const std::string& k : settings_needing_restart(*cur, *next.value()))
     LOG_WARN("setting %s changed in the config file: it needs a restart, ignored", k.c_str());
-  m->rt.set_config(next.value());
-  LogSettings ls = log_settings(*next.value());
-  if (!log_configure(ls)) LOG_ERROR("cannot open logfile %s", ls.logfile.c_str());
-  for (auto& w : m->rt.workers) w->post_call([](Worker& self) { self.refresh_config(); });
+  Status st = commit_config(m, next.value(), true);
   sd_notify_msg("READY=1");
-  return Status();
+  return st;
 }
 
-// Non-admin clients still connected (WAIT_FOR_CLIENTS), from a blocking gather.
-int open_clients(Main* m) {
-  Snapshot s = gather_blocking(m->rt, kSnapPools, 2.0);
-  int n = s.login_clients;
-  for (const PoolRow& r : s.pools) n += r.cl_active + r.cl_waiting;
-  return n;
+// Console SET of one reloadable setting: read-modify-write of the current snapshot.
+Status set_one(Main* m, const std::string& key, const std::string& value) {
+  auto next = std::make_shared<Config>(*m->rt.config());
+  Status s = set_setting(*next, key, value);
+  if (!s) return s;
+  bool logging =
+      key == "logfile" || key == "verbose" || key == "log_format" || key.rfind("syslog", 0) == 0;
+  s = commit_config(m, next, logging);
+  if (s) LOG_INFO("SET %s = %s", key.c_str(), value.c_str());
+  return s;
+}
+
+void arm_watch(Main* m) {
+  timeval tv{0, 100000};
+  evtimer_add(m->watch_ev, &tv);
+}
+
+void watch_done(Main* m) {
+  LOG_INFO("graceful shutdown: nothing left to wait for");
+  stop_workers(m);
 }
 
 void watch_cb(evutil_socket_t, short, void* arg) {
   auto* m = static_cast<Main*>(arg);
   auto mode = static_cast<ShutdownMode>(m->rt.shutdown_mode.load());
-  bool done = false;
   if (mode == ShutdownMode::WaitForServers) {
     int n = 0;
     for (Pool* p : m->rt.registry->pools()) n += p->server_count();
-    done = n == 0;
+    if (n == 0) return watch_done(m);
   } else if (mode == ShutdownMode::WaitForClients) {
-    done = open_clients(m) == 0;
-  }
-  if (done) {
-    LOG_INFO("graceful shutdown: nothing left to wait for");
-    stop_workers(m);
+    // Non-admin clients still connected, gathered without blocking the main loop.
+    gather_on_main(m->rt, kSnapPools, 2.0, [m](Snapshot& s, bool complete) {
+      int n = s.login_clients;
+      for (const PoolRow& r : s.pools) n += r.cl_active + r.cl_waiting;
+      if (complete && n == 0) return watch_done(m);
+      arm_watch(m);
+    });
     return;
   }
-  timeval tv{0, 100000};
-  evtimer_add(m->watch_ev, &tv);
+  arm_watch(m);
 }
 
 void start_shutdown(Main* m, ShutdownMode mode) {
@@ -161,14 +216,21 @@ void schedule_stats(Main* m) {
   evtimer_add(m->stats_ev, &tv);
 }
 
-// Every stats_period: totals per database for the averages, and the log_stats line.
+// Every stats_period: totals per database for the averages, and the log_stats line. The
+// gather answers later on the main thread; a period whose workers did not all answer within
+// 2 s is skipped rather than recorded with missing parts.
 void stats_cb(evutil_socket_t, short, void* arg) {
   auto* m = static_cast<Main*>(arg);
-  Snapshot s = gather_blocking(m->rt, kSnapPools, 2.0);
-  m->rt.stats->record(stats_by_database(s), now_seconds());
-  if (m->rt.config()->log_stats)
-    LOG_INFO("%s", stats_log_line(m->rt.stats->total_averages()).c_str());
-  schedule_stats(m);
+  gather_on_main(m->rt, kSnapPools, 2.0, [m](Snapshot& s, bool complete) {
+    if (complete) {
+      m->rt.stats->record(stats_by_database(s), now_seconds());
+      if (m->rt.config()->log_stats)
+        LOG_INFO("%s", stats_log_line(m->rt.stats->total_averages()).c_str());
+    } else {
+      LOG_WARN("stats: not every worker answered within 2 s; this period is skipped");
+    }
+    schedule_stats(m);
+  });
 }
 
 void for_all_workers(Main* m, std::function<void(Worker&)> fn) {
@@ -277,6 +339,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   for (const auto& w : cfg->warnings) LOG_WARN("%s", w.c_str());
+  for (const std::string& w : tls_fallback_warnings(*cfg, nullptr)) LOG_WARN("%s", w.c_str());
   if (daemon && cfg->pidfile.empty()) {
     std::fprintf(stderr, "pgsluice: -d needs a pidfile in the config\n");
     return 1;
@@ -349,7 +412,13 @@ int main(int argc, char** argv) {
   m.rt.start_time = now_seconds();
   m.rt.stats = std::make_unique<StatsHistory>();
   m.rt.stats->record({}, now_seconds());
+  m.rt.main_base = m.base;
+  m.post_ev = event_new(m.base, -1, 0, post_cb, &m);
+  m.rt.post_main = [&m](std::function<void()> fn) { post_main(&m, std::move(fn)); };
   m.rt.reload = [&m]() { return reload(&m); };
+  m.rt.set_one = [&m](const std::string& key, const std::string& value) {
+    return set_one(&m, key, value);
+  };
   m.request_ev = event_new(m.base, -1, 0, request_cb, &m);
   m.rt.request_shutdown = [&m](int mode) {
     m.requested = mode;
@@ -384,6 +453,7 @@ int main(int argc, char** argv) {
   m.rt.workers.clear();
   for (auto* e : sigs) event_free(e);
   event_free(m.request_ev);
+  event_free(m.post_ev);
   event_free(m.watch_ev);
   event_free(m.stats_ev);
   event_base_free(m.base);

@@ -1,9 +1,12 @@
-// The Prometheus endpoint: /metrics on the main thread, from a blocking gather.
+// The Prometheus endpoint: /metrics on the main thread, answered when a gather of the
+// workers' parts comes back; request size and time limits on every connection.
 #include "metrics.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <sys/socket.h>
 
 #include <cinttypes>
 #include <cstdio>
@@ -195,21 +198,69 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
 }
 
 MetricsServer::~MetricsServer() {
-  if (http_) evhttp_free(http_);
+  if (http_) evhttp_free(http_);  // frees the waiting requests with their connections
 }
 
 Status MetricsServer::start(event_base* base, const std::string& addr, int port) {
   http_ = evhttp_new(base);
   if (http_ == nullptr) return Status::error("metrics: evhttp_new failed");
   evhttp_set_allowed_methods(http_, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+  evhttp_set_max_headers_size(http_, kMetricsMaxHeaderBytes);
+  evhttp_set_max_body_size(http_, kMetricsMaxBodyBytes);
+  evhttp_set_timeout(http_, kMetricsIdleTimeout);
+  evhttp_set_bevcb(http_, &MetricsServer::make_bev, this);
   evhttp_set_gencb(http_, &MetricsServer::handle, this);
   if (evhttp_bind_socket_with_handle(http_, addr.c_str(), static_cast<uint16_t>(port)) == nullptr)
     return Status::error("metrics: could not listen on " + addr + ":" + std::to_string(port));
   return Status();
 }
 
+// Each new connection: evhttp's own kind of bufferevent, plus a watch on its input that
+// enforces the whole-request deadline (the idle timeout alone lets a client that sends a
+// byte every few seconds hold the connection for ever).
+bufferevent* MetricsServer::make_bev(event_base* base, void* arg) {
+  auto* self = static_cast<MetricsServer*>(arg);
+  bufferevent* bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+  if (bev == nullptr) return nullptr;
+  double now = now_seconds();
+  if (self->since_.size() >= 4096) {
+    // Entries of closed connections are overwritten when malloc reuses their address;
+    // drop the old ones now and then. A live connection's entry is never this old: it
+    // would have been closed by the deadline or the idle timeout.
+    for (auto it = self->since_.begin(); it != self->since_.end();) {
+      if (now - it->second.since > 3600)
+        it = self->since_.erase(it);
+      else
+        ++it;
+    }
+  }
+  evbuffer* in = bufferevent_get_input(bev);
+  self->since_[in] = HttpConn{now, bev};
+  evbuffer_add_cb(in, &MetricsServer::input_cb, self);
+  return bev;
+}
+
+// Called whenever bytes arrive on a connection (only while it is alive).
+void MetricsServer::input_cb(evbuffer* in, const evbuffer_cb_info* info, void* arg) {
+  if (info->n_added == 0) return;
+  auto* self = static_cast<MetricsServer*>(arg);
+  auto it = self->since_.find(in);
+  if (it == self->since_.end()) return;
+  if (now_seconds() - it->second.since <= kMetricsRequestDeadline) return;
+  // Past the deadline: end the connection. evhttp sees the end of the stream at its next
+  // read and frees the connection itself.
+  evutil_socket_t fd = bufferevent_getfd(it->second.bev);
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+}
+
 void MetricsServer::handle(evhttp_request* req, void* arg) {
   auto* self = static_cast<MetricsServer*>(arg);
+  if (evhttp_connection* conn = evhttp_request_get_connection(req)) {
+    if (bufferevent* bev = evhttp_connection_get_bufferevent(conn)) {
+      auto it = self->since_.find(bufferevent_get_input(bev));
+      if (it != self->since_.end()) it->second.since = now_seconds();  // the next request's
+    }
+  }
   const char* uri = evhttp_request_get_uri(req);
   std::string path = uri ? uri : "";
   if (size_t q = path.find('?'); q != std::string::npos) path.resize(q);
@@ -217,19 +268,48 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
     evhttp_send_error(req, HTTP_NOTFOUND, "not found; try /metrics");
     return;
   }
+  if (self->pending_.size() >= kMetricsMaxPending) {
+    evhttp_send_error(req, HTTP_SERVUNAVAIL, "too many scrapes waiting");
+    return;
+  }
+  self->pending_.push_back(req);
+  if (self->gathering_) return;  // answered with the gather in flight
+  self->gathering_ = true;
   Runtime* rt = self->rt_;
-  Snapshot s = gather_blocking(*rt, kSnapPools, 2.0);
-  MetricsExtra ex;
-  ex.paused = rt->paused_all.load() || rt->suspended.load();
-  ex.shutdown_mode = rt->shutdown_mode.load();
-  ex.uptime_s = now_seconds() - rt->start_time;
-  std::string body = render_metrics(s, *rt->config(), ex);
-  evbuffer* out = evbuffer_new();
-  evbuffer_add(out, body.data(), body.size());
-  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                    "text/plain; version=0.0.4; charset=utf-8");
-  evhttp_send_reply(req, HTTP_OK, "OK", out);
-  evbuffer_free(out);
+  std::weak_ptr<int> alive = self->alive_;
+  gather_on_main(
+      *rt, kSnapPools, kMetricsGatherDeadline, [self, rt, alive](Snapshot& s, bool complete) {
+        if (alive.expired()) return;
+        self->gathering_ = false;
+        if (!complete) {
+          LOG_WARN("metrics: not every worker answered within %g s", kMetricsGatherDeadline);
+          self->answer_all(nullptr);
+          return;
+        }
+        MetricsExtra ex;
+        ex.paused = rt->paused_all.load() || rt->suspended.load();
+        ex.shutdown_mode = rt->shutdown_mode.load();
+        ex.uptime_s = now_seconds() - rt->start_time;
+        std::string body = render_metrics(s, *rt->config(), ex);
+        self->answer_all(&body);
+      });
+}
+
+void MetricsServer::answer_all(const std::string* body) {
+  std::vector<evhttp_request*> reqs;
+  reqs.swap(pending_);
+  for (evhttp_request* req : reqs) {
+    if (body == nullptr) {
+      evhttp_send_error(req, HTTP_SERVUNAVAIL, "workers did not answer in time");
+      continue;
+    }
+    evbuffer* out = evbuffer_new();
+    evbuffer_add(out, body->data(), body->size());
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4; charset=utf-8");
+    evhttp_send_reply(req, HTTP_OK, "OK", out);
+    evbuffer_free(out);
+  }
 }
 
 }  // namespace pgsluice

@@ -3,10 +3,16 @@
 // figure exists and pgsluice_* latency histograms.
 #pragma once
 
+#include <memory>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "common.h"
 
+struct bufferevent;
+struct evbuffer;
+struct evbuffer_cb_info;
 struct event_base;
 struct evhttp;
 struct evhttp_request;
@@ -27,6 +33,20 @@ struct MetricsExtra {
 // The exposition text for a merged snapshot (pure; unit-tested).
 std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsExtra& extra);
 
+// Limits of the endpoint: a request must fit kMetricsMaxHeaderBytes (request line and
+// headers) and kMetricsMaxBodyBytes, and arrive whole within kMetricsRequestDeadline seconds
+// of the connection's start (or of its previous request); a connection that sends nothing
+// for kMetricsIdleTimeout seconds is closed. Scrapes arriving while a gather is in flight
+// share it (at most kMetricsMaxPending wait; more get 503), and a gather not answered by
+// every worker within kMetricsGatherDeadline seconds gives 503.
+inline constexpr long kMetricsMaxHeaderBytes = 8192;
+inline constexpr long kMetricsMaxBodyBytes = 1024;
+inline constexpr int kMetricsRequestDeadline = 5;
+inline constexpr int kMetricsIdleTimeout = 5;
+inline constexpr size_t kMetricsMaxPending = 64;
+inline constexpr double kMetricsGatherDeadline = 2.0;
+
+// Served on the main thread; nothing in it blocks: the snapshot comes from gather_on_main.
 class MetricsServer {
  public:
   explicit MetricsServer(Runtime* rt) : rt_(rt) {}
@@ -38,8 +58,22 @@ class MetricsServer {
 
  private:
   static void handle(::evhttp_request* req, void* arg);
+  static ::bufferevent* make_bev(::event_base* base, void* arg);
+  static void input_cb(::evbuffer* buf, const ::evbuffer_cb_info* info, void* arg);
+  void answer_all(const std::string* body);  // nullptr: 503 to every waiting scrape
   Runtime* rt_;
   evhttp* http_ = nullptr;
+  std::vector<::evhttp_request*> pending_;  // scrapes waiting for the gather in flight
+  bool gathering_ = false;
+  // Per connection, by its input buffer: when its current request began (monotonic
+  // seconds). Entries of closed connections are overwritten when the address is reused and
+  // pruned by age.
+  struct HttpConn {
+    double since;
+    ::bufferevent* bev;
+  };
+  std::unordered_map<::evbuffer*, HttpConn> since_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // the gather's check on `this`
 };
 
 }  // namespace pgsluice

@@ -57,8 +57,14 @@ struct Runtime {
   double start_time = 0;                // monotonic seconds at start
   // Set by main before the workers start; callable from any thread.
   std::function<void(int mode)> request_shutdown;  // ShutdownMode
-  std::function<Status()> reload;                  // RELOAD: re-read the config
-  std::unique_ptr<StatsHistory> stats;             // stats_period averages (stats.h)
+  std::function<Status()> reload;                  // RELOAD: re-read the config (main thread)
+  // Console SET of one reloadable setting (main thread). With `reload`, the one door for a
+  // new config snapshot: both run only on the main thread, reached through post_main.
+  std::function<Status(const std::string& key, const std::string& value)> set_one;
+  // Runs fn on the main thread at its next loop turn; thread-safe, fn must not block.
+  std::function<void(std::function<void()>)> post_main;
+  event_base* main_base = nullptr;      // the main thread's loop (gather deadlines)
+  std::unique_ptr<StatsHistory> stats;  // stats_period averages (stats.h)
 };
 
 // SHUTDOWN modes (PgBouncer's order).

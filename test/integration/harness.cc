@@ -703,6 +703,17 @@ PgbenchRun run_pgbench(const Pooler& p, const std::string& args, int timeout_s) 
   return run;
 }
 
+CmdResult run_pgsluice_config(const std::string& ini, int timeout_s) {
+  std::string dir = make_temp_dir("sluice-once");
+  std::string text = ini;
+  for (size_t at = text.find("{dir}"); at != std::string::npos; at = text.find("{dir}", at))
+    text.replace(at, 5, dir);
+  write_file(dir + "/pgsluice.ini", text, 0600);
+  return run_shell("cd " + shell_quote(dir) + " && exec " + shell_quote(pgsluice_binary()) + " " +
+                       shell_quote(dir + "/pgsluice.ini"),
+                   timeout_s);
+}
+
 CmdResult run_shell(const std::string& cmd, int timeout_s) {
   CmdResult res;
   std::string full =

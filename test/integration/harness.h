@@ -149,6 +149,12 @@ struct PgbenchRun {
 };
 PgbenchRun run_pgbench(const Pooler& p, const std::string& args, int timeout_s = 60);
 
+// Runs pgsluice once with `ini` as its config file, written to a fresh temp dir that the
+// text may name as {dir} (every {dir} is replaced), for configs that must make it exit at
+// start. Returns its exit code and stdout+stderr; a pgsluice still running after timeout_s
+// is killed and the exit code is 124.
+CmdResult run_pgsluice_config(const std::string& ini, int timeout_s = 10);
+
 // Free TCP port on 127.0.0.1.
 int free_port();
 

@@ -399,6 +399,63 @@ TEST_CASE("config: load_config errors") {
   CHECK(r.status().message().find("/nonexistent/userlist.txt") != std::string::npos);
 }
 
+TEST_CASE("config: TLS modes that require TLS are refused, naming the setting") {
+  // pgsluice has no TLS yet: a mode that requires it must not load and run in plain text.
+  for (const char* key : {"client_tls_sslmode", "server_tls_sslmode"}) {
+    for (const char* mode : {"require", "verify-ca", "verify-full", "REQUIRE"}) {
+      CAPTURE(key);
+      CAPTURE(mode);
+      Config c;
+      REQUIRE(set_setting(c, key, mode).ok());
+      Status st = check_unsupported_settings(c);
+      REQUIRE_FALSE(st.ok());
+      CHECK(st.message().find(key) != std::string::npos);
+      CHECK(st.message().find("TLS") != std::string::npos);
+    }
+    for (const char* mode : {"disable", "allow", "prefer"}) {
+      Config c;
+      REQUIRE(set_setting(c, key, mode).ok());
+      CHECK(check_unsupported_settings(c).ok());
+    }
+  }
+  CHECK(check_unsupported_settings(Config()).ok());  // the defaults start
+
+  // load_config refuses the file, naming it and the setting.
+  TempFile f("tls.ini", "[pgbouncer]\nlisten_port = 6432\nclient_tls_sslmode = require\n");
+  auto r = load_config(f.path);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find(f.path) != std::string::npos);
+  CHECK(r.status().message().find("client_tls_sslmode = require") != std::string::npos);
+  TempFile g("tls2.ini", "[pgbouncer]\nserver_tls_sslmode = verify-full\n");
+  auto r2 = load_config(g.path);
+  REQUIRE_FALSE(r2.ok());
+  CHECK(r2.status().message().find("server_tls_sslmode = verify-full") != std::string::npos);
+}
+
+TEST_CASE("config: TLS fallback warnings: once at start, again only when a mode changes") {
+  Config def;
+  // At start the default server_tls_sslmode = prefer gives the one warning.
+  std::vector<std::string> w = tls_fallback_warnings(def, nullptr);
+  REQUIRE(w.size() == 1);
+  CHECK(w[0].find("server_tls_sslmode = prefer") != std::string::npos);
+  CHECK(w[0].find("plain text") != std::string::npos);
+  // A reload that keeps the modes says nothing.
+  CHECK(tls_fallback_warnings(def, &def).empty());
+  // A change to allow/prefer warns for that setting only.
+  Config next = def;
+  REQUIRE(set_setting(next, "client_tls_sslmode", "allow").ok());
+  w = tls_fallback_warnings(next, &def);
+  REQUIRE(w.size() == 1);
+  CHECK(w[0].find("client_tls_sslmode = allow") != std::string::npos);
+  // disable never warns.
+  Config off;
+  REQUIRE(set_setting(off, "server_tls_sslmode", "disable").ok());
+  CHECK(tls_fallback_warnings(off, nullptr).empty());
+  Config again = off;
+  REQUIRE(set_setting(again, "server_tls_sslmode", "prefer").ok());
+  CHECK(tls_fallback_warnings(again, &off).size() == 1);
+}
+
 TEST_CASE("config: value parsers") {
   CHECK(parse_int_value("42") == 42);
   CHECK(parse_int_value(" -7 ") == -7);
