@@ -139,20 +139,36 @@ void Server::make_room(size_t max, PreparedStats& ps) {
   }
 }
 
+void Server::unverify() {
+  stmts_.unverify_all();
+  stale_ = true;
+}
+
+void Server::close_if_stale(std::string_view name, bool always) {
+  if (!stale_ && !always) return;
+  std::string m;
+  wire::Writer(m).begin('C').u8('S').cstr(name).end();
+  worker_->bufs().append(out_, m.data(), m.size());
+  queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+}
+
 void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t max,
                              PreparedStats& ps) {
   std::string m;
-  if (stmts_.touch(e->id)) {
-    if (!stmts_.unconfirmed_before(e->id, syncs_sent_)) {
+  bool verified = false;
+  if (stmts_.touch(e->id, &verified)) {
+    if (verified && !stmts_.unconfirmed_before(e->id, syncs_sent_)) {
       ps.hits++;
       return;
     }
-    // Its Parse went out in an earlier segment and may have failed: prepare it again here
-    // (Close of a missing statement is harmless), so this segment gets PostgreSQL's answer.
+    // Its Parse went out in an earlier segment and may have failed, or some SQL may have
+    // replaced it (unverify): prepare it again here (Close of a missing statement is
+    // harmless), so this segment gets PostgreSQL's answer and runs pgsluice's text.
     wire::Writer(m).begin('C').u8('S').cstr(e->server_name).end();
     queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
   } else {
     make_room(max, ps);
+    close_if_stale(e->server_name);
   }
   wire::Writer(m).begin('P').cstr(e->server_name).bytes(e->body).end();
   worker_->bufs().append(out_, m.data(), m.size());
@@ -199,6 +215,11 @@ void Server::unwind_to_sync(bool front_failed) {
 }
 
 void Server::unwind(const Request& r, bool failed) {
+  if (r.type == 'P' && r.tag == kUnnamedParse) {
+    // A failed unnamed Parse leaves none, a skipped one what was there: not known here.
+    unnamed_client_ = 0;
+    if (failed && client_ != nullptr) client_->has_unnamed_ = false;
+  }
   if (r.client_name >= 0 && client_ != nullptr) {
     // The client's name goes back to what it was before this request; a failed unnamed
     // Parse leaves no unnamed statement at all (PostgreSQL drops the old one first).
@@ -211,14 +232,17 @@ void Server::unwind(const Request& r, bool failed) {
   if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {
     // A failed Parse left nothing. A skipped one (and the Close skipped before it) left the
     // server as it was: the statement is there if PostgreSQL acknowledged it earlier.
-    if (failed || !stmts_.confirmed(r.stmt))
+    if (failed || !stmts_.confirmed(r.stmt)) {
       stmts_.remove(r.stmt);
-    else
+    } else {
       stmts_.drop_pending(r.stmt);
+      stmts_.unverify(r.stmt);  // its re-Parse (and Close) did not run: as it was before
+    }
   } else if (r.type == 'C' && r.action == ReqAction::Skip && r.stmt != 0) {
     auto it = evicting_.find(r.stmt);  // the eviction was skipped: still prepared here
     if (it != evicting_.end()) {
       stmts_.add(it->second);
+      stmts_.unverify(r.stmt);  // as it was, whatever that was: prepared again before use
       evicting_.erase(it);
     }
   }
@@ -489,9 +513,14 @@ void Server::process() {
             return;
           }
           break;
+        case 'C':
+          if (body.size() > 1) {  // server_reset_query: DISCARD ALL drops every statement
+            std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size() - 1);
+            if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") unverify();
+          }
+          break;
         case 'N':
         case 'A':
-        case 'C':
         case 'T':
         case 'D':
         case 'I':
@@ -545,7 +574,7 @@ void Server::process() {
       }
       case '1':
         if (!queue_.empty() && queue_.front_type() == 'P') {
-          if (queue_.front().stmt != 0) stmts_.confirm(queue_.front().stmt);
+          if (queue_.front().stmt != 0) stmts_.confirm(queue_.front().stmt, pool_->uid);
           swallow = queue_.front().action == ReqAction::Skip;
           queue_.pop();
         }
@@ -583,8 +612,7 @@ void Server::process() {
           std::string_view tag(reinterpret_cast<const char*>(body.data()),
                                body.empty() ? 0 : body.size() - 1);
           if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") {
-            stmts_.clear();
-            evicting_.clear();
+            unverify();
             client_->stmts_.clear();
           }
         }
@@ -592,22 +620,38 @@ void Server::process() {
       case 'E':
         client_->copy_in_ = false;
         copy_ = false;
-        if (!retried_ && client_->seg_ok_ && seg_out_ == 0 && !queue_.empty() &&
-            queue_.front_type() == 'B' && queue_.front().stmt != 0 && queue_.single_segment() &&
-            wire::parse_error(body).sqlstate == "0A000") {
-          // "cached plan must not change result type" after DDL, and the client has seen
-          // nothing of this segment: re-prepare and replay it once (at its ReadyForQuery).
-          retry_pending_ = true;
-          retry_stmt_ = queue_.front().stmt;
-          swallow = true;
-        } else if (!queue_.empty() && queue_.front().rename >= 0) {
+        if (!queue_.empty() && queue_.front().stmt != 0 && queue_.front().rename < 0 &&
+            !body.empty()) {
+          // 26000 for a statement pgsluice believed this server held, or 42P05 for one it
+          // believed absent: some SQL changed pgsluice's statements behind its back.
+          std::string st = wire::parse_error(body).sqlstate;
+          uint8_t ft = queue_.front_type();
+          if ((st == "26000" && (ft == 'B' || ft == 'D')) || (st == "42P05" && ft == 'P')) {
+            unverify();
+            st = "stale";
+          }
+          if (!retried_ && client_->seg_ok_ && seg_out_ == 0 && queue_.single_segment() &&
+              ((st == "0A000" && ft == 'B') || st == "stale")) {
+            // "cached plan must not change result type" after DDL, or a statement lost as
+            // above, and the client has seen nothing of this segment: replay it once (at
+            // its ReadyForQuery), which prepares it afresh.
+            retry_pending_ = true;
+            retry_stmt_ = st == "stale" ? 0 : queue_.front().stmt;
+            swallow = true;
+          }
+        }
+        if (!swallow && !queue_.empty() && queue_.front().rename >= 0) {
           // An error pgsluice provoked on the client's behalf: name the client's statement.
           const auto& rn = renames_[static_cast<size_t>(queue_.front().rename)];
-          std::string m = rename_error(body, rn.first, rn.second);
+          std::string m;
+          if (rn.first == kRefused)
+            wire::error_response(m, "ERROR", "42501", rn.second);
+          else
+            m = rename_error(body, rn.first, rn.second);
           worker_->bufs().append(client_->out_, m.data(), m.size());
           lp_->stats.bytes_sent += m.size();
           swallow = true;
-        } else if (!queue_.empty() && queue_.front().stmt != 0 &&
+        } else if (!swallow && !queue_.empty() && queue_.front().stmt != 0 &&
                    (queue_.front_type() == 'B' || queue_.front_type() == 'D')) {
           // An error that names a remapped statement ("bind message supplies 1 parameters,
           // but prepared statement ... requires 2"): name it as the client does.
@@ -617,7 +661,7 @@ void Server::process() {
           std::string_view name;
           const StmtEntry* e = client_->stmts_.find_by_id(r.stmt, r.tag, &name);
           if (e != nullptr || r.tag == name_tag({})) {
-            std::string from = "PGSLUICE_" + std::to_string(r.stmt);
+            std::string from = stmt_server_name(r.stmt);
             std::string m = rename_error(body, from, name);
             worker_->bufs().append(client_->out_, m.data(), m.size());
             lp_->stats.bytes_sent += m.size();
@@ -676,11 +720,14 @@ void Server::process() {
         retry_pending_ = false;
         retried_ = true;
         // Drop the stale statement here; the replay's Bind injects a fresh Parse.
-        stmts_.remove(retry_stmt_);
-        std::string m;
-        wire::Writer(m).begin('C').u8('S').cstr("PGSLUICE_" + std::to_string(retry_stmt_)).end();
-        worker_->bufs().append(out_, m.data(), m.size());
-        queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+        // (retry_stmt_ 0: the server's statements were unverified; stale_ closes each anew.)
+        if (retry_stmt_ != 0) {
+          stmts_.remove(retry_stmt_);
+          std::string m;
+          wire::Writer(m).begin('C').u8('S').cstr(stmt_server_name(retry_stmt_)).end();
+          worker_->bufs().append(out_, m.data(), m.size());
+          queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+        }
         lp_->prepared.replays++;
         client_->replay_segment();
         if (dead_ || client_ == nullptr) return;

@@ -41,6 +41,14 @@ enum class ReqAction : uint8_t {
   Fake,     // answered by pgsluice itself when it reaches the front (ParseComplete, CloseComplete)
 };
 
+// Server::renames_ source of an error pgsluice raises itself in place of PostgreSQL's
+// (42501, the rename's target is the message): see Client::remap.
+inline const std::string kRefused = std::string("\x01refused");
+
+// Request::tag of a client's unnamed Parse without cache_unnamed_statements (see
+// Client::ensure_unnamed).
+constexpr int32_t kUnnamedParse = -2;
+
 // One request sent to a server whose answer is still due.
 struct Request {
   uint8_t type = 0;  // frontend message type: 'Q','P','B','D','E','C','S','F'
@@ -107,6 +115,20 @@ class Server final : public Conn {
   void ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t max, PreparedStats& ps);
   // Evicts least recently used statements until one more fits under max.
   void make_room(size_t max, PreparedStats& ps);
+  // Evicts least recently used statements down to max (after max_prepared_statements was
+  // lowered); sends nothing when within it.
+  void trim(size_t max, PreparedStats& ps) {
+    if (max > 0 && stmts_.size() > max) make_room(max + 1, ps);
+  }
+  // The client ran (or is about to run) SQL that may have dropped, replaced or created
+  // statements under pgsluice's names (sql_scan, a DEALLOCATE ALL / DISCARD ALL tag, a 26000
+  // or 42P05 for a statement pgsluice knew): forget what this server holds, and from now on
+  // precede every statement pgsluice prepares here with a Close (stale_), so a statement is
+  // always prepared afresh from its own text before it is used again.
+  void unverify();
+  // On a stale_ server: queues a swallowed Close of `name` (the next Parse of it then cannot
+  // meet a statement some client put there).
+  void close_if_stale(std::string_view name, bool always = false);
   // Answers the Fake requests now at the front of the queue (in order).
   void emit_fakes();
   // A request of an earlier, unanswered segment changed the client's name `name`.
@@ -160,6 +182,12 @@ class Server final : public Conn {
     std::shared_ptr<const StmtEntry> prev;  // null: the name was not mapped
   };
   std::vector<NameUndo> undos_;
+  // Statements unknown to pgsluice may exist here under its names (see unverify()).
+  bool stale_ = false;
+  // Whose unnamed statement PostgreSQL holds here (without cache_unnamed_statements): the
+  // client's id_ and its Client::unnamed_gen_ when it was parsed here; 0: unknown.
+  uint64_t unnamed_client_ = 0;
+  uint64_t unnamed_gen_ = 0;
   // An extended-protocol request failed: PostgreSQL ignores every message up to the next
   // Sync (simple queries too), so none of them gets an answer or a fake one.
   bool skip_to_sync_ = false;
