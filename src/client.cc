@@ -15,6 +15,9 @@ namespace pgsluice {
 
 namespace {
 constexpr size_t kHighWater = 64 * 1024;  // stop reading a side whose peer has this much unsent
+constexpr size_t kScanWhole = 64 * 1024;  // a Query up to this size is read whole before sending
+constexpr const char* kReservedNames =
+    "prepared statement names of the connection pooler cannot be used";
 
 bool in_csv_list(std::string_view list, std::string_view name) {
   size_t i = 0;
@@ -500,9 +503,14 @@ bool Client::forward_messages() {
     if (fwd_remaining_ > 0) {
       size_t n = in_.size() < fwd_remaining_ ? in_.size() : static_cast<size_t>(fwd_remaining_);
       if (n == 0) break;
+      if (qscan_active_ && !scan_streamed(n)) return false;
       worker_->bufs().append(server_->out_, in_.begin(), n);
       in_.rpos += n;
       fwd_remaining_ -= n;
+      if (qscan_active_ && fwd_remaining_ == 0) {
+        qscan_active_ = false;
+        if (qscan_.flags & SqlScan::kTouchesStmts) server_->unverify();
+      }
       continue;
     }
     if (in_.size() < wire::kHeaderLen) break;
@@ -551,6 +559,16 @@ bool Client::forward_messages() {
       }
     }
     bool remapped = need > 0;
+    scan_flags_ = 0;
+    if (remap_ && (type == 'Q' || type == 'P') && in_.size() > len) {
+      // The whole text is here: what may it do to pgsluice's statements (sql_scan)?
+      wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
+      std::string_view name;
+      if (type == 'Q' || r.cstr(name)) {
+        auto t = r.rest();
+        scan_flags_ = sql_scan(std::string_view(reinterpret_cast<const char*>(t.data()), t.size()));
+      }
+    }
     if (state_ != ClientState::Active) {
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
@@ -572,6 +590,20 @@ bool Client::forward_messages() {
     switch (type) {
       case 'Q':
         if (cache_unnamed_) stmts_.erase(std::string_view());  // a simple query drops it
+        if (remap_) {
+          stmts_.has_unnamed = false;  // and without the cache, the client's and the server's
+          s->unnamed_client_ = id_;
+          s->unnamed_gen_ = ++unnamed_gen_;
+        }
+        if (remap_ && in_.size() <= len) {
+          // Too large to read whole: scanned as it streams through (scan_streamed).
+          qscan_.reset();
+          qscan_active_ = true;
+          in_.rpos += wire::kHeaderLen;
+          bool ok = scan_streamed(in_.size() < len - 4 ? in_.size() : len - 4);
+          in_.rpos -= wire::kHeaderLen;
+          if (!ok) return false;
+        }
         break;
       case 'P':
         st.client_parse_count++, st.server_parse_count++;
@@ -616,11 +648,22 @@ bool Client::forward_messages() {
   return !dead_;
 }
 
+// Scans the next n bytes of a Query that streams through (qscan_active_). A text that
+// names pgsluice's namespace ends the session: part of it already went to the server.
+bool Client::scan_streamed(size_t n) {
+  qscan_.feed(std::string_view(reinterpret_cast<const char*>(in_.begin()), n));
+  if (!(qscan_.flags & SqlScan::kNamesNamespace)) return true;
+  qscan_active_ = false;
+  fail("42501", kReservedNames, "statement names pgsluice's namespace");
+  return false;
+}
+
 // How many bytes of a Parse/Bind/Describe/Close must be buffered before remap() can
 // rewrite it: the whole message, except for Bind, whose parameters may be large and
 // stream through after its two names.
 size_t Client::remap_need(uint8_t type, size_t len) const {
   size_t total = len + 1;
+  if (type == 'Q' && total <= kScanWhole) return total;  // read whole and scanned (sql_scan)
   if (type == 'Q') {  // only a query starting with PREPARE/EXECUTE/DEALLOCATE is read whole
     size_t avail = in_.size() < total ? in_.size() : total;
     std::string_view text(reinterpret_cast<const char*>(in_.begin()) + wire::kHeaderLen,
@@ -638,22 +681,24 @@ size_t Client::remap_need(uint8_t type, size_t len) const {
   return avail + 1 < total ? avail + 1 : total;  // need more of the names
 }
 
-namespace {
-constexpr std::string_view kNoSuchStatement = "PGSLUICE_NO_SUCH_STATEMENT";
-}
-
 // The server-side name for a client's statement, prepared on the linked server if needed.
-// An unknown name maps to one the server does not have either, so that PostgreSQL itself
-// answers 26000 at this point of the pipeline; *rename then tells how to name it back.
-std::string_view Client::server_stmt_name(std::string_view name, int* rename, uint64_t* id) {
+// An unknown name maps to one the server does not have either (id 0 is never used, and it
+// is closed first in case some client's SQL prepared it), so that
+// PostgreSQL itself answers 26000 at this point of the pipeline; *rename then tells how to
+// name it back. *touches: running the statement may change the server's statements.
+std::string_view Client::server_stmt_name(std::string_view name, int* rename, uint64_t* id,
+                                          bool* touches) {
+  static const std::string none = stmt_server_name(0);
   if (const auto* e = stmts_.find(name)) {
     server_->ensure_prepared(*e, static_cast<size_t>(worker_->cfg().max_prepared_statements),
                              lp_->prepared);
     *id = (*e)->id;
+    if (touches != nullptr) *touches = (*e)->touches_stmts;
     return (*e)->server_name;
   }
-  *rename = server_->add_rename(std::string(kNoSuchStatement), std::string(name));
-  return kNoSuchStatement;
+  server_->close_if_stale(none, true);  // rare; and no client's PREPARE of it may run
+  *rename = server_->add_rename(none, std::string(name));
+  return none;
 }
 
 bool Client::must_wait(uint8_t type, size_t len) const {
@@ -685,18 +730,20 @@ bool Client::must_wait(uint8_t type, size_t len) const {
 void Client::parse_entry(Server* s, const std::shared_ptr<const StmtEntry>& entry, int undo,
                          size_t max) {
   PreparedStats& ps = lp_->prepared;
-  bool held = s->stmts_.touch(entry->id);
-  if (held && !s->stmts_.unconfirmed_before(entry->id, s->syncs_sent_)) {
+  bool verified = false;
+  bool held = s->stmts_.touch(entry->id, &verified);
+  if (held && verified && !s->stmts_.unconfirmed_before(entry->id, s->syncs_sent_)) {
     ps.hits++;
     s->queue_.push(Request{'P', ReqAction::Fake, 0, -1, undo, -1, 0});
     return;
   }
   std::string m;
-  if (held) {  // unconfirmed from an earlier segment: prepare it again (see ensure_prepared)
+  if (held) {  // unconfirmed from an earlier segment, or unverified: prepare it again
     wire::Writer(m).begin('C').u8('S').cstr(entry->server_name).end();
     s->queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
   } else {
     s->make_room(max, ps);
+    s->close_if_stale(entry->server_name);
   }
   wire::Writer(m).begin('P').cstr(entry->server_name).bytes(entry->body).end();
   worker_->bufs().append(s->out_, m.data(), m.size());
@@ -708,7 +755,8 @@ void Client::parse_entry(Server* s, const std::shared_ptr<const StmtEntry>& entr
 }
 
 // A segment of only named Parses and its Sync, from a client with no server: when
-// PostgreSQL has accepted every one of these statements before (on any server) and none of
+// PostgreSQL has accepted every one of these statements before on a server of this pool
+// (the same database and role: StmtEntry::accepted) and none of
 // the names is in use, pgsluice answers it itself (ParseComplete each, then ReadyForQuery
 // 'I', as PostgreSQL would) and takes no server. The server-side Parse follows with the
 // first Bind or Describe, on whichever server runs it. Without this, a client that prepares
@@ -742,7 +790,7 @@ bool Client::answer_parses() {
     auto rest = r.rest();
     auto e = stmt_registry().find(
         std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
-    if (e == nullptr || !e->parsed.load(std::memory_order_relaxed)) return false;
+    if (e == nullptr || !e->accepted(pool_->uid)) return false;
     found.emplace_back(name, std::move(e));
     pos += len + 1;
   }
@@ -778,10 +826,43 @@ int Client::remap(uint8_t type, size_t len) {
   size_t have = in_.size() < total ? in_.size() : total;
   wire::Reader r(in_.begin() + wire::kHeaderLen, have - wire::kHeaderLen);
   std::string m;
+  s->trim(max, ps);  // max_prepared_statements may have been lowered meanwhile
   switch (type) {
     case 'P': {
       std::string_view name;
-      if (!r.cstr(name) || (name.empty() && !cache_unnamed_)) return 0;
+      if (!r.cstr(name)) return 0;
+      if (scan_flags_ & SqlScan::kNamesNamespace) {
+        // Refused where PostgreSQL would have parsed it: a Parse that cannot succeed goes in
+        // its place (PostgreSQL then skips to the Sync), and its error is replaced by ours.
+        st.bytes_received += total;
+        s->unsynced_ = true;
+        s->begin_request();
+        wire::Writer(m).begin('P').cstr(stmt_server_name(0)).cstr("pgsluice refused").i16(0).end();
+        worker_->bufs().append(s->out_, m.data(), m.size());
+        s->queue_.push(Request{'P', ReqAction::Forward, 0, s->add_rename(kRefused, kReservedNames),
+                               -1, -1, 0});
+        in_.rpos += total;
+        return 1;
+      }
+      if (name.empty() && !cache_unnamed_) {
+        // Forwarded as it is, and remembered (ensure_unnamed); what it runs may drop or
+        // replace statements.
+        if (scan_flags_ & SqlScan::kTouchesStmts) s->unverify();
+        auto rest = r.rest();
+        unnamed_body_.assign(reinterpret_cast<const char*>(rest.data()), rest.size());
+        stmts_.has_unnamed = true;
+        s->unnamed_client_ = id_;
+        s->unnamed_gen_ = ++unnamed_gen_;
+        st.client_parse_count++;
+        st.server_parse_count++;
+        st.bytes_received += total;
+        s->unsynced_ = true;
+        s->begin_request();
+        worker_->bufs().append(s->out_, in_.begin(), total);
+        s->queue_.push(Request{'P', ReqAction::Forward, 0, -1, -1, kUnnamedParse, 0});
+        in_.rpos += total;
+        return 1;
+      }
       auto rest = r.rest();
       std::string_view body(reinterpret_cast<const char*>(rest.data()), rest.size());
       st.client_parse_count++;
@@ -816,13 +897,19 @@ int Client::remap(uint8_t type, size_t len) {
     }
     case 'B': {
       std::string_view portal, name;
-      if (!r.cstr(portal) || !r.cstr(name) || !remapped_name(name)) return 0;
+      if (!r.cstr(portal) || !r.cstr(name)) return 0;
+      if (!remapped_name(name)) {
+        if (name.empty() && !cache_unnamed_) ensure_unnamed(s);
+        return 0;
+      }
       st.bind_count++;
       st.bytes_received += total;
       s->note_extended();
       int rename = -1;
       uint64_t id = 0;
-      std::string_view srv = server_stmt_name(name, &rename, &id);
+      bool touches = false;
+      std::string_view srv = server_stmt_name(name, &rename, &id, &touches);
+      if (touches) s->unverify();  // what it runs may drop or replace statements
       size_t head = wire::kHeaderLen + portal.size() + 1 + name.size() + 1;
       size_t rest = total - head;
       // The rewritten header goes straight into the server's buffer; names end in NUL both
@@ -845,7 +932,16 @@ int Client::remap(uint8_t type, size_t len) {
     case 'C': {
       uint8_t kind = 0;
       std::string_view name;
-      if (!r.u8(kind) || !r.cstr(name) || kind != 'S' || !remapped_name(name)) return 0;
+      if (!r.u8(kind) || !r.cstr(name) || kind != 'S') return 0;
+      if (!remapped_name(name)) {
+        if (name.empty() && !cache_unnamed_ && type == 'D') ensure_unnamed(s);
+        if (name.empty() && !cache_unnamed_ && type == 'C') {
+          stmts_.has_unnamed = false;  // forwarded; the server's unnamed statement is the client's
+          s->unnamed_client_ = id_;
+          s->unnamed_gen_ = ++unnamed_gen_;
+        }
+        return 0;
+      }
       st.bytes_received += total;
       s->note_extended();
       in_.rpos += total;
@@ -870,10 +966,20 @@ int Client::remap(uint8_t type, size_t len) {
     case 'Q': {
       std::string_view text;
       if (cache_unnamed_) stmts_.erase(std::string_view());  // a simple query drops it
+      // ... here too: the client's, and the server's (now the same: none).
+      stmts_.has_unnamed = false;
+      s->unnamed_client_ = id_;
+      s->unnamed_gen_ = ++unnamed_gen_;
       if (!r.cstr(text)) return 0;
-      SqlPrepared sp = parse_sql_prepared(text);
-      if (sp.kind == SqlPrepared::Kind::None) return 0;
-      return remap_sql(sp, total);
+      if (scan_flags_ & SqlScan::kNamesNamespace) return refuse_sql(total);
+      if (sql_prepared_prefix(text, true) == 1) {
+        SqlPrepared sp = parse_sql_prepared(text);
+        if (sp.kind != SqlPrepared::Kind::None) return remap_sql(sp, total);
+      }
+      // Not fully understood: if it may drop, replace or read statements (a second
+      // statement, a comment, a DO block, dynamic SQL), trust nothing this server holds.
+      if (scan_flags_ & SqlScan::kTouchesStmts) s->unverify();
+      return 0;
     }
     default:
       return 0;
@@ -901,12 +1007,15 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
       ps.client_parses++;
       req.client_name = s->add_undo(sp.name, nullptr);  // a new name (else 42P05 above)
       stmts_.set(sp.name, entry);
-      if (s->stmts_.touch(entry->id)) {
+      bool verified = false;
+      if (s->stmts_.touch(entry->id, &verified) && verified) {
         ps.hits++;
         req.action = ReqAction::Fake;
         req.tag = s->add_rename("PREPARE", std::string());
       } else {
-        s->make_room(max, ps);
+        bool held = s->stmts_.contains(entry->id);  // but unverified
+        if (!held) s->make_room(max, ps);
+        s->close_if_stale(entry->server_name, held);
         sql = sql_prepare_text(*entry);
         req.stmt = entry->id;
         s->stmts_.add(entry);
@@ -918,8 +1027,11 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
       const auto* e = stmts_.find(sp.name);
       if (e == nullptr) return 0;  // unknown: PostgreSQL says 26000 with the client's name
       auto entry = *e;
-      if (is_sql_stmt(*entry) && !s->stmts_.touch(entry->id)) {
-        s->make_room(max, ps);
+      bool verified = false;
+      if (is_sql_stmt(*entry) && !(s->stmts_.touch(entry->id, &verified) && verified)) {
+        bool held = s->stmts_.contains(entry->id);  // but unverified
+        if (!held) s->make_room(max, ps);
+        s->close_if_stale(entry->server_name, held);
         sql = sql_prepare_text(*entry) + ";";
         req.stmt = entry->id;
         req.swallow_c = 1;
@@ -931,6 +1043,7 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
         ps.hits++;
       }
       sql += "EXECUTE " + entry->server_name + sp.args;
+      if (entry->touches_stmts) s->unverify();  // what it runs may change statements
       break;
     }
     case SqlPrepared::Kind::Deallocate: {
@@ -952,6 +1065,45 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
     wire::query(m, sql);
     worker_->bufs().append(s->out_, m.data(), m.size());
   }
+  s->queue_.push(req);
+  in_.rpos += total;
+  s->emit_fakes();
+  return 1;
+}
+
+// A Bind or Describe of the unnamed statement (without cache_unnamed_statements) on a server
+// that does not hold the client's own: PostgreSQL keeps a session's unnamed statement until
+// the next unnamed Parse or simple Query, across Syncs, so pgsluice parses it again here
+// (swallowed), or, when the client has none, closes whatever another client left there so
+// that PostgreSQL answers 26000 as it would.
+void Client::ensure_unnamed(Server* s) {
+  if (s->unnamed_client_ == id_ && s->unnamed_gen_ == unnamed_gen_) return;
+  std::string m;
+  if (stmts_.has_unnamed) {
+    wire::Writer(m).begin('P').cstr("").bytes(unnamed_body_).end();
+    s->queue_.push(Request{'P', ReqAction::Skip, 0, -1, -1, kUnnamedParse, 0});
+    lp_->stats.server_parse_count++;
+  } else {
+    wire::Writer(m).begin('C').u8('S').cstr("").end();
+    s->queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+  }
+  worker_->bufs().append(s->out_, m.data(), m.size());
+  s->unnamed_client_ = id_;
+  s->unnamed_gen_ = unnamed_gen_;
+}
+
+// A Query whose text names pgsluice's statement namespace: PostgreSQL raises 42501 in its
+// place (through a DO block, so the transaction state is PostgreSQL's own).
+int Client::refuse_sql(size_t total) {
+  Server* s = server_;
+  std::string sql = "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = " +
+                    wire::sql_literal(kReservedNames) + "; END$pgsluice$";
+  Request req{'Q', ReqAction::Forward, 0, s->add_rename(std::string(), std::string()), -1, -1, 0};
+  lp_->stats.bytes_received += total;
+  s->begin_request();
+  std::string m;
+  wire::query(m, sql);
+  worker_->bufs().append(s->out_, m.data(), m.size());
   s->queue_.push(req);
   in_.rpos += total;
   s->emit_fakes();

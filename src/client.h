@@ -73,6 +73,16 @@ class Client final : public Conn {
   bool remap_ = false;          // remap named statements (transaction/statement mode)
   bool cache_unnamed_ = false;  // and the unnamed one (cache_unnamed_statements)
   bool stalled_ = false;        // waiting for an earlier segment's answer (Client::must_wait)
+  // sql_scan() of the Query/Parse text being handled (remapping only), and of a Query too
+  // large to read whole, fed as it streams through (qscan_active_).
+  // Without cache_unnamed_statements: the client's unnamed statement, kept so that it
+  // survives a Sync as in PostgreSQL (Client::ensure_unnamed). unnamed_gen_ counts its
+  // unnamed Parses and simple queries (each replaces or drops it).
+  std::string unnamed_body_;
+  uint64_t unnamed_gen_ = 0;
+  uint8_t scan_flags_ = 0;
+  SqlScan qscan_;
+  bool qscan_active_ = false;
   // The current extended-protocol segment (messages up to Sync), kept so that a Bind that
   // failed with 0A000 after DDL can be replayed once; seg_ok_ is false when it cannot be.
   std::string seg_bytes_;
@@ -116,7 +126,11 @@ class Client final : public Conn {
   int remap(uint8_t type, size_t len);
   bool answer_parses();
   int remap_sql(const SqlPrepared& sp, size_t total);
-  std::string_view server_stmt_name(std::string_view name, int* rename, uint64_t* id);
+  int refuse_sql(size_t total);
+  void ensure_unnamed(Server* s);
+  bool scan_streamed(size_t n);
+  std::string_view server_stmt_name(std::string_view name, int* rename, uint64_t* id,
+                                    bool* touches = nullptr);
 
   AuthStep auth_step_ = AuthStep::None;
   std::string secret_;  // the stored secret of user_ (empty when unknown)

@@ -9,9 +9,14 @@
 
 namespace pgsluice {
 
+namespace {
+std::atomic<uint64_t> next_pool_uid{1};
+}
+
 Pool::Pool(std::string db, std::string user, size_t nworkers)
     : db_name(std::move(db)),
       user_name(std::move(user)),
+      uid(next_pool_uid.fetch_add(1, std::memory_order_relaxed)),
       nworkers_(nworkers),
       idle_on_(new std::atomic<int>[nworkers]),
       waiting_on_(new std::atomic<int>[nworkers]) {

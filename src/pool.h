@@ -33,6 +33,8 @@ class Pool {
 
   const std::string db_name;    // the database name clients use
   const std::string user_name;  // the user pgsluice logs in to PostgreSQL as
+  // Process-wide unique, never reused: whose acceptance a StmtEntry records.
+  const uint64_t uid;
 
   // Resolved from the config at creation.
   std::string host;  // for logs

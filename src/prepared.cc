@@ -3,8 +3,46 @@
 #include "prepared.h"
 
 #include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "password.h"
 
 namespace pgsluice {
+
+const std::string& stmt_namespace() {
+  static const std::string ns = [] {
+    uint8_t r[8] = {};
+    if (!random_bytes(r, sizeof r)) {  // never in practice; still not a constant
+      uint64_t t =
+          static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+      std::memcpy(r, &t, sizeof r);
+    }
+    char hex[17];
+    for (size_t i = 0; i < sizeof r; i++) std::snprintf(hex + 2 * i, 3, "%02X", r[i]);
+    return "PGSLUICE_" + std::string(hex, 16) + "_";
+  }();
+  return ns;
+}
+
+std::string stmt_server_name(uint64_t id) {
+  return stmt_namespace() + std::to_string(id);
+}
+
+void StmtEntry::accept(uint64_t pool_uid) const {
+  std::lock_guard<std::mutex> g(mu_);
+  for (uint64_t u : accepted_)
+    if (u == pool_uid) return;
+  if (accepted_.size() < 64) accepted_.push_back(pool_uid);  // beyond: asked of a server
+}
+
+bool StmtEntry::accepted(uint64_t pool_uid) const {
+  std::lock_guard<std::mutex> g(mu_);
+  for (uint64_t u : accepted_)
+    if (u == pool_uid) return true;
+  return false;
+}
 
 StmtRegistry& stmt_registry() {
   static StmtRegistry r;
@@ -20,8 +58,9 @@ std::shared_ptr<const StmtEntry> StmtRegistry::get(std::string_view body) {
   }
   auto e = std::make_shared<StmtEntry>();
   e->id = ++next_id_;
-  e->server_name = "PGSLUICE_" + std::to_string(e->id);
+  e->server_name = stmt_server_name(e->id);
   e->body = key;
+  e->touches_stmts = (sql_scan(key) & SqlScan::kTouchesStmts) != 0;
   // Drop expired entries now and then so the map does not grow with dead keys.
   if (by_body_.size() > 1024 && (next_id_ & 1023) == 0) {
     for (auto i = by_body_.begin(); i != by_body_.end();)
@@ -71,18 +110,24 @@ bool ClientStmts::erase(std::string_view name) {
   return true;
 }
 
-bool ServerStmts::touch(uint64_t id) {
+bool ServerStmts::touch(uint64_t id, bool* verified) {
   auto it = index_.find(id);
   if (it == index_.end()) return false;
-  if (it->second != lru_.begin()) lru_.splice(lru_.begin(), lru_, it->second);
+  if (it->second.it != lru_.begin()) lru_.splice(lru_.begin(), lru_, it->second.it);
+  if (verified != nullptr) *verified = it->second.epoch == epoch_;
   return true;
 }
 
 void ServerStmts::add(std::shared_ptr<const StmtEntry> e) {
-  if (touch(e->id)) return;
+  auto it = index_.find(e->id);
+  if (it != index_.end()) {
+    touch(e->id);
+    it->second.epoch = epoch_;
+    return;
+  }
   uint64_t id = e->id;
   lru_.push_front(std::move(e));
-  index_[id] = lru_.begin();
+  index_[id] = Slot{lru_.begin(), epoch_};
 }
 
 void ServerStmts::remove(uint64_t id) {
@@ -90,7 +135,7 @@ void ServerStmts::remove(uint64_t id) {
   confirmed_.erase(id);
   auto it = index_.find(id);
   if (it == index_.end()) return;
-  lru_.erase(it->second);
+  lru_.erase(it->second.it);
   index_.erase(it);
 }
 
@@ -216,7 +261,56 @@ bool single_statement(std::string_view t, std::string& out) {
   return true;
 }
 
+// Case-insensitive: does `word` (lower case) start at s[i]?
+bool word_at(std::string_view s, size_t i, std::string_view word) {
+  if (s.size() - i < word.size()) return false;
+  for (size_t k = 0; k < word.size(); k++)
+    if (lower(s[i + k]) != word[k]) return false;
+  return true;
+}
+
 }  // namespace
+
+void SqlScan::feed(std::string_view piece) {
+  if (tail_.empty()) {
+    flags |= sql_scan(piece);
+  } else {
+    std::string joined = tail_ + std::string(piece);
+    flags |= sql_scan(joined);
+    piece = joined;
+    tail_.clear();
+    size_t keep = piece.size() < 40 ? piece.size() : 40;
+    tail_.assign(piece.substr(piece.size() - keep));
+    return;
+  }
+  size_t keep = piece.size() < 40 ? piece.size() : 40;  // longer than any pattern
+  tail_.assign(piece.substr(piece.size() - keep));
+}
+
+uint8_t sql_scan(std::string_view s) {
+  static constexpr std::string_view kWords[] = {"prepare", "deallocate", "discard", "execute"};
+  const std::string& ns = stmt_namespace();
+  uint8_t flags = 0;
+  for (size_t i = 0; i < s.size(); i++) {
+    char c = lower(s[i]);
+    if (c == 'p') {
+      if (word_at(s, i, "pg_prepared_statement")) flags |= SqlScan::kTouchesStmts;
+      if (s.size() - i >= ns.size()) {
+        bool same = true;
+        for (size_t k = 0; k < ns.size() && same; k++) same = lower(s[i + k]) == lower(ns[k]);
+        if (same) flags |= SqlScan::kNamesNamespace;
+      }
+    }
+    if (c != 'p' && c != 'd' && c != 'e') continue;
+    if (i > 0 && is_ident(s[i - 1])) continue;  // a word starts here only
+    for (std::string_view w : kWords) {
+      if (w[0] != c || !word_at(s, i, w)) continue;
+      size_t end = i + w.size();
+      if (end == s.size() || !is_ident(s[end])) flags |= SqlScan::kTouchesStmts;
+    }
+  }
+  return flags;
+}
 
 int sql_prepared_prefix(std::string_view text, bool complete) {
   size_t i = 0;

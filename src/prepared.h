@@ -2,7 +2,6 @@
 // statement registry, each client's name map, and each server's LRU of what it holds.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -11,6 +10,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 namespace pgsluice {
 
@@ -18,12 +18,29 @@ namespace pgsluice {
 // Shared by every client that prepared the same thing; freed when nobody maps it.
 struct StmtEntry {
   uint64_t id = 0;
-  std::string server_name;  // "PGSLUICE_<id>": its name on every server
+  std::string server_name;  // stmt_server_name(id): its name on every server
   std::string body;         // Parse body after the statement name
-  // PostgreSQL has accepted a Parse of it (on any server): a client's Parse of the same
-  // text can be answered without taking a server (Client::answer_parses).
-  mutable std::atomic<bool> parsed{false};
+  // Its query text may prepare or drop statements when run (sql_scan): running it makes
+  // the server's statement set unverified (Server::unverify).
+  bool touches_stmts = false;
+  // PostgreSQL has accepted a Parse of it in pool `pool_uid` (Pool::uid): a client of that
+  // pool that prepares the same text can be answered without a server
+  // (Client::answer_parses). Per pool: a text valid in one database or for one role need
+  // not be in another.
+  void accept(uint64_t pool_uid) const;
+  bool accepted(uint64_t pool_uid) const;
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::vector<uint64_t> accepted_;  // pool uids, a few at most
 };
+
+// The namespace of pgsluice's server-side statement names: "PGSLUICE_<16 random hex>_",
+// drawn once per process, so that no client can guess a name (it can still read the names
+// of the session it shares in pg_prepared_statements: see Server::unverify).
+const std::string& stmt_namespace();
+// The server-side name of statement `id`: stmt_namespace() + id.
+std::string stmt_server_name(uint64_t id);
 
 // The pooler-wide registry: one entry per distinct body, looked up at Parse time only.
 class StmtRegistry {
@@ -44,6 +61,9 @@ StmtRegistry& stmt_registry();
 // A client's statement names. Lives as long as the client; survives server changes.
 class ClientStmts {
  public:
+  // Without cache_unnamed_statements: the client has an unnamed statement of its own
+  // (its text in Client::unnamed_body_), which PostgreSQL keeps across a Sync.
+  bool has_unnamed = false;
   const std::shared_ptr<const StmtEntry>* find(std::string_view name) const;
   void set(std::string_view name, std::shared_ptr<const StmtEntry> e);
   bool erase(std::string_view name);
@@ -72,17 +92,28 @@ inline int32_t name_tag(std::string_view name) {
 class ServerStmts {
  public:
   bool contains(uint64_t id) const { return index_.count(id) != 0; }
-  // Marks id as used now; returns false if the server does not hold it.
-  bool touch(uint64_t id);
+  // Marks id as used now; returns false if the server does not hold it. *verified: it was
+  // prepared by pgsluice since the last unverify_all(), so its text is known to be ours.
+  bool touch(uint64_t id, bool* verified = nullptr);
+  // Adds e (a Parse of it is being sent: verified from now on).
   void add(std::shared_ptr<const StmtEntry> e);
   void remove(uint64_t id);
+  // Some SQL may have dropped or replaced any statement here: each must be prepared again
+  // (Close + Parse) before its next use, and is still counted (and evicted) meanwhile.
+  void unverify_all() { epoch_++; }
+  void unverify(uint64_t id) {
+    auto it = index_.find(id);
+    if (it != index_.end()) it->second.epoch = 0;
+  }
   // A Parse for id was sent in segment `sync` (count of Syncs sent) and is not confirmed.
   void set_pending(uint64_t id, uint64_t sync) { pending_[id] = sync; }
-  void confirm(uint64_t id) {
+  // PostgreSQL acknowledged the Parse of id, on a server of pool `pool_uid`.
+  void confirm(uint64_t id, uint64_t pool_uid) {
     pending_.erase(id);
-    confirmed_.insert(id);
     auto it = index_.find(id);
-    if (it != index_.end()) (*it->second)->parsed.store(true, std::memory_order_relaxed);
+    if (it == index_.end()) return;
+    confirmed_.insert(id);
+    (*it->second.it)->accept(pool_uid);
   }
   // PostgreSQL acknowledged a Parse of id on this server at some point.
   bool confirmed(uint64_t id) const { return confirmed_.count(id) != 0; }
@@ -104,10 +135,16 @@ class ServerStmts {
   }
 
  private:
-  std::list<std::shared_ptr<const StmtEntry>> lru_;  // front: most recent
-  std::unordered_map<uint64_t, std::list<std::shared_ptr<const StmtEntry>>::iterator> index_;
+  using List = std::list<std::shared_ptr<const StmtEntry>>;
+  struct Slot {
+    List::iterator it;
+    uint64_t epoch;  // epoch_ when pgsluice last prepared it here (0: never trusted)
+  };
+  List lru_;  // front: most recent
+  std::unordered_map<uint64_t, Slot> index_;
   std::unordered_map<uint64_t, uint64_t> pending_;  // id -> segment of its unconfirmed Parse
   std::unordered_set<uint64_t> confirmed_;
+  uint64_t epoch_ = 1;
 };
 
 // Per-worker counters of the remapping (shown by the console).
@@ -126,6 +163,26 @@ std::string rename_in_message(std::string_view msg, std::string_view from, std::
 }  // namespace pgsluice
 
 namespace pgsluice {
+
+// What a client's query text may do to pgsluice's statements, from a scan of its bytes
+// (comments, quotes and dollar quotes included: nothing is skipped). A text that names
+// stmt_namespace() is refused; one that contains PREPARE, DEALLOCATE, DISCARD or EXECUTE as
+// a word, or pg_prepared_statement, may drop, replace or read server-side statements (at top
+// level, in a DO block, through dynamic SQL) and makes the server's statement set
+// unverified. Case-insensitive. A text arriving in pieces is fed piece by piece.
+struct SqlScan {
+  enum : uint8_t { kNamesNamespace = 1, kTouchesStmts = 2 };
+  uint8_t flags = 0;
+  void feed(std::string_view piece);
+  void reset() {
+    flags = 0;
+    tail_.clear();
+  }
+
+ private:
+  std::string tail_;  // the end of the previous piece (a match may span two pieces)
+};
+uint8_t sql_scan(std::string_view text);
 
 // SQL-level PREPARE / EXECUTE / DEALLOCATE in a simple Query, found by a small lexer
 // (no SQL parser): only a single statement that starts with one of the three keywords.

@@ -80,6 +80,11 @@ void ReplyBook::unwind_to_sync(bool front_failed, ClientStmts* names) {
 }
 
 void ReplyBook::unwind(const Request& r, bool failed, ClientStmts* names) {
+  if (r.type == 'P' && r.tag == kUnnamedParse) {
+    // A failed unnamed Parse leaves none, a skipped one what was there: not known here.
+    unnamed_client_ = 0;
+    if (failed && names != nullptr) names->has_unnamed = false;
+  }
   if (r.client_name >= 0 && names != nullptr) {
     // The client's name goes back to what it was before this request; a failed unnamed
     // Parse leaves no unnamed statement at all (PostgreSQL drops the old one first).
@@ -92,14 +97,17 @@ void ReplyBook::unwind(const Request& r, bool failed, ClientStmts* names) {
   if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {
     // A failed Parse left nothing. A skipped one (and the Close skipped before it) left the
     // server as it was: the statement is there if PostgreSQL acknowledged it earlier.
-    if (failed || !stmts_.confirmed(r.stmt))
+    if (failed || !stmts_.confirmed(r.stmt)) {
       stmts_.remove(r.stmt);
-    else
+    } else {
       stmts_.drop_pending(r.stmt);
+      stmts_.unverify(r.stmt);  // its re-Parse (and Close) did not run: as it was before
+    }
   } else if (r.type == 'C' && r.action == ReqAction::Skip && r.stmt != 0) {
     auto it = evicting_.find(r.stmt);  // the eviction was skipped: still prepared here
     if (it != evicting_.end()) {
       stmts_.add(it->second);
+      stmts_.unverify(r.stmt);  // as it was, whatever that was: prepared again before use
       evicting_.erase(it);
     }
   }
@@ -142,7 +150,7 @@ ReplyVerdict ReplyBook::on_reply(uint8_t type, std::span<const uint8_t> body, Cl
     }
     case '1':
       if (!queue_.empty() && queue_.front_type() == 'P') {
-        if (queue_.front().stmt != 0) stmts_.confirm(queue_.front().stmt);
+        if (queue_.front().stmt != 0) stmts_.confirm(queue_.front().stmt, pool_uid_);
         if (queue_.front().action == ReqAction::Skip) v.kind = Kind::Swallow;
         queue_.pop();
       }
@@ -180,8 +188,7 @@ ReplyVerdict ReplyBook::on_reply(uint8_t type, std::span<const uint8_t> body, Cl
         std::string_view tag(reinterpret_cast<const char*>(body.data()),
                              body.empty() ? 0 : body.size() - 1);
         if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") {
-          stmts_.clear();
-          evicting_.clear();
+          unverify();
           names.clear();
         }
       }
@@ -189,20 +196,35 @@ ReplyVerdict ReplyBook::on_reply(uint8_t type, std::span<const uint8_t> body, Cl
     case 'E':
       v.copy_in = 0;
       copy_ = false;
-      if (!retried_ && segment_saved && seg_out_ == 0 && !queue_.empty() &&
-          queue_.front_type() == 'B' && queue_.front().stmt != 0 && queue_.single_segment() &&
-          wire::parse_error(body).sqlstate == "0A000") {
-        // "cached plan must not change result type" after DDL, and the client has seen
-        // nothing of this segment: re-prepare and replay it once (at its ReadyForQuery).
-        retry_pending_ = true;
-        retry_stmt_ = queue_.front().stmt;
-        v.kind = Kind::Swallow;
-      } else if (!queue_.empty() && queue_.front().rename >= 0) {
+      if (!queue_.empty() && queue_.front().stmt != 0 && queue_.front().rename < 0 &&
+          !body.empty()) {
+        // 26000 for a statement pgsluice believed this server held, or 42P05 for one it
+        // believed absent: some SQL changed pgsluice's statements behind its back.
+        std::string st = wire::parse_error(body).sqlstate;
+        uint8_t ft = queue_.front_type();
+        if ((st == "26000" && (ft == 'B' || ft == 'D')) || (st == "42P05" && ft == 'P')) {
+          unverify();
+          st = "stale";
+        }
+        if (!retried_ && segment_saved && seg_out_ == 0 && queue_.single_segment() &&
+            ((st == "0A000" && ft == 'B') || st == "stale")) {
+          // "cached plan must not change result type" after DDL, or a statement lost as
+          // above, and the client has seen nothing of this segment: replay it once (at
+          // its ReadyForQuery), which prepares it afresh.
+          retry_pending_ = true;
+          retry_stmt_ = st == "stale" ? 0 : queue_.front().stmt;
+          v.kind = Kind::Swallow;
+        }
+      }
+      if (v.kind == Kind::Forward && !queue_.empty() && queue_.front().rename >= 0) {
         // An error pgsluice provoked on the client's behalf: name the client's statement.
         const auto& rn = renames_[static_cast<size_t>(queue_.front().rename)];
-        v.rewritten = rename_error(body, rn.first, rn.second);
+        if (rn.first == kRefused)
+          wire::error_response(v.rewritten, "ERROR", "42501", rn.second);
+        else
+          v.rewritten = rename_error(body, rn.first, rn.second);
         v.kind = Kind::Rewrite;
-      } else if (!queue_.empty() && queue_.front().stmt != 0 &&
+      } else if (v.kind == Kind::Forward && !queue_.empty() && queue_.front().stmt != 0 &&
                  (queue_.front_type() == 'B' || queue_.front_type() == 'D')) {
         // An error that names a remapped statement ("bind message supplies 1 parameters,
         // but prepared statement ... requires 2"): name it as the client does.
@@ -212,8 +234,7 @@ ReplyVerdict ReplyBook::on_reply(uint8_t type, std::span<const uint8_t> body, Cl
         std::string_view name;
         const StmtEntry* e = names.find_by_id(r.stmt, r.tag, &name);
         if (e != nullptr || r.tag == name_tag({})) {
-          std::string from = "PGSLUICE_" + std::to_string(r.stmt);
-          v.rewritten = rename_error(body, from, name);
+          v.rewritten = rename_error(body, stmt_server_name(r.stmt), name);
           v.kind = Kind::Rewrite;
         }
       }

@@ -23,6 +23,14 @@ enum class ReqAction : uint8_t {
   Fake,     // answered by pgsluice itself when it reaches the front (ParseComplete, CloseComplete)
 };
 
+// ReplyBook::renames_ source of an error pgsluice raises itself in place of PostgreSQL's
+// (42501, the rename's target is the message): see Client::remap.
+inline const std::string kRefused = std::string("\x01refused");
+
+// Request::tag of a client's unnamed Parse without cache_unnamed_statements (see
+// Client::ensure_unnamed).
+constexpr int32_t kUnnamedParse = -2;
+
 // One request sent to a server whose answer is still due.
 struct Request {
   uint8_t type = 0;  // frontend message type: 'Q','P','B','D','E','C','S','F'
@@ -122,6 +130,15 @@ class ReplyBook {
   // Unwinds queued requests from the front up to (not including) the next Sync, Query or
   // FunctionCall, latest first; `front_failed`: the front raised the error.
   void unwind_to_sync(bool front_failed, ClientStmts* names);
+  // The client ran (or is about to run) SQL that may have dropped, replaced or created
+  // statements under pgsluice's names (sql_scan, a DEALLOCATE ALL / DISCARD ALL tag, a 26000
+  // or 42P05 for a statement pgsluice knew): forget what this server holds, and from now on
+  // precede every statement pgsluice prepares here with a Close (stale_), so a statement is
+  // always prepared afresh from its own text before it is used again.
+  void unverify() {
+    stmts_.unverify_all();
+    stale_ = true;
+  }
   // Forgets everything owed (the server is reset or given back clean).
   void clear_requests() {
     queue_.clear();
@@ -151,6 +168,13 @@ class ReplyBook {
   uint64_t syncs_sent_ = 0;  // Syncs forwarded: numbers the extended-protocol segments
   bool unsynced_ = false;    // extended-protocol messages sent since the client's last Sync
   bool copy_ = false;  // PostgreSQL is in COPY IN/OUT/BOTH (from 'G'/'H'/'W' to its 'C' or 'E')
+  // Statements unknown to pgsluice may exist here under its names (see unverify()).
+  bool stale_ = false;
+  // Whose unnamed statement PostgreSQL holds here (without cache_unnamed_statements): the
+  // client's id_ and its Client::unnamed_gen_ when it was parsed here; 0: unknown.
+  uint64_t unnamed_client_ = 0;
+  uint64_t unnamed_gen_ = 0;
+  uint64_t pool_uid_ = 0;  // Pool::uid of the server's pool (statement acceptance is per pool)
 };
 
 // Rebuilds an ErrorResponse with the server-side statement name replaced in its message.

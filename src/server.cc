@@ -22,6 +22,7 @@ constexpr size_t kMaxParsedMessage = 1 << 20;  // messages read whole (Z, S, log
 
 Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
     : Conn(w, std::move(fd)), pool_(pool), lp_(lp) {
+  pool_uid_ = pool->uid;
   vars_.resize(w->rt()->tracked->size());
   addr_ = PeerAddr{pool->host.empty() ? "unix" : pool->host, pool->port};
   connect_time_ = now_seconds();
@@ -94,20 +95,31 @@ void Server::make_room(size_t max, PreparedStats& ps) {
   }
 }
 
+void Server::close_if_stale(std::string_view name, bool always) {
+  if (!stale_ && !always) return;
+  std::string m;
+  wire::Writer(m).begin('C').u8('S').cstr(name).end();
+  worker_->bufs().append(out_, m.data(), m.size());
+  queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+}
+
 void Server::ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t max,
                              PreparedStats& ps) {
   std::string m;
-  if (stmts_.touch(e->id)) {
-    if (!stmts_.unconfirmed_before(e->id, syncs_sent_)) {
+  bool verified = false;
+  if (stmts_.touch(e->id, &verified)) {
+    if (verified && !stmts_.unconfirmed_before(e->id, syncs_sent_)) {
       ps.hits++;
       return;
     }
-    // Its Parse went out in an earlier segment and may have failed: prepare it again here
-    // (Close of a missing statement is harmless), so this segment gets PostgreSQL's answer.
+    // Its Parse went out in an earlier segment and may have failed, or some SQL may have
+    // replaced it (unverify): prepare it again here (Close of a missing statement is
+    // harmless), so this segment gets PostgreSQL's answer and runs pgsluice's text.
     wire::Writer(m).begin('C').u8('S').cstr(e->server_name).end();
     queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
   } else {
     make_room(max, ps);
+    close_if_stale(e->server_name);
   }
   wire::Writer(m).begin('P').cstr(e->server_name).bytes(e->body).end();
   worker_->bufs().append(out_, m.data(), m.size());
@@ -410,9 +422,14 @@ void Server::process() {
             return;
           }
           break;
+        case 'C':
+          if (body.size() > 1) {  // server_reset_query: DISCARD ALL drops every statement
+            std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size() - 1);
+            if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") unverify();
+          }
+          break;
         case 'N':
         case 'A':
-        case 'C':
         case 'T':
         case 'D':
         case 'I':
@@ -463,11 +480,14 @@ void Server::process() {
     if (v.kind == ReplyVerdict::Kind::Replay) {
       in_.rpos += total;
       // Drop the stale statement here; the replay's Bind injects a fresh Parse.
-      stmts_.remove(v.replay_stmt);
-      std::string m;
-      wire::Writer(m).begin('C').u8('S').cstr("PGSLUICE_" + std::to_string(v.replay_stmt)).end();
-      worker_->bufs().append(out_, m.data(), m.size());
-      queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+      // (0: the server's statements were unverified; stale_ closes each anew.)
+      if (v.replay_stmt != 0) {
+        stmts_.remove(v.replay_stmt);
+        std::string m;
+        wire::Writer(m).begin('C').u8('S').cstr(stmt_server_name(v.replay_stmt)).end();
+        worker_->bufs().append(out_, m.data(), m.size());
+        queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
+      }
       lp_->prepared.replays++;
       client_->replay_segment();
       if (dead_ || client_ == nullptr) return;

@@ -56,6 +56,14 @@ class Server final : public Conn, public ReplyBook {
   void ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t max, PreparedStats& ps);
   // Evicts least recently used statements until one more fits under max.
   void make_room(size_t max, PreparedStats& ps);
+  // Evicts least recently used statements down to max (after max_prepared_statements was
+  // lowered); sends nothing when within it.
+  void trim(size_t max, PreparedStats& ps) {
+    if (max > 0 && stmts_.size() > max) make_room(max + 1, ps);
+  }
+  // On a stale_ server (ReplyBook::unverify): queues a swallowed Close of `name` (the next
+  // Parse of it then cannot meet a statement some client put there).
+  void close_if_stale(std::string_view name, bool always = false);
   // Answers the Fake requests now at the front of the queue (in order).
   void emit_fakes();
   void account_ready();

@@ -427,6 +427,7 @@ void Worker::link(Client* c, Server* s) {
     wire::query(m, sql);
     bufs_.append(s->out_, m.data(), m.size());
     s->internal_++;
+    s->unnamed_client_ = 0;  // a simple query drops the unnamed statement
   }
 }
 
@@ -607,6 +608,7 @@ void Worker::close_client(Client* c, std::string_view reason) {
       wire::query(m, reset);
       bufs_.append(s->out_, m.data(), m.size());
       s->internal_++;
+      s->unnamed_client_ = 0;  // a simple query drops the unnamed statement
       set_state(s, ServerState::Resetting);
       s->flush();
     } else {

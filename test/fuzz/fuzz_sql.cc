@@ -1,6 +1,7 @@
 // libFuzzer target: query texts from the network. The SQL-level PREPARE/EXECUTE/DEALLOCATE
 // lexer (prepared.cc) reads every simple Query in transaction mode, the console parser
-// (admin.cc) every console query, parse_trace_target (trace.cc) the value of SET trace.
+// (admin.cc) every console query, parse_trace_target (trace.cc) the value of SET trace,
+// sql_scan (prepared.cc) every Query and Parse text in transaction mode.
 // Besides not crashing, the lexer must keep the promises the data path relies on; a
 // broken promise aborts.
 #include <cstddef>
@@ -31,6 +32,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)parse_admin_statement(text);
   TraceTarget target;
   (void)parse_trace_target(text, target);  // SET trace = '...' on the console
+
+  // A query too large to read whole is scanned in pieces (Client::scan_streamed): that may
+  // see more (a word cut at a piece's end), never less than a scan of the whole text.
+  uint8_t all = sql_scan(text);
+  SqlScan pieces;
+  size_t step = 1 + size % 13;
+  for (size_t at = 0; at < size; at += step) pieces.feed(text.substr(at, step));
+  check((pieces.flags & all) == all);
+  check((pieces.flags & SqlScan::kNamesNamespace) == (all & SqlScan::kNamesNamespace));
 
   // Client::remap_need() decides from the first bytes whether to buffer a whole query:
   // a decision taken on a prefix must stand once the rest arrives, and a query that

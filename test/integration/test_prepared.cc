@@ -1312,5 +1312,304 @@ TEST_CASE("prepared: a statement PostgreSQL has not accepted yet is not answered
   while (PGresult* rest = PQgetResult(y.get())) PQclear(rest);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Issue 9: statement hardening.
+
+// The server-side name of the statement whose text is `text`, as a client sharing the session
+// reads it in pg_prepared_statements.
+std::string server_name_of(PGconn* c, const std::string& text) {
+  return scalar(c, "select coalesce((select name from pg_prepared_statements where statement = " +
+                       std::string("'") + text + "'), '-')");
+}
+
+TEST_CASE("prepared: no client can drop, replace or run another client's statement (#10)") {
+  if (skip_in_direct_mode("pgsluice's own statements")) return;
+  Options o;
+  o.default_pool_size = 1;  // victim and attacker share the one server
+  Pooler p(o);
+  Conn victim = connect(p.conninfo());
+  Conn attacker = connect(p.conninfo());
+  prepare_ok(victim.get(), "mine", "select 1 as mine");
+  CHECK(run_prepared(victim.get(), "mine")[0] == "1");
+  // The attacker reads the name (it shares the server's session) ...
+  std::string name = server_name_of(attacker.get(), "select 1 as mine");
+  REQUIRE(name.rfind("PGSLUICE_", 0) == 0);
+  // ... which holds 64 random bits: "PGSLUICE_" 16 hex digits "_" id.
+  CHECK(name.size() >= std::string("PGSLUICE_0123456789ABCDEF_1").size());
+  CHECK(run_prepared(victim.get(), "mine")[0] == "1");
+  const std::string q = "\"" + name + "\"";
+  std::string lower;
+  for (char ch : name) lower.push_back(static_cast<char>(tolower(ch)));
+  struct Attack {
+    std::string what;
+    std::vector<std::string> sql;
+  };
+  std::vector<Attack> attacks = {
+      {"-- comments (the issue's own)",
+       {"DEALLOCATE " + q + " -- x", "PREPARE " + q + " AS SELECT 666 -- x"}},
+      {"nested /* */ comments",
+       {"/* a /* b */ c */ DEALLOCATE " + q, "PREPARE " + q + " /* x */ AS SELECT 666"}},
+      {"dollar quotes",
+       {"DEALLOCATE " + q + "; SELECT $$x$$", "PREPARE " + q + " AS SELECT $q$666$q$::int"}},
+      {"two statements in one query", {"DEALLOCATE " + q + "; PREPARE " + q + " AS SELECT 666"}},
+      {"lower case, quoted and not",
+       {"deallocate \"" + lower + "\"; deallocate " + lower,
+        "prepare " + lower + " as select 666"}},
+      {"a DO block naming it",
+       {"DO $$ BEGIN EXECUTE 'DEALLOCATE " + q + "'; EXECUTE 'PREPARE " + q +
+        " AS SELECT 666'; END $$"}},
+      {"a DO block that finds the names itself",
+       {"DO $$ DECLARE n text; BEGIN FOR n IN SELECT name FROM pg_prepared_statements LOOP "
+        "EXECUTE format('DEALLOCATE %I', n); EXECUTE format('PREPARE %I AS SELECT 666', n); "
+        "END LOOP; END $$"}},
+      {"an SQL function that drops everything, called later",
+       {"CREATE FUNCTION pg_temp.drop_all() RETURNS void LANGUAGE sql AS 'DEALLOCATE ALL'",
+        "SELECT 1", "SELECT pg_temp.drop_all()"}},
+  };
+  for (const auto& a : attacks) {
+    INFO("attack: " << a.what);
+    for (const auto& sql : a.sql) {
+      Result r(PQexec(attacker.get(), sql.c_str()));
+      // A text naming pgsluice's statements is refused (42501); the rest runs.
+      if (sql.find(name) != std::string::npos || sql.find(lower) != std::string::npos)
+        CHECK(sqlstate_of(r.get()) == "42501");
+      REQUIRE(PQstatus(attacker.get()) == CONNECTION_OK);
+    }
+    CHECK(run_prepared(victim.get(), "mine")[0] == "1");
+    CHECK(run_prepared(victim.get(), "mine")[0] == "1");
+  }
+  // The same through the extended protocol (an unnamed Parse): the dynamic DO block runs,
+  // and the victim's statement is prepared afresh before its next use.
+  {
+    Result r(PQexecParams(attacker.get(),
+                          "DO $$ DECLARE n text; BEGIN FOR n IN SELECT name FROM "
+                          "pg_prepared_statements LOOP EXECUTE format('DEALLOCATE %I', n); "
+                          "EXECUTE format('PREPARE %I AS SELECT 666', n); END LOOP; END $$",
+                          0, nullptr, nullptr, nullptr, nullptr, 0));
+    CHECK(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
+    CHECK(run_prepared(victim.get(), "mine")[0] == "1");
+  }
+  // A named statement whose text drops everything, run by the attacker.
+  prepare_ok(attacker.get(), "boom", "DEALLOCATE ALL");
+  {
+    Result r(PQexecPrepared(attacker.get(), "boom", 0, nullptr, nullptr, nullptr, 0));
+    CHECK(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
+  }
+  CHECK(run_prepared(victim.get(), "mine")[0] == "1");
+  // A Parse whose text names pgsluice's statements is refused too (42501); the session goes on.
+  {
+    std::string sql = "DEALLOCATE " + q;
+    Result r(PQexecParams(attacker.get(), sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0));
+    CHECK(sqlstate_of(r.get()) == "42501");
+    Result r2(
+        PQprepare(attacker.get(), "x", ("PREPARE " + q + " AS SELECT 666").c_str(), 0, nullptr));
+    CHECK(sqlstate_of(r2.get()) == "42501");
+    CHECK(scalar(attacker.get(), "select 'still here'") == "still here");
+  }
+  CHECK(run_prepared(victim.get(), "mine")[0] == "1");
+  // A Bind of a name the victim never prepared gives 26000, even when someone prepared the
+  // name pgsluice uses for "no such statement".
+  Conn attacker2 = connect(p.conninfo());
+  exec_ok(attacker2.get(),
+          "DO $$ BEGIN EXECUTE format('PREPARE %I AS SELECT 666', (SELECT left(name, 26) || '0' "
+          "FROM pg_prepared_statements LIMIT 1)); END $$");
+  CHECK(prepared_sqlstate(victim.get(), "never_prepared") == "26000");
+  CHECK(run_prepared(victim.get(), "mine")[0] == "1");
+}
+
+TEST_CASE("prepared: a statement accepted in one pool is not answered locally in another (#11)") {
+  if (skip_in_direct_mode("pgsluice's own answers")) return;
+  Options o;
+  o.default_pool_size = 1;
+  Pooler p(o);
+  Conn ddl = connect(direct_conninfo());
+  exec_ok(ddl.get(), "DROP TABLE IF EXISTS t_only_in_testdb");
+  exec_ok(ddl.get(), "CREATE TABLE t_only_in_testdb (a int)");
+  const std::string text = "select a from t_only_in_testdb";
+  // Pool (testdb, md5user): PostgreSQL accepts the text.
+  Conn a = connect(p.conninfo());
+  prepare_ok(a.get(), "s", text);
+  // Pool (postgres, md5user): the table does not exist there.
+  Conn b = connect(p.conninfo("md5user", "md5pass", "postgres"));
+  Result r(PQprepare(b.get(), "s", text.c_str(), 0, nullptr));
+  CHECK(sqlstate_of(r.get()) == "42P01");
+  CHECK(prepared_sqlstate(b.get(), "s") == "26000");
+  CHECK(scalar(b.get(), "select 1") == "1");
+  exec_ok(ddl.get(), "DROP TABLE t_only_in_testdb");
+}
+
+void statements_survive_other_clients_reset(const std::string& reset, bool extended) {
+  INFO("reset: " << reset << (extended ? " (extended protocol)" : " (simple query)"));
+  Options o;
+  o.default_pool_size = 1;  // both clients on the one server
+  Pooler p(o);
+  Conn c1 = connect(p.conninfo());
+  Conn c2 = connect(p.conninfo());
+  // The same text and, as psycopg does, the same name in both clients.
+  prepare_ok(c1.get(), "_pg3_0", "SELECT 1");
+  prepare_ok(c2.get(), "_pg3_0", "SELECT 1");
+  CHECK(run_prepared(c1.get(), "_pg3_0")[0] == "1");
+  CHECK(run_prepared(c2.get(), "_pg3_0")[0] == "1");
+  if (extended) {
+    Result r(PQexecParams(c1.get(), reset.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0));
+    REQUIRE(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
+  } else {
+    exec_ok(c1.get(), reset);
+  }
+  // c1's statement is gone, as in PostgreSQL; c2's is not.
+  CHECK(prepared_sqlstate(c1.get(), "_pg3_0") == "26000");
+  CHECK(run_prepared(c2.get(), "_pg3_0")[0] == "1");
+  CHECK(run_prepared(c2.get(), "_pg3_0")[0] == "1");
+  prepare_ok(c1.get(), "_pg3_0", "SELECT 1");
+  CHECK(run_prepared(c1.get(), "_pg3_0")[0] == "1");
+  CHECK(run_prepared(c2.get(), "_pg3_0")[0] == "1");
+}
+
+TEST_CASE("prepared: DEALLOCATE ALL / DISCARD ALL drop only that client's statements (#14)") {
+  if (skip_in_direct_mode("two clients on one server")) return;
+  for (const char* reset : {"DEALLOCATE ALL", "DISCARD ALL", "deallocate prepare all"})
+    for (bool extended : {false, true}) statements_survive_other_clients_reset(reset, extended);
+}
+
+// What PQprepare, PQdescribePrepared and PQexecPrepared of a statement named `name` give.
+std::vector<std::string> long_name_sequence(const std::string& conninfo, const std::string& name) {
+  Conn c = connect(conninfo);
+  std::vector<std::string> seq;
+  auto tok = [&](PGresult* r) {
+    std::string t = PQresStatus(PQresultStatus(r));
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR) t += ":" + sqlstate_of(r) + ":" + primary_of(r);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
+      t += ":" + std::string(PQgetvalue(r, 0, 0));
+    if (PQresultStatus(r) == PGRES_COMMAND_OK) t += ":" + std::to_string(PQnparams(r));
+    seq.push_back(t);
+    PQclear(r);
+  };
+  tok(PQprepare(c.get(), name.c_str(), "select $1::int + 1", 1, nullptr));
+  const char* v[1] = {"41"};
+  tok(PQexecPrepared(c.get(), name.c_str(), 1, v, nullptr, nullptr, 0));
+  tok(PQexecPrepared(c.get(), name.c_str(), 1, v, nullptr, nullptr, 0));
+  // A Describe (or Close) is limited to 10000 bytes by PostgreSQL itself (FATAL).
+  tok(PQdescribePrepared(c.get(), name.c_str()));
+  seq.push_back(PQstatus(c.get()) == CONNECTION_OK ? "connected" : "closed");
+  return seq;
+}
+
+TEST_CASE("prepared: a 16 KiB statement name works as in PostgreSQL (#16)") {
+  // PQprepare and PQexecPrepared work; PQdescribePrepared is refused by PostgreSQL 15 too
+  // (a Describe is one of its "small" messages), so pgsluice's limits are PostgreSQL's.
+  Options o;
+  o.default_pool_size = 2;
+  Pooler p(o);
+  const std::string name(16 * 1024, 'n');
+  std::vector<std::string> via = long_name_sequence(p.conninfo(), name);
+  std::vector<std::string> direct = long_name_sequence(direct_conninfo(), name);
+  INFO("through the pooler: " << join(via));
+  INFO("direct:             " << join(direct));
+  CHECK(join(via) == join(direct));
+  CHECK(join(direct) == join({"PGRES_COMMAND_OK:0", "PGRES_TUPLES_OK:42", "PGRES_TUPLES_OK:42",
+                              "PGRES_FATAL_ERROR::", "closed"}));
+}
+
+TEST_CASE("prepared: a pipeline that re-prepares after a failed Parse matches PostgreSQL (#15)") {
+  Options o;
+  o.default_pool_size = 1;
+  Pooler p(o);
+  Conn busy = connect(p.conninfo());
+  // psycopg 3's pattern: statements prepared in flight; one fails at Parse; after the Sync
+  // the client prepares again what PostgreSQL skipped, in the same flight.
+  std::string bytes =
+      parse_msg("_pg3_0", "select * from no_such_table_15") + bind_msg("_pg3_0") + execute_msg() +
+      sync_msg() + parse_msg("_pg3_0", "select 1") + bind_msg("_pg3_0") + execute_msg() +
+      sync_msg() +  //
+      parse_msg("_pg3_1", "select * from no_such_table_15") + parse_msg("_pg3_2", "select 2") +
+      bind_msg("_pg3_2") + execute_msg() + sync_msg() + parse_msg("_pg3_1", "select 11") +
+      parse_msg("_pg3_2", "select 2") + bind_msg("_pg3_1") + execute_msg() + bind_msg("_pg3_2") +
+      execute_msg() + sync_msg() +  //
+      bind_msg("_pg3_0") + execute_msg() + bind_msg("_pg3_1") + execute_msg() + sync_msg();
+  SideBySide sb(p);
+  std::vector<std::string> want = sb.exchange(bytes, 5);
+  CHECK(join(want) == join({"E:42P01:relation \"no_such_table_15\" does not exist",
+                            "Z:I",
+                            "1",
+                            "2",
+                            "D:1",
+                            "C:SELECT 1",
+                            "Z:I",
+                            "E:42P01:relation \"no_such_table_15\" does not exist",
+                            "Z:I",
+                            "1",
+                            "1",
+                            "2",
+                            "D:11",
+                            "C:SELECT 1",
+                            "2",
+                            "D:2",
+                            "C:SELECT 1",
+                            "Z:I",
+                            "2",
+                            "D:1",
+                            "C:SELECT 1",
+                            "2",
+                            "D:11",
+                            "C:SELECT 1",
+                            "Z:I"}));
+  CHECK(scalar(busy.get(), "select 3") == "3");
+}
+
+TEST_CASE("prepared: lowering max_prepared_statements bounds the statements already kept (#17)") {
+  if (skip_in_direct_mode("a pooler setting")) return;
+  Options o;
+  o.default_pool_size = 1;
+  o.extra_pgbouncer = "max_prepared_statements = 10\n";
+  Pooler p(o);
+  Conn c = connect(p.conninfo());
+  for (int i = 0; i < 6; i++) {
+    prepare_ok(c.get(), "s" + std::to_string(i), "select " + std::to_string(i) + " as n17");
+    CHECK(run_prepared(c.get(), "s" + std::to_string(i))[0] == std::to_string(i));
+  }
+  const std::string count =
+      "select count(*) from pg_prepared_statements where statement like 'select % as n17'";
+  CHECK(scalar(c.get(), count) == "6");
+  Conn admin = connect(admin_conninfo(p));
+  exec_ok(admin.get(), "SET max_prepared_statements = 2");
+  CHECK(run_prepared(c.get(), "s5")[0] == "5");
+  CHECK(std::stoi(scalar(c.get(), count)) <= 2);
+  // Every statement still works, within the new bound.
+  for (int i = 0; i < 6; i++)
+    CHECK(run_prepared(c.get(), "s" + std::to_string(i))[0] == std::to_string(i));
+  CHECK(std::stoi(scalar(c.get(), count)) <= 2);
+}
+
+void unnamed_survives_sync(bool cache) {
+  INFO("cache_unnamed_statements = " << cache);
+  Options o;
+  o.default_pool_size = 1;  // A and B take turns on the one server
+  o.extra_pgbouncer = "cache_unnamed_statements = " + std::to_string(cache) + "\n";
+  Pooler p(o);
+  SideBySide sb(p);
+  Conn b = connect(p.conninfo("md5user", "md5pass", "testdb", "sslmode=disable"));
+  sb.exchange(parse_msg("", "select 'a'") + sync_msg(), 1);
+  // B: an unnamed statement of its own, then a simple query (which drops B's unnamed
+  // statement, and the server session's).
+  {
+    Result r(PQexecParams(b.get(), "select 'b'", 0, nullptr, nullptr, nullptr, nullptr, 0));
+    CHECK(std::string(PQgetvalue(r.get(), 0, 0)) == "b");
+  }
+  CHECK(scalar(b.get(), "select 1") == "1");
+  std::vector<std::string> got = sb.exchange(
+      bind_msg("") + execute_msg() + sync_msg() + describe_stmt_msg("") + sync_msg(), 2);
+  CHECK(join(got) == join({"2", "D:a", "C:SELECT 1", "Z:I", "t", "T", "Z:I"}));
+  // A client that never parsed an unnamed statement does not get another client's.
+  Raw rb = Raw::from_libpq(b.get());
+  std::vector<std::string> none = raw_exchange(rb, bind_msg("") + execute_msg() + sync_msg(), 1);
+  CHECK(join(none) == join({"E:26000:unnamed prepared statement does not exist", "Z:I"}));
+  // A simple query of A's own drops it, as in PostgreSQL.
+  sb.exchange(msg('Q', cstr("select 'q'")) + bind_msg("") + execute_msg() + sync_msg(), 2);
+}
+
+TEST_CASE("prepared: the unnamed statement survives its Sync as in PostgreSQL (#18)") {
+  for (bool cache : {false, true}) unnamed_survives_sync(cache);
+}
+
 }  // namespace
 }  // namespace it

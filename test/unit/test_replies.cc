@@ -96,6 +96,8 @@ TEST_CASE("replies: injected requests are swallowed, fakes answered in order") {
   ReplyBook b;
   ClientStmts names;
   auto e = stmt_registry().get(std::string("select 42\0\0\0", 12));
+  b.stmts_.add(e);
+  b.stmts_.set_pending(e->id, 0);
   b.queue_.push(Request{'P', ReqAction::Skip, e->id, -1, -1, -1, 0});
   b.queue_.push(Request{'P', ReqAction::Fake, 0, -1, -1, -1, 0});
   b.queue_.push(Request{'B', ReqAction::Forward, e->id, -1, -1, -1, 0});

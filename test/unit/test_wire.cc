@@ -273,3 +273,36 @@ TEST_CASE("SQL-level PREPARE/EXECUTE/DEALLOCATE lexer") {
   CHECK(rename_in_message("prepared statement \"PGSLUICE_3\" does not exist", "PGSLUICE_3", "s1") ==
         "prepared statement \"s1\" does not exist");
 }
+
+TEST_CASE("statement namespace and the scan of client SQL for statement changes") {
+  const std::string& ns = stmt_namespace();
+  REQUIRE(ns.size() == 26);  // "PGSLUICE_" + 16 hex digits + "_"
+  CHECK(ns.rfind("PGSLUICE_", 0) == 0);
+  CHECK(ns.back() == '_');
+  CHECK(ns.find_first_not_of("0123456789ABCDEF", 9) == 25);
+  CHECK(stmt_server_name(12) == ns + "12");
+  using S = SqlScan;
+  CHECK(sql_scan("select 1") == 0);
+  CHECK(sql_scan("select prepared_at, discarded, executed from t") == 0);
+  CHECK(sql_scan("DEALLOCATE x") == S::kTouchesStmts);
+  CHECK(sql_scan("/* a /* b */ c */deallocate prepare all") == S::kTouchesStmts);
+  CHECK(sql_scan("select 1; Discard All") == S::kTouchesStmts);
+  CHECK(sql_scan("select name from pg_prepared_statements") == S::kTouchesStmts);
+  CHECK(sql_scan("select * from pg_catalog.pg_prepared_statement()") == S::kTouchesStmts);
+  CHECK(sql_scan("DO $$BEGIN EXECUTE format('x'); END$$") == S::kTouchesStmts);
+  CHECK(sql_scan("DO $$BEGIN PERFORM 1; END$$") == 0);  // nothing dynamic, nothing named
+  std::string lower;
+  for (char c : ns) lower.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c));
+  CHECK(sql_scan("select '" + ns + "1'") == S::kNamesNamespace);
+  CHECK(sql_scan("deallocate \"" + lower + "7\"") == (S::kNamesNamespace | S::kTouchesStmts));
+  CHECK(sql_scan("select 'PGSLUICE_1'") == 0);  // another namespace: not ours
+  // In pieces: a match across the boundary is found.
+  std::string text = "select 1 /* padding padding padding padding */ -- \"" + ns + "9\" ex";
+  text += "ecute";
+  for (size_t cut = 1; cut < text.size(); cut++) {
+    S scan;
+    scan.feed(std::string_view(text).substr(0, cut));
+    scan.feed(std::string_view(text).substr(cut));
+    CHECK(scan.flags == (S::kNamesNamespace | S::kTouchesStmts));
+  }
+}
