@@ -17,7 +17,6 @@ namespace pgsluice {
 namespace {
 constexpr size_t kHighWater = 64 * 1024;
 constexpr size_t kMaxBackendMessage = size_t{1} << 30;
-constexpr size_t kMaxParsedMessage = 1 << 20;  // messages read whole (Z, S, login) are small
 }  // namespace
 
 void RequestQueue::drop_syncs_after_front() {
@@ -26,6 +25,7 @@ void RequestQueue::drop_syncs_after_front() {
   for (size_t r = head_ + 1; r < q_.size(); r++)
     if (q_[r].type != 'S') q_[w++] = q_[r];
   q_.resize(w);
+  syncs_ = q_[head_].type == 'S';
 }
 
 Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
@@ -120,7 +120,7 @@ bool Server::name_unresolved(std::string_view name) const {
     const Request& r = queue_.at(i);
     if (r.type == 'S' || r.type == 'Q' || r.type == 'F') segment_ended = true;
     if (!segment_ended || r.client_name < 0) continue;
-    if (undos_[static_cast<size_t>(r.client_name)].name == name) return true;
+    if (queue_.undos[r.client_name].name == name) return true;
   }
   return false;
 }
@@ -175,7 +175,7 @@ void Server::emit_fakes() {
     if (client_ != nullptr) {
       if (r.type == 'Q') {  // a whole simple-query answer: its tag, then ReadyForQuery
         std::string m;
-        wire::Writer(m).begin('C').cstr(renames_[static_cast<size_t>(r.tag)].first).end();
+        wire::Writer(m).begin('C').cstr(queue_.renames[r.tag].first).end();
         wire::ready_for_query(m, tx_);
         worker_->bufs().append(client_->out_, m.data(), m.size());
       } else {
@@ -202,7 +202,7 @@ void Server::unwind(const Request& r, bool failed) {
   if (r.client_name >= 0 && client_ != nullptr) {
     // The client's name goes back to what it was before this request; a failed unnamed
     // Parse leaves no unnamed statement at all (PostgreSQL drops the old one first).
-    const NameUndo& u = undos_[static_cast<size_t>(r.client_name)];
+    const NameUndo& u = queue_.undos[r.client_name];
     if (u.prev == nullptr || (failed && r.type == 'P' && u.name.empty()))
       client_->stmts_.erase(u.name);
     else
@@ -422,11 +422,23 @@ void Server::process() {
                       type == '1' || type == '3' ||
                       (type == 'E' && !queue_.empty() &&
                        (queue_.front().rename >= 0 || queue_.front().stmt != 0));
-    if (need_whole) {
-      if (total > kMaxParsedMessage && !(linked && internal_ == 0)) {
+    if (need_whole && len > wire::backend_whole_limit(type)) {
+      if (linked && internal_ == 0 && type == 'E') {
+        need_whole = false;  // too long to rename: it goes through as PostgreSQL wrote it
+      } else if (state_ == ServerState::Login) {
+        worker_->server_login_failed(this, "08P01", "oversized message from server");
+        return;
+      } else {
+        if (Client* c = client_) {
+          worker_->unlink(c, this);
+          worker_->fail_client(c, "08P01", "server sent an oversized message",
+                               "oversized message from server");
+        }
         worker_->close_server(this, "oversized message from server");
         return;
       }
+    }
+    if (need_whole) {
       if (in_.size() < total) {
         worker_->bufs().reserve(in_, total - in_.size());
         break;
@@ -592,9 +604,11 @@ void Server::process() {
       case 'E':
         client_->copy_in_ = false;
         copy_ = false;
-        if (!retried_ && client_->seg_ok_ && seg_out_ == 0 && !queue_.empty() &&
-            queue_.front_type() == 'B' && queue_.front().stmt != 0 && queue_.single_segment() &&
-            wire::parse_error(body).sqlstate == "0A000") {
+        if (!need_whole) {
+          // Streamed (too long to read whole): passed on unchanged.
+        } else if (!retried_ && client_->seg_ok_ && seg_out_ == 0 && !queue_.empty() &&
+                   queue_.front_type() == 'B' && queue_.front().stmt != 0 &&
+                   queue_.single_segment() && wire::parse_error(body).sqlstate == "0A000") {
           // "cached plan must not change result type" after DDL, and the client has seen
           // nothing of this segment: re-prepare and replay it once (at its ReadyForQuery).
           retry_pending_ = true;
@@ -602,7 +616,7 @@ void Server::process() {
           swallow = true;
         } else if (!queue_.empty() && queue_.front().rename >= 0) {
           // An error pgsluice provoked on the client's behalf: name the client's statement.
-          const auto& rn = renames_[static_cast<size_t>(queue_.front().rename)];
+          const auto& rn = queue_.renames[queue_.front().rename];
           std::string m = rename_error(body, rn.first, rn.second);
           worker_->bufs().append(client_->out_, m.data(), m.size());
           lp_->stats.bytes_sent += m.size();
@@ -627,7 +641,7 @@ void Server::process() {
         if (!queue_.empty() && queue_.front_type() == 'Q') {
           unwind(queue_.front(), true);  // a PREPARE that failed did not create anything
           queue_.front().stmt = 0;
-          queue_.front().client_name = -1;
+          queue_.forget_undo();
           queue_.front().swallow_c = 0;
         }
         // Extended protocol: the server skips everything up to the next Sync, simple
@@ -697,10 +711,6 @@ void Server::process() {
     in_.rpos += n;
     fwd_remaining_ = total - n;
     if (fwd_remaining_ == 0) emit_fakes();
-    if (type == 'Z' && queue_.empty()) {
-      if (!renames_.empty()) renames_.clear();
-      if (!undos_.empty()) undos_.clear();
-    }
 
     if (client_->out_.size() > kHighWater) {
       client_->send_now();
@@ -718,8 +728,9 @@ void Server::process() {
     if (dead_) return;
   }
   if (client_ != nullptr && client_->stalled_) {
-    // The client waits for an earlier segment's answer (Client::must_wait); it goes on
-    // (or waits again), and releases this server itself when done.
+    // The client waits for an earlier segment's answer (Client::must_wait), or for answers
+    // to requests in flight (kMaxInFlight); it goes on (or waits again), and releases this
+    // server itself when done.
     Client* c = client_;
     c->stalled_ = false;
     c->want_read(true);

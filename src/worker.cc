@@ -500,9 +500,7 @@ void Worker::release_idle(Server* s) {
     close_server(s, "server not clean at release");
     return;
   }
-  s->queue_.clear();
-  s->renames_.clear();
-  s->undos_.clear();
+  s->queue_.clear();  // and its renames and undos
   if (s->cancels_pending_ > 0) {
     set_state(s, ServerState::BeingCanceled);
     return;
