@@ -514,6 +514,13 @@ bool Client::forward_messages() {
       continue;
     }
     if (in_.size() < wire::kHeaderLen) break;
+    if (server_ != nullptr && server_->queue_.size() >= Server::kMaxInFlight &&
+        server_->answers_due()) {
+      // Enough is in flight: read on when answers come (Server::process resumes us).
+      stalled_ = true;
+      want_read(false);
+      break;
+    }
     uint8_t type = in_.begin()[0];
     size_t len = wire::get_u32(in_.begin() + 1);
     size_t limit = wire::frontend_limit(type);
@@ -554,9 +561,14 @@ bool Client::forward_messages() {
     if (remap_ && (type == 'P' || type == 'B' || type == 'D' || type == 'C' || type == 'Q')) {
       need = remap_need(type, len);
       if (in_.size() < need) {
-        worker_->bufs().reserve(in_, need - in_.size());
+        // Room for what is missing, grown (doubling) with what arrives, not the declared
+        // length at once: a length word costs the sender nothing.
+        size_t more = need - in_.size();
+        worker_->bufs().reserve(in_, more < BufPool::kBlock ? more : BufPool::kBlock);
         break;
       }
+      scan_pos_ = 0;  // the next message is scanned afresh
+      scan_nuls_ = 0;
     }
     bool remapped = need > 0;
     scan_flags_ = 0;
@@ -572,7 +584,7 @@ bool Client::forward_messages() {
     if (state_ != ClientState::Active) {
       if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
-    if (remapped && !server_->undos_.empty() && must_wait(type, len)) {
+    if (remapped && !server_->queue_.undos.empty() && must_wait(type, len)) {
       // The name's meaning depends on an earlier segment still in flight (its Parse or
       // Close may yet be rejected or skipped): wait for that segment's answer, which
       // its Sync brings promptly; Server::process() resumes this client.
@@ -660,24 +672,38 @@ bool Client::scan_streamed(size_t n) {
 
 // How many bytes of a Parse/Bind/Describe/Close must be buffered before remap() can
 // rewrite it: the whole message, except for Bind, whose parameters may be large and
-// stream through after its two names.
-size_t Client::remap_need(uint8_t type, size_t len) const {
+// stream through after its two names. A message that trickles in is scanned once: the
+// scan resumes where the previous read left it (scan_pos_), so the cost is linear in its
+// size, however small the pieces.
+size_t Client::remap_need(uint8_t type, size_t len) {
   size_t total = len + 1;
   if (type == 'Q' && total <= kScanWhole) return total;  // read whole and scanned (sql_scan)
+  size_t avail = in_.size() < total ? in_.size() : total;
+  if (scan_pos_ < wire::kHeaderLen || scan_pos_ > avail) {
+    scan_pos_ = wire::kHeaderLen;
+    scan_nuls_ = 0;
+  }
   if (type == 'Q') {  // only a query starting with PREPARE/EXECUTE/DEALLOCATE is read whole
-    size_t avail = in_.size() < total ? in_.size() : total;
     std::string_view text(reinterpret_cast<const char*>(in_.begin()) + wire::kHeaderLen,
                           avail - wire::kHeaderLen);
-    int k = sql_prepared_prefix(text, avail == total);
-    if (k < 0) return avail + 64 < total ? avail + 64 : total;
+    size_t from = scan_pos_ - wire::kHeaderLen;
+    int k = sql_prepared_prefix(text, avail == total, &from);
+    if (k < 0) {
+      scan_pos_ = wire::kHeaderLen + from;
+      return avail + 64 < total ? avail + 64 : total;
+    }
     return k == 0 ? 0 : total;
   }
   if (type != 'B') return total;
-  size_t avail = in_.size() < total ? in_.size() : total;
   const uint8_t* p = in_.begin();
-  int nuls = 0;
-  for (size_t i = wire::kHeaderLen; i < avail; i++)
-    if (p[i] == 0 && ++nuls == 2) return i + 1;
+  size_t i = scan_pos_;
+  while (i < avail) {
+    const void* nul = std::memchr(p + i, 0, avail - i);
+    if (nul == nullptr) break;
+    i = static_cast<size_t>(static_cast<const uint8_t*>(nul) - p) + 1;
+    if (++scan_nuls_ == 2) return i;
+  }
+  scan_pos_ = avail;
   return avail + 1 < total ? avail + 1 : total;  // need more of the names
 }
 
@@ -1130,6 +1156,8 @@ void Client::record_segment(uint8_t type, size_t len) {
 }
 
 void Client::replay_segment() {
+  scan_pos_ = 0;  // another message is now at the front of in_
+  scan_nuls_ = 0;
   std::string rest(reinterpret_cast<const char*>(in_.begin()), in_.size());
   in_.rpos = in_.wpos;
   std::string seg;

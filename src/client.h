@@ -116,7 +116,12 @@ class Client final : public Conn {
   void auth_failed();
   void empty_password();
   bool forward_messages();
-  size_t remap_need(uint8_t type, size_t len) const;
+  size_t remap_need(uint8_t type, size_t len);
+  // How far remap_need() has scanned the message at the front of in_, so that a message
+  // trickling in is scanned once (offset in the message, and NULs of a Bind seen so far).
+  // Reset when the message has what it needs, and when in_ is rewritten (replay_segment).
+  size_t scan_pos_ = 0;
+  uint8_t scan_nuls_ = 0;
   // Whether a Bind/Describe/Close of this statement name is rewritten.
   bool remapped_name(std::string_view name) const {
     return !name.empty() || (cache_unnamed_ && stmts_.find(name) != nullptr);

@@ -312,12 +312,16 @@ uint8_t sql_scan(std::string_view s) {
   return flags;
 }
 
-int sql_prepared_prefix(std::string_view text, bool complete) {
-  size_t i = 0;
+int sql_prepared_prefix(std::string_view text, bool complete, size_t* resume) {
+  size_t i = resume != nullptr && *resume <= text.size() ? *resume : 0;
   while (i < text.size() && is_space(text[i])) i++;
+  size_t start = i;  // white space before it is settled; the word is re-read (12 bytes at most)
   std::string word;
   while (i < text.size() && is_ident(text[i]) && word.size() < 12) word.push_back(lower(text[i++]));
-  if (i == text.size() && !complete && word.size() < 11) return -1;
+  if (i == text.size() && !complete && word.size() < 11) {
+    if (resume != nullptr) *resume = start;
+    return -1;
+  }
   return (word == "prepare" || word == "execute" || word == "deallocate") ? 1 : 0;
 }
 

@@ -197,7 +197,10 @@ struct SqlPrepared {
 
 // What the start of a query is, from the first bytes: -1 when more bytes are needed to
 // tell, 0 when it is not PREPARE/EXECUTE/DEALLOCATE, 1 when it may be.
-int sql_prepared_prefix(std::string_view text, bool complete);
+// `resume` (optional, in and out): where to start, and on -1 where the next call over a
+// longer `text` (the same bytes and more) may start, so a query that trickles in is
+// scanned once.
+int sql_prepared_prefix(std::string_view text, bool complete, size_t* resume = nullptr);
 // Parses a whole query; Kind::None when it is not one statement of the three kinds.
 SqlPrepared parse_sql_prepared(std::string_view text);
 

@@ -11,6 +11,7 @@ void RequestQueue::drop_syncs_after_front() {
   for (size_t r = head_ + 1; r < q_.size(); r++)
     if (q_[r].type != 'S') q_[w++] = q_[r];
   q_.resize(w);
+  syncs_ = q_[head_].type == 'S';
 }
 
 std::string rename_error(std::span<const uint8_t> body, std::string_view from,
@@ -42,7 +43,7 @@ bool ReplyBook::name_unresolved(std::string_view name) const {
     const Request& r = queue_.at(i);
     if (r.type == 'S' || r.type == 'Q' || r.type == 'F') segment_ended = true;
     if (!segment_ended || r.client_name < 0) continue;
-    if (undos_[static_cast<size_t>(r.client_name)].name == name) return true;
+    if (queue_.undos[r.client_name].name == name) return true;
   }
   return false;
 }
@@ -57,7 +58,7 @@ void ReplyBook::take_fakes(std::string& out, ClientStmts* names) {
     }
     if (names != nullptr) {
       if (r.type == 'Q') {  // a whole simple-query answer: its tag, then ReadyForQuery
-        wire::Writer(out).begin('C').cstr(renames_[static_cast<size_t>(r.tag)].first).end();
+        wire::Writer(out).begin('C').cstr(queue_.renames[r.tag].first).end();
         wire::ready_for_query(out, tx_);
       } else {
         const char msg[5] = {r.type == 'P' ? '1' : '3', 0, 0, 0, 4};
@@ -88,7 +89,7 @@ void ReplyBook::unwind(const Request& r, bool failed, ClientStmts* names) {
   if (r.client_name >= 0 && names != nullptr) {
     // The client's name goes back to what it was before this request; a failed unnamed
     // Parse leaves no unnamed statement at all (PostgreSQL drops the old one first).
-    const NameUndo& u = undos_[static_cast<size_t>(r.client_name)];
+    const NameUndo& u = queue_.undos[r.client_name];
     if (u.prev == nullptr || (failed && r.type == 'P' && u.name.empty()))
       names->erase(u.name);
     else
@@ -142,10 +143,6 @@ ReplyVerdict ReplyBook::on_reply(uint8_t type, std::span<const uint8_t> body, Cl
       }
       retried_ = false;
       seg_out_ = 0;
-      if (queue_.empty()) {  // every request answered: the undo log is done with
-        renames_.clear();
-        undos_.clear();
-      }
       return v;
     }
     case '1':
@@ -196,8 +193,9 @@ ReplyVerdict ReplyBook::on_reply(uint8_t type, std::span<const uint8_t> body, Cl
     case 'E':
       v.copy_in = 0;
       copy_ = false;
-      if (!queue_.empty() && queue_.front().stmt != 0 && queue_.front().rename < 0 &&
-          !body.empty()) {
+      if (body.empty()) {
+        // Streamed (too long to read whole): passed on as PostgreSQL wrote it.
+      } else if (!queue_.empty() && queue_.front().stmt != 0 && queue_.front().rename < 0) {
         // 26000 for a statement pgsluice believed this server held, or 42P05 for one it
         // believed absent: some SQL changed pgsluice's statements behind its back.
         std::string st = wire::parse_error(body).sqlstate;
@@ -216,9 +214,10 @@ ReplyVerdict ReplyBook::on_reply(uint8_t type, std::span<const uint8_t> body, Cl
           v.kind = Kind::Swallow;
         }
       }
-      if (v.kind == Kind::Forward && !queue_.empty() && queue_.front().rename >= 0) {
+      if (body.empty()) {
+      } else if (v.kind == Kind::Forward && !queue_.empty() && queue_.front().rename >= 0) {
         // An error pgsluice provoked on the client's behalf: name the client's statement.
-        const auto& rn = renames_[static_cast<size_t>(queue_.front().rename)];
+        const auto& rn = queue_.renames[queue_.front().rename];
         if (rn.first == kRefused)
           wire::error_response(v.rewritten, "ERROR", "42501", rn.second);
         else
@@ -241,7 +240,7 @@ ReplyVerdict ReplyBook::on_reply(uint8_t type, std::span<const uint8_t> body, Cl
       if (!queue_.empty() && queue_.front_type() == 'Q') {
         unwind(queue_.front(), true, &names);  // a PREPARE that failed did not create anything
         queue_.front().stmt = 0;
-        queue_.front().client_name = -1;
+        queue_.forget_undo();
         queue_.front().swallow_c = 0;
       }
       // Extended protocol: the server skips everything up to the next Sync, simple

@@ -3,6 +3,8 @@
 // close). Pure: no sockets, no event loop, no globals; the fuzzer and unit tests drive it.
 #pragma once
 
+#include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -23,7 +25,7 @@ enum class ReqAction : uint8_t {
   Fake,     // answered by pgsluice itself when it reaches the front (ParseComplete, CloseComplete)
 };
 
-// ReplyBook::renames_ source of an error pgsluice raises itself in place of PostgreSQL's
+// RequestQueue::renames source of an error pgsluice raises itself in place of PostgreSQL's
 // (42501, the rename's target is the message): see Client::remap.
 inline const std::string kRefused = std::string("\x01refused");
 
@@ -35,34 +37,124 @@ constexpr int32_t kUnnamedParse = -2;
 struct Request {
   uint8_t type = 0;  // frontend message type: 'Q','P','B','D','E','C','S','F'
   ReqAction action = ReqAction::Forward;
-  uint64_t stmt = 0;         // P: the statement it prepares; C(Skip): the statement it evicts
-  int32_t rename = -1;       // index in ReplyBook::renames_: show an error under the client's name
-  int32_t client_name = -1;  // P/Q/C: index in ReplyBook::undos_ (the client's name it changed)
-  int32_t tag = -1;          // Q(Fake): index in ReplyBook::renames_ of the CommandComplete tag;
+  uint64_t stmt = 0;    // P: the statement it prepares; C(Skip): the statement it evicts
+  int32_t rename = -1;  // index in RequestQueue::renames: show an error under the client's name
+  int32_t client_name = -1;  // P/Q/C: index in RequestQueue::undos (the client's name it changed)
+  int32_t tag = -1;          // Q(Fake): index in RequestQueue::renames of the CommandComplete tag;
                              // B/D: name_tag() of the client's statement name
   uint8_t swallow_c = 0;     // Q: CommandCompletes of statements pgsluice prepended
 };
 
-// The requests sent to a server whose answers are still due, oldest first.
+// What a client's Parse/PREPARE/Close changed in its name map: the name and what it mapped
+// to before, undone (latest first) if PostgreSQL rejects or skips that request.
+struct NameUndo {
+  std::string name;
+  std::shared_ptr<const StmtEntry> prev;  // null: the name was not mapped
+};
+
+// Side data of queued requests, referred to by index (Request::rename, client_name, and a
+// Query's tag). Each entry belongs to the one request that refers to it: it is freed when
+// that request is answered, so the log holds no more than the requests in flight. An index
+// stays valid as long as its request is queued (entries before base_ are gone).
+template <class T>
+class RequestLog {
+ public:
+  // Adds an entry; returns its index (-1 in the unreachable case of 2^31 entries in flight:
+  // the request then goes without it).
+  int32_t add(T v) {
+    size_t i = base_ + items_.size();
+    if (i > static_cast<size_t>(INT32_MAX)) return -1;
+    items_.push_back(Item{std::move(v), false});
+    return static_cast<int32_t>(i);
+  }
+  const T& operator[](int32_t i) const { return items_[static_cast<size_t>(i) - base_].value; }
+  bool empty() const { return head_ == items_.size(); }
+  size_t size() const { return items_.size() - head_; }
+  // Index i refers to an entry still held (for checks: the fuzzer).
+  bool valid(int32_t i) const {
+    return i >= 0 && static_cast<size_t>(i) >= base_ + head_ &&
+           static_cast<size_t>(i) - base_ < items_.size();
+  }
+  // The request that refers to entry i was answered: free it, and every answered entry
+  // before the oldest unanswered one.
+  void release(int32_t i) {
+    size_t k = static_cast<size_t>(i);
+    if (k < base_ + head_ || k - base_ >= items_.size()) return;  // freed already
+    items_[k - base_].done = true;
+    while (head_ < items_.size() && items_[head_].done) items_[head_++].value = T();
+    if (head_ == items_.size()) {
+      clear();  // nothing is referred to: indexes start again at 0
+    } else if (head_ >= 64 && head_ * 2 >= items_.size()) {
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      base_ += head_;
+      head_ = 0;
+    }
+  }
+  void clear() {
+    if (items_.capacity() > 1024)
+      std::vector<Item>().swap(items_);
+    else
+      items_.clear();
+    base_ = head_ = 0;
+  }
+
+ private:
+  struct Item {
+    T value;
+    bool done;  // its request was answered
+  };
+  std::vector<Item> items_;  // items_[k] has index base_ + k
+  size_t base_ = 0;
+  size_t head_ = 0;  // items_[0, head_) are freed
+};
+
+// The requests sent to a server whose answers are still due, oldest first, with their side
+// data (renames, undos). Answered requests are dropped as they go, so a client that
+// pipelines without pause holds only what is in flight.
 class RequestQueue {
  public:
-  void push(uint8_t t) { q_.push_back(Request{t, ReqAction::Forward, 0, -1, -1, -1, 0}); }
-  void push(const Request& r) { q_.push_back(r); }
+  void push(uint8_t t) { push(Request{t, ReqAction::Forward, 0, -1, -1, -1, 0}); }
+  void push(const Request& r) {
+    q_.push_back(r);
+    syncs_ += r.type == 'S';
+    flushes_ += r.type == 'Q' || r.type == 'F';
+  }
   bool empty() const { return head_ == q_.size(); }
   const Request& front() const { return q_[head_]; }
   Request& front() { return q_[head_]; }
   uint8_t front_type() const { return q_[head_].type; }
+  // Drops the oldest request (answered) and the side data it refers to.
   void pop() {
+    const Request& r = q_[head_];
+    syncs_ -= r.type == 'S';
+    flushes_ -= r.type == 'Q' || r.type == 'F';
+    if (r.rename >= 0) renames.release(r.rename);
+    if (r.client_name >= 0) undos.release(r.client_name);
+    if (r.type == 'Q' && r.tag >= 0) renames.release(r.tag);  // B/D: a name_tag, not an index
     if (++head_ == q_.size()) {
-      q_.clear();
+      clear();  // nothing queued refers to any side data now
+    } else if (head_ >= kCompactAt && head_ * 2 >= q_.size()) {
+      // Amortised O(1): at least as many requests were popped as are moved.
+      q_.erase(q_.begin(), q_.begin() + static_cast<std::ptrdiff_t>(head_));
       head_ = 0;
     }
   }
+  // The front request no longer undoes its name change (it was undone already).
+  void forget_undo() {
+    Request& r = q_[head_];
+    if (r.client_name >= 0) undos.release(r.client_name);
+    r.client_name = -1;
+  }
   size_t size() const { return q_.size() - head_; }
+  // Queued Syncs, and queued simple Queries and FunctionCalls: each is answered (and
+  // PostgreSQL flushes its output) without anything more from the client.
+  size_t syncs() const { return syncs_; }
+  size_t flushes() const { return flushes_; }
   const Request& at(size_t i) const { return q_[head_ + i]; }
   void clear() {
-    q_.clear();
-    head_ = 0;
+    clear_requests();
+    renames.clear();
+    undos.clear();
   }
   // True when the only Sync queued is the last entry (one segment in flight).
   bool single_segment() const {
@@ -73,9 +165,23 @@ class RequestQueue {
   // Drops every 'S' after the front entry (Syncs the server swallows during COPY IN).
   void drop_syncs_after_front();
 
+  RequestLog<std::pair<std::string, std::string>> renames;  // server name -> client name
+  RequestLog<NameUndo> undos;  // the client's name changes of the requests in flight
+
  private:
+  static constexpr size_t kCompactAt = 1024;
+  void clear_requests() {
+    if (q_.capacity() > 4 * kCompactAt)
+      std::vector<Request>().swap(q_);  // a burst is over: give its memory back
+    else
+      q_.clear();
+    head_ = 0;
+    syncs_ = flushes_ = 0;
+  }
   std::vector<Request> q_;
   size_t head_ = 0;
+  size_t syncs_ = 0;
+  size_t flushes_ = 0;
 };
 
 // The verdict on one server message received while linked to a client.
@@ -116,13 +222,13 @@ class ReplyBook {
   // A request of an earlier, unanswered segment changed the client's name `name`.
   bool name_unresolved(std::string_view name) const;
   // Records what a client's name mapped to before a Parse/PREPARE/Close changed it.
+  // Each returns an index for one request's Request::client_name / rename / tag; the
+  // entry lives until that request is answered (RequestQueue::pop).
   int add_undo(std::string_view name, std::shared_ptr<const StmtEntry> prev) {
-    undos_.push_back(NameUndo{std::string(name), std::move(prev)});
-    return static_cast<int>(undos_.size() - 1);
+    return queue_.undos.add(NameUndo{std::string(name), std::move(prev)});
   }
   int add_rename(std::string from, std::string to) {
-    renames_.emplace_back(std::move(from), std::move(to));
-    return static_cast<int>(renames_.size() - 1);
+    return queue_.renames.add(std::make_pair(std::move(from), std::move(to)));
   }
   // Undoes the bookkeeping of a request PostgreSQL skipped or rejected after an error.
   // `failed`: this request raised the error; otherwise PostgreSQL skipped it.
@@ -140,24 +246,12 @@ class ReplyBook {
     stale_ = true;
   }
   // Forgets everything owed (the server is reset or given back clean).
-  void clear_requests() {
-    queue_.clear();
-    renames_.clear();
-    undos_.clear();
-  }
+  void clear_requests() { queue_.clear(); }  // and its renames and undos
 
   char tx_ = 'I';       // status byte of the last ReadyForQuery
   RequestQueue queue_;  // client requests awaiting answers
   ServerStmts stmts_;   // named statements prepared on this server (remapping)
   std::unordered_map<uint64_t, std::shared_ptr<const StmtEntry>> evicting_;  // Close in flight
-  std::vector<std::pair<std::string, std::string>> renames_;  // server name -> client name
-  // The client's name changes of the requests in flight, undone (latest first) for the
-  // requests PostgreSQL rejected or skipped.
-  struct NameUndo {
-    std::string name;
-    std::shared_ptr<const StmtEntry> prev;  // null: the name was not mapped
-  };
-  std::vector<NameUndo> undos_;
   // An extended-protocol request failed: PostgreSQL ignores every message up to the next
   // Sync (simple queries too), so none of them gets an answer or a fake one.
   bool skip_to_sync_ = false;

@@ -17,7 +17,6 @@ namespace pgsluice {
 namespace {
 constexpr size_t kHighWater = 64 * 1024;
 constexpr size_t kMaxBackendMessage = size_t{1} << 30;
-constexpr size_t kMaxParsedMessage = 1 << 20;  // messages read whole (Z, S, login) are small
 }  // namespace
 
 Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
@@ -355,11 +354,23 @@ void Server::process() {
     size_t total = len + 1;
     bool linked = state_ == ServerState::Active && client_ != nullptr;
     bool need_whole = !linked || internal_ > 0 || needs_whole(type);
-    if (need_whole) {
-      if (total > kMaxParsedMessage && !(linked && internal_ == 0)) {
+    if (need_whole && len > wire::backend_whole_limit(type)) {
+      if (linked && internal_ == 0 && type == 'E') {
+        need_whole = false;  // too long to rename: it goes through as PostgreSQL wrote it
+      } else if (state_ == ServerState::Login) {
+        worker_->server_login_failed(this, "08P01", "oversized message from server");
+        return;
+      } else {
+        if (Client* c = client_) {
+          worker_->unlink(c, this);
+          worker_->fail_client(c, "08P01", "server sent an oversized message",
+                               "oversized message from server");
+        }
         worker_->close_server(this, "oversized message from server");
         return;
       }
+    }
+    if (need_whole) {
       if (in_.size() < total) {
         worker_->bufs().reserve(in_, total - in_.size());
         break;
@@ -523,8 +534,9 @@ void Server::process() {
     if (dead_) return;
   }
   if (client_ != nullptr && client_->stalled_) {
-    // The client waits for an earlier segment's answer (Client::must_wait); it goes on
-    // (or waits again), and releases this server itself when done.
+    // The client waits for an earlier segment's answer (Client::must_wait), or for answers
+    // to requests in flight (kMaxInFlight); it goes on (or waits again), and releases this
+    // server itself when done.
     Client* c = client_;
     c->stalled_ = false;
     c->want_read(true);

@@ -51,6 +51,13 @@ class Server final : public Conn, public ReplyBook {
   void flush();
   // True when the linked client's transaction is over and the server can go back.
   bool can_release() const;
+  // A client stops reading while this many of its requests are unanswered, if answers are
+  // sure to come without more from it (answers_due): so a client that pipelines without
+  // pause holds a bounded queue here, whatever the socket buffers hold.
+  static constexpr size_t kMaxInFlight = 4096;
+  bool answers_due() const {
+    return !copy_ && (queue_.syncs() > 0 || (!skip_to_sync_ && queue_.flushes() > 0));
+  }
   // Prepared-statement remapping (see prepared.h). All write to out_ and queue_ in order.
   // Makes sure e is prepared here, injecting a swallowed Parse (and evictions) if not.
   void ensure_prepared(const std::shared_ptr<const StmtEntry>& e, size_t max, PreparedStats& ps);

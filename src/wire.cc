@@ -290,6 +290,30 @@ size_t frontend_limit(uint8_t type) {
   }
 }
 
+size_t backend_whole_limit(uint8_t type) {
+  switch (type) {
+    case 'Z':  // ReadyForQuery: one status byte
+      return 5;
+    case '1':  // ParseComplete, BindComplete, CloseComplete, NoData, PortalSuspended,
+    case '2':  // EmptyQueryResponse, CopyDone: no body
+    case '3':
+    case 'n':
+    case 's':
+    case 'I':
+    case 'c':
+      return 4;
+    case 'K':  // BackendKeyData: pid and a key of at most 256 bytes (protocol 3.2)
+      return 4 + 4 + 256;
+    case 'S':  // ParameterStatus, CommandComplete, authentication, NegotiateProtocolVersion
+    case 'C':
+    case 'R':
+    case 'v':
+      return 64 * 1024;
+    default:  // ErrorResponse, NoticeResponse and the long types
+      return 1024 * 1024;
+  }
+}
+
 void error_response(std::string& out, std::string_view severity, std::string_view sqlstate,
                     std::string_view message) {
   Writer w(out);

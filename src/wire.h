@@ -129,6 +129,14 @@ bool parse_backend_key(std::span<const uint8_t> body, uint32_t& pid, std::span<c
 // (the server's own limits). Returns 0 for a type that is not a frontend message.
 size_t frontend_limit(uint8_t type);
 
+// The largest length word (as in the message, so body + 4) pgsluice accepts for a backend
+// message of `type` that it reads whole (ReadyForQuery, ParameterStatus, CommandComplete,
+// ParseComplete, CloseComplete, errors it renames, login messages, and everything an
+// unlinked server sends). PostgreSQL's fixed-size messages get their exact size; libpq
+// itself refuses more than 30000 bytes for every type but T, D, d, V, E, N and A, so 64 KiB
+// leaves margin for the other short ones; the long types get 1 MiB.
+size_t backend_whole_limit(uint8_t type);
+
 // ---- builders (append to `out`) ----
 void error_response(std::string& out, std::string_view severity, std::string_view sqlstate,
                     std::string_view message);

@@ -22,11 +22,9 @@ struct Script {
 void check_indexes(const ReplyBook& b) {
   for (size_t k = 0; k < b.queue_.size(); k++) {
     const Request& r = b.queue_.at(k);
-    if (r.rename >= 0 && static_cast<size_t>(r.rename) >= b.renames_.size()) __builtin_trap();
-    if (r.client_name >= 0 && static_cast<size_t>(r.client_name) >= b.undos_.size())
-      __builtin_trap();
-    if (r.type == 'Q' && r.action == ReqAction::Fake &&
-        (r.tag < 0 || static_cast<size_t>(r.tag) >= b.renames_.size()))
+    if (r.rename >= 0 && !b.queue_.renames.valid(r.rename)) __builtin_trap();
+    if (r.client_name >= 0 && !b.queue_.undos.valid(r.client_name)) __builtin_trap();
+    if (r.type == 'Q' && r.action == ReqAction::Fake && !b.queue_.renames.valid(r.tag))
       __builtin_trap();
   }
 }
@@ -98,7 +96,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         book.queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
       }
       if (type == 'Z' && v.kind == ReplyVerdict::Kind::Forward && book.queue_.empty() &&
-          (!book.renames_.empty() || !book.undos_.empty()))
+          (!book.queue_.renames.empty() || !book.queue_.undos.empty()))
         __builtin_trap();
     }
     std::string fakes;

@@ -140,7 +140,7 @@ TEST_CASE("replies: a skipped Parse gives the client's name back; DEALLOCATE ALL
   reply(b, names, 'E', error_body("26000", "nope"));  // the Bind failed; the Parse is skipped
   CHECK(names.find("s1") == nullptr);
   reply(b, names, 'Z', "I");
-  CHECK(b.undos_.empty());
+  CHECK(b.queue_.undos.empty());
   names.set("s1", e);
   b.queue_.push(Request{'Q', ReqAction::Forward, 0, -1, -1, -1, 0});
   reply(b, names, 'C', std::string("DEALLOCATE ALL\0", 15));

@@ -1,6 +1,7 @@
 // Unit tests for the wire codec: startup packets, options, readers, builders.
 #include <doctest/doctest.h>
 
+#include "server.h"
 #include "varcache.h"
 #include "wire.h"
 
@@ -305,4 +306,81 @@ TEST_CASE("statement namespace and the scan of client SQL for statement changes"
     scan.feed(std::string_view(text).substr(cut));
     CHECK(scan.flags == (S::kNamesNamespace | S::kTouchesStmts));
   }
+}
+
+TEST_CASE("sql_prepared_prefix resumes where the previous call left off") {
+  // A query that trickles in: each call starts where the last one stopped, so the white
+  // space before the first word is read once, and the answer is the same as from the start.
+  std::string text(100000, ' ');
+  size_t from = 0;
+  CHECK(sql_prepared_prefix(std::string_view(text).substr(0, 50000), false, &from) == -1);
+  CHECK(from == 50000);
+  text += "PREP";
+  CHECK(sql_prepared_prefix(text, false, &from) == -1);
+  CHECK(from == 100000);  // the word is read again (at most 12 bytes)
+  text += "ARE q AS SELECT 1";
+  size_t again = from;
+  CHECK(sql_prepared_prefix(text, false, &from) == 1);
+  CHECK(sql_prepared_prefix(text, true) == 1);
+  CHECK(sql_prepared_prefix("   select 1", true, &again) == 0);  // beyond the text: from 0
+  size_t z = 0;
+  CHECK(sql_prepared_prefix("  ", true, &z) == 0);  // complete, no word
+}
+
+TEST_CASE("backend_whole_limit: PostgreSQL's sizes, with margin for the variable ones") {
+  CHECK(wire::backend_whole_limit('Z') == 5);
+  CHECK(wire::backend_whole_limit('1') == 4);
+  CHECK(wire::backend_whole_limit('2') == 4);
+  CHECK(wire::backend_whole_limit('3') == 4);
+  CHECK(wire::backend_whole_limit('K') == 264);
+  // libpq takes at most 30000 bytes of these; PostgreSQL's own are far smaller.
+  for (uint8_t t : {'S', 'C', 'R', 'v'}) {
+    CHECK(wire::backend_whole_limit(t) > 30000);
+    CHECK(wire::backend_whole_limit(t) <= 64 * 1024);
+  }
+  for (uint8_t t : {'E', 'N', 'T', 'D', 'A', 't'}) CHECK(wire::backend_whole_limit(t) == 1 << 20);
+  // Every type has a limit, well under the 1 GB a streamed message may have.
+  for (int t = 0; t < 256; t++) {
+    size_t l = wire::backend_whole_limit(static_cast<uint8_t>(t));
+    CHECK(l >= 4);
+    CHECK(l <= 1 << 20);
+  }
+}
+
+TEST_CASE("RequestQueue: answered requests and their side data are freed as they go") {
+  RequestQueue q;
+  // A long pipeline, answered as it goes: indexes stay valid for the requests still queued.
+  std::vector<int> live;
+  for (int i = 0; i < 100000; i++) {
+    Request r{'P', ReqAction::Forward, 0, -1, -1, -1, 0};
+    r.client_name = q.undos.add(NameUndo{"n" + std::to_string(i), nullptr});
+    r.rename = q.renames.add({"s" + std::to_string(i), "c" + std::to_string(i)});
+    q.push(r);
+    q.push('S');
+    if (i >= 10) {  // ten segments in flight
+      const Request& f = q.front();
+      CHECK(q.undos[f.client_name].name == "n" + std::to_string(i - 10));
+      CHECK(q.renames[f.rename].second == "c" + std::to_string(i - 10));
+      q.pop();
+      CHECK(q.front_type() == 'S');
+      q.pop();
+    }
+    CHECK(q.size() <= 22);
+    CHECK(q.undos.size() <= 11);
+    CHECK(q.renames.size() <= 11);
+  }
+  CHECK(q.syncs() == 10);
+  while (!q.empty()) q.pop();
+  CHECK(q.undos.empty());
+  CHECK(q.renames.empty());
+  CHECK(q.syncs() == 0);
+  // A request that forgets its undo frees it too.
+  Request r{'Q', ReqAction::Forward, 0, -1, q.undos.add(NameUndo{"x", nullptr}), -1, 0};
+  q.push(r);
+  CHECK(q.flushes() == 1);
+  q.forget_undo();
+  CHECK(q.front().client_name == -1);
+  CHECK(q.undos.empty());
+  q.pop();
+  CHECK(q.flushes() == 0);
 }
