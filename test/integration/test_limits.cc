@@ -176,7 +176,8 @@ TEST_CASE("limits: a long run of refused and abandoned logins leaves the count e
 }
 
 TEST_CASE("limits: one SSLRequest and one GSSENCRequest, as PostgreSQL allows") {
-  if (skip_in_direct_mode("compares pgsluice's answers")) return;
+  // In direct mode (PGSLUICE_TARGET=direct) the SSL cases run against PostgreSQL itself,
+  // which has no TLS configured here; its GSSAPI build would answer 'G', so those are skipped.
   Pooler p;
   SUBCASE("a second SSLRequest is refused") {
     Raw r = Raw::tcp(p.port());
@@ -191,6 +192,7 @@ TEST_CASE("limits: one SSLRequest and one GSSENCRequest, as PostgreSQL allows") 
     CHECK(r.wait_closed(5));
   }
   SUBCASE("a second GSSENCRequest is refused") {
+    if (p.direct()) return;
     Raw r = Raw::tcp(p.port());
     REQUIRE(r.send_bytes(encryption_request(kGssRequest)));
     CHECK(read_byte(r) == 'N');
@@ -202,6 +204,7 @@ TEST_CASE("limits: one SSLRequest and one GSSENCRequest, as PostgreSQL allows") 
     CHECK(r.wait_closed(5));
   }
   SUBCASE("one of each, in either order, then a login") {
+    if (p.direct()) return;
     for (bool gss_first : {false, true}) {
       Raw r = Raw::tcp(p.port());
       REQUIRE(r.send_bytes(encryption_request(gss_first ? kGssRequest : kSslRequest)));
@@ -215,6 +218,7 @@ TEST_CASE("limits: one SSLRequest and one GSSENCRequest, as PostgreSQL allows") 
     }
   }
   SUBCASE("a client that sends requests and never reads is closed") {
+    if (p.direct()) return;
     long before = vm_rss_kb(p.pid());
     std::vector<Raw> rs;
     std::string flood;
