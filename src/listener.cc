@@ -93,6 +93,22 @@ Status Listener::open(const Config& c) {
     event_assign(&s->ev, w_->base(), fd, EV_READ | EV_PERSIST, &Listener::accept_cb, s.get());
     socks_.push_back(std::move(s));
   };
+  // The Unix socket first: once a TCP port answers, the Unix socket is ready too.
+  if (w_->index() == 0 && !c.unix_socket_dir.empty()) {
+    std::string path = c.unix_socket_dir + "/.s.PGSQL." + std::to_string(c.listen_port);
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    if (path.size() >= sizeof un.sun_path)
+      return Status::error("unix socket path too long: " + path);
+    std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
+    ::unlink(path.c_str());
+    std::string err;
+    int fd =
+        listen_socket(reinterpret_cast<sockaddr*>(&un), sizeof un, c.listen_backlog, false, &err);
+    if (fd < 0) return Status::error("could not listen on " + path + ": " + err);
+    chmod(path.c_str(), static_cast<mode_t>(c.unix_socket_mode));
+    add(fd, true);
+  }
   std::string addrs = c.listen_addr;
   size_t i = 0;
   while (!addrs.empty() && i <= addrs.size()) {
@@ -121,21 +137,6 @@ Status Listener::open(const Config& c) {
       add(fd, false);
     }
     freeaddrinfo(res);
-  }
-  if (w_->index() == 0 && !c.unix_socket_dir.empty()) {
-    std::string path = c.unix_socket_dir + "/.s.PGSQL." + std::to_string(c.listen_port);
-    sockaddr_un un{};
-    un.sun_family = AF_UNIX;
-    if (path.size() >= sizeof un.sun_path)
-      return Status::error("unix socket path too long: " + path);
-    std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
-    ::unlink(path.c_str());
-    std::string err;
-    int fd =
-        listen_socket(reinterpret_cast<sockaddr*>(&un), sizeof un, c.listen_backlog, false, &err);
-    if (fd < 0) return Status::error("could not listen on " + path + ": " + err);
-    chmod(path.c_str(), static_cast<mode_t>(c.unix_socket_mode));
-    add(fd, true);
   }
   update();
   return Status();
