@@ -18,6 +18,10 @@ constexpr size_t kHighWater = 64 * 1024;  // stop reading a side whose peer has 
 constexpr size_t kScanWhole = 64 * 1024;  // a Query up to this size is read whole before sending
 constexpr const char* kReservedNames =
     "prepared statement names of the connection pooler cannot be used";
+// Most bytes queued to a client that has not logged in: the longest answer before login is
+// a NegotiateProtocolVersion naming every option of a 10000-byte startup packet, plus an
+// authentication request. A client that lets more pile up does not read: it is closed.
+constexpr size_t kMaxPreLoginOut = 16 * 1024;
 
 bool in_csv_list(std::string_view list, std::string_view name) {
   size_t i = 0;
@@ -130,9 +134,16 @@ void Client::process_startup() {
     }
     std::span<const uint8_t> pkt(in_.begin(), len);
     in_.rpos += len;
-    if (!handle_startup_packet(pkt)) return;
+    if (!handle_startup_packet(pkt) || !prelogin_out_ok()) return;
   }
   if (!dead_ && state_ == ClientState::Auth) process_auth();
+}
+
+bool Client::prelogin_out_ok() {
+  if (out_.size() <= kMaxPreLoginOut) return true;
+  if (state_ != ClientState::Startup && state_ != ClientState::Auth) return true;  // logged in
+  worker_->close_client(this, "client does not read its login replies");
+  return false;
 }
 
 bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
@@ -144,6 +155,20 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
   wire::StartupPacket& sp = *parsed;
   using Kind = wire::StartupPacket::Kind;
   if (sp.kind == Kind::Ssl || sp.kind == Kind::Gss) {
+    // One SSLRequest and one GSSENCRequest, in either order, as PostgreSQL takes them; a
+    // second of either is read as a startup packet of protocol 1234.5679 (or .5680), which
+    // PostgreSQL refuses with this error.
+    bool& done = sp.kind == Kind::Ssl ? ssl_asked_ : gss_asked_;
+    if (done) {
+      uint32_t code = sp.kind == Kind::Ssl ? wire::kSslCode : wire::kGssCode;
+      char msg[128];
+      std::snprintf(msg, sizeof msg,
+                    "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", code >> 16,
+                    code & 0xffff);
+      fail("0A000", msg, "repeated encryption request");
+      return false;
+    }
+    done = true;
     const char no = 'N';  // TLS and GSS encryption are not offered (yet)
     worker_->bufs().append(out_, &no, 1);
     flush();
@@ -159,7 +184,7 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
     std::snprintf(msg, sizeof msg,
                   "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
                   sp.version >> 16, sp.version & 0xffff);
-    fail("08P01", msg, "unsupported protocol");
+    fail("0A000", msg, "unsupported protocol");  // PostgreSQL: feature_not_supported
     return false;
   }
   const Config& cfg = worker_->cfg();
@@ -206,11 +231,14 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
     return false;
   }
   if (db_.empty()) db_ = user_;
-  if (int n = ++worker_->rt()->clients; cfg.max_client_conn > 0 && n > cfg.max_client_conn) {
+  // Every client connection counts, this one included, from accept to close (Listener);
+  // the console is let in over the limit, as PgBouncer does. The message is PgBouncer's,
+  // the SQLSTATE PostgreSQL's for too many connections.
+  if (cfg.max_client_conn > 0 && worker_->rt()->clients.load() > cfg.max_client_conn &&
+      !is_admin_database(db_)) {
     fail("53300", "no more connections allowed (max_client_conn)", "max_client_conn");
     return false;
   }
-  counted_ = true;
   if (is_admin_database(db_)) {
     is_admin_ = true;                // the console: no pool, no server (admin.cc)
     if (admin_trusted_peer(this)) {  // user pgbouncer over the Unix socket, same uid
@@ -411,6 +439,7 @@ void Client::process_auth() {
         return;
     }
     (void)cfg;
+    if (state_ == ClientState::Auth && !prelogin_out_ok()) return;
   }
 }
 

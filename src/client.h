@@ -93,7 +93,7 @@ class Client final : public Conn {
   void replay_segment();
   bool is_admin_ = false;    // logged in to a virtual database (admin console)
   bool welcomed_ = false;    // the welcome was sent (it must be sent once)
-  bool counted_ = false;     // counted in Runtime::clients
+  bool counted_ = false;     // counted in Runtime::clients (from accept to close)
   double wait_since_ = 0;    // when it started waiting for a server
   double connect_time_ = 0;  // when it was accepted
   size_t pos_ = 0;           // index in Worker::clients_
@@ -111,6 +111,8 @@ class Client final : public Conn {
   void process_startup();
   void process_auth();
   bool handle_startup_packet(std::span<const uint8_t> pkt);
+  // Before login: false (and the client closed) when it lets replies pile up unread.
+  bool prelogin_out_ok();
   bool begin_auth();
   void finish_auth();
   void auth_failed();
@@ -143,6 +145,8 @@ class Client final : public Conn {
   std::array<uint8_t, 4> md5_salt_{};
   std::unique_ptr<ScramServerSession> scram_;
   bool scram_real_secret_ = false;  // the SCRAM keys came from a stored SCRAM secret
+  bool ssl_asked_ = false;          // an SSLRequest was answered (one is allowed)
+  bool gss_asked_ = false;          // a GSSENCRequest was answered (one is allowed)
 };
 
 }  // namespace pgsluice

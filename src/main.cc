@@ -5,11 +5,13 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdio>
@@ -22,6 +24,7 @@
 #include "admin.h"
 #include "config.h"
 #include "gather.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "password.h"
@@ -80,6 +83,58 @@ void sd_notify_msg(const char* msg) {
                      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n));
   (void)r;
   ::close(fd);
+}
+
+// Server connections the configured pools may open at once (PgBouncer's estimate: each
+// database's pool size, times the auth_file users unless the database forces a user).
+long long expected_servers(const Config& c) {
+  long long users = std::max<long long>(1, static_cast<long long>(c.userlist.secrets.size()));
+  long long total = 0;
+  auto add = [&](const DatabaseDef& d) {
+    long long size = d.pool_size >= 0 ? d.pool_size : c.default_pool_size;
+    size += d.reserve_pool_size >= 0 ? d.reserve_pool_size : c.reserve_pool_size;
+    long long n = d.user.empty() ? size * users : size;
+    int cap = d.max_db_connections >= 0 ? d.max_db_connections : c.max_db_connections;
+    if (cap > 0 && n > cap) n = cap;
+    total += n;
+  };
+  for (const auto& [name, d] : c.databases) add(d);
+  if (c.fallback_db) add(*c.fallback_db);
+  return total;
+}
+
+// Raises the open-file limit as far as the hard limit allows, and warns when the clients
+// (max_client_conn and the listener's spare) and the servers may not fit in it.
+void raise_fd_limit(const Config& c) {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) {
+    LOG_WARN("could not get RLIMIT_NOFILE: %s", strerror(errno));
+    return;
+  }
+  if (lim.rlim_cur != lim.rlim_max) {
+    rlimit want = lim;
+    want.rlim_cur = lim.rlim_max;
+    if (want.rlim_cur == RLIM_INFINITY) want.rlim_cur = 1 << 20;  // the kernel's nr_open default
+    if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+      lim.rlim_cur = want.rlim_cur;
+    else
+      LOG_WARN("could not raise RLIMIT_NOFILE to %llu: %s",
+               static_cast<unsigned long long>(want.rlim_cur), strerror(errno));
+  }
+  long long servers = expected_servers(c);
+  long long need = servers + 10 + 4LL * c.effective_workers();
+  if (c.max_client_conn > 0) need += Listener::hard_cap(c);
+  LOG_INFO(
+      "kernel file descriptor limit: %llu (hard: %llu); max_client_conn: %d, max expected fd use: "
+      "%lld",
+      static_cast<unsigned long long>(lim.rlim_cur), static_cast<unsigned long long>(lim.rlim_max),
+      c.max_client_conn, need);
+  if (lim.rlim_cur != RLIM_INFINITY && static_cast<unsigned long long>(need) > lim.rlim_cur)
+    LOG_WARN(
+        "file descriptor limit %llu is below the %lld that max_client_conn (%d) and the "
+        "pools (up to %lld servers) may need: raise the hard limit (ulimit -n, LimitNOFILE=) "
+        "or lower max_client_conn; at the limit new connections wait",
+        static_cast<unsigned long long>(lim.rlim_cur), need, c.max_client_conn, servers);
 }
 
 void stop_workers(Main* m) {
@@ -347,6 +402,8 @@ int main(int argc, char** argv) {
 
   signal(SIGPIPE, SIG_IGN);
   evthread_use_pthreads();
+
+  raise_fd_limit(*cfg);
 
   Main m;
   m.rt.set_config(cfg);

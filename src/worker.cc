@@ -1,5 +1,5 @@
-// One worker thread: its event loop, listeners, inbox, local pools, and the moves of
-// clients and servers between pool lists (acquire, release, close).
+// One worker thread: its event loop, inbox, local pools, and the moves of clients and
+// servers between pool lists (acquire, release, close).
 #include "worker.h"
 
 #include <errno.h>
@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "client.h"
+#include "listener.h"
 #include "log.h"
 #include "password.h"
 #include "server.h"
@@ -90,14 +91,12 @@ Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
   event_assign(&janitor_ev_, base_, -1, EV_PERSIST, &Worker::janitor_cb, this);
   timeval one{1, 0};
   event_add(&janitor_ev_, &one);
+  listener_ = std::make_unique<Listener>(this);
 }
 
 Worker::~Worker() {
   free_dead();
-  for (auto& l : listeners_) {
-    event_del(&l->ev);
-    ::close(l->fd);
-  }
+  listener_.reset();
   event_del(&inbox_ev_);
   event_del(&janitor_ev_);
   event_del(&free_ev_);
@@ -107,86 +106,8 @@ Worker::~Worker() {
   if (base_) event_base_free(base_);
 }
 
-static int listen_socket(const sockaddr* sa, socklen_t len, int backlog, bool reuseport,
-                         std::string* err) {
-  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    *err = strerror(errno);
-    return -1;
-  }
-  int one = 1;
-  if (sa->sa_family != AF_UNIX) {
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    if (sa->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-  }
-  if (bind(fd, sa, len) != 0 || ::listen(fd, backlog) != 0) {
-    *err = strerror(errno);
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 Status Worker::listen() {
-  const Config& c = *cfg_;
-  std::string addrs = c.listen_addr;
-  size_t i = 0;
-  while (!addrs.empty() && i <= addrs.size()) {
-    size_t j = addrs.find(',', i);
-    if (j == std::string::npos) j = addrs.size();
-    std::string a = addrs.substr(i, j - i);
-    a.erase(0, a.find_first_not_of(" \t"));
-    a.erase(a.find_last_not_of(" \t") + 1);
-    i = j + 1;
-    if (a.empty()) continue;
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    hints.ai_family = AF_UNSPEC;
-    addrinfo* res = nullptr;
-    std::string port = std::to_string(c.listen_port);
-    int rc = getaddrinfo(a == "*" ? nullptr : a.c_str(), port.c_str(), &hints, &res);
-    if (rc != 0) return Status::error("listen_addr " + a + ": " + gai_strerror(rc));
-    for (addrinfo* ai = res; ai; ai = ai->ai_next) {
-      std::string err;
-      int fd = listen_socket(ai->ai_addr, ai->ai_addrlen, c.listen_backlog, true, &err);
-      if (fd < 0) {
-        freeaddrinfo(res);
-        return Status::error("could not listen on " + a + ":" + port + ": " + err);
-      }
-      auto l = std::make_unique<Listener>();
-      l->fd = fd;
-      l->is_unix = false;
-      l->w = this;
-      listeners_.push_back(std::move(l));
-    }
-    freeaddrinfo(res);
-  }
-  if (index_ == 0 && !c.unix_socket_dir.empty()) {
-    std::string path = c.unix_socket_dir + "/.s.PGSQL." + std::to_string(c.listen_port);
-    sockaddr_un un{};
-    un.sun_family = AF_UNIX;
-    if (path.size() >= sizeof un.sun_path)
-      return Status::error("unix socket path too long: " + path);
-    std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
-    ::unlink(path.c_str());
-    std::string err;
-    int fd =
-        listen_socket(reinterpret_cast<sockaddr*>(&un), sizeof un, c.listen_backlog, false, &err);
-    if (fd < 0) return Status::error("could not listen on " + path + ": " + err);
-    chmod(path.c_str(), static_cast<mode_t>(c.unix_socket_mode));
-    auto l = std::make_unique<Listener>();
-    l->fd = fd;
-    l->is_unix = true;
-    l->w = this;
-    listeners_.push_back(std::move(l));
-  }
-  for (auto& l : listeners_) {
-    event_assign(&l->ev, base_, l->fd, EV_READ | EV_PERSIST, &Worker::accept_cb, l.get());
-    event_add(&l->ev, nullptr);
-  }
-  return Status();
+  return listener_->open(*cfg_);
 }
 
 void Worker::start() {
@@ -256,7 +177,7 @@ void Worker::drain_inbox() {
         break;
       case InboxMsg::Kind::Stop: {
         stopping_ = true;
-        for (auto& l : listeners_) event_del(&l->ev);
+        listener_->stop();
         std::vector<Client*> all = clients_;
         for (Client* c : all) close_client(c, "shutdown");
         std::vector<Server*> servers = servers_;
@@ -269,39 +190,16 @@ void Worker::drain_inbox() {
   }
 }
 
-void Worker::accept_cb(evutil_socket_t fd, short, void* arg) {
-  auto* l = static_cast<Listener*>(arg);
-  l->w->accept_on(fd, l->is_unix);
-}
-
-void Worker::accept_on(int lfd, bool is_unix) {
-  for (int i = 0; i < 64; i++) {
-    int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) LOG_WARN("accept() failed: %s", strerror(errno));
-      return;
-    }
-    if (is_unix && rt_->workers.size() > 1) {
-      size_t target = next_unix_target_++ % rt_->workers.size();
-      if (target != index_) {
-        rt_->workers[target]->post(
-            InboxMsg{InboxMsg::Kind::NewClient, fd, true, nullptr, nullptr, 0, {}, {}});
-        continue;
-      }
-    }
-    new_client(fd, is_unix);
-  }
-}
-
 void Worker::new_client(int fd, bool is_unix) {
   if (stopping_) {
     ::close(fd);
+    rt_->clients--;
     return;
   }
   set_nonblocking(fd);
   if (!is_unix) tune_tcp_socket(fd, cfg_->tcp_keepalive);
   auto* c = new Client(this, Fd(fd), is_unix);
+  c->counted_ = true;  // counted by the listener; close_client gives it back
   c->connect_time_ = now_seconds();
   c->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   c->pos_ = clients_.size();
@@ -921,15 +819,7 @@ Client* Worker::find_client(uint64_t id) {
 }
 
 void Worker::stop_listening_tcp() {
-  for (auto it = listeners_.begin(); it != listeners_.end();) {
-    if ((*it)->is_unix) {
-      ++it;
-      continue;
-    }
-    event_del(&(*it)->ev);
-    ::close((*it)->fd);
-    it = listeners_.erase(it);
-  }
+  listener_->close_tcp();
 }
 
 void Worker::set_trace(int mode, uint64_t client_id, const std::string& db) {
@@ -962,12 +852,7 @@ void Worker::apply_trace_slow(Client* c) {
 void Worker::set_suspended(bool on) {
   if (on == suspended_) return;
   suspended_ = on;
-  for (auto& l : listeners_) {
-    if (on)
-      event_del(&l->ev);
-    else if (!stopping_)
-      event_add(&l->ev, nullptr);
-  }
+  listener_->set_suspended(on);
   for (Client* c : clients_) c->apply_suspend(on);
   for (Server* s : servers_) s->apply_suspend(on);
   if (on) return;

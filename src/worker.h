@@ -1,5 +1,5 @@
-// One worker thread: its event loop, listeners, inbox, local pools, and the moves of
-// clients and servers between pool lists (acquire, release, close).
+// One worker thread: its event loop, inbox, local pools, and the moves of clients and
+// servers between pool lists (acquire, release, close). Accepting is listener.h's.
 #pragma once
 
 #include <event2/event.h>
@@ -27,6 +27,7 @@
 namespace pgsluice {
 
 class Client;
+class Listener;
 class Server;
 class Worker;
 
@@ -46,7 +47,7 @@ struct Runtime {
   std::unique_ptr<Registry> registry;
   std::unique_ptr<TrackedNames> tracked;
   std::vector<std::unique_ptr<Worker>> workers;
-  std::atomic<int> clients{0};  // logged-in and logging-in clients, for max_client_conn
+  std::atomic<int> clients{0};  // client connections, from accept to close (max_client_conn)
   std::string scram_nonce;      // per-process secret for mock SCRAM salts
 
   // Operator state (console and signals). Workers read these with relaxed loads.
@@ -111,6 +112,9 @@ class Worker {
   ~Worker();
   // Opens this worker's listeners (TCP with SO_REUSEPORT; the Unix socket on worker 0).
   Status listen();
+  // Takes on a client connection the listener accepted (already counted in
+  // Runtime::clients).
+  void new_client(int fd, bool is_unix);
   void start();
   void join();
   // Thread-safe: queue a message and wake the loop.
@@ -202,8 +206,6 @@ class Worker {
   void adopt_server(Server* s, Pool* p);
   void kick(Pool* p);
   void drain_inbox();
-  void accept_on(int lfd, bool is_unix);
-  void new_client(int fd, bool is_unix);
   void defer_free(Conn* c);
   void hand_over(Server* s, size_t to);
   void free_dead();
@@ -218,7 +220,6 @@ class Worker {
   bool stale(const Server* s) const;  // RECONNECT asked for it to close
 
   static void inbox_cb(evutil_socket_t, short, void* arg);
-  static void accept_cb(evutil_socket_t fd, short, void* arg);
   static void free_cb(evutil_socket_t, short, void* arg);
   static void janitor_cb(evutil_socket_t, short, void* arg);
 
@@ -234,14 +235,7 @@ class Worker {
   int inbox_fd_ = -1;  // eventfd
   struct event inbox_ev_;
 
-  struct Listener {
-    int fd;
-    bool is_unix;
-    struct event ev;
-    Worker* w;
-  };
-  std::vector<std::unique_ptr<Listener>> listeners_;
-  size_t next_unix_target_ = 0;
+  std::unique_ptr<Listener> listener_;  // this worker's listening sockets (listener.h)
 
   std::unordered_map<Pool*, std::unique_ptr<LocalPool>> pools_;
   std::unordered_map<uint32_t, Client*> cancel_keys_;

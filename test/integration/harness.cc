@@ -2,12 +2,14 @@
 #include "integration/harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -371,6 +373,10 @@ Pooler::Pooler(Options o) {
     if (!run_as.empty()) {
       if (setgid(gid) != 0 || setuid(uid) != 0) _exit(126);
     }
+    if (o.nofile > 0) {
+      rlimit lim{static_cast<rlim_t>(o.nofile), static_cast<rlim_t>(o.nofile)};
+      if (setrlimit(RLIMIT_NOFILE, &lim) != 0) _exit(126);
+    }
     if (chdir(dir_.c_str()) != 0) _exit(126);
     signal(SIGPIPE, SIG_DFL);
     signal(SIGINT, SIG_DFL);
@@ -674,6 +680,31 @@ long vm_rss_kb(pid_t pid) {
     if (line.rfind("VmRSS:", 0) == 0) return atol(line.c_str() + 6);
   }
   return -1;
+}
+
+double cpu_seconds(pid_t pid) {
+  std::string st = read_file("/proc/" + std::to_string(pid) + "/stat");
+  size_t p = st.rfind(')');
+  if (p == std::string::npos) return -1;
+  std::istringstream in(st.substr(p + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  // Fields after the command: state(3) ... utime(14) stime(15).
+  for (int i = 3; i <= 15 && in >> field; i++) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+int open_fds(pid_t pid) {
+  DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+  if (d == nullptr) return -1;
+  int n = 0;
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
 }
 
 std::string shell_quote(const std::string& s) {

@@ -52,6 +52,7 @@ struct Options {
   std::string extra_pgbouncer;  // more lines for [pgbouncer] ("key = value\n"...)
   std::string databases;        // replaces the default [databases] body when non-empty
   std::string extra_userlist;   // more lines for userlist.txt
+  int nofile = 0;               // RLIMIT_NOFILE (soft and hard) for pgsluice; 0: inherited
 };
 
 // RAII pgsluice instance; in direct mode it starts nothing and points at PostgreSQL.
@@ -129,6 +130,10 @@ int count_backends(const std::string& db, const std::string& user, const std::st
 
 // VmRSS of pid in kB (-1 when unreadable).
 long vm_rss_kb(pid_t pid);
+// User + system CPU time of pid in seconds (-1 when unreadable).
+double cpu_seconds(pid_t pid);
+// Number of open file descriptors of pid (-1 when unreadable).
+int open_fds(pid_t pid);
 
 struct CmdResult {
   int exit_code = -1;  // -1: did not exit normally
