@@ -294,20 +294,36 @@ struct Step {
                        // left out; a leading '~' compares with runs of a type collapsed
 };
 
-std::vector<Step> session_script() {
+// The session's rows in fx_copy carry `mark` (unique per cut) so that the next client can
+// tell which of them PostgreSQL committed.
+std::vector<Step> session_script(const std::string& mark) {
   const std::string copy_out_small = "copy (select g from generate_series(1, 3) g) to stdout";
   const std::string copy_out_big =
       "copy (select g, repeat('x', 300) from generate_series(1, 5000) g) to stdout";
   const std::string tmp_insert = "insert into fx_tmp values (1)";
+  // Large messages sent in two halves: a cut between them leaves a partial message.
+  const std::string big(300000, 'x');
+  const std::string big_query = m_query("select length('" + big + "')");
+  const std::string big_bind = m_bind("", {big});
+  const std::string big_copy = msg('d', "5\t" + big + "\n");
+  auto half1 = [](const std::string& m) { return m.substr(0, m.size() / 2); };
+  auto half2 = [](const std::string& m) { return m.substr(m.size() / 2); };
   std::vector<Step> s = {
       // A. Simple query.
       {"Q select 1", m_query("select 1"), "Z", "TDCZ"},
+      {"big Q, first half", half1(big_query), "", ""},
+      {"big Q, second half", half2(big_query), "Z", "TDCZ"},
       // B. Extended query, one segment.
       {"P unnamed", m_parse("", "select $1::int + 1"), "", ""},
       {"B", m_bind("", {"41"}), "", ""},
       {"D portal", m_describe_portal(), "", ""},
       {"E", m_execute(), "", ""},
       {"S", m_sync(), "Z", "12TDCZ"},
+      {"P length($1)", m_parse("", "select length($1)"), "", ""},
+      {"big B, first half", half1(big_bind), "", ""},
+      {"big B, second half", half2(big_bind), "", ""},
+      {"E length($1)", m_execute(), "", ""},
+      {"S length($1)", m_sync(), "Z", "12DCZ"},
       // C. A pipeline of two segments sent before reading.
       {"pipeline P #1", m_parse("", "select 2"), "", ""},
       {"pipeline B #1", m_bind(""), "", ""},
@@ -324,6 +340,14 @@ std::vector<Step> session_script() {
       {"E fx_stmt", m_execute(), "", ""},
       {"H after E", m_flush(), "C", "2DC"},
       {"S after flushes", m_sync(), "Z", "Z"},
+      // An INSERT executed in the implicit transaction, flushed but not yet synced: a client
+      // leaving here must not have it committed (PostgreSQL rolls it back).
+      {"P unsynced insert", m_parse("", "insert into fx_copy values (0, '" + mark + "-ins')"), "",
+       ""},
+      {"B unsynced insert", m_bind(""), "", ""},
+      {"E unsynced insert", m_execute(), "", ""},
+      {"H unsynced insert", m_flush(), "C", "12C"},
+      {"S unsynced insert", m_sync(), "Z", "Z"},
       // E. Row-limited Execute: PortalSuspended, then more.
       {"P 5 rows", m_parse("", "select g from generate_series(1, 5) g"), "", ""},
       {"B 5 rows", m_bind(""), "", ""},
@@ -357,10 +381,12 @@ std::vector<Step> session_script() {
       {"Q rollback", m_query("rollback"), "Z", "CZ"},
       // H. COPY FROM STDIN, simple protocol: CopyDone, then CopyFail.
       {"Q copy from stdin", m_query("copy fx_copy from stdin"), "G", "G"},
-      {"CopyData", msg('d', "1\tone\n"), "", ""},
+      {"CopyData", msg('d', "1\t" + mark + "-c1\n"), "", ""},
+      {"big CopyData, first half", half1(big_copy), "", ""},
+      {"big CopyData, second half", half2(big_copy), "", ""},
       {"CopyDone", msg('c', ""), "Z", "CZ"},
       {"Q copy from stdin (to fail)", m_query("copy fx_copy from stdin"), "G", "G"},
-      {"CopyData (to fail)", msg('d', "2\ttwo\n"), "", ""},
+      {"CopyData (to fail)", msg('d', "2\t" + mark + "-c2\n"), "", ""},
       {"CopyFail", msg('f', cstr("fx abort")), "Z", "EZ"},
       // I. COPY FROM STDIN, extended protocol (the Sync sent with Execute is ignored in copy
       // mode; a second Sync ends the command): CopyDone, then CopyFail.
@@ -368,14 +394,14 @@ std::vector<Step> session_script() {
       {"B copy", m_bind(""), "", ""},
       {"E copy", m_execute(), "", ""},
       {"S copy (ignored)", m_sync(), "G", "12G"},
-      {"ext CopyData", msg('d', "3\tthree\n"), "", ""},
+      {"ext CopyData", msg('d', "3\t" + mark + "-c3\n"), "", ""},
       {"ext CopyDone", msg('c', ""), "", ""},  // CommandComplete waits for a flush
       {"ext S after CopyDone", m_sync(), "Z", "CZ"},
       {"P copy (to fail)", m_parse("", "copy fx_copy from stdin"), "", ""},
       {"B copy (to fail)", m_bind(""), "", ""},
       {"E copy (to fail)", m_execute(), "", ""},
       {"S copy (to fail, ignored)", m_sync(), "G", "12G"},
-      {"ext CopyData (to fail)", msg('d', "4\tfour\n"), "", ""},
+      {"ext CopyData (to fail)", msg('d', "4\t" + mark + "-c4\n"), "", ""},
       {"ext CopyFail", msg('f', cstr("fx abort")), "E", "E"},
       {"ext S after CopyFail", m_sync(), "Z", "Z"},
       // J. COPY TO STDOUT: simple, extended, and one left mid-stream.
@@ -453,6 +479,28 @@ SessionRun run_prefix(Raw& r, const std::vector<Step>& steps, size_t k, double t
   return out;
 }
 
+size_t step_index(const std::vector<Step>& steps, const std::string& label) {
+  for (size_t i = 0; i < steps.size(); ++i)
+    if (steps[i].label == label) return i;
+  FAIL("no step " << label);
+  return 0;
+}
+
+// The marked rows PostgreSQL has committed once the first k steps were sent and answered
+// ("b=count,..." in order of b, "<NULL>" for none): an implicit transaction commits at its
+// Sync, a COPY at CopyDone (simple) or at the Sync after it (extended); a CopyFail commits
+// nothing, nor does a client that leaves before those points.
+std::string committed_rows(const std::vector<Step>& steps, size_t k, const std::string& mark) {
+  std::vector<std::pair<std::string, std::string>> commits = {
+      {"c1", "CopyDone"}, {"c3", "ext S after CopyDone"}, {"ins", "S unsynced insert"}};
+  std::string out;
+  for (const auto& [suffix, label] : commits) {
+    if (k <= step_index(steps, label)) continue;
+    out += (out.empty() ? "" : ",") + mark + "-" + suffix + "=1";
+  }
+  return out.empty() ? "<NULL>" : out;
+}
+
 struct Baseline {
   std::string search_path;
   std::string application_name;
@@ -465,7 +513,8 @@ std::string next_conninfo(const Pooler& p) {
 // What the next client on a pool of one must find: a prompt answer, no open transaction, no
 // temp table, default settings, and no statement of the previous client under its name.
 // Returns the failed checks ("" = clean).
-std::string check_next_client(const Pooler& p, const Baseline& base, double timeout_s) {
+std::string check_next_client(const Pooler& p, const Baseline& base, double timeout_s,
+                              const std::string& mark, const std::string& want_rows) {
   std::string err;
   auto t0 = Clock::now();
   Conn c = try_connect(next_conninfo(p), &err);
@@ -504,6 +553,13 @@ std::string check_next_client(const Pooler& p, const Baseline& base, double time
     if (r.timed_out) return bad + "Bind fx_stmt: no answer";
     if (r.sqlstate != "26000") bad += "Bind fx_stmt -> " + r.describe() + " (want 26000); ";
   }
+  r = query_params(pc,
+                   "select string_agg(b || '=' || n, ',' order by b) from (select b, count(*) n "
+                   "from fx_copy where b like $1 group by b) s",
+                   {mark + "-%"}, timeout_s);
+  if (r.timed_out) return bad + "rows check: no answer";
+  if (!r.ok || r.value() != want_rows)
+    bad += "committed rows -> " + r.describe() + ", expected " + want_rows + "; ";
   r = query(pc, "select 'still fine'", timeout_s);
   if (r.timed_out) return bad + "final select: no answer";
   if (!r.ok || r.value() != "still fine") bad += "final select -> " + r.describe() + "; ";
@@ -527,7 +583,7 @@ void disconnect_matrix(const std::string& pool_mode, bool rst) {
   const double budget_s = env_double("FAULTS_MATRIX_SECONDS", 60);  // under the 90 s watchdog
   const std::string mode = mode_name(o, rst);
   auto pooler = std::make_unique<Pooler>(o);
-  const std::vector<Step> steps = session_script();
+  const std::vector<Step> steps = session_script("full");
   Baseline base;
   {
     Conn c = connect(next_conninfo(*pooler));
@@ -557,7 +613,8 @@ void disconnect_matrix(const std::string& pool_mode, bool rst) {
       usable = run.answers.size();
     }
     hang_up(r, false);
-    std::string bad = check_next_client(*pooler, base, check_timeout);
+    std::string bad = check_next_client(*pooler, base, check_timeout, "full",
+                                        committed_rows(steps, steps.size(), "full"));
     CHECK_MESSAGE(bad.empty(), "[" << mode << "] after the complete session: " << bad);
     if (!bad.empty()) {
       pooler.reset();
@@ -585,11 +642,14 @@ void disconnect_matrix(const std::string& pool_mode, bool rst) {
     if (!c) {
       bad = "the session's own login failed: " + err;
     } else {
+      const std::string mark = "k" + std::to_string(k);
+      const std::vector<Step> cut_steps = session_script(mark);
       Raw r = take_socket(std::move(c));
-      SessionRun run = run_prefix(r, steps, k, check_timeout);
+      SessionRun run = run_prefix(r, cut_steps, k, check_timeout);
       hang_up(r, rst);
       if (!run.problem.empty()) bad = "session: " + run.problem + "; ";
-      bad += check_next_client(*pooler, base, check_timeout);
+      bad +=
+          check_next_client(*pooler, base, check_timeout, mark, committed_rows(cut_steps, k, mark));
     }
     if (!bad.empty()) {
       failures.push_back("[" + mode + "] cut " + where + ": " + bad);
