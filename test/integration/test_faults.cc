@@ -4,9 +4,9 @@
 // the pooler's memory bounded. Run alone with `build/integration_tests -ts=faults`.
 //
 // Knobs (environment, for longer runs): FAULTS_CHECK_TIMEOUT (s, next-client checks, 3),
-// FAULTS_MAX_FAILURES (per matrix case, 12), FAULTS_MATRIX_SECONDS (per matrix case, 60),
+// FAULTS_MAX_FAILURES (per matrix case, 12), FAULTS_MATRIX_SECONDS (per matrix case, 50),
 // FAULTS_SEED, FAULTS_SOAK_SECONDS (20), FAULTS_SOAK_CLIENTS (64), FAULTS_SOAK_POOL (8),
-// FAULTS_KILL_MS (200), FAULTS_QUERY_TIMEOUT (s, soak queries, 10), FAULTS_SETTLE_SECONDS (10),
+// FAULTS_KILL_MS (200), FAULTS_QUERY_TIMEOUT (s, soak queries, 15), FAULTS_SETTLE_SECONDS (10),
 // FAULTS_XTALK_CLIENTS (64), FAULTS_XTALK_TXNS (300), FAULTS_PRELOGIN_CONNS (200),
 // FAULTS_PIPELINE_SYNCS (600000), FAULTS_FLOOD_SECONDS (4), FAULTS_EXTRA_CONFIG (lines added
 // to [pgbouncer] for the disconnect matrix, e.g. $'cache_unnamed_statements = 1\n').
@@ -580,7 +580,7 @@ void disconnect_matrix(const std::string& pool_mode, bool rst) {
   if (const char* extra = getenv("FAULTS_EXTRA_CONFIG")) o.extra_pgbouncer = extra;
   const double check_timeout = env_double("FAULTS_CHECK_TIMEOUT", 3);
   const int max_failures = env_int("FAULTS_MAX_FAILURES", 12);
-  const double budget_s = env_double("FAULTS_MATRIX_SECONDS", 60);  // under the 90 s watchdog
+  const double budget_s = env_double("FAULTS_MATRIX_SECONDS", 50);  // under the 90 s watchdog
   const std::string mode = mode_name(o, rst);
   auto pooler = std::make_unique<Pooler>(o);
   const std::vector<Step> steps = session_script("full");
@@ -1261,9 +1261,10 @@ TEST_CASE(
   const int pool = env_int("FAULTS_SOAK_POOL", 8);
   const int nclients = env_int("FAULTS_SOAK_CLIENTS", 64);
   const double seconds = env_double("FAULTS_SOAK_SECONDS", 20);
-  const double qt = env_double("FAULTS_QUERY_TIMEOUT", 10);
+  const double qt = env_double("FAULTS_QUERY_TIMEOUT", 15);
   const int kill_ms = env_int("FAULTS_KILL_MS", 200);
-  uint64_t seed = static_cast<uint64_t>(env_int("FAULTS_SEED", 0));
+  const char* seed_env = getenv("FAULTS_SEED");
+  uint64_t seed = seed_env ? strtoull(seed_env, nullptr, 10) : 0;
   if (seed == 0) seed = static_cast<uint64_t>(time(nullptr)) ^ static_cast<uint64_t>(getpid());
   MESSAGE("soak seed: FAULTS_SEED=" << seed);
   Options o;
