@@ -9,7 +9,7 @@
 # the demo and the benchmark start their own throwaway servers.
 set -u
 
-PACKAGES="g++ make pkg-config libevent-dev libssl-dev libsqlite3-dev libinih-dev
+PACKAGES="g++ make pkg-config libevent-dev libssl-dev libsqlite3-dev libinih-dev python3-psycopg
 doctest-dev libpq-dev postgresql-15 postgresql-client-15 pgbouncer clang-14 clang-format
 libclang-rt-14-dev"
 

@@ -253,6 +253,10 @@ Cluster* start_cluster() {
 
 }  // namespace
 
+std::string checkout_root() {
+  return repo_root();
+}
+
 REGISTER_LISTENER("it_watchdog", 1, Watchdog);
 
 // ---------------------------------------------------------------------------------------------

@@ -89,6 +89,9 @@ class Pooler {
   void stop();
 };
 
+// The checkout's root (the folder with the Makefile and src/, found from the working dir).
+std::string checkout_root();
+
 // Path of the pgsluice binary (PGSLUICE_BIN or <repo root>/pgsluice).
 std::string pgsluice_binary();
 
