@@ -6,6 +6,7 @@
 #include <sys/un.h>
 
 #include <cstring>
+#include <thread>
 
 namespace pgsluice {
 
@@ -79,49 +80,167 @@ bool Pool::scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) 
   return true;
 }
 
-// Fills p.addr for `host` (a Unix socket directory when empty or starting with '/'). Network
-// names go through the registry's address cache; getaddrinfo runs without any lock held.
-void Registry::resolve(Pool& p, const Config& cfg, const std::string& host) {
-  if (host.empty() || host[0] == '/') {
-    std::string dir = host.empty() ? cfg.unix_socket_dir : host;
-    std::string path = dir + "/.s.PGSQL." + std::to_string(p.port);
-    sockaddr_un un{};
-    un.sun_family = AF_UNIX;
-    if (path.size() >= sizeof un.sun_path) {
-      p.resolve_error = "unix socket path too long";
-      return;
-    }
-    std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
-    std::memcpy(&p.addr, &un, sizeof un);
-    p.addrlen = sizeof un;
-    p.host = dir;
-    return;
-  }
-  auto key = std::make_pair(host, p.port);
-  {
-    std::lock_guard<std::mutex> g(addr_mu_);
-    auto it = addrs_.find(key);
-    if (it != addrs_.end()) {
-      p.addr = it->second.first;
-      p.addrlen = it->second.second;
-      return;
-    }
-  }
+void Pool::set_addr(const sockaddr_storage& a, socklen_t len) {
+  addr = a;
+  addrlen = len;
+  addr_state_.store(AddrState::Ready, std::memory_order_release);
+}
+
+void Pool::set_resolve_error(std::string err) {
+  resolve_error = std::move(err);
+  addr_state_.store(AddrState::Failed, std::memory_order_release);
+}
+
+namespace {
+
+// getaddrinfo for (host, port): "" and *out on success, else the error text for clients.
+std::string lookup(const std::string& host, int port, int flags, sockaddr_storage* out,
+                   socklen_t* len) {
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_family = AF_UNSPEC;
+  hints.ai_flags = flags;
   addrinfo* res = nullptr;
-  std::string port = std::to_string(p.port);
-  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  std::string service = std::to_string(port);
+  int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
   if (rc != 0 || res == nullptr) {
-    p.resolve_error = std::string("could not resolve host \"") + host + "\": " + gai_strerror(rc);
-    return;  // failures are not cached: the next new pool tries again
+    if (res) freeaddrinfo(res);
+    return std::string("could not resolve host \"") + host +
+           "\": " + (rc != 0 ? gai_strerror(rc) : "no address");
   }
-  std::memcpy(&p.addr, res->ai_addr, res->ai_addrlen);
-  p.addrlen = res->ai_addrlen;
+  *out = sockaddr_storage{};
+  std::memcpy(out, res->ai_addr, res->ai_addrlen);
+  *len = res->ai_addrlen;
   freeaddrinfo(res);
-  std::lock_guard<std::mutex> g(addr_mu_);
-  addrs_.emplace(key, std::make_pair(p.addr, p.addrlen));
+  return {};
+}
+
+// The resolver thread: one lookup at a time, off every event loop. It holds the shared
+// state, so a lookup that outlives the Registry only finds `stopped` and returns.
+void resolver_loop(std::shared_ptr<Registry::Resolver> r) {
+  std::unique_lock<std::mutex> lk(r->mu);
+  for (;;) {
+    r->cv.wait(lk, [&] { return r->stopped || !r->queue.empty(); });
+    if (r->stopped) return;
+    auto key = r->queue.front();
+    r->queue.pop_front();
+    lk.unlock();
+    sockaddr_storage a{};
+    socklen_t len = 0;
+    std::string err = lookup(key.first, key.second, 0, &a, &len);
+    lk.lock();
+    if (r->stopped) return;
+    if (err.empty()) r->cache.emplace(key, std::make_pair(a, len));  // failures are not cached
+    std::vector<Pool*> waiting;
+    if (auto node = r->pending.extract(key); !node.empty()) waiting = std::move(node.mapped());
+    for (Pool* p : waiting) {
+      if (err.empty())
+        p->set_addr(a, len);
+      else
+        p->set_resolve_error(err);
+    }
+    // Under the lock: stop_resolver() waits for this, so no worker is kicked once it returned.
+    if (r->on_resolved)
+      for (Pool* p : waiting) r->on_resolved(p);
+  }
+}
+
+}  // namespace
+
+Registry::Registry(size_t nworkers) : nworkers_(nworkers), res_(std::make_shared<Resolver>()) {}
+
+Registry::~Registry() {
+  stop_resolver();
+}
+
+void Registry::set_on_resolved(std::function<void(Pool*)> fn) {
+  std::lock_guard<std::mutex> g(res_->mu);
+  res_->on_resolved = std::move(fn);
+}
+
+void Registry::stop_resolver() {
+  std::lock_guard<std::mutex> g(res_->mu);
+  res_->stopped = true;
+  res_->queue.clear();
+  res_->pending.clear();
+  res_->on_resolved = nullptr;
+  res_->cv.notify_all();
+}
+
+// Fills p's address at once when that cannot block: a Unix socket (host empty or starting
+// with '/'), a cached (host, port), a numeric address, or `localhost`. False: p stays
+// Pending for the resolver thread.
+bool Registry::resolve_now(Pool& p, const Config& cfg, const std::string& host) {
+  if (host.empty() || host[0] == '/') {
+    std::string dir = host.empty() ? cfg.unix_socket_dir : host;
+    std::string path = dir + "/.s.PGSQL." + std::to_string(p.port);
+    p.host = dir;
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    if (path.size() >= sizeof un.sun_path) {
+      p.set_resolve_error("unix socket path too long");
+      return true;
+    }
+    std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
+    sockaddr_storage a{};
+    std::memcpy(&a, &un, sizeof un);
+    p.set_addr(a, sizeof un);
+    return true;
+  }
+  auto key = std::make_pair(host, p.port);
+  {
+    std::lock_guard<std::mutex> g(res_->mu);
+    auto it = res_->cache.find(key);
+    if (it != res_->cache.end()) {
+      p.set_addr(it->second.first, it->second.second);
+      return true;
+    }
+  }
+  sockaddr_storage a{};
+  socklen_t len = 0;
+  if (lookup(host, p.port, AI_NUMERICHOST, &a, &len).empty()) {
+    p.set_addr(a, len);
+    return true;
+  }
+  if (host == "localhost") {  // /etc/hosts, as everywhere: kept synchronous
+    std::string err = lookup(host, p.port, 0, &a, &len);
+    if (!err.empty()) {
+      p.set_resolve_error(std::move(err));
+      return true;
+    }
+    {
+      std::lock_guard<std::mutex> g(res_->mu);
+      res_->cache.emplace(key, std::make_pair(a, len));
+    }
+    p.set_addr(a, len);
+    return true;
+  }
+  return false;
+}
+
+// Queues p's host name for the resolver thread (one lookup per (host, port) in flight; pools
+// created meanwhile join it). p must be registered: it is written from the resolver thread.
+void Registry::start_lookup(Pool* p) {
+  std::shared_ptr<Resolver> r = res_;
+  std::lock_guard<std::mutex> g(r->mu);
+  auto key = std::make_pair(p->host, p->port);
+  if (auto it = r->cache.find(key); it != r->cache.end()) {  // resolved since resolve_now
+    p->set_addr(it->second.first, it->second.second);
+    return;
+  }
+  if (r->stopped) {
+    p->set_resolve_error("could not resolve host \"" + p->host + "\": shutting down");
+    return;
+  }
+  auto& waiting = r->pending[key];
+  waiting.push_back(p);
+  if (waiting.size() > 1) return;  // a lookup for this key is already queued or running
+  r->queue.push_back(key);
+  if (!r->running) {
+    r->running = true;
+    std::thread([r] { resolver_loop(r); }).detach();
+  }
+  r->cv.notify_one();
 }
 
 Pool* Registry::get(const Config& cfg, const std::string& db, const std::string& user,
@@ -153,7 +272,7 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
     if (pit != pools_.end()) return pit->second.get();
   }
 
-  // A new pool, built without the registry lock (resolving a host name may block).
+  // A new pool, built without the registry lock.
   auto p = std::make_unique<Pool>(db, pool_user, nworkers_);
   p->port = def->port;
   p->server_db = def->dbname.empty() ? db : def->dbname;
@@ -186,7 +305,7 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
     p->startup_params.emplace_back("application_name", def->application_name);
   p->connect_query = def->connect_query;
   p->host = def->host;
-  resolve(*p, cfg, def->host);
+  bool ready = resolve_now(*p, cfg, def->host);
 
   std::lock_guard<std::mutex> g(mu_);
   if (disabled()) return nullptr;
@@ -204,6 +323,7 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
                                                           : cfg.max_user_connections;
   Pool* raw = p.get();
   pools_.emplace(key, std::move(p));
+  if (!ready) start_lookup(raw);  // registered now: the resolver may write it
   return raw;
 }
 

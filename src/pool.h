@@ -6,6 +6,9 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,7 +40,7 @@ class Pool {
   const uint64_t uid;
 
   // Resolved from the config at creation.
-  std::string host;  // for logs
+  std::string host;  // for logs, and the name resolved (addr_state)
   int port = 5432;
   std::string server_db;  // database name on the server
   std::string secret;     // password / md5 / SCRAM secret used to log in; may be empty
@@ -45,6 +48,15 @@ class Pool {
   int pool_size = 20;
   std::vector<std::pair<std::string, std::string>> startup_params;  // sent to the server
   std::string connect_query;
+
+  // The server address. A host name is resolved off the event loops (Registry's resolver
+  // thread): until then the state is Pending and no server is connected. addr/addrlen
+  // (Ready) and resolve_error (Failed) are written once, before the state is published with
+  // release; read them only after addr_state() (acquire) says Ready or Failed.
+  enum class AddrState : uint8_t { Pending, Ready, Failed };
+  AddrState addr_state() const { return addr_state_.load(std::memory_order_acquire); }
+  void set_addr(const sockaddr_storage& a, socklen_t len);  // Pending -> Ready, once
+  void set_resolve_error(std::string err);                  // Pending -> Failed, once
   sockaddr_storage addr{};
   socklen_t addrlen = 0;
   std::string resolve_error;  // non-empty when the address could not be resolved
@@ -84,6 +96,7 @@ class Pool {
   std::unique_ptr<std::atomic<int>[]> idle_on_;
   std::unique_ptr<std::atomic<int>[]> waiting_on_;
   mutable std::mutex mu_;
+  std::atomic<AddrState> addr_state_{AddrState::Pending};
   std::atomic<bool> welcome_ready_{false};
   std::vector<std::pair<std::string, std::string>> welcome_;
   bool have_keys_ = false;
@@ -95,10 +108,13 @@ class Pool {
 // authenticated clients.
 class Registry {
  public:
-  explicit Registry(size_t nworkers) : nworkers_(nworkers) {}
+  explicit Registry(size_t nworkers);
+  ~Registry();  // stop_resolver()
   // The pool for an authenticated client's (database, user) under `cfg`; nullptr and `err`
-  // set when the database is unknown or disabled. A new pool's host name is resolved without
-  // the registry lock, once per (host, port) for the process.
+  // set when the database is unknown or disabled. Never blocks on DNS: a new pool whose host
+  // is a name (not numeric, not `localhost`, not a Unix socket) and not yet in the address
+  // cache is returned with its address Pending and resolved on the resolver thread, once per
+  // (host, port) for the process (successes are cached, failures are not).
   Pool* get(const Config& cfg, const std::string& db, const std::string& user, std::string* err,
             std::string* sqlstate);
   // Every pool so far, ordered by (database, user). Pools are never freed.
@@ -110,6 +126,25 @@ class Registry {
   // Current per-user server connection count (SHOW USERS).
   int user_server_count(const std::string& user);
 
+  // Called on the resolver thread after a pool's address left Pending (Ready or Failed), so
+  // the workers serve its waiting clients. Set before the first lookup; must not block.
+  void set_on_resolved(std::function<void(Pool*)> fn);
+  // No pool is written and on_resolved is not called after this returns (a lookup still
+  // inside getaddrinfo finishes on its own, detached thread). Idempotent.
+  void stop_resolver();
+
+  // The lookup state shared with the resolver thread (which may outlive the Registry).
+  struct Resolver {
+    std::mutex mu;  // everything below; never held across getaddrinfo
+    std::condition_variable cv;
+    bool stopped = false;
+    bool running = false;                           // the thread has been started
+    std::deque<std::pair<std::string, int>> queue;  // (host, port) to look up, in order
+    std::map<std::pair<std::string, int>, std::vector<Pool*>> pending;  // who waits for a key
+    std::map<std::pair<std::string, int>, std::pair<sockaddr_storage, socklen_t>> cache;
+    std::function<void(Pool*)> on_resolved;
+  };
+
  private:
   std::mutex mu_;
   size_t nworkers_;
@@ -118,9 +153,11 @@ class Registry {
   std::map<std::string, std::unique_ptr<std::atomic<int>>> user_counts_;
   std::map<std::string, std::unique_ptr<DbState>> db_states_;
   DbState* db_state_locked(const std::string& db);
-  void resolve(Pool& p, const Config& cfg, const std::string& host);
-  std::mutex addr_mu_;  // guards addrs_ only; never held across getaddrinfo
-  std::map<std::pair<std::string, int>, std::pair<sockaddr_storage, socklen_t>> addrs_;
+  // Resolves p's address at once when that cannot block; false when it must wait for the
+  // resolver thread (then start_lookup once p is registered).
+  bool resolve_now(Pool& p, const Config& cfg, const std::string& host);
+  void start_lookup(Pool* p);
+  std::shared_ptr<Resolver> res_;
 };
 
 }  // namespace pgsluice

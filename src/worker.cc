@@ -92,9 +92,16 @@ Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
   timeval one{1, 0};
   event_add(&janitor_ev_, &one);
   listener_ = std::make_unique<Listener>(this);
+  // A host name resolved off the loops: every worker serves the pool's waiters then.
+  if (rt->registry)
+    rt->registry->set_on_resolved([rt](Pool* p) {
+      for (auto& w : rt->workers)
+        w->post(InboxMsg{InboxMsg::Kind::Kick, -1, false, nullptr, p, 0, {}, {}});
+    });
 }
 
 Worker::~Worker() {
+  if (rt_->registry) rt_->registry->stop_resolver();  // it posts to rt_->workers
   free_dead();
   listener_.reset();
   event_del(&inbox_ev_);
@@ -220,7 +227,12 @@ LocalPool* Worker::local_pool(Pool* p) {
 
 void Worker::launch_server(LocalPool* lp) {
   Pool* p = lp->pool;
-  if (!p->resolve_error.empty()) {
+  Pool::AddrState as = p->addr_state();
+  if (as == Pool::AddrState::Pending) {  // waiters stay queued; the resolver kicks every worker
+    p->unreserve();
+    return;
+  }
+  if (as == Pool::AddrState::Failed) {
     p->unreserve();
     std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
     for (Client* c : w) {
@@ -348,6 +360,8 @@ bool Worker::acquire(Client* c) {
   // epoll_ctl); see Client::on_readable.
   set_state(c, c->welcomed_ ? ClientState::Waiting : ClientState::Login);
   if (hold) return false;  // RESUME serves it (sweep)
+  // Its host name is still being resolved: the resolver's kick serves it.
+  if (p->addr_state() == Pool::AddrState::Pending) return false;
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
@@ -780,6 +794,7 @@ bool Worker::stale(const Server* s) const {
 // Links waiting clients to idle servers, connects new ones, or asks other workers.
 void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   if (paused(p)) return;
+  if (p->addr_state() == Pool::AddrState::Pending) return;  // the resolver kicks when done
   while (!lp->waiting.empty() && !lp->idle.empty())
     link_waiter(lp->waiting.front(), lp->idle.back());
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())

@@ -8,7 +8,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pwd.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -315,6 +317,19 @@ std::string pgsluice_binary() {
 // ---------------------------------------------------------------------------------------------
 // Pooler
 
+bool can_private_mount() {
+  pid_t p = fork();
+  if (p < 0) return false;
+  if (p == 0) {
+    bool ok = unshare(CLONE_NEWNS) == 0 &&
+              mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0;
+    _exit(ok ? 0 : 1);
+  }
+  int st = 0;
+  if (waitpid(p, &st, 0) != p) return false;
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
 Pooler::Pooler(Options o) {
   const Cluster& c = cluster();
   if (direct_mode()) {
@@ -373,6 +388,12 @@ Pooler::Pooler(Options o) {
       dup2(fd, 1);
       dup2(fd, 2);
       close(fd);
+    }
+    if (!o.resolv_conf.empty()) {
+      if (unshare(CLONE_NEWNS) != 0 ||
+          mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+          mount(o.resolv_conf.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0)
+        _exit(125);
     }
     if (!run_as.empty()) {
       if (setgid(gid) != 0 || setuid(uid) != 0) _exit(126);

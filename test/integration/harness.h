@@ -53,7 +53,13 @@ struct Options {
   std::string databases;        // replaces the default [databases] body when non-empty
   std::string extra_userlist;   // more lines for userlist.txt
   int nofile = 0;               // RLIMIT_NOFILE (soft and hard) for pgsluice; 0: inherited
+  // A file bind-mounted over /etc/resolv.conf in pgsluice's own mount namespace (needs
+  // CAP_SYS_ADMIN; see can_private_mount()); "": the host's resolver config.
+  std::string resolv_conf;
 };
+
+// True when this process may give a child its own mount namespace (Options::resolv_conf).
+bool can_private_mount();
 
 // RAII pgsluice instance; in direct mode it starts nothing and points at PostgreSQL.
 class Pooler {
