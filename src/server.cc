@@ -386,6 +386,14 @@ void Server::process() {
     if (!linked || internal_ > 0) {
       // Idle, resetting, or answering an internal query: nothing goes to a client.
       in_.rpos += total;
+      // An idle server owes nothing: only asynchronous messages may come (NoticeResponse,
+      // NotificationResponse, ParameterStatus, a FATAL ErrorResponse). Anything else (say a
+      // ReadyForQuery 'T') would leave a server in the pool that is not clean.
+      if (!linked && state_ == ServerState::Idle && internal_ == 0 && type != 'N' && type != 'A' &&
+          type != 'S' && type != 'E') {
+        worker_->close_server(this, "unexpected message from idle server");
+        return;
+      }
       switch (type) {
         case 'Z': {
           tx_ = body.empty() ? '?' : static_cast<char>(body[0]);
