@@ -352,9 +352,11 @@ bool Worker::acquire(Client* c) {
   Pool* p = lp->pool;
   c->request_time_ = now_seconds();
   bool hold = paused(p);
-  if (!lp->idle.empty() && !hold && lp->waiting.empty()) {  // else: first come, first served
-    link(c, lp->idle.back());
-    return true;
+  if (!hold && lp->waiting.empty()) {  // else: first come, first served
+    if (Server* s = take_idle(lp)) {
+      link(c, s);
+      return true;
+    }
   }
   // Not welcomed yet: it also waits for the pool's parameters. Reading stays on (no
   // epoll_ctl); see Client::on_readable.
@@ -795,11 +797,22 @@ bool Worker::stale(const Server* s) const {
 void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   if (paused(p)) return;
   if (p->addr_state() == Pool::AddrState::Pending) return;  // the resolver kicks when done
-  while (!lp->waiting.empty() && !lp->idle.empty())
-    link_waiter(lp->waiting.front(), lp->idle.back());
+  while (!lp->waiting.empty()) {
+    Server* s = take_idle(lp);
+    if (s == nullptr) break;
+    link_waiter(lp->waiting.front(), s);
+  }
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+}
+
+// The most recently idle server, after closing any that is no longer clean: PostgreSQL
+// sent part of a message to it while idle (an asynchronous FATAL split across reads).
+Server* Worker::take_idle(LocalPool* lp) {
+  while (!lp->idle.empty() && !lp->idle.back()->clean())
+    close_server(lp->idle.back(), "idle server not clean");
+  return lp->idle.empty() ? nullptr : lp->idle.back();
 }
 
 void Worker::sweep(const std::string& kill_db) {

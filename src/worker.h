@@ -213,6 +213,7 @@ class Worker {
   static void flush_cb(evutil_socket_t, short, void* arg);
   void janitor();
   void serve_waiters(Pool* p, LocalPool* lp);
+  Server* take_idle(LocalPool* lp);
   // Serves lp's waiters from the end of this loop turn (not from the releasing stack).
   void serve_later(LocalPool* lp);
   static void serve_cb(evutil_socket_t, short, void* arg);
