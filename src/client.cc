@@ -633,8 +633,7 @@ bool Client::forward_messages() {
         if (cache_unnamed_) stmts_.erase(std::string_view());  // a simple query drops it
         if (remap_) {
           stmts_.has_unnamed = false;  // and without the cache, the client's and the server's
-          s->unnamed_client_ = id_;
-          s->unnamed_gen_ = ++unnamed_gen_;
+          s->note_unnamed(id_, ++unnamed_gen_);
         }
         if (remap_ && in_.size() <= len) {
           // Too large to read whole: scanned as it streams through (scan_streamed).
@@ -906,8 +905,7 @@ int Client::remap(uint8_t type, size_t len) {
         auto rest = r.rest();
         unnamed_body_.assign(reinterpret_cast<const char*>(rest.data()), rest.size());
         stmts_.has_unnamed = true;
-        s->unnamed_client_ = id_;
-        s->unnamed_gen_ = ++unnamed_gen_;
+        s->note_unnamed(id_, ++unnamed_gen_);
         st.client_parse_count++;
         st.server_parse_count++;
         st.bytes_received += total;
@@ -992,8 +990,7 @@ int Client::remap(uint8_t type, size_t len) {
         if (name.empty() && !cache_unnamed_ && type == 'D') ensure_unnamed(s);
         if (name.empty() && !cache_unnamed_ && type == 'C') {
           stmts_.has_unnamed = false;  // forwarded; the server's unnamed statement is the client's
-          s->unnamed_client_ = id_;
-          s->unnamed_gen_ = ++unnamed_gen_;
+          s->note_unnamed(id_, ++unnamed_gen_);
         }
         return 0;
       }
@@ -1023,8 +1020,7 @@ int Client::remap(uint8_t type, size_t len) {
       if (cache_unnamed_) stmts_.erase(std::string_view());  // a simple query drops it
       // ... here too: the client's, and the server's (now the same: none).
       stmts_.has_unnamed = false;
-      s->unnamed_client_ = id_;
-      s->unnamed_gen_ = ++unnamed_gen_;
+      s->note_unnamed(id_, ++unnamed_gen_);
       if (!r.cstr(text)) return 0;
       if (scan_flags_ & SqlScan::kNamesNamespace) return refuse_sql(total);
       if (sql_prepared_prefix(text, true) == 1) {
@@ -1053,8 +1049,7 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
       if (stmts_.find(sp.name)) {
         // PostgreSQL's own error, raised where it would be, so the transaction state follows.
         std::string msg = "prepared statement \"" + sp.name + "\" already exists";
-        sql = "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', MESSAGE = " +
-              wire::sql_literal(msg) + "; END$pgsluice$";
+        sql = raise_sql("42P05", msg);
         req.rename = s->add_rename(std::string(), std::string());
         break;
       }
@@ -1113,6 +1108,13 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
     case SqlPrepared::Kind::None:
       return 0;
   }
+  return send_sql(sql, req, total);
+}
+
+// Consumes the client's Query (total bytes) and sends `sql` in its place (nothing when
+// empty: the request is answered by pgsluice), its answer handled as `req` says.
+int Client::send_sql(const std::string& sql, const Request& req, size_t total) {
+  Server* s = server_;
   lp_->stats.bytes_received += total;
   s->begin_request();
   if (!sql.empty()) {
@@ -1124,6 +1126,12 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
   in_.rpos += total;
   s->emit_fakes();
   return 1;
+}
+
+// A DO block that raises PostgreSQL's own error, so the transaction state follows it.
+std::string Client::raise_sql(std::string_view sqlstate, std::string_view msg) {
+  return "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '" + std::string(sqlstate) +
+         "', MESSAGE = " + wire::sql_literal(msg) + "; END$pgsluice$";
 }
 
 // A Bind or Describe of the unnamed statement (without cache_unnamed_statements) on a server
@@ -1143,26 +1151,15 @@ void Client::ensure_unnamed(Server* s) {
     s->queue_.push(Request{'C', ReqAction::Skip, 0, -1, -1, -1, 0});
   }
   worker_->bufs().append(s->out_, m.data(), m.size());
-  s->unnamed_client_ = id_;
-  s->unnamed_gen_ = unnamed_gen_;
+  s->note_unnamed(id_, unnamed_gen_);
 }
 
 // A Query whose text names pgsluice's statement namespace: PostgreSQL raises 42501 in its
 // place (through a DO block, so the transaction state is PostgreSQL's own).
 int Client::refuse_sql(size_t total) {
-  Server* s = server_;
-  std::string sql = "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = " +
-                    wire::sql_literal(kReservedNames) + "; END$pgsluice$";
-  Request req{'Q', ReqAction::Forward, 0, s->add_rename(std::string(), std::string()), -1, -1, 0};
-  lp_->stats.bytes_received += total;
-  s->begin_request();
-  std::string m;
-  wire::query(m, sql);
-  worker_->bufs().append(s->out_, m.data(), m.size());
-  s->queue_.push(req);
-  in_.rpos += total;
-  s->emit_fakes();
-  return 1;
+  Request req{'Q', ReqAction::Forward, 0, server_->add_rename(std::string(), std::string()), -1, -1,
+              0};
+  return send_sql(raise_sql("42501", kReservedNames), req, total);
 }
 
 void Client::record_segment(uint8_t type, size_t len) {

@@ -16,6 +16,7 @@ class Pool;
 struct LocalPool;
 class Server;
 class ScramServerSession;
+struct Request;
 
 // A client's state. Only Worker::set_state() changes it, and with it the list the client
 // sits on (Login and Waiting: LocalPool::waiting; every other: only Worker::clients_).
@@ -134,6 +135,8 @@ class Client final : public Conn {
   bool answer_parses();
   int remap_sql(const SqlPrepared& sp, size_t total);
   int refuse_sql(size_t total);
+  int send_sql(const std::string& sql, const Request& req, size_t total);
+  static std::string raise_sql(std::string_view sqlstate, std::string_view msg);
   void ensure_unnamed(Server* s);
   bool scan_streamed(size_t n);
   std::string_view server_stmt_name(std::string_view name, int* rename, uint64_t* id,

@@ -268,6 +268,11 @@ class ReplyBook {
   // client's id_ and its Client::unnamed_gen_ when it was parsed here; 0: unknown.
   uint64_t unnamed_client_ = 0;
   uint64_t unnamed_gen_ = 0;
+  // Whose unnamed statement PostgreSQL now holds here (0: unknown, or none).
+  void note_unnamed(uint64_t client, uint64_t gen) {
+    unnamed_client_ = client;
+    unnamed_gen_ = gen;
+  }
   uint64_t pool_uid_ = 0;  // Pool::uid of the server's pool (statement acceptance is per pool)
 };
 

@@ -337,7 +337,7 @@ void Worker::link(Client* c, Server* s) {
     wire::query(m, sql);
     bufs_.append(s->out_, m.data(), m.size());
     s->internal_++;
-    s->unnamed_client_ = 0;  // a simple query drops the unnamed statement
+    s->note_unnamed(0, 0);  // a simple query drops the unnamed statement
   }
 }
 
@@ -522,7 +522,7 @@ void Worker::close_client(Client* c, std::string_view reason) {
       wire::query(m, reset);
       bufs_.append(s->out_, m.data(), m.size());
       s->internal_++;
-      s->unnamed_client_ = 0;  // a simple query drops the unnamed statement
+      s->note_unnamed(0, 0);  // a simple query drops the unnamed statement
       set_state(s, ServerState::Resetting);
       s->flush();
     } else {
