@@ -1,7 +1,7 @@
 # pgsluice build.  `make` builds ./pgsluice; `make check` installs what is
 # missing, builds and runs every test suite; `make demo` shows it working.
 CXX      ?= g++
-PKGS     := libevent libevent_pthreads libevent_openssl openssl sqlite3 inih
+PKGS     := libevent libevent_pthreads openssl
 OPT      ?= -O2
 CXXFLAGS ?= $(OPT) -g
 # Warnings for every file, and the stricter integer-conversion set for code

@@ -81,6 +81,8 @@ struct PeerDef {
 
 // Immutable once loaded; workers hold it through std::shared_ptr<const Config>.
 // Field names are the ini keys. Durations are seconds (double).
+struct TlsContexts;  // tls.h
+
 struct Config {
   std::string config_file;  // the path given on the command line (conffile)
 
@@ -205,6 +207,10 @@ struct Config {
 
   // Warnings met while loading (unknown keys etc.), each "file:line: text".
   std::vector<std::string> warnings;
+
+  // TLS contexts built from the *_tls_* settings (make_tls_contexts in tls.h) when the
+  // snapshot is committed; null until then and in snapshots that are never run.
+  std::shared_ptr<const TlsContexts> tls;
 
   // Derived helpers.
   int effective_workers() const;  // workers, or the CPU count when 0

@@ -29,6 +29,7 @@
 #include "metrics.h"
 #include "password.h"
 #include "pool.h"
+#include "tls.h"
 #include "worker.h"
 
 using namespace pgsluice;  // NOLINT: main.cc only
@@ -170,6 +171,11 @@ Status commit_config(Main* m, std::shared_ptr<Config> next, bool reopen_log) {
   Status ok = check_unsupported_settings(*next);
   if (!ok) return ok;
   std::shared_ptr<const Config> cur = m->rt.config();
+  // New TLS contexts (certificates re-read); any error keeps the running config and its
+  // contexts, so a bad key or certificate never leaves pgsluice without TLS.
+  Result<std::shared_ptr<const TlsContexts>> tls = make_tls_contexts(*next, cur->tls.get());
+  if (!tls) return tls.status();
+  next->tls = *tls;
   for (const std::string& w : tls_fallback_warnings(*next, cur.get())) LOG_WARN("%s", w.c_str());
   m->rt.set_config(next);
   if (reopen_log) {
@@ -384,6 +390,12 @@ int main(int argc, char** argv) {
   }
   std::shared_ptr<Config> cfg = loaded.value();
   cfg->config_file = config_path;
+  Result<std::shared_ptr<const TlsContexts>> tls = make_tls_contexts(*cfg, nullptr);
+  if (!tls) {
+    std::fprintf(stderr, "pgsluice: %s\n", tls.status().message().c_str());
+    return 1;
+  }
+  cfg->tls = *tls;
   if (verbose > cfg->verbose) cfg->verbose = verbose;
 
   LogSettings ls = log_settings(*cfg);

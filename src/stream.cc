@@ -9,12 +9,103 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include <cstring>
+#include <mutex>
+#include <string>
 
 #include "log.h"
+#include "tls.h"
 #include "worker.h"
 
 namespace pgsluice {
+namespace {
+
+// The BIO under every TLS session: our own socket calls (MSG_NOSIGNAL, no SIGPIPE), with
+// the bytes read before TLS started (a direct-TLS ClientHello) served first.
+struct SockBio {
+  int fd = -1;
+  std::string early;
+  size_t early_pos = 0;
+};
+
+int sock_bio_read(BIO* b, char* out, size_t len, size_t* got) {
+  auto* sb = static_cast<SockBio*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  *got = 0;
+  if (len == 0) return 1;
+  if (sb->early_pos < sb->early.size()) {
+    size_t n = std::min(len, sb->early.size() - sb->early_pos);
+    std::memcpy(out, sb->early.data() + sb->early_pos, n);
+    sb->early_pos += n;
+    if (sb->early_pos == sb->early.size()) std::string().swap(sb->early), sb->early_pos = 0;
+    *got = n;
+    return 1;
+  }
+  for (;;) {
+    ssize_t n = ::recv(sb->fd, out, len, 0);
+    if (n > 0) {
+      *got = static_cast<size_t>(n);
+      return 1;
+    }
+    if (n == 0) return 0;  // EOF: no retry flag
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_read(b);
+    return 0;
+  }
+}
+
+int sock_bio_write(BIO* b, const char* in, size_t len, size_t* put) {
+  auto* sb = static_cast<SockBio*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  *put = 0;
+  for (;;) {
+    ssize_t n = ::send(sb->fd, in, len, MSG_NOSIGNAL);
+    if (n >= 0) {
+      *put = static_cast<size_t>(n);
+      return 1;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(b);
+    return 0;
+  }
+}
+
+long sock_bio_ctrl(BIO*, int cmd, long, void*) {
+  return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+int sock_bio_destroy(BIO* b) {
+  delete static_cast<SockBio*>(BIO_get_data(b));
+  BIO_set_data(b, nullptr);
+  return 1;
+}
+
+BIO_METHOD* sock_bio_method() {
+  static BIO_METHOD* m = [] {
+    BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pgsluice socket");
+    if (bm == nullptr) std::abort();
+    BIO_meth_set_read_ex(bm, sock_bio_read);
+    BIO_meth_set_write_ex(bm, sock_bio_write);
+    BIO_meth_set_ctrl(bm, sock_bio_ctrl);
+    BIO_meth_set_destroy(bm, sock_bio_destroy);
+    return bm;
+  }();
+  return m;
+}
+
+bool is_ip_literal(std::string_view host) {
+  std::string h(host);
+  in6_addr a6;
+  in_addr a4;
+  return inet_pton(AF_INET, h.c_str(), &a4) == 1 || inet_pton(AF_INET6, h.c_str(), &a6) == 1;
+}
+
+}  // namespace
 
 BufPool::~BufPool() {
   for (auto* p : free_) std::free(p);
@@ -81,6 +172,7 @@ Conn::Conn(Worker* w, Fd fd) : worker_(w), fd_(std::move(fd)) {}
 
 Conn::~Conn() {
   detach();
+  if (ssl_ != nullptr) SSL_free(ssl_);
   if (worker_) {
     in_.rpos = in_.wpos;
     out_.rpos = out_.wpos;
@@ -116,18 +208,27 @@ void Conn::want_read(bool on) {
   if (on == reading_) return;
   reading_ = on;
   if (worker_->suspended() && !suspend_exempt_) return;  // recorded; RESUME re-arms it
-  if (on)
+  if (on) {
     event_add(&ev_read_, nullptr);
-  else
+    wake_if_tls_pending();
+  } else {
     event_del(&ev_read_);
+  }
+}
+
+void Conn::wake_if_tls_pending() {
+  if (ssl_ != nullptr && attached_ && reading_ && !dead_ && SSL_pending(ssl_) > 0)
+    event_active(&ev_read_, EV_READ, 0);
 }
 
 void Conn::apply_suspend(bool suspended) {
   if (!attached_ || !reading_ || suspend_exempt_) return;
-  if (suspended)
+  if (suspended) {
     event_del(&ev_read_);
-  else
+  } else {
     event_add(&ev_read_, nullptr);
+    wake_if_tls_pending();
+  }
 }
 
 void Conn::want_write(bool on) {
@@ -147,6 +248,33 @@ Conn::Io Conn::read_in(size_t* got) {
   *got = 0;
   worker_->bufs().reserve(in_, 1);
   if (in_.wpos == in_.cap) return Io::WouldBlock;
+  if (ssl_ != nullptr) {
+    size_t n = 0;
+    ERR_clear_error();
+    if (SSL_read_ex(ssl_, in_.data + in_.wpos, in_.cap - in_.wpos, &n) == 1) {
+      in_.wpos += n;
+      *got = n;
+      return Io::Ok;
+    }
+    switch (SSL_get_error(ssl_, 0)) {
+      case SSL_ERROR_WANT_READ:
+        worker_->bufs().release_if_empty(in_);
+        return Io::WouldBlock;
+      case SSL_ERROR_WANT_WRITE:
+        read_needs_write_ = true;
+        want_write(true);
+        worker_->bufs().release_if_empty(in_);
+        return Io::WouldBlock;
+      case SSL_ERROR_ZERO_RETURN:
+        return Io::Eof;
+      case SSL_ERROR_SYSCALL:
+        ERR_clear_error();
+        return errno == 0 ? Io::Eof : Io::Error;
+      default:
+        ERR_clear_error();
+        return Io::Error;
+    }
+  }
   for (;;) {
     ssize_t n = ::recv(fd_.get(), in_.data + in_.wpos, in_.cap - in_.wpos, 0);
     if (n > 0) {
@@ -166,6 +294,26 @@ Conn::Io Conn::read_in(size_t* got) {
 
 Conn::Io Conn::flush_out() {
   while (!out_.empty()) {
+    if (ssl_ != nullptr) {
+      size_t n = 0;
+      ERR_clear_error();
+      if (SSL_write_ex(ssl_, out_.data + out_.rpos, out_.size(), &n) == 1) {
+        out_.rpos += n;
+        continue;
+      }
+      switch (SSL_get_error(ssl_, 0)) {
+        case SSL_ERROR_WANT_WRITE:
+          want_write(true);
+          return Io::WouldBlock;
+        case SSL_ERROR_WANT_READ:
+          write_needs_read_ = true;
+          want_read(true);
+          return Io::WouldBlock;
+        default:
+          ERR_clear_error();
+          return Io::Error;
+      }
+    }
     ssize_t n = ::send(fd_.get(), out_.data + out_.rpos, out_.size(), MSG_NOSIGNAL);
     if (n > 0) {
       out_.rpos += static_cast<size_t>(n);
@@ -179,19 +327,109 @@ Conn::Io Conn::flush_out() {
     return Io::Error;
   }
   worker_->bufs().release_if_empty(out_);
-  want_write(false);
+  if (!read_needs_write_) want_write(false);
   return Io::Ok;
+}
+
+bool Conn::start_tls(SSL_CTX* ctx, bool accept, std::string_view early, std::string_view host,
+                     bool verify_name) {
+  if (ssl_ != nullptr || ctx == nullptr) return false;
+  SSL* ssl = SSL_new(ctx);
+  if (ssl == nullptr) return false;
+  BIO* bio = BIO_new(sock_bio_method());
+  if (bio == nullptr) {
+    SSL_free(ssl);
+    return false;
+  }
+  auto* sb = new SockBio;
+  sb->fd = fd_.get();
+  sb->early.assign(early.data(), early.size());
+  BIO_set_data(bio, sb);
+  BIO_set_init(bio, 1);
+  SSL_set_bio(ssl, bio, bio);
+  if (accept) {
+    SSL_set_accept_state(ssl);
+  } else {
+    SSL_set_connect_state(ssl);
+    std::string h(host);
+    bool ip = !h.empty() && is_ip_literal(h);
+    if (!h.empty() && !ip && h[0] != '/') SSL_set_tlsext_host_name(ssl, h.c_str());
+    if (verify_name && !h.empty()) {
+      X509_VERIFY_PARAM* vp = SSL_get0_param(ssl);
+      int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, h.c_str()) : SSL_set1_host(ssl, h.c_str());
+      if (ok != 1) {
+        ERR_clear_error();
+        SSL_free(ssl);
+        return false;
+      }
+      if (!ip) X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    }
+  }
+  ssl_ = ssl;
+  return true;
+}
+
+Conn::Io Conn::tls_handshake(std::string* why) {
+  ERR_clear_error();
+  int r = SSL_do_handshake(ssl_);
+  if (r == 1) {
+    want_write(!out_.empty());
+    return Io::Ok;
+  }
+  switch (SSL_get_error(ssl_, r)) {
+    case SSL_ERROR_WANT_READ:
+      want_write(false);
+      want_read(true);
+      return Io::WouldBlock;
+    case SSL_ERROR_WANT_WRITE:
+      want_write(true);
+      return Io::WouldBlock;
+    case SSL_ERROR_ZERO_RETURN:
+      *why = "peer closed the connection during the TLS handshake";
+      return Io::Eof;
+    case SSL_ERROR_SYSCALL: {
+      int e = errno;
+      std::string q = tls_error_text("");
+      if (!q.empty())
+        *why = q;
+      else if (e == 0)
+        *why = "peer closed the connection during the TLS handshake";
+      else
+        *why = std::string("socket error in the TLS handshake: ") + std::strerror(e);
+      return e == 0 && q.empty() ? Io::Eof : Io::Error;
+    }
+    default: {
+      long vr = SSL_get_verify_result(ssl_);
+      if (vr != X509_V_OK) {
+        *why = std::string("certificate verify failed: ") + X509_verify_cert_error_string(vr);
+        ERR_clear_error();
+      } else {
+        *why = tls_error_text("TLS handshake failed");
+      }
+      return Io::Error;
+    }
+  }
 }
 
 void Conn::read_cb(evutil_socket_t, short, void* arg) {
   auto* c = static_cast<Conn*>(arg);
   Worker* w = c->worker_;  // c may be handed to another worker by its callback
+  if (c->write_needs_read_ && !c->dead_) {
+    c->write_needs_read_ = false;
+    c->on_writable();
+  }
   if (!c->dead_) c->on_readable();
+  if (c->ssl_ != nullptr && c->worker_ == w) c->wake_if_tls_pending();
   w->after_callback();
 }
 
 void Conn::write_cb(evutil_socket_t, short, void* arg) {
   auto* c = static_cast<Conn*>(arg);
+  if (c->read_needs_write_ && !c->dead_) {
+    c->read_needs_write_ = false;
+    c->want_write(false);
+    c->on_readable();
+  }
   if (!c->dead_) c->on_writable();
 }
 

@@ -4,6 +4,7 @@
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
+#include <openssl/types.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -70,10 +71,28 @@ class Conn {
   void want_write(bool on);
 
   enum class Io : uint8_t { Ok, WouldBlock, Eof, Error };
-  // Reads what the socket has into in_ (up to the free space, at least one block).
+  // Reads what the connection has into in_ (up to the free space, at least one block):
+  // from the socket, or decrypted by TLS once start_tls() was called.
   Io read_in(size_t* got);
-  // Sends out_; arms the write event when the socket is full. Error on a dead peer.
+  // Sends out_ (encrypted under TLS); arms the write event when the socket is full. Error
+  // on a dead peer.
   Io flush_out();
+
+  // ---- the TLS transport: every byte of a TLS connection goes through these ----
+  // Starts a TLS session on this connection with ctx (its own reference): as the TLS
+  // server (accept) or client. `early` are bytes already read from the socket that belong
+  // to the handshake (a direct-TLS ClientHello); OpenSSL reads them before the socket.
+  // For a connecting side, `host` (may be empty) is sent as SNI when it is a name, and
+  // checked against the server's certificate when verify_name is set. False when
+  // OpenSSL cannot make the session (out of memory or a bad host string).
+  bool start_tls(SSL_CTX* ctx, bool accept, std::string_view early, std::string_view host,
+                 bool verify_name);
+  // Advances the handshake without blocking: Ok once it is complete, WouldBlock with the
+  // read or write event armed as OpenSSL asks (call again from on_readable/on_writable),
+  // Eof if the peer went away, Error with the reason in *why (never a secret).
+  Io tls_handshake(std::string* why);
+  bool tls() const { return ssl_ != nullptr; }
+  SSL* ssl() const { return ssl_; }
 
   Worker* worker() const { return worker_; }
   int fd() const { return fd_.get(); }
@@ -94,10 +113,17 @@ class Conn {
   bool attached_ = false;
   bool reading_ = false;
   bool writing_ = false;
+  // TLS: a read that OpenSSL could only finish by writing (or the reverse) is retried
+  // from the other event.
+  bool read_needs_write_ = false;
+  bool write_needs_read_ = false;
+  SSL* ssl_ = nullptr;  // owned (SSL_free in the destructor); null for plain connections
 
  private:
   static void read_cb(evutil_socket_t, short, void* arg);
   static void write_cb(evutil_socket_t, short, void* arg);
+  // Decrypted bytes waiting inside OpenSSL get no socket event: schedule the read event.
+  void wake_if_tls_pending();
 };
 
 // Socket helpers.
