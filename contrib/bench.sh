@@ -16,7 +16,19 @@
 #   BENCH_ROUNDS   interleaved rounds (default 3); 6 cases x 3 targets per round
 #   BENCH_SCALE    pgbench scale (default 10)
 #   BENCH_AUTH     client auth of both poolers: md5 (default) or trust
-#   BENCH_CASES    clients:mode list (default: all six cases)
+#   BENCH_CASES    clients:mode[:tls] list (default: all six cases, plus with TLS
+#                  32:simple:tls and 8:churn:tls); mode is simple, extended,
+#                  prepared or churn (pgbench -C: a new connection, and with :tls a
+#                  TLS handshake, per transaction); :tls runs pgbench with
+#                  sslmode=require (the others with sslmode=disable)
+#   BENCH_TLS      1 (default when the openssl command exists): a self-signed
+#                  certificate is made, PostgreSQL runs with ssl = on and both
+#                  poolers with client_tls_sslmode = prefer on that certificate
+#                  (server_tls_sslmode = disable, so only the client side differs);
+#                  0: no TLS rows
+#   BENCH_IDLE     idle logged-in clients opened per pooler to measure memory per
+#                  idle client (RSS growth / clients), plain and with TLS (default
+#                  1000; 0 skips the step)
 #   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
@@ -42,7 +54,11 @@ AUTH=${BENCH_AUTH:-md5}
 POOL_SIZE=8
 BASE=${BENCH_BASE_BIN:-}
 TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1${BASE:+ pgsluice-base}"}
+TLS=${BENCH_TLS:-1}
+command -v openssl >/dev/null 2>&1 || TLS=0
+IDLE=${BENCH_IDLE:-1000}
 CASES=${BENCH_CASES:-"1:simple 1:extended 1:prepared 32:simple 32:extended 32:prepared"}
+[ "$TLS" = 1 ] && [ -z "${BENCH_CASES:-}" ] && CASES="$CASES 32:simple:tls 8:churn:tls"
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
@@ -86,13 +102,26 @@ S1PORT=$(free_port 28432 "$PGPORT" "$BPORT" "$SPORT")
 S2PORT=$(free_port 29432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT")
 
 say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT and $S1PORT ($WORK)"
+PGTLS=""
+if [ "$TLS" = 1 ]; then
+  # One self-signed certificate for PostgreSQL and both poolers (ECDSA P-256).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" >"$WORK/openssl.log" 2>&1 ||
+    { cat "$WORK/openssl.log" >&2; die "openssl req failed"; }
+  chmod 600 "$WORK/tls.key"
+  is_root && chown postgres: "$WORK/tls.key" "$WORK/tls.crt"
+  PGTLS="ssl = on
+ssl_cert_file = '$WORK/tls.crt'
+ssl_key_file = '$WORK/tls.key'"
+fi
 start_cluster "$WORK" "$PGPORT" "\
 # pgsluice benchmark: loopback only, everything in memory, durability not needed.
 max_connections = 100
 shared_buffers = 512MB
 fsync = off
 synchronous_commit = off
-full_page_writes = off"
+full_page_writes = off
+$PGTLS"
 create_owner_db "$WORK" "$PGPORT" bench
 
 export PGPASSWORD=bench
@@ -115,10 +144,18 @@ auth_type = $AUTH
 auth_file = $WORK/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
-max_client_conn = 200
+max_client_conn = $((IDLE + 300))
 logfile = $WORK/$1.log
 pidfile = $WORK/$1.pid
 EOF
+  if [ "$TLS" = 1 ]; then
+    cat >>"$WORK/$1.ini" <<EOF
+client_tls_sslmode = prefer
+client_tls_key_file = $WORK/tls.key
+client_tls_cert_file = $WORK/tls.crt
+server_tls_sslmode = disable
+EOF
+  fi
 }
 write_ini pgbouncer "$BPORT"
 write_ini pgsluice "$SPORT"
@@ -171,8 +208,16 @@ ncases=$(echo $CASES | wc -w)
 nruns=$((ROUNDS * ncases * ntargets))
 say "$nruns runs of ${TIME}s: about $(((nruns * (TIME + 1) + 3 * 5 + 59) / 60)) min"
 
-# run_one ROUND CLIENTS MODE TARGET: one pgbench run, one line in results.tsv.
+# run_one ROUND CLIENTS MODE[:tls] TARGET: one pgbench run, one line in results.tsv.
 run_one() {
+  case "$3" in
+    *:tls) sslmode=require mode=${3%:tls} ;;
+    *) sslmode=disable mode=$3 ;;
+  esac
+  case "$mode" in
+    churn) flags="-C -M simple" ;;
+    *) flags="-M $mode" ;;
+  esac
   case "$4" in
     direct) port=$PGPORT pid="" ;;
     pgbouncer) port=$BPORT pid=$BPID ;;
@@ -183,12 +228,13 @@ run_one() {
   esac
   jobs=1
   [ "$2" -gt 1 ] && jobs=2
-  out="$WORK/run-$1-$2-$3-$4.log"
+  out="$WORK/run-$1-$2-$(echo "$3" | tr : -)-$4.log"
   c0=0
   [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
   rc=0
-  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M "$3" -c "$2" -j "$jobs" \
-    -T "$TIME" bench >"$out" 2>&1 || rc=$?
+  # shellcheck disable=SC2086
+  PGSSLMODE=$sslmode "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S $flags -c "$2" \
+    -j "$jobs" -T "$TIME" bench >"$out" 2>&1 || rc=$?
   c1=0
   [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1)
@@ -212,7 +258,7 @@ for t in $TARGETS; do
     direct) port=$PGPORT ;; pgbouncer) port=$BPORT ;; pgsluice) port=$SPORT ;;
     pgsluice-w1) port=$S1PORT ;; pgsluice-base) port=$S2PORT ;; *) die "unknown target $t" ;;
   esac
-  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M simple -c 32 -j 2 -T "$WARM" bench \
+  PGSSLMODE=disable "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M simple -c 32 -j 2 -T "$WARM" bench \
     >"$WORK/warmup-$t.log" 2>&1 || { tail -n 5 "$WORK/warmup-$t.log" >&2; die "warm-up of $t failed"; }
 done
 
@@ -225,6 +271,50 @@ while [ "$r" -le "$ROUNDS" ]; do
   done
   r=$((r + 1))
 done
+
+# Memory per idle client: RSS growth of each pooler while IDLE logged-in clients sit
+# idle (plain text, and with TLS when BENCH_TLS=1), one line each in idle.tsv.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
+idle_one() { # TARGET PID PORT SSLMODE
+  fifo="$WORK/idle.fifo"
+  rm -f "$fifo" && mkfifo "$fifo"
+  out="$WORK/idle-$1-$4.out"
+  r0=$(rss_kb "$2")
+  /usr/bin/python3 "$ROOT/contrib/idle_clients.py" "$3" "$IDLE" "$4" bench bench bench <"$fifo" >"$out" 2>&1 &
+  ipid=$!
+  exec 3>"$fifo"
+  i=0
+  until grep -q '^ready' "$out" 2>/dev/null; do
+    i=$((i + 1))
+    if ! kill -0 "$ipid" 2>/dev/null || [ $i -gt 3000 ]; then break; fi
+    sleep 0.1
+  done
+  sleep 1
+  r1=$(rss_kb "$2")
+  ok=0
+  grep -q '^ready' "$out" 2>/dev/null && ok=1
+  exec 3>&-
+  wait "$ipid" 2>/dev/null || true
+  if [ "$ok" = 1 ]; then
+    printf '%s\t%s\t%s\n' "$1" "$4" "$(((r1 - r0) * 1024 / IDLE))" >>"$WORK/idle.tsv"
+    say "idle $1 $4: $IDLE clients, RSS $r0 -> $r1 kB"
+  else
+    printf '%s\t%s\t%s\n' "$1" "$4" "failed" >>"$WORK/idle.tsv"
+    say "idle $1 $4: failed: $(tail -n 1 "$out")"
+  fi
+}
+: >"$WORK/idle.tsv"
+if [ "$IDLE" -gt 0 ]; then
+  for t in $TARGETS; do
+    case "$t" in
+      pgbouncer) port=$BPORT pid=$BPID ;; pgsluice) port=$SPORT pid=$SPID ;;
+      pgsluice-w1) port=$S1PORT pid=$S1PID ;; pgsluice-base) port=$S2PORT pid=$S2PID ;;
+      *) continue ;;
+    esac
+    idle_one "$t" "$pid" "$port" disable
+    [ "$TLS" = 1 ] && idle_one "$t" "$pid" "$port" require
+  done
+fi
 
 CLK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 mkdir -p "$ROOT/build"
@@ -252,8 +342,8 @@ OUT="$ROOT/build/bench-last.txt"
       printf "%-20s %-11s %11s %6s %12s %7s %8s  %s\n", "case", "target", "median tps", "ratio", "CPU us/xact", "failed", "aborted", "tps per round"
       nc = split(cases, cs, " "); nt = split(targets, ts, " ")
       for (i = 1; i <= nc; i++) {
-        split(cs[i], cm, ":")
-        label = cm[1] (cm[1] == 1 ? " client " : " clients ") cm[2]
+        nf = split(cs[i], cm, ":")
+        label = cm[1] (cm[1] == 1 ? " client " : " clients ") cm[2] (nf > 2 ? " TLS" : "")
         base = median(tps[cs[i] SUBSEP "direct"])
         for (j = 1; j <= nt; j++) {
           k = cs[i] SUBSEP ts[j]
@@ -279,6 +369,12 @@ OUT="$ROOT/build/bench-last.txt"
         }
       }
     }' "$RES"
+  if [ -s "$WORK/idle.tsv" ]; then
+    echo
+    echo "memory per idle logged-in client ($IDLE clients, RSS growth / clients, bytes):"
+    awk -F '\t' '{ v[$1] = v[$1] sprintf("  %s %s", ($2 == "require" ? "TLS" : "plain"), $3) }
+      END { for (t in v) printf "  %-14s%s\n", t, v[t] }' "$WORK/idle.tsv" | sort
+  fi
   echo
   echo "failed: pgbench's \"number of failed transactions\", summed over rounds;"
   echo "aborted: clients pgbench aborted on an error, summed over rounds (their"
@@ -291,5 +387,7 @@ OUT="$ROOT/build/bench-last.txt"
   echo "the same text, so once each server connection has prepared them, lookups"
   echo "on any server succeed. Real applications are not that lucky."
   echo "pgbench, PostgreSQL and the proxy share this machine's $(nproc) CPUs."
+  [ "$TLS" = 1 ] && echo "TLS rows: pgbench sslmode=require to the proxy (or to PostgreSQL for direct),"
+  [ "$TLS" = 1 ] && echo "ECDSA P-256 certificate; proxies talk to PostgreSQL in plain text. churn: pgbench -C."
 } | tee "$OUT"
 say "saved to $OUT"
