@@ -379,7 +379,9 @@ std::string sql_prepare_text(const StmtEntry& e) {
   std::from_chars(b.data() + 1, b.data() + sep, n);
   std::string_view types = b.substr(sep + 1, n);
   std::string_view stmt = b.substr(sep + 1 + types.size());
-  std::string t = "PREPARE " + e.server_name;
+  // Quoted: unquoted, PostgreSQL would fold it to lower case, and the protocol-level Close
+  // that evicts it or prepares it afresh (Server::make_room, close_if_stale) names it as is.
+  std::string t = "PREPARE \"" + e.server_name + "\"";
   if (!types.empty()) {
     t += ' ';
     t += types;

@@ -207,7 +207,7 @@ SqlPrepared parse_sql_prepared(std::string_view text);
 // Registry key of an SQL-level statement (never a valid Parse body: it starts with \x01).
 std::string sql_stmt_key(std::string_view types, std::string_view statement);
 bool is_sql_stmt(const StmtEntry& e);
-// "PREPARE PGSLUICE_<id> (types) AS statement" for an SQL-level entry.
+// "PREPARE \"PGSLUICE_<id>\" (types) AS statement" for an SQL-level entry.
 std::string sql_prepare_text(const StmtEntry& e);
 
 }  // namespace pgsluice

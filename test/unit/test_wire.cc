@@ -265,9 +265,9 @@ TEST_CASE("SQL-level PREPARE/EXECUTE/DEALLOCATE lexer") {
   oe.server_name = "PGSLUICE_9";
   oe.body = sql_stmt_key(odd.types, odd.statement);
   CHECK(is_sql_stmt(oe));
-  CHECK(sql_prepare_text(oe) == "PREPARE PGSLUICE_9 (int\x02) AS SELECT 1");
+  CHECK(sql_prepare_text(oe) == "PREPARE \"PGSLUICE_9\" (int\x02) AS SELECT 1");
   oe.body = sql_stmt_key("", "SELECT 2");
-  CHECK(sql_prepare_text(oe) == "PREPARE PGSLUICE_9 AS SELECT 2");
+  CHECK(sql_prepare_text(oe) == "PREPARE \"PGSLUICE_9\" AS SELECT 2");
   CHECK(sql_stmt_key("(a)", "b") != sql_stmt_key("", "(a)b"));
   oe.body = std::string("\x01(x)\x02SELECT 1\0\0\0", 17);  // a Parse body, never SQL-level
   CHECK_FALSE(is_sql_stmt(oe));
