@@ -124,6 +124,11 @@ class ServerStmts {
     auto it = pending_.find(id);
     return it != pending_.end() && it->second != sync;
   }
+  // server_check_prepared (Worker::check_prepared): marks the SQL-level statements held here
+  // unverified (they are prepared again before their next use) and returns the query, for
+  // PostgreSQL, that finds a row ("SELECT 1") when any other statement under pgsluice's
+  // names was prepared by SQL. The text names no statement and not the namespace.
+  std::string check_sql();
   // The least recently used entry, to evict when full.
   std::shared_ptr<const StmtEntry> lru() const;
   size_t size() const { return index_.size(); }
