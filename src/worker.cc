@@ -360,10 +360,11 @@ bool Worker::acquire(Client* c) {
         return true;
       }
     }
-    while (Server* s = take_idle(lp)) {
-      if (check_prepared(s, c)) continue;  // c waits; the check gives s back
-      link(c, s);
-      return true;
+    if (Server* s = take_idle(lp)) {
+      if (!check_prepared(s, c)) {
+        link(c, s);
+        return true;
+      }  // else c waits: the check gives s back
     }
   }
   // Not welcomed yet: it also waits for the pool's parameters. Reading stays on (no
@@ -805,11 +806,15 @@ bool Worker::stale(const Server* s) const {
 void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   if (paused(p)) return;
   if (p->addr_state() == Pool::AddrState::Pending) return;  // the resolver kicks when done
+  size_t checks = 0;  // server_check_prepared: at most one check started per waiter
   while (!lp->waiting.empty()) {
     Server* s = cfg_->server_check_prepared ? idle_unchecked(lp, lp->waiting.front()) : nullptr;
     if (s == nullptr) s = take_idle(lp);
     if (s == nullptr) break;
-    if (check_prepared(s, lp->waiting.front())) continue;
+    if (check_prepared(s, lp->waiting.front())) {
+      if (++checks >= lp->waiting.size()) break;
+      continue;
+    }
     link_waiter(lp->waiting.front(), s);
   }
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
