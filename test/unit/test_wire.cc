@@ -308,6 +308,35 @@ TEST_CASE("statement namespace and the scan of client SQL for statement changes"
   }
 }
 
+TEST_CASE("server_check_prepared: the check query and the SQL-level statements it unverifies") {
+  auto proto = std::make_shared<StmtEntry>();
+  proto->id = 3;
+  proto->server_name = stmt_server_name(3);
+  proto->body = std::string("select 1\0\0\0", 11);
+  auto sql = std::make_shared<StmtEntry>();
+  sql->id = 41;
+  sql->server_name = stmt_server_name(41);
+  sql->body = sql_stmt_key("", "SELECT 2");
+  ServerStmts held;
+  held.add(proto);
+  std::string q = held.check_sql();
+  // No SQL-level statement held: every from_sql row under pgsluice's names is suspect.
+  CHECK(q.find("from_sql AND pg_catalog.starts_with(name, 'PGSLUICE_')") != std::string::npos);
+  CHECK(q.find("array_position") == std::string::npos);
+  held.add(sql);
+  q = held.check_sql();
+  // Its own SQL-level statement is left out (by number: the text never names the
+  // namespace) and prepared again before its next use; the protocol-level one stays trusted.
+  CHECK(q.find("'{41}'::pg_catalog.text[], pg_catalog.substr(name, 27)") != std::string::npos);
+  CHECK(q.find(stmt_namespace()) == std::string::npos);
+  CHECK(q.rfind("SELECT FROM pg_catalog.pg_prepared_statements WHERE ", 0) == 0);
+  bool verified = true;
+  CHECK(held.touch(41, &verified));
+  CHECK(!verified);
+  CHECK(held.touch(3, &verified));
+  CHECK(verified);
+}
+
 TEST_CASE("sql_prepared_prefix resumes where the previous call left off") {
   // A query that trickles in: each call starts where the last one stopped, so the white
   // space before the first word is read once, and the answer is the same as from the start.
