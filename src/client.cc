@@ -1068,6 +1068,7 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
         s->close_if_stale(entry->server_name, held);
         sql = sql_prepare_text(*entry);
         req.stmt = entry->id;
+        req.rename = s->add_rename(entry->server_name, sp.name);  // errors name the client's
         s->stmts_.add(entry);
         ps.server_parses++;
       }
@@ -1092,7 +1093,9 @@ int Client::remap_sql(const SqlPrepared& sp, size_t total) {
       } else {
         ps.hits++;
       }
-      sql += "EXECUTE " + entry->server_name + sp.args;
+      sql += "EXECUTE \"" + entry->server_name + "\"" + sp.args;  // as sql_prepare_text names it
+      // Its errors ("wrong number of parameters for prepared statement") name the client's.
+      req.rename = s->add_rename(entry->server_name, sp.name);
       if (entry->touches_stmts) s->unverify();  // what it runs may change statements
       break;
     }

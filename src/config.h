@@ -114,6 +114,7 @@ struct Config {
   int stats_period = 60;
   int max_prepared_statements = 200;
   bool cache_unnamed_statements = false;
+  bool server_check_prepared = false;  // pgsluice: see Worker::check_prepared
   int scram_iterations = 4096;
   int workers = 0;  // pgsluice: worker threads; 0 (default) = number of CPUs
   std::string metrics_listen_addr = "127.0.0.1";  // pgsluice: Prometheus endpoint address

@@ -139,6 +139,31 @@ void ServerStmts::remove(uint64_t id) {
   index_.erase(it);
 }
 
+std::string ServerStmts::check_sql() {
+  // pgsluice prepares SQL-level statements by SQL too: those it holds are left out of the
+  // check and prepared again before their next use, which replaces whatever is there.
+  std::string ids;
+  for (const auto& e : lru_) {
+    if (!is_sql_stmt(*e)) continue;
+    unverify(e->id);
+    if (!ids.empty()) ids += ',';
+    ids += std::to_string(e->id);
+  }
+  // Every name and operator is qualified with pg_catalog, or is a key word: a session's
+  // search_path may put the client's own objects first. A plain SELECT (no DO block to
+  // compile): its tag says SELECT 0 when all is well (Server::process).
+  std::string q =
+      "SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql AND "
+      "pg_catalog.starts_with(name, 'PGSLUICE_')";
+  if (!ids.empty()) {
+    q += " AND pg_catalog.array_position('{" + ids +
+         "}'::pg_catalog.text[], pg_catalog.substr(name, " +
+         std::to_string(stmt_namespace().size() + 1) + ")) IS NULL";
+  }
+  q += " LIMIT 1";
+  return q;
+}
+
 std::shared_ptr<const StmtEntry> ServerStmts::lru() const {
   return lru_.empty() ? nullptr : lru_.back();
 }
@@ -379,7 +404,9 @@ std::string sql_prepare_text(const StmtEntry& e) {
   std::from_chars(b.data() + 1, b.data() + sep, n);
   std::string_view types = b.substr(sep + 1, n);
   std::string_view stmt = b.substr(sep + 1 + types.size());
-  std::string t = "PREPARE " + e.server_name;
+  // Quoted: unquoted, PostgreSQL would fold it to lower case, and the protocol-level Close
+  // that evicts it or prepares it afresh (Server::make_room, close_if_stale) names it as is.
+  std::string t = "PREPARE \"" + e.server_name + "\"";
   if (!types.empty()) {
     t += ' ';
     t += types;

@@ -124,6 +124,11 @@ class ServerStmts {
     auto it = pending_.find(id);
     return it != pending_.end() && it->second != sync;
   }
+  // server_check_prepared (Worker::check_prepared): marks the SQL-level statements held here
+  // unverified (they are prepared again before their next use) and returns the query, for
+  // PostgreSQL, that finds a row ("SELECT 1") when any other statement under pgsluice's
+  // names was prepared by SQL. The text names no statement and not the namespace.
+  std::string check_sql();
   // The least recently used entry, to evict when full.
   std::shared_ptr<const StmtEntry> lru() const;
   size_t size() const { return index_.size(); }
@@ -207,7 +212,7 @@ SqlPrepared parse_sql_prepared(std::string_view text);
 // Registry key of an SQL-level statement (never a valid Parse body: it starts with \x01).
 std::string sql_stmt_key(std::string_view types, std::string_view statement);
 bool is_sql_stmt(const StmtEntry& e);
-// "PREPARE PGSLUICE_<id> (types) AS statement" for an SQL-level entry.
+// "PREPARE \"PGSLUICE_<id>\" (types) AS statement" for an SQL-level entry.
 std::string sql_prepare_text(const StmtEntry& e);
 
 }  // namespace pgsluice

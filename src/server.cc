@@ -398,6 +398,7 @@ void Server::process() {
         case 'Z': {
           tx_ = body.empty() ? '?' : static_cast<char>(body[0]);
           if (internal_ > 0) internal_--;
+          checking_ = false;
           if (internal_ == 0 && internal_failed_) {
             if (Client* c = client_) {
               worker_->unlink(c, this);
@@ -445,6 +446,13 @@ void Server::process() {
           if (body.size() > 1) {  // server_reset_query: DISCARD ALL drops every statement
             std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size() - 1);
             if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") unverify();
+            if (checking_ && tag != "SELECT 0") {  // Worker::check_prepared found one
+              LOG_WARN(
+                  "S-%p: %s/%s server_check_prepared: a statement under pgsluice's names "
+                  "was prepared by SQL; closing the server",
+                  static_cast<void*>(this), pool_->db_name.c_str(), pool_->user_name.c_str());
+              internal_failed_ = true;
+            }
           }
           break;
         case 'N':

@@ -146,6 +146,10 @@ class Server final : public Conn, public ReplyBook {
   double idle_since_ = 0;  // when it last became idle
   size_t pos_ = 0;         // index in Worker::servers_
   uint64_t id_ = 0;        // process-wide id (SHOW SERVERS)
+  // server_check_prepared: the client linked last since the statements were last checked
+  // (0: none since; see Worker::check_prepared).
+  uint64_t check_client_ = 0;
+  bool checking_ = false;  // the internal query due is that check (its tag is read)
   uint32_t gen_ = 0;       // DbState::generation when connected; older means close_needed
   std::string login_error_;
   std::string login_sqlstate_;

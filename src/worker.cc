@@ -327,6 +327,7 @@ void Worker::link(Client* c, Server* s) {
   s->lp_->stats.server_assignment_count++;
   c->server_ = s;
   s->client_ = c;
+  s->check_client_ = c->id_;
   set_state(s, ServerState::Active);
   bool was_login = c->state_ == ClientState::Login;
   set_state(c, ClientState::Active);
@@ -353,9 +354,17 @@ bool Worker::acquire(Client* c) {
   c->request_time_ = now_seconds();
   bool hold = paused(p);
   if (!hold && lp->waiting.empty()) {  // else: first come, first served
+    if (cfg_->server_check_prepared) {
+      if (Server* s = idle_unchecked(lp, c)) {
+        link(c, s);
+        return true;
+      }
+    }
     if (Server* s = take_idle(lp)) {
-      link(c, s);
-      return true;
+      if (!check_prepared(s, c)) {
+        link(c, s);
+        return true;
+      }  // else c waits: the check gives s back
     }
   }
   // Not welcomed yet: it also waits for the pool's parameters. Reading stays on (no
@@ -797,9 +806,15 @@ bool Worker::stale(const Server* s) const {
 void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   if (paused(p)) return;
   if (p->addr_state() == Pool::AddrState::Pending) return;  // the resolver kicks when done
+  size_t checks = 0;  // server_check_prepared: at most one check started per waiter
   while (!lp->waiting.empty()) {
-    Server* s = take_idle(lp);
+    Server* s = cfg_->server_check_prepared ? idle_unchecked(lp, lp->waiting.front()) : nullptr;
+    if (s == nullptr) s = take_idle(lp);
     if (s == nullptr) break;
+    if (check_prepared(s, lp->waiting.front())) {
+      if (++checks >= lp->waiting.size()) break;
+      continue;
+    }
     link_waiter(lp->waiting.front(), s);
   }
   while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
@@ -813,6 +828,41 @@ Server* Worker::take_idle(LocalPool* lp) {
   while (!lp->idle.empty() && !lp->idle.back()->clean())
     close_server(lp->idle.back(), "idle server not clean");
   return lp->idle.empty() ? nullptr : lp->idle.back();
+}
+
+// server_check_prepared. pgsluice prepares its statements through Parse messages, and a
+// client's Parse names are remapped, so a statement under pgsluice's names that was prepared
+// by SQL can only come from server-side code some client ran (a function that reads the
+// names in pg_prepared_statements and replaces one through dynamic SQL, which pgsluice cannot
+// see in the text that calls it). Before s serves a client other than the one it served
+// last, while it holds statements, PostgreSQL is asked whether there is such a statement
+// (ServerStmts::check_sql): an internal query while s is Resetting and the client waits. If
+// there is (its tag, read by Server::process), or the query fails, the server is closed:
+// the waiters get another. Off: one branch on a loaded flag per hand-off.
+bool Worker::check_prepared(Server* s, const Client* c) {
+  if (!cfg_->server_check_prepared || s->check_client_ == 0 || s->check_client_ == c->id_ ||
+      s->stmts_.size() == 0)
+    return false;
+  std::string m;
+  wire::query(m, s->stmts_.check_sql());
+  bufs_.append(s->out_, m.data(), m.size());
+  s->internal_++;
+  s->note_unnamed(0, 0);  // a simple query drops the unnamed statement
+  s->check_client_ = 0;
+  s->checking_ = true;
+  set_state(s, ServerState::Resetting);
+  s->flush();
+  return true;
+}
+
+Server* Worker::idle_unchecked(LocalPool* lp, const Client* c) {
+  for (auto it = lp->idle.rbegin(); it != lp->idle.rend(); ++it) {
+    Server* s = *it;
+    if ((s->check_client_ == 0 || s->check_client_ == c->id_ || s->stmts_.size() == 0) &&
+        s->clean())
+      return s;
+  }
+  return nullptr;
 }
 
 void Worker::sweep(const std::string& kill_db) {

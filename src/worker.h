@@ -214,6 +214,12 @@ class Worker {
   void janitor();
   void serve_waiters(Pool* p, LocalPool* lp);
   Server* take_idle(LocalPool* lp);
+  // server_check_prepared: starts the check of s's statements before c may use it; true
+  // when started (s is Resetting until PostgreSQL answers, then idle again or closed).
+  bool check_prepared(Server* s, const Client* c);
+  // server_check_prepared: the most recently idle server c may use without that check (it
+  // served c last, or nobody since its check, or holds no statements), or null.
+  Server* idle_unchecked(LocalPool* lp, const Client* c);
   // Serves lp's waiters from the end of this loop turn (not from the releasing stack).
   void serve_later(LocalPool* lp);
   static void serve_cb(evutil_socket_t, short, void* arg);

@@ -57,7 +57,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check(!sp.name.empty());
 
   if (sp.kind == SqlPrepared::Kind::Prepare) {
-    // What pgsluice sends a server is "PREPARE PGSLUICE_<id> [types] AS statement":
+    // What pgsluice sends a server is "PREPARE \"PGSLUICE_<id>\" [types] AS statement":
     // it must read back as the same statement under the new name.
     StmtEntry e;
     e.body = sql_stmt_key(sp.types, sp.statement);
@@ -65,7 +65,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     check(is_sql_stmt(e));
     SqlPrepared again = parse_sql_prepared(sql_prepare_text(e));
     check(again.kind == SqlPrepared::Kind::Prepare);
-    check(again.name == "pgsluice_7");
+    check(again.name == "PGSLUICE_7");  // quoted: not folded to lower case
     check(again.types == sp.types);
     check(again.statement == sp.statement);
   }

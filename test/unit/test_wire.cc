@@ -265,9 +265,9 @@ TEST_CASE("SQL-level PREPARE/EXECUTE/DEALLOCATE lexer") {
   oe.server_name = "PGSLUICE_9";
   oe.body = sql_stmt_key(odd.types, odd.statement);
   CHECK(is_sql_stmt(oe));
-  CHECK(sql_prepare_text(oe) == "PREPARE PGSLUICE_9 (int\x02) AS SELECT 1");
+  CHECK(sql_prepare_text(oe) == "PREPARE \"PGSLUICE_9\" (int\x02) AS SELECT 1");
   oe.body = sql_stmt_key("", "SELECT 2");
-  CHECK(sql_prepare_text(oe) == "PREPARE PGSLUICE_9 AS SELECT 2");
+  CHECK(sql_prepare_text(oe) == "PREPARE \"PGSLUICE_9\" AS SELECT 2");
   CHECK(sql_stmt_key("(a)", "b") != sql_stmt_key("", "(a)b"));
   oe.body = std::string("\x01(x)\x02SELECT 1\0\0\0", 17);  // a Parse body, never SQL-level
   CHECK_FALSE(is_sql_stmt(oe));
@@ -306,6 +306,35 @@ TEST_CASE("statement namespace and the scan of client SQL for statement changes"
     scan.feed(std::string_view(text).substr(cut));
     CHECK(scan.flags == (S::kNamesNamespace | S::kTouchesStmts));
   }
+}
+
+TEST_CASE("server_check_prepared: the check query and the SQL-level statements it unverifies") {
+  auto proto = std::make_shared<StmtEntry>();
+  proto->id = 3;
+  proto->server_name = stmt_server_name(3);
+  proto->body = std::string("select 1\0\0\0", 11);
+  auto sql = std::make_shared<StmtEntry>();
+  sql->id = 41;
+  sql->server_name = stmt_server_name(41);
+  sql->body = sql_stmt_key("", "SELECT 2");
+  ServerStmts held;
+  held.add(proto);
+  std::string q = held.check_sql();
+  // No SQL-level statement held: every from_sql row under pgsluice's names is suspect.
+  CHECK(q.find("from_sql AND pg_catalog.starts_with(name, 'PGSLUICE_')") != std::string::npos);
+  CHECK(q.find("array_position") == std::string::npos);
+  held.add(sql);
+  q = held.check_sql();
+  // Its own SQL-level statement is left out (by number: the text never names the
+  // namespace) and prepared again before its next use; the protocol-level one stays trusted.
+  CHECK(q.find("'{41}'::pg_catalog.text[], pg_catalog.substr(name, 27)") != std::string::npos);
+  CHECK(q.find(stmt_namespace()) == std::string::npos);
+  CHECK(q.rfind("SELECT FROM pg_catalog.pg_prepared_statements WHERE ", 0) == 0);
+  bool verified = true;
+  CHECK(held.touch(41, &verified));
+  CHECK(!verified);
+  CHECK(held.touch(3, &verified));
+  CHECK(verified);
 }
 
 TEST_CASE("sql_prepared_prefix resumes where the previous call left off") {
