@@ -455,13 +455,19 @@ void Worker::serve_later(LocalPool* lp) {
 }
 
 void Worker::serve_cb(evutil_socket_t, short, void* arg) {
-  auto* w = static_cast<Worker*>(arg);
-  std::vector<LocalPool*> q;
-  q.swap(w->serveq_);
-  for (LocalPool* lp : q) {
+  static_cast<Worker*>(arg)->serve_queued();
+}
+
+// One pass over the pools queued so far; a pool queued again meanwhile waits for the next
+// serve_cb (or flush_cb). The list keeps its capacity (no allocation per pass).
+void Worker::serve_queued() {
+  if (serveq_.empty()) return;
+  serving_.swap(serveq_);
+  for (LocalPool* lp : serving_) {
     lp->serve_queued = false;
-    w->serve_waiters(lp->pool, lp);
+    serve_waiters(lp->pool, lp);
   }
+  serving_.clear();
 }
 
 void Worker::adopt_server(Server* s, Pool* p) {
@@ -615,8 +621,13 @@ void Worker::queue_flush(Client* c) {
   if (flushq_.size() >= kFlushAfter) flush_age_ = kFlushAfter;  // sent after this callback
 }
 
+// Waiters are served first, when serve_ev_ has not run yet this turn: their requests reach
+// PostgreSQL before the replies wake the clients, as when a released server went straight
+// to the next waiter.
 void Worker::flush_cb(evutil_socket_t, short, void* arg) {
-  static_cast<Worker*>(arg)->flush_queued();
+  auto* w = static_cast<Worker*>(arg);
+  w->serve_queued();
+  w->flush_queued();
 }
 
 void Worker::flush_queued() {
