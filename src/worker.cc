@@ -283,7 +283,10 @@ template <typename L, typename T>
 bool erase_from(L& list, T* x, bool front_first) {
   if (list.empty()) return false;
   if (front_first && list.front() == x) {
-    list.erase(list.begin());
+    if constexpr (requires { list.pop_front(); })
+      list.pop_front();  // a deque's erase(begin()) is the general, slower path
+    else
+      list.erase(list.begin());
     return true;
   }
   if (!front_first && list.back() == x) {
