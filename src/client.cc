@@ -600,6 +600,10 @@ bool Client::forward_messages() {
       scan_nuls_ = 0;
     }
     bool remapped = need > 0;
+    if (state_ != ClientState::Active) {
+      if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
+    }
+    // Scanned once a server is linked, so a client that waits for one is not scanned twice.
     scan_flags_ = 0;
     if (remap_ && (type == 'Q' || type == 'P') && in_.size() > len) {
       // The whole text is here: what may it do to pgsluice's statements (sql_scan)?
@@ -609,9 +613,6 @@ bool Client::forward_messages() {
         auto t = r.rest();
         scan_flags_ = sql_scan(std::string_view(reinterpret_cast<const char*>(t.data()), t.size()));
       }
-    }
-    if (state_ != ClientState::Active) {
-      if (!worker_->acquire(this)) return false;  // queued; link_waiter() resumes us
     }
     if (remapped && !server_->queue_.undos.empty() && must_wait(type, len)) {
       // The name's meaning depends on an earlier segment still in flight (its Parse or

@@ -19,13 +19,7 @@ Pool::Pool(std::string db, std::string user, size_t nworkers)
       user_name(std::move(user)),
       uid(next_pool_uid.fetch_add(1, std::memory_order_relaxed)),
       nworkers_(nworkers),
-      idle_on_(new std::atomic<int>[nworkers]),
-      waiting_on_(new std::atomic<int>[nworkers]) {
-  for (size_t i = 0; i < nworkers; i++) {
-    idle_on_[i] = 0;
-    waiting_on_[i] = 0;
-  }
-}
+      per_worker_(new PerWorker[nworkers]) {}
 
 static bool take(std::atomic<int>* c, int max) {
   if (c == nullptr || max <= 0) {

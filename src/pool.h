@@ -69,8 +69,8 @@ class Pool {
 
   // Per-worker idle-server and waiting-client counts, published so that a worker with
   // a waiting client can find a worker holding an idle server, and the reverse.
-  std::atomic<int>& idle_on(size_t w) { return idle_on_[w]; }
-  std::atomic<int>& waiting_on(size_t w) { return waiting_on_[w]; }
+  std::atomic<int>& idle_on(size_t w) { return per_worker_[w].idle; }
+  std::atomic<int>& waiting_on(size_t w) { return per_worker_[w].waiting; }
   size_t nworkers() const { return nworkers_; }
 
   // The ParameterStatus set from the pool's first server login, sent to every client at
@@ -93,8 +93,13 @@ class Pool {
  private:
   std::atomic<int> servers_{0};
   size_t nworkers_;
-  std::unique_ptr<std::atomic<int>[]> idle_on_;
-  std::unique_ptr<std::atomic<int>[]> waiting_on_;
+  // One cache line per worker: each worker writes only its own counts, on every server
+  // it releases and every client that queues, so no two workers write the same line.
+  struct alignas(64) PerWorker {
+    std::atomic<int> idle{0};
+    std::atomic<int> waiting{0};
+  };
+  std::unique_ptr<PerWorker[]> per_worker_;
   mutable std::mutex mu_;
   std::atomic<AddrState> addr_state_{AddrState::Pending};
   std::atomic<bool> welcome_ready_{false};

@@ -2,6 +2,7 @@
 // server LRU.
 #include "prepared.h"
 
+#include <array>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -189,14 +190,14 @@ namespace {
 bool is_space(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
 }
-bool is_ident_start(char c) {
+constexpr bool is_ident_start(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
          static_cast<unsigned char>(c) >= 0x80;
 }
-bool is_ident(char c) {
+constexpr bool is_ident(char c) {
   return is_ident_start(c) || (c >= '0' && c <= '9') || c == '$';
 }
-char lower(char c) {
+constexpr char lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
@@ -312,27 +313,54 @@ void SqlScan::feed(std::string_view piece) {
   tail_.assign(piece.substr(piece.size() - keep));
 }
 
+namespace {
+// sql_scan's byte classes: what may start a match, and what continues an identifier
+// (is_ident). One table lookup per byte; the comparisons run only at a 'p', 'd' or 'e'.
+constexpr uint8_t kScanIdent = 1, kScanP = 2, kScanDE = 4;
+constexpr std::array<uint8_t, 256> kScanClass = [] {
+  std::array<uint8_t, 256> t{};
+  for (int c = 0; c < 256; c++) {
+    char ch = static_cast<char>(c);
+    uint8_t v = is_ident(ch) ? kScanIdent : 0;
+    char l = lower(ch);
+    if (l == 'p') v |= kScanP;
+    if (l == 'd' || l == 'e') v |= kScanDE;
+    t[static_cast<size_t>(c)] = v;
+  }
+  return t;
+}();
+}  // namespace
+
 uint8_t sql_scan(std::string_view s) {
   static constexpr std::string_view kWords[] = {"prepare", "deallocate", "discard", "execute"};
-  const std::string& ns = stmt_namespace();
   uint8_t flags = 0;
+  bool prev_ident = false;  // is_ident(s[i - 1])
   for (size_t i = 0; i < s.size(); i++) {
-    char c = lower(s[i]);
-    if (c == 'p') {
+    uint8_t k = kScanClass[static_cast<unsigned char>(s[i])];
+    if (!(k & (kScanP | kScanDE))) {
+      prev_ident = k & kScanIdent;
+      continue;
+    }
+    // Both pg_prepared_statement and the namespace ("PGSLUICE_...") start with "pg", and
+    // are found anywhere, not only at the start of a word.
+    if ((k & kScanP) && i + 1 < s.size() && lower(s[i + 1]) == 'g') {
       if (word_at(s, i, "pg_prepared_statement")) flags |= SqlScan::kTouchesStmts;
+      const std::string& ns = stmt_namespace();
       if (s.size() - i >= ns.size()) {
         bool same = true;
-        for (size_t k = 0; k < ns.size() && same; k++) same = lower(s[i + k]) == lower(ns[k]);
+        for (size_t n = 0; n < ns.size() && same; n++) same = lower(s[i + n]) == lower(ns[n]);
         if (same) flags |= SqlScan::kNamesNamespace;
       }
     }
-    if (c != 'p' && c != 'd' && c != 'e') continue;
-    if (i > 0 && is_ident(s[i - 1])) continue;  // a word starts here only
-    for (std::string_view w : kWords) {
-      if (w[0] != c || !word_at(s, i, w)) continue;
-      size_t end = i + w.size();
-      if (end == s.size() || !is_ident(s[end])) flags |= SqlScan::kTouchesStmts;
+    if (!prev_ident) {  // a word starts here
+      char c = lower(s[i]);
+      for (std::string_view w : kWords) {
+        if (w[0] != c || !word_at(s, i, w)) continue;
+        size_t end = i + w.size();
+        if (end == s.size() || !is_ident(s[end])) flags |= SqlScan::kTouchesStmts;
+      }
     }
+    prev_ident = true;  // p, d and e are identifier characters
   }
   return flags;
 }

@@ -129,11 +129,16 @@ void Worker::run() {
   free_dead();
 }
 
+// The eventfd is written only when the inbox was empty: the loop drains the whole inbox
+// after each wake-up (drain_inbox swaps it out under the lock), so a message pushed onto a
+// non-empty inbox is taken by the drain that the first message's write brings. The write is
+// made under the lock, so no message waits on another poster's pending write. Under load,
+// kicks and hand-overs come in bursts; this saves a write(2) for all but the first.
 void Worker::post(InboxMsg m) {
-  {
-    std::lock_guard<std::mutex> g(inbox_mu_);
-    inbox_.push_back(std::move(m));
-  }
+  std::lock_guard<std::mutex> g(inbox_mu_);
+  bool was_empty = inbox_.empty();
+  inbox_.push_back(std::move(m));
+  if (!was_empty) return;
   uint64_t one = 1;
   ssize_t r = ::write(inbox_fd_, &one, sizeof one);
   (void)r;
@@ -278,7 +283,10 @@ template <typename L, typename T>
 bool erase_from(L& list, T* x, bool front_first) {
   if (list.empty()) return false;
   if (front_first && list.front() == x) {
-    list.erase(list.begin());
+    if constexpr (requires { list.pop_front(); })
+      list.pop_front();  // a deque's erase(begin()) is the general, slower path
+    else
+      list.erase(list.begin());
     return true;
   }
   if (!front_first && list.back() == x) {
@@ -459,13 +467,19 @@ void Worker::serve_later(LocalPool* lp) {
 }
 
 void Worker::serve_cb(evutil_socket_t, short, void* arg) {
-  auto* w = static_cast<Worker*>(arg);
-  std::vector<LocalPool*> q;
-  q.swap(w->serveq_);
-  for (LocalPool* lp : q) {
+  static_cast<Worker*>(arg)->serve_queued();
+}
+
+// One pass over the pools queued so far; a pool queued again meanwhile waits for the next
+// serve_cb (or flush_cb). The list keeps its capacity (no allocation per pass).
+void Worker::serve_queued() {
+  if (serveq_.empty()) return;
+  serving_.swap(serveq_);
+  for (LocalPool* lp : serving_) {
     lp->serve_queued = false;
-    w->serve_waiters(lp->pool, lp);
+    serve_waiters(lp->pool, lp);
   }
+  serving_.clear();
 }
 
 void Worker::adopt_server(Server* s, Pool* p) {
@@ -619,8 +633,13 @@ void Worker::queue_flush(Client* c) {
   if (flushq_.size() >= kFlushAfter) flush_age_ = kFlushAfter;  // sent after this callback
 }
 
+// Waiters are served first, when serve_ev_ has not run yet this turn: their requests reach
+// PostgreSQL before the replies wake the clients, as when a released server went straight
+// to the next waiter.
 void Worker::flush_cb(evutil_socket_t, short, void* arg) {
-  static_cast<Worker*>(arg)->flush_queued();
+  auto* w = static_cast<Worker*>(arg);
+  w->serve_queued();
+  w->flush_queued();
 }
 
 void Worker::flush_queued() {

@@ -223,6 +223,7 @@ class Worker {
   // Serves lp's waiters from the end of this loop turn (not from the releasing stack).
   void serve_later(LocalPool* lp);
   static void serve_cb(evutil_socket_t, short, void* arg);
+  void serve_queued();
   void apply_trace_slow(Client* c);
   bool stale(const Server* s) const;  // RECONNECT asked for it to close
 
@@ -256,6 +257,7 @@ class Worker {
   std::vector<std::pair<Server*, size_t>> handoff_;
   struct event free_ev_;
   std::vector<LocalPool*> serveq_;
+  std::vector<LocalPool*> serving_;  // serveq_ being served (serve_queued)
   struct event serve_ev_;
   struct event janitor_ev_;
   bool stopping_ = false;

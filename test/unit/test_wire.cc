@@ -337,6 +337,94 @@ TEST_CASE("server_check_prepared: the check query and the SQL-level statements i
   CHECK(verified);
 }
 
+namespace {
+// sql_scan as first written (a byte at a time, every test at every byte): the table-driven
+// scan must give the same flags on any text.
+uint8_t sql_scan_reference(std::string_view s) {
+  auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
+  auto ident = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+           static_cast<unsigned char>(c) >= 0x80 || (c >= '0' && c <= '9') || c == '$';
+  };
+  auto word_at = [&](size_t i, std::string_view w) {
+    if (s.size() - i < w.size()) return false;
+    for (size_t k = 0; k < w.size(); k++)
+      if (lower(s[i + k]) != w[k]) return false;
+    return true;
+  };
+  const std::string& ns = stmt_namespace();
+  uint8_t flags = 0;
+  for (size_t i = 0; i < s.size(); i++) {
+    char c = lower(s[i]);
+    if (c == 'p') {
+      if (word_at(i, "pg_prepared_statement")) flags |= SqlScan::kTouchesStmts;
+      if (s.size() - i >= ns.size()) {
+        bool same = true;
+        for (size_t k = 0; k < ns.size() && same; k++) same = lower(s[i + k]) == lower(ns[k]);
+        if (same) flags |= SqlScan::kNamesNamespace;
+      }
+    }
+    if (c != 'p' && c != 'd' && c != 'e') continue;
+    if (i > 0 && ident(s[i - 1])) continue;
+    for (std::string_view w : {"prepare", "deallocate", "discard", "execute"}) {
+      if (w[0] != c || !word_at(i, w)) continue;
+      size_t end = i + w.size();
+      if (end == s.size() || !ident(s[end])) flags |= SqlScan::kTouchesStmts;
+    }
+  }
+  return flags;
+}
+}  // namespace
+
+TEST_CASE("sql_scan gives the same flags as the byte-at-a-time reference") {
+  const std::string ns = stmt_namespace();
+  const std::string pieces[] = {"prepare",
+                                "PREPARE",
+                                "deallocate",
+                                "Discard",
+                                "execute",
+                                "eXecute",
+                                "pg_prepared_statement",
+                                "PG_Prepared_Statements",
+                                ns,
+                                ns.substr(0, 20),
+                                "pg",
+                                "p",
+                                "d",
+                                "e",
+                                "x",
+                                "_",
+                                "$",
+                                "1",
+                                " ",
+                                "(",
+                                "'",
+                                "\"",
+                                ";",
+                                "\xc3\xa9",
+                                "\x80",
+                                "select"};
+  uint64_t seed = 12345;
+  auto next = [&]() {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<size_t>(seed >> 33);
+  };
+  size_t touched = 0, named = 0;
+  for (int n = 0; n < 20000; n++) {
+    std::string text;
+    size_t parts = next() % 8;
+    for (size_t k = 0; k < parts; k++) text += pieces[next() % std::size(pieces)];
+    uint8_t want = sql_scan_reference(text);
+    touched += (want & SqlScan::kTouchesStmts) != 0;
+    named += (want & SqlScan::kNamesNamespace) != 0;
+    CAPTURE(text);
+    REQUIRE(sql_scan(text) == want);
+  }
+  CHECK(touched > 1000);  // the generator reaches both flags, and texts without them
+  CHECK(named > 100);
+  CHECK(touched < 19000);
+}
+
 TEST_CASE("sql_prepared_prefix resumes where the previous call left off") {
   // A query that trickles in: each call starts where the last one stopped, so the white
   // space before the first word is read once, and the answer is the same as from the start.
