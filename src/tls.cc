@@ -198,6 +198,7 @@ TlsSettings server_tls_settings(const Config& c) {
   s.tls13_ciphers = c.server_tls13_ciphers;
   s.ecdhcurve = "";
   s.dheparams = "";
+  s.direct = c.server_tls_direct;
   return s;
 }
 

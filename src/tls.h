@@ -51,6 +51,7 @@ struct TlsSettings {
   std::string tls13_ciphers;
   std::string ecdhcurve = "auto";  // accept side only
   std::string dheparams = "auto";  // accept side only
+  bool direct = false;             // connect side only: server_tls_direct
   bool operator==(const TlsSettings&) const = default;
 };
 TlsSettings client_tls_settings(const Config& c);
