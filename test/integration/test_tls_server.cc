@@ -5,6 +5,8 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -127,6 +129,123 @@ class SslAnswerServer {
   std::atomic<int> ssl_requests_{0};
   std::atomic<size_t> later_bytes_{0};
   std::vector<int> fds_;
+};
+
+// Stands where a PostgreSQL 17 would for direct TLS: a TLS handshake at once (no SSLRequest)
+// with the test server certificate, ALPN "postgresql" selected when `select_alpn`, then a
+// trusting login (AuthenticationOk and a welcome) read and written over TLS.
+class DirectTlsServer {
+ public:
+  explicit DirectTlsServer(bool select_alpn) : select_alpn_(select_alpn) {
+    ctx_ = SSL_CTX_new(TLS_server_method());
+    REQUIRE(ctx_ != nullptr);
+    REQUIRE(SSL_CTX_use_certificate_chain_file(ctx_, tls::certs().server_cert.c_str()) == 1);
+    REQUIRE(SSL_CTX_use_PrivateKey_file(ctx_, tls::certs().server_key.c_str(), SSL_FILETYPE_PEM) ==
+            1);
+    SSL_CTX_set_alpn_select_cb(ctx_, &DirectTlsServer::alpn_cb, this);
+    lfd_ = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(lfd_ >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(listen(lfd_, 16) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port_ = ntohs(a.sin_port);
+    th_ = std::thread([this] { run(); });
+  }
+  ~DirectTlsServer() {
+    stop_ = true;
+    th_.join();
+    for (SSL* s : ssls_) SSL_free(s);
+    for (int fd : fds_) close(fd);
+    close(lfd_);
+    SSL_CTX_free(ctx_);
+  }
+  int port() const { return port_; }
+  int handshakes() const { return handshakes_.load(); }
+  int startups() const { return startups_.load(); }  // startup packets read over TLS
+  bool offered_alpn() const { return offered_alpn_.load(); }
+
+ private:
+  static int alpn_cb(SSL*, const unsigned char** out, unsigned char* outlen,
+                     const unsigned char* in, unsigned int inlen, void* arg) {
+    auto* self = static_cast<DirectTlsServer*>(arg);
+    std::string offered(reinterpret_cast<const char*>(in), inlen);
+    if (offered.find("\x0apostgresql") != std::string::npos) self->offered_alpn_ = true;
+    if (!self->select_alpn_) return SSL_TLSEXT_ERR_NOACK;
+    size_t at = offered.find("\x0apostgresql");
+    if (at == std::string::npos) return SSL_TLSEXT_ERR_ALERT_FATAL;
+    *out = in + at + 1;
+    *outlen = 10;
+    return SSL_TLSEXT_ERR_OK;
+  }
+  static bool read_n(SSL* s, std::string& out, size_t n) {
+    out.clear();
+    while (out.size() < n) {
+      char buf[4096];
+      int want = static_cast<int>(std::min(sizeof buf, n - out.size()));
+      int got = SSL_read(s, buf, want);
+      if (got <= 0) return false;
+      out.append(buf, static_cast<size_t>(got));
+    }
+    return true;
+  }
+  void serve(int fd) {
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    SSL* s = SSL_new(ctx_);
+    ssls_.push_back(s);
+    SSL_set_fd(s, fd);
+    if (SSL_accept(s) != 1) {
+      ERR_clear_error();
+      return;
+    }
+    handshakes_++;
+    std::string head, body;
+    if (!read_n(s, head, 4)) return;
+    uint32_t len = static_cast<uint32_t>(static_cast<uint8_t>(head[0])) << 24 |
+                   static_cast<uint32_t>(static_cast<uint8_t>(head[1])) << 16 |
+                   static_cast<uint32_t>(static_cast<uint8_t>(head[2])) << 8 |
+                   static_cast<uint32_t>(static_cast<uint8_t>(head[3]));
+    if (len < 8 || len > 10000 || !read_n(s, body, len - 4)) return;
+    startups_++;
+    std::string w = msg('R', be32(0));
+    for (auto [k, v] :
+         std::vector<std::pair<const char*, const char*>>{{"server_version", "17.0"},
+                                                          {"server_encoding", "UTF8"},
+                                                          {"client_encoding", "UTF8"},
+                                                          {"DateStyle", "ISO, MDY"},
+                                                          {"TimeZone", "UTC"},
+                                                          {"integer_datetimes", "on"},
+                                                          {"standard_conforming_strings", "on"}})
+      w += msg('S', cstr(k) + cstr(v));
+    w += msg('K', be32(4242) + be32(1234));
+    w += msg('Z', "I");
+    SSL_write(s, w.data(), static_cast<int>(w.size()));
+  }
+  void run() {
+    while (!stop_) {
+      pollfd pfd{lfd_, POLLIN, 0};
+      if (poll(&pfd, 1, 50) <= 0) continue;
+      int fd = accept(lfd_, nullptr, nullptr);
+      if (fd < 0) continue;
+      fds_.push_back(fd);
+      serve(fd);
+    }
+  }
+  bool select_alpn_;
+  SSL_CTX* ctx_ = nullptr;
+  int lfd_ = -1;
+  int port_ = 0;
+  std::thread th_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> handshakes_{0};
+  std::atomic<int> startups_{0};
+  std::atomic<bool> offered_alpn_{false};
+  std::vector<int> fds_;
+  std::vector<SSL*> ssls_;
 };
 
 // pgsluice (trust for clients) in front of a fake server, as plainuser/plainpass.
@@ -413,6 +532,37 @@ TEST_SUITE("tls_server") {
                          "server_tls_direct = 1\nserver_tls_sslmode = disable\n"));
     Conn c = connect(q.conninfo());
     CHECK(backend_ssl(c.get()) == "f");
+  }
+
+  TEST_CASE("tls server: server_tls_direct opens with a ClientHello (ALPN postgresql)") {
+    if (skip_in_direct_mode("server TLS is pgsluice's")) return;
+    const tls::Certs& k = tls::certs();
+    std::string extra = "server_tls_direct = 1\nserver_tls_ca_file = " + k.ca_cert + "\n";
+    {
+      // A server that selects ALPN postgresql: the login goes on over TLS.
+      DirectTlsServer fake(true);
+      Options o = fake_options(fake.port(), "verify-full");
+      o.extra_pgbouncer += extra;
+      Pooler p(o);
+      Msg m = fake_login(p);
+      CHECK_MESSAGE(m.type == 'Z', m.field('M'));
+      CHECK(fake.handshakes() == 1);
+      CHECK(fake.startups() == 1);
+      CHECK(fake.offered_alpn());
+    }
+    {
+      // One that selects no ALPN is refused after the handshake, before the startup packet.
+      DirectTlsServer fake(false);
+      Options o = fake_options(fake.port(), "verify-full");
+      o.extra_pgbouncer += extra;
+      Pooler p(o);
+      Msg m = fake_login(p);
+      CHECK(m.type == 'E');
+      CHECK_MESSAGE(m.field('M').find("ALPN") != std::string::npos, m.field('M'));
+      CHECK(fake.handshakes() >= 1);
+      sleep_ms(100);
+      CHECK(fake.startups() == 0);
+    }
   }
 
   TEST_CASE("tls server: cancel requests work with server_tls_sslmode = require") {
