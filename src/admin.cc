@@ -486,7 +486,7 @@ void socket_row(RowSet& rs, const ConnRow& r, const std::string& state, bool deb
                                                cell_ptr(r.ptr),
                                                cell_ptr(r.link),
                                                cell(r.remote_pid),
-                                               "",
+                                               r.tls,
                                                r.app_name,
                                                cell_u(r.prepared),
                                                cell_u(r.id)};

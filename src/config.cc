@@ -362,6 +362,9 @@ constexpr Row kRows[] = {
                &Config::server_tls_ciphers),
     string_row("server_tls13_ciphers", "", kReload, "TLS 1.3 cipher suites for servers",
                &Config::server_tls13_ciphers),
+    bool_row("server_tls_direct", "0", kReload,
+             "open server connections with TLS at once, no SSLRequest (PostgreSQL 17+)",
+             &Config::server_tls_direct),
 
     // low-level network
     int_row("pkt_buf", "4096", kRestart, "size of the internal packet buffer", &Config::pkt_buf,
@@ -878,7 +881,6 @@ struct TlsModeSetting {
 };
 constexpr TlsModeSetting kTlsModes[] = {
     {"client_tls_sslmode", &Config::client_tls_sslmode, "client connections"},
-    {"server_tls_sslmode", &Config::server_tls_sslmode, "server connections"},
 };
 
 bool tls_required(const std::string& mode) {

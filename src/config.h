@@ -184,6 +184,7 @@ struct Config {
   std::string server_tls_protocols = "secure";
   std::string server_tls_ciphers = "default";
   std::string server_tls13_ciphers;
+  bool server_tls_direct = false;  // ours: TLS ClientHello instead of SSLRequest (PG 17+)
 
   // low-level network
   int pkt_buf = 4096;
@@ -231,13 +232,14 @@ const SettingInfo* find_setting(std::string_view name);
 // (RELOAD keeps the old value of these and warns).
 std::vector<std::string> settings_needing_restart(const Config& a, const Config& b);
 
-// Settings whose promise pgsluice cannot keep yet. TLS is not built in, so a
-// client_tls_sslmode or server_tls_sslmode of require, verify-ca or verify-full is an error
-// that names the setting (start, RELOAD and SET refuse it); load_config checks it too.
+// Settings whose promise pgsluice cannot keep yet. TLS towards clients is not built in, so a
+// client_tls_sslmode of require, verify-ca or verify-full is an error that names the
+// setting (start, RELOAD and SET refuse it); load_config checks it too. (TLS towards
+// servers is built: server_tls_sslmode is not checked here.)
 Status check_unsupported_settings(const Config& c);
-// Warnings for the TLS modes that fall back to plain text (allow, prefer): one line for each
-// sslmode setting that is allow/prefer in `c` and was not the same in `before` (nullptr at
-// start, when every allow/prefer is reported, the default server_tls_sslmode = prefer too).
+// Warnings for the client TLS modes that fall back to plain text (allow, prefer): one line
+// when client_tls_sslmode is allow/prefer in `c` and was not the same in `before` (nullptr
+// at start).
 std::vector<std::string> tls_fallback_warnings(const Config& c, const Config* before);
 
 // Current value of a setting in SHOW CONFIG form; nullopt for an unknown name.

@@ -17,6 +17,7 @@
 #include "client.h"
 #include "pool.h"
 #include "server.h"
+#include "tls.h"
 #include "worker.h"
 
 namespace pgsluice {
@@ -75,6 +76,8 @@ const char* server_state_name(const Server* s) {
   switch (s->state()) {
     case ServerState::New:
     case ServerState::Connecting:
+    case ServerState::SslRequest:
+    case ServerState::Tls:
     case ServerState::Login:
       return "new";
     case ServerState::Idle:
@@ -142,7 +145,8 @@ ConnRow server_row(Worker& w, Server* s, bool sockets) {
   local_of(s->fd(), r.local_addr, r.local_port);
   r.connect_wall = wall_of(s->connect_time_);
   r.request_wall = wall_of(s->state() == ServerState::Idle ? s->idle_since_ : s->connect_time_);
-  r.close_needed = s->gen_ != s->pool_->state->generation.load(std::memory_order_relaxed);
+  r.close_needed = w.stale(s);
+  if (s->state() != ServerState::Tls) r.tls = tls_description(s->ssl());
   r.ptr = s;
   r.link = s->client_;
   r.remote_pid = static_cast<int>(s->backend_pid_);
@@ -203,6 +207,8 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
     r.pool = sv->pool_;
     switch (sv->state()) {
       case ServerState::Connecting:
+      case ServerState::SslRequest:
+      case ServerState::Tls:
       case ServerState::Login:
         r.sv_login++;
         break;

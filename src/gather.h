@@ -32,6 +32,7 @@ struct ConnRow {
   const void* ptr = nullptr;
   const void* link = nullptr;
   int remote_pid = 0;
+  std::string tls;  // the tls column: tls_description() of an established TLS session
   uint64_t id = 0;
   uint64_t prepared = 0;  // SHOW CLIENTS/SERVERS prepared_statements
   size_t worker = 0;

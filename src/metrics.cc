@@ -106,6 +106,12 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
   o.line("pgsluice_shutting_down", "", extra.shutdown_mode != 0 ? 1 : 0);
   o.head("pgsluice_uptime_seconds", "gauge", "Seconds since start.");
   o.line("pgsluice_uptime_seconds", "", extra.uptime_s);
+  o.head("pgsluice_server_tls_handshakes_total", "counter",
+         "TLS handshakes with servers that completed.");
+  o.line_u("pgsluice_server_tls_handshakes_total", "", extra.server_tls_handshakes);
+  o.head("pgsluice_server_tls_handshake_failures_total", "counter",
+         "TLS handshakes with servers that failed (the log says why).");
+  o.line_u("pgsluice_server_tls_handshake_failures_total", "", extra.server_tls_handshake_failures);
   o.head("pgbouncer_used_clients", "gauge", "Client connections open.");
   o.line("pgbouncer_used_clients", "", s.used_clients);
   o.head("pgbouncer_login_clients", "gauge", "Clients still logging in.");
@@ -290,6 +296,9 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
         ex.paused = rt->paused_all.load() || rt->suspended.load();
         ex.shutdown_mode = rt->shutdown_mode.load();
         ex.uptime_s = now_seconds() - rt->start_time;
+        ex.server_tls_handshakes = rt->server_tls_handshakes.load(std::memory_order_relaxed);
+        ex.server_tls_handshake_failures =
+            rt->server_tls_handshake_failures.load(std::memory_order_relaxed);
         std::string body = render_metrics(s, *rt->config(), ex);
         self->answer_all(&body);
       });

@@ -484,8 +484,27 @@ void ScramClientSession::set_fixed_nonce_for_testing(std::string_view nonce,
   user_name_ = std::string(user_name);
 }
 
+void ScramClientSession::set_channel_binding(ScramBinding b, std::string cb_data) {
+  binding_ = b;
+  cb_data_ = b == ScramBinding::EndPoint ? std::move(cb_data) : std::string();
+}
+
+namespace {
+std::string_view gs2_header(ScramBinding b) {
+  switch (b) {
+    case ScramBinding::Supported:
+      return "y,,";
+    case ScramBinding::EndPoint:
+      return "p=tls-server-end-point,,";
+    case ScramBinding::None:
+      break;
+  }
+  return "n,,";
+}
+}  // namespace
+
 std::string ScramClientSession::client_first() {
-  if (state_ != State::Start) {
+  if (state_ != State::Start || (binding_ == ScramBinding::EndPoint && cb_data_.empty())) {
     state_ = State::Failed;
     return {};
   }
@@ -496,7 +515,7 @@ std::string ScramClientSession::client_first() {
   }
   client_first_bare_ = "n=" + user_name_ + ",r=" + client_nonce_;
   state_ = State::WantServerFirst;
-  return "n,," + client_first_bare_;
+  return std::string(gs2_header(binding_)) + client_first_bare_;
 }
 
 Result<std::string> ScramClientSession::handle_server_first(std::string_view msg) {
@@ -528,7 +547,10 @@ Result<std::string> ScramClientSession::handle_server_first(std::string_view msg
   } else if (!sha256(as_chars(client_key_), stored)) {
     return fail("SCRAM computation failed", "XX000");
   }
-  std::string without_proof = "c=biws,r=" + std::string(nonce);
+  // c=: base64 of the gs2 header and, when bound, the channel-binding data.
+  std::string cbind(gs2_header(binding_));
+  cbind += cb_data_;
+  std::string without_proof = "c=" + base64_encode(cbind) + ",r=" + std::string(nonce);
   std::string auth_message = client_first_bare_;
   auth_message.append(",").append(msg).append(",").append(without_proof);
   Key client_sig{};

@@ -128,7 +128,15 @@ class ScramServerSession {
   std::array<uint8_t, 32> client_key_{};
 };
 
-// The pooler logging in to PostgreSQL (client role). Always sends gs2 header "n,,".
+// Channel binding of the pooler's SCRAM login to PostgreSQL (RFC 5802 gs2 header).
+enum class ScramBinding : uint8_t {
+  None,       // "n,,": not over TLS, no binding possible
+  Supported,  // "y,,": over TLS, but the server offered no SCRAM-SHA-256-PLUS
+  EndPoint,   // "p=tls-server-end-point,,": SCRAM-SHA-256-PLUS bound to the server's certificate
+};
+
+// The pooler logging in to PostgreSQL (client role). gs2 header "n,," unless
+// set_channel_binding() says otherwise.
 class ScramClientSession {
  public:
   static ScramClientSession with_password(std::string_view password);
@@ -143,7 +151,16 @@ class ScramClientSession {
   // Tests only: client_first() sends `nonce` (printable, no ',') and "n=<user_name>".
   void set_fixed_nonce_for_testing(std::string_view nonce, std::string_view user_name = {});
 
-  std::string client_first();  // "n,,n=,r=<24 random bytes b64>"; "" if the CSPRNG failed
+  // Before client_first(): the binding to use; for EndPoint, `cb_data` is the server
+  // certificate's hash (tls_server_end_point in tls.h), which must not be empty.
+  void set_channel_binding(ScramBinding b, std::string cb_data = {});
+  // The SASL mechanism to name in the SASLInitialResponse.
+  const char* mechanism() const {
+    return binding_ == ScramBinding::EndPoint ? "SCRAM-SHA-256-PLUS" : "SCRAM-SHA-256";
+  }
+  // "<gs2 header>n=,r=<24 random bytes b64>"; "" if the CSPRNG failed (or EndPoint without
+  // data).
+  std::string client_first();
   // Returns client-final-message; validates nonce prefix, salt, i bounds.
   Result<std::string> handle_server_first(std::string_view msg);
   Status verify_server_final(std::string_view msg);  // checks v= server signature
@@ -168,6 +185,8 @@ class ScramClientSession {
   std::string user_name_;
   std::string client_nonce_;
   std::string client_first_bare_;
+  ScramBinding binding_ = ScramBinding::None;
+  std::string cb_data_;  // EndPoint: the certificate hash
   std::array<uint8_t, 32> expected_server_signature_{};
 };
 

@@ -8,6 +8,7 @@
 #include "password.h"
 #include "pool.h"
 #include "scram.h"
+#include "tls.h"
 #include "trace.h"
 #include "wire.h"
 #include "worker.h"
@@ -30,6 +31,10 @@ Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
 Server::~Server() = default;
 
 void Server::on_writable() {
+  if (state_ == ServerState::Tls) {
+    continue_tls();
+    return;
+  }
   if (state_ == ServerState::Connecting) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -56,7 +61,107 @@ void Server::flush() {
   if (flush_out() == Io::Error) worker_->close_server(this, "server send failed");
 }
 
+// As PgBouncer: any server_tls_sslmode but disable asks for TLS first (allow too), except
+// over a Unix socket; server_tls_direct opens with the TLS ClientHello instead.
 void Server::start_login() {
+  const TlsContext* ctx = tls_ctx_.get();
+  if (ctx == nullptr || pool_->addr.ss_family == AF_UNIX) {
+    send_startup();
+    return;
+  }
+  if (ctx->settings().direct) {
+    if (!start_tls(ctx->get(), false, {}, pool_->host,
+                   ctx->settings().mode == SslMode::VerifyFull)) {
+      worker_->server_login_failed(this, "08006", "could not start TLS towards server");
+      return;
+    }
+    worker_->set_state(this, ServerState::Tls);
+    continue_tls();
+    return;
+  }
+  worker_->set_state(this, ServerState::SslRequest);
+  uint8_t m[8];
+  wire::put_u32(m, 8);
+  wire::put_u32(m + 4, wire::kSslCode);
+  worker_->bufs().append(out_, m, sizeof m);
+  want_read(true);
+  flush();
+}
+
+// PostgreSQL's one-byte answer to the SSLRequest. Nothing may follow it before the
+// handshake: such bytes were not encrypted and may come from a man in the middle
+// (CVE-2021-23222), so they end the login.
+void Server::on_ssl_answer() {
+  if (in_.empty()) return;
+  uint8_t answer = in_.begin()[0];
+  size_t more = in_.size() - 1;
+  in_.rpos = in_.wpos;
+  worker_->bufs().release_if_empty(in_);
+  const TlsContext* ctx = tls_ctx_.get();
+  SslMode mode = ctx->settings().mode;
+  if (answer != 'S' && answer != 'N') {
+    worker_->server_login_failed(this, "08P01",
+                                 answer == 'E' ? "server answered the SSLRequest with an error"
+                                               : "bad answer to SSLRequest from server");
+    return;
+  }
+  if (more > 0) {
+    worker_->server_login_failed(this, "08P01",
+                                 "server sent unencrypted data after its answer to SSLRequest");
+    return;
+  }
+  if (answer == 'N') {
+    if (ssl_mode_requires_tls(mode)) {
+      worker_->server_login_failed(this, "08006",
+                                   "server does not support TLS, and server_tls_sslmode = " +
+                                       std::string(worker_->cfg().server_tls_sslmode) +
+                                       " requires it");
+      return;
+    }
+    send_startup();
+    return;
+  }
+  if (!start_tls(ctx->get(), false, {}, pool_->host, mode == SslMode::VerifyFull)) {
+    worker_->server_login_failed(this, "08006", "could not start TLS towards server");
+    return;
+  }
+  worker_->set_state(this, ServerState::Tls);
+  continue_tls();
+}
+
+// Drives the handshake; the certificate (chain, and the host name for verify-full) is
+// checked inside it, so no password goes out before the server is proven.
+void Server::continue_tls() {
+  std::string why;
+  Io r = tls_handshake(&why);
+  if (r == Io::WouldBlock) return;
+  Runtime* rt = worker_->rt();
+  if (r != Io::Ok) {
+    rt->server_tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
+    worker_->server_login_failed(this, "08006", "TLS handshake with server failed: " + why);
+    return;
+  }
+  if (tls_ctx_->settings().direct) {
+    // PostgreSQL 17 selects ALPN "postgresql" on a direct TLS connection (libpq insists).
+    const unsigned char* alpn = nullptr;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
+    if (std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != kAlpnPostgres) {
+      rt->server_tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
+      worker_->server_login_failed(
+          this, "08P01", "server did not select ALPN protocol \"postgresql\" in direct TLS");
+      return;
+    }
+  }
+  rt->server_tls_handshakes.fetch_add(1, std::memory_order_relaxed);
+  if (worker_->cfg().log_connections)
+    LOG_INFO("S-%p: %s/%s@%s:%d TLS established: %s", static_cast<void*>(this),
+             pool_->db_name.c_str(), pool_->user_name.c_str(), addr_.host.c_str(), addr_.port,
+             tls_description(ssl_).c_str());
+  send_startup();
+}
+
+void Server::send_startup() {
   worker_->set_state(this, ServerState::Login);
   std::string m;
   wire::startup_message(m, pool_->startup_params);
@@ -66,10 +171,14 @@ void Server::start_login() {
 }
 
 void Server::on_readable() {
+  if (state_ == ServerState::Tls) {
+    continue_tls();
+    return;
+  }
   size_t got = 0;
   Io r = read_in(&got);
   if (r == Io::Eof || r == Io::Error) {
-    if (state_ == ServerState::Login || state_ == ServerState::Connecting)
+    if (server_logging_in(state_))
       worker_->server_login_failed(this, "08006", "server closed the connection during login");
     else
       worker_->close_server(this,
@@ -77,6 +186,10 @@ void Server::on_readable() {
     return;
   }
   if (got == 0) return;
+  if (state_ == ServerState::SslRequest) {
+    on_ssl_answer();
+    return;
+  }
   process();
 }
 
@@ -202,7 +315,8 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
       break;
     }
     case 10: {
-      if (!req.scram_sha_256) return fail("server offers no supported SASL mechanism");
+      if (!req.scram_sha_256 && !(req.scram_sha_256_plus && tls()))
+        return fail("server offers no supported SASL mechanism");
       if (kind == SecretKind::Plain && !secret.empty()) {
         scram_ = std::make_unique<ScramClientSession>(ScramClientSession::with_password(secret));
       } else if (kind == SecretKind::Scram) {
@@ -215,7 +329,23 @@ bool Server::handle_auth_request(std::span<const uint8_t> body) {
         return fail("server asks for SCRAM, and pgsluice has no usable secret for user " +
                     pool_->user_name);
       }
-      wire::sasl_initial_response(m, "SCRAM-SHA-256", scram_->client_first());
+      // Channel binding as libpq's channel_binding=prefer: bound to the server's
+      // certificate when it offers SCRAM-SHA-256-PLUS over TLS; "y" over TLS without it
+      // (so a server that does offer it detects a downgrade); "n" in plain text.
+      if (tls() && req.scram_sha_256_plus) {
+        std::string cb = tls_server_end_point(SSL_get0_peer_certificate(ssl_));
+        if (cb.empty())
+          return fail(
+              "cannot bind SCRAM to the server's certificate (no hash for its "
+              "signature algorithm)");
+        scram_->set_channel_binding(ScramBinding::EndPoint, std::move(cb));
+      } else if (tls()) {
+        scram_->set_channel_binding(ScramBinding::Supported);
+      }
+      std::string first = scram_->client_first();
+      if (first.empty()) return fail("SCRAM: could not make the client-first message");
+      LOG_DEBUG("S-%p: SASL %s", static_cast<void*>(this), scram_->mechanism());
+      wire::sasl_initial_response(m, scram_->mechanism(), first);
       break;
     }
     case 11: {

@@ -20,12 +20,15 @@ struct LocalPool;
 class Client;
 class ScramClientSession;
 class CancelConn;
+class TlsContext;
 
 // A server's state. Only Worker::set_state() changes it, and with it the list or count it
-// belongs to (Connecting and Login: LocalPool::connecting; Idle: LocalPool::idle).
+// belongs to (Connecting to Login: LocalPool::connecting; Idle: LocalPool::idle).
 enum class ServerState : uint8_t {
   New,            // constructed, not connecting yet (on no list)
   Connecting,     // non-blocking connect in progress
+  SslRequest,     // SSLRequest sent; waiting for PostgreSQL's one-byte answer ('S' or 'N')
+  Tls,            // TLS handshake in progress (after 'S', or at once with server_tls_direct)
   Login,          // startup sent; authenticating, reading ParameterStatus until ReadyForQuery
   Idle,           // logged in, clean (Server::clean), in LocalPool::idle
   Active,         // linked to client_
@@ -34,6 +37,12 @@ enum class ServerState : uint8_t {
   Moving,         // being handed to another worker (on no list)
   Closed,         // closed; freed at the end of the loop turn (on no list)
 };
+
+// Connecting, SslRequest, Tls, Login: not logged in yet (server_connect_timeout, sv_login).
+inline bool server_logging_in(ServerState st) {
+  return st == ServerState::Connecting || st == ServerState::SslRequest || st == ServerState::Tls ||
+         st == ServerState::Login;
+}
 
 // The bookkeeping of replies is the pure ReplyBook base (replies.h); Server adds the socket,
 // the login and the framing of the data path.
@@ -44,7 +53,8 @@ class Server final : public Conn, public ReplyBook {
   void on_readable() override;
   void on_writable() override;
 
-  // Starts the login once the socket is connected.
+  // Starts the login once the socket is connected: SSLRequest, TLS handshake or startup
+  // message, as server_tls_sslmode and server_tls_direct say.
   void start_login();
   // Parses what in_ holds: login messages, swallowed internal replies, or the data path.
   void process();
@@ -153,10 +163,17 @@ class Server final : public Conn, public ReplyBook {
   uint32_t gen_ = 0;       // DbState::generation when connected; older means close_needed
   std::string login_error_;
   std::string login_sqlstate_;
+  // The server_tls_* context current when this server was made (null: TLS disabled). A
+  // server whose context is no longer the config's reconnects (Worker::stale).
+  std::shared_ptr<const TlsContext> tls_ctx_;
 
  private:
   friend class Worker;  // set_state(), the one door for state changes
   ServerState state_ = ServerState::New;
+  // Login steps before the startup message (server_tls_sslmode).
+  void on_ssl_answer();
+  void continue_tls();
+  void send_startup();
   bool handle_login_message(uint8_t type, std::span<const uint8_t> body);
   bool handle_auth_request(std::span<const uint8_t> body);
   std::vector<std::pair<std::string, std::string>> login_params_;

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <sys/stat.h>
@@ -197,6 +198,7 @@ TlsSettings server_tls_settings(const Config& c) {
   s.tls13_ciphers = c.server_tls13_ciphers;
   s.ecdhcurve = "";
   s.dheparams = "";
+  s.direct = c.server_tls_direct;
   return s;
 }
 
@@ -244,6 +246,25 @@ Result<TlsVersions> parse_tls_protocols(std::string_view text) {
   for (int x = v.min; x <= v.max; x++)
     if ((on & bit(x)) == 0) v.holes |= bit(x);
   return v;
+}
+
+std::string tls_server_end_point(const X509* cert) {
+  if (cert == nullptr) return "";
+  int md_nid = NID_undef;
+  if (X509_get_signature_info(const_cast<X509*>(cert), &md_nid, nullptr, nullptr, nullptr) != 1) {
+    ERR_clear_error();
+    return "";
+  }
+  if (md_nid == NID_md5 || md_nid == NID_sha1) md_nid = NID_sha256;
+  const EVP_MD* md = md_nid == NID_undef ? nullptr : EVP_get_digestbynid(md_nid);
+  if (md == nullptr) return "";
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (X509_digest(cert, md, out, &len) != 1) {
+    ERR_clear_error();
+    return "";
+  }
+  return std::string(reinterpret_cast<const char*>(out), len);
 }
 
 std::string tls_error_text(const char* fallback) {

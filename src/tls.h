@@ -51,6 +51,7 @@ struct TlsSettings {
   std::string tls13_ciphers;
   std::string ecdhcurve = "auto";  // accept side only
   std::string dheparams = "auto";  // accept side only
+  bool direct = false;             // connect side only: server_tls_direct
   bool operator==(const TlsSettings&) const = default;
 };
 TlsSettings client_tls_settings(const Config& c);
@@ -110,6 +111,11 @@ Result<std::shared_ptr<const TlsContexts>> make_tls_contexts(const Config& c,
 // "TLSv1.3/TLS_AES_256_GCM_SHA384/ECDH=X25519" for an established session (PgBouncer's
 // tls column); "" for nullptr.
 std::string tls_description(const SSL* ssl);
+
+// The channel-binding data of tls-server-end-point (RFC 5929) for a certificate: the hash
+// of its DER encoding with the hash of its signature algorithm, SHA-256 when that is MD5
+// or SHA-1. "" when the algorithm has no single hash (Ed25519, Ed448) or on failure.
+std::string tls_server_end_point(const X509* cert);
 
 // The last OpenSSL error of this thread as text (and the queue cleared); `fallback` if none.
 std::string tls_error_text(const char* fallback);

@@ -237,7 +237,10 @@ bool parse_auth_request(std::span<const uint8_t> body, AuthRequest& out) {
     case 10: {
       std::string_view mech;
       while (r.cstr(mech) && !mech.empty())
-        if (mech == "SCRAM-SHA-256") out.scram_sha_256 = true;
+        if (mech == "SCRAM-SHA-256")
+          out.scram_sha_256 = true;
+        else if (mech == "SCRAM-SHA-256-PLUS")
+          out.scram_sha_256_plus = true;
       return true;
     }
     case 11:

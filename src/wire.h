@@ -113,11 +113,12 @@ ErrorFields parse_error(std::span<const uint8_t> body);
 
 // Server messages read at login and on the data path. Each returns false when the body
 // does not hold what its type promises; the views point into the body.
-struct AuthRequest {              // 'R'
-  int32_t code = -1;              // 0 ok, 3 cleartext, 5 md5, 10/11/12 SASL
-  std::span<const uint8_t> salt;  // 5: the 4-byte salt
-  bool scram_sha_256 = false;     // 10: SCRAM-SHA-256 among the offered mechanisms
-  std::string_view sasl_data;     // 11, 12: the server's SCRAM message
+struct AuthRequest {                // 'R'
+  int32_t code = -1;                // 0 ok, 3 cleartext, 5 md5, 10/11/12 SASL
+  std::span<const uint8_t> salt;    // 5: the 4-byte salt
+  bool scram_sha_256 = false;       // 10: SCRAM-SHA-256 among the offered mechanisms
+  bool scram_sha_256_plus = false;  // 10: SCRAM-SHA-256-PLUS (channel binding) offered
+  std::string_view sasl_data;       // 11, 12: the server's SCRAM message
 };
 bool parse_auth_request(std::span<const uint8_t> body, AuthRequest& out);
 bool parse_parameter_status(std::span<const uint8_t> body, std::string_view& name,

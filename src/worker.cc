@@ -19,6 +19,7 @@
 #include "log.h"
 #include "password.h"
 #include "server.h"
+#include "tls.h"
 #include "wire.h"
 
 namespace pgsluice {
@@ -255,6 +256,7 @@ void Worker::launch_server(LocalPool* lp) {
   auto* s = new Server(this, Fd(fd), p, lp);
   s->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   s->gen_ = p->state->generation.load(std::memory_order_relaxed);
+  if (cfg_->tls) s->tls_ctx_ = cfg_->tls->server;
   track_server(s);
   set_state(s, ServerState::Connecting);
   s->attach(this);
@@ -275,7 +277,7 @@ bool in_waiting_list(ClientState st) {
   return st == ClientState::Login || st == ClientState::Waiting;
 }
 bool logging_in(ServerState st) {
-  return st == ServerState::Connecting || st == ServerState::Login;
+  return server_logging_in(st);
 }
 
 // Removes x from a list, looking at the usual end first (O(1) on the common paths).
@@ -587,8 +589,15 @@ void Worker::close_server(Server* s, std::string_view reason) {
   if (say_goodbye) {
     std::string m;
     wire::terminate(m);
-    ssize_t r = ::send(s->fd(), m.data(), m.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)r;
+    if (s->tls()) {  // inside the TLS stream, once, without waiting
+      if (s->out_.empty()) {
+        bufs().append(s->out_, m.data(), m.size());
+        (void)s->flush_out();
+      }
+    } else {
+      ssize_t r = ::send(s->fd(), m.data(), m.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      (void)r;
+    }
   }
   p->unreserve();
   untrack_server(s);
@@ -701,7 +710,7 @@ void Worker::janitor() {
   // Servers: connect/login timeout, idle timeout, lifetime.
   std::vector<Server*> expired;
   for (Server* s : servers_) {
-    bool logging_in = s->state() == ServerState::Connecting || s->state() == ServerState::Login;
+    bool logging_in = server_logging_in(s->state());
     if (logging_in && cf.server_connect_timeout > 0 &&
         now - s->connect_time_ > cf.server_connect_timeout)
       expired.push_back(s);
@@ -712,7 +721,7 @@ void Worker::janitor() {
   }
   for (Server* s : expired) {
     if (s->dead_) continue;
-    if (s->state() == ServerState::Connecting || s->state() == ServerState::Login)
+    if (server_logging_in(s->state()))
       server_login_failed(s, "08006", "server_connect_timeout");
     else
       close_server(s, "server idle timeout or lifetime");
@@ -818,7 +827,11 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
 // ---------------------------------------------------------------- operator commands
 
 bool Worker::stale(const Server* s) const {
-  return s->gen_ != s->pool_->state->generation.load(std::memory_order_relaxed);
+  // A new server_tls_* context (settings or file bytes changed) renews every server, as
+  // PgBouncer's tls_change_requires_reconnect: old, maybe weaker TLS does not linger.
+  const TlsContext* now = cfg_->tls ? cfg_->tls->server.get() : nullptr;
+  return s->gen_ != s->pool_->state->generation.load(std::memory_order_relaxed) ||
+         s->tls_ctx_.get() != now;
 }
 
 // Links waiting clients to idle servers, connects new ones, or asks other workers.
@@ -844,8 +857,8 @@ void Worker::serve_waiters(Pool* p, LocalPool* lp) {
 // The most recently idle server, after closing any that is no longer clean: PostgreSQL
 // sent part of a message to it while idle (an asynchronous FATAL split across reads).
 Server* Worker::take_idle(LocalPool* lp) {
-  while (!lp->idle.empty() && !lp->idle.back()->clean())
-    close_server(lp->idle.back(), "idle server not clean");
+  while (!lp->idle.empty() && (!lp->idle.back()->clean() || stale(lp->idle.back())))
+    close_server(lp->idle.back(), lp->idle.back()->clean() ? "reconnect" : "idle server not clean");
   return lp->idle.empty() ? nullptr : lp->idle.back();
 }
 

@@ -55,7 +55,10 @@ struct Runtime {
   std::atomic<bool> suspended{false};   // SUSPEND
   std::atomic<int> shutdown_mode{0};    // ShutdownMode, once a graceful shutdown started
   std::atomic<uint64_t> next_id{1};     // ids of clients and servers
-  double start_time = 0;                // monotonic seconds at start
+  // TLS handshakes towards servers that completed, and that failed (metrics).
+  std::atomic<uint64_t> server_tls_handshakes{0};
+  std::atomic<uint64_t> server_tls_handshake_failures{0};
+  double start_time = 0;  // monotonic seconds at start
   // Set by main before the workers start; callable from any thread.
   std::function<void(int mode)> request_shutdown;  // ShutdownMode
   std::function<Status()> reload;                  // RELOAD: re-read the config (main thread)
@@ -159,6 +162,9 @@ class Worker {
   void close_cancel(CancelConn* c);
   void server_login_done(Server* s);
   void server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg);
+  // RECONNECT asked for it to close, or the server_tls_* settings changed since it connected
+  // (SHOW SERVERS close_needed).
+  bool stale(const Server* s) const;
 
   void register_cancel_key(Client* c);
   void unregister_cancel_key(Client* c);
@@ -225,7 +231,6 @@ class Worker {
   static void serve_cb(evutil_socket_t, short, void* arg);
   void serve_queued();
   void apply_trace_slow(Client* c);
-  bool stale(const Server* s) const;  // RECONNECT asked for it to close
 
   static void inbox_cb(evutil_socket_t, short, void* arg);
   static void free_cb(evutil_socket_t, short, void* arg);

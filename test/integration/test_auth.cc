@@ -485,6 +485,10 @@ class FakeServer {
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     std::string head, body;
     if (!read_n(fd, head, 4) || u32(head, 0) < 8 || !read_n(fd, body, u32(head, 0) - 4)) return;
+    if (u32(head, 0) == 8 && u32(body, 0) == 80877103) {  // SSLRequest: no TLS here
+      send_all(fd, "N");
+      if (!read_n(fd, head, 4) || u32(head, 0) < 8 || !read_n(fd, body, u32(head, 0) - 4)) return;
+    }
     connections_++;
     switch (script_) {
       case Script::OkInsideScram: {

@@ -79,9 +79,9 @@ HttpAnswer http_get(int port, const std::string& path, double timeout_s = 5) {
 
 TEST_CASE("ops: a TLS mode that requires TLS refuses to start, naming the setting") {
   if (skip_in_direct_mode("start-up checks are a pooler feature")) return;
-  const std::pair<const char*, const char*> cases[] = {{"client_tls_sslmode", "require"},
-                                                       {"server_tls_sslmode", "verify-full"},
-                                                       {"server_tls_sslmode", "verify-ca"}};
+  // (TLS towards servers is built: server_tls_sslmode = verify-full starts, see
+  // test_tls_server.cc.)
+  const std::pair<const char*, const char*> cases[] = {{"client_tls_sslmode", "require"}};
   for (const auto& [key, mode] : cases) {
     CAPTURE(key);
     CAPTURE(mode);
@@ -101,24 +101,28 @@ TEST_CASE("ops: a TLS mode that requires TLS refuses to start, naming the settin
 TEST_CASE("ops: SET and RELOAD refuse a TLS mode that requires TLS; the running config stays") {
   if (skip_in_direct_mode("the admin console is a pooler feature")) return;
   Pooler p;
-  // The default server_tls_sslmode = prefer starts, with one warning that says so.
-  CHECK(count_of(p.log(), "server_tls_sslmode = prefer: TLS") == 1);
+  // The default server_tls_sslmode = prefer uses TLS when the server offers it: no warning
+  // about plain text.
+  CHECK(count_of(p.log(), "server_tls_sslmode = prefer: TLS") == 0);
   Conn admin = connect(admin_conninfo(p));
 
   std::string err = error_message(admin.get(), "SET client_tls_sslmode = require");
   CHECK(err.find("client_tls_sslmode = require") != std::string::npos);
   CHECK(config_value(admin.get(), "client_tls_sslmode") == "disable");
-  err = error_message(admin.get(), "SET server_tls_sslmode = 'verify-full'");
-  CHECK(err.find("server_tls_sslmode = verify-full") != std::string::npos);
-  CHECK(config_value(admin.get(), "server_tls_sslmode") == "prefer");
+  // TLS towards servers is built: verify-full is taken (and set back).
+  exec_ok(admin.get(), "SET server_tls_sslmode = 'verify-full'");
+  CHECK(config_value(admin.get(), "server_tls_sslmode") == "verify-full");
+  exec_ok(admin.get(), "SET server_tls_sslmode = prefer");
 
-  // A file asking for verify-ca: RELOAD fails and nothing of the file is taken.
+  // A file asking for verify-ca with a CA file that cannot be read: RELOAD fails and
+  // nothing of the file is taken.
   set_ini_line(p, "default_pool_size", "default_pool_size = 9");
-  set_ini_line(p, "server_tls_sslmode", "server_tls_sslmode = verify-ca");
+  set_ini_line(p, "server_tls_sslmode",
+               "server_tls_sslmode = verify-ca\nserver_tls_ca_file = /nonexistent/ca.pem");
   CHECK(exec_sqlstate(admin.get(), "RELOAD") == "F0000");
   CHECK(config_value(admin.get(), "server_tls_sslmode") == "prefer");
   CHECK(config_value(admin.get(), "default_pool_size") == "4");
-  CHECK(p.log().find("server_tls_sslmode = verify-ca") != std::string::npos);
+  CHECK(p.log().find("server_tls_ca_file") != std::string::npos);
   CHECK(p.alive());
   Conn c = connect(p.conninfo());
   CHECK(scalar(c.get(), "select 1") == "1");
@@ -128,13 +132,14 @@ TEST_CASE("ops: SET and RELOAD refuse a TLS mode that requires TLS; the running 
   CHECK(err.find("client_tls_key_file") != std::string::npos);
   CHECK(config_value(admin.get(), "client_tls_sslmode") == "disable");
 
-  // The file fixed: RELOAD takes it (and its values replace the SETs, as in PgBouncer);
-  // server_tls_sslmode stays prefer, so no new warning for it.
+  // The file fixed: RELOAD takes it (and its values replace the SETs, as in PgBouncer).
   set_ini_line(p, "server_tls_sslmode", "server_tls_sslmode = prefer");
+  set_ini_line(p, "server_tls_ca_file", "server_tls_ca_file =");
   exec_ok(admin.get(), "RELOAD");
   CHECK(config_value(admin.get(), "default_pool_size") == "9");
   CHECK(config_value(admin.get(), "client_tls_sslmode") == "disable");
-  CHECK(count_of(p.log(), "server_tls_sslmode = prefer: TLS") == 1);
+  CHECK(config_value(admin.get(), "server_tls_ca_file") == "");
+  CHECK(count_of(p.log(), "server_tls_sslmode = prefer: TLS") == 0);
 }
 
 TEST_CASE("ops: concurrent console SETs of different settings all survive; RELOAD re-reads") {

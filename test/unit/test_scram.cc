@@ -1,9 +1,12 @@
 // Unit tests for scram.h: RFC 7677 vector, secrets, mock keys, sessions, pass-through, bad input.
 #include <doctest/doctest.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <string>
 
 #include "scram.h"
+#include "tls.h"
 
 namespace pgsluice {
 namespace {
@@ -487,6 +490,139 @@ TEST_CASE("client rejects malformed or hostile server-final messages") {
   (void)c2.client_first();
   REQUIRE(c2.handle_server_first(kRfcServerFirst).ok());
   CHECK(c2.verify_server_final(std::string(kRfcServerFinal) + ",x=1").ok());
+}
+
+// ---- channel binding in the client role (pgsluice logging in to PostgreSQL over TLS) ----
+
+TEST_CASE("client role: y,, over TLS when the server offers no PLUS (c=eSws)") {
+  ScramClientSession c = ScramClientSession::with_password("pencil");
+  c.set_channel_binding(ScramBinding::Supported);
+  c.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  CHECK(std::string(c.mechanism()) == "SCRAM-SHA-256");
+  CHECK(c.client_first() == "y,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+  auto cf = c.handle_server_first(kRfcServerFirst);
+  REQUIRE(cf.ok());
+  // The same proof as in "y,, full exchange succeeds" (computed with Python).
+  CHECK(*cf ==
+        "c=eSws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        "p=FoqiHTtQEDE8lz1CdaEe3tK4mS+iMDTl77SPyDS53DY=");
+  CHECK(c.verify_server_final("v=dI4KpiQJwBr1+V+K6U1dA6l6I4I9DUNXWND4pcpRU3U=").ok());
+}
+
+TEST_CASE("client role: SCRAM-SHA-256-PLUS binds tls-server-end-point data into c= and the proof") {
+  std::string cb;
+  for (int i = 0; i < 32; i++) cb.push_back(static_cast<char>(i));
+  // Expected values computed independently with Python (hashlib/hmac/base64) for the RFC
+  // 7677 credentials and nonces, gs2 header "p=tls-server-end-point,," and cb = 00..1f.
+  const std::string want_final =
+      "c=cD10bHMtc2VydmVyLWVuZC1wb2ludCwsAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=,"
+      "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+      "p=nY1Wus9a+gM2DrbQ1msXFgyhW6KM5ktOxWiU+/P/EGY=";
+  const std::string want_server_final = "v=RwppMGddhz/J0lFYaRReBjXcQeNUFP5Qc76Lo5Exrig=";
+
+  ScramClientSession c = ScramClientSession::with_password("pencil");
+  c.set_channel_binding(ScramBinding::EndPoint, cb);
+  c.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  CHECK(std::string(c.mechanism()) == "SCRAM-SHA-256-PLUS");
+  CHECK(c.client_first() == "p=tls-server-end-point,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+  auto cf = c.handle_server_first(kRfcServerFirst);
+  REQUIRE(cf.ok());
+  CHECK(*cf == want_final);
+  CHECK(c.verify_server_final(want_server_final).ok());
+
+  // Pass-through (a client's ClientKey) binds the same way.
+  ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+  REQUIRE(s.handle_client_first(kRfcClientFirst).ok());
+  REQUIRE(s.handle_client_final(kRfcClientFinal).ok());
+  ScramClientSession pt = ScramClientSession::with_keys(s.client_key(), s.keys().server_key);
+  pt.set_channel_binding(ScramBinding::EndPoint, cb);
+  pt.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  CHECK(pt.client_first() == "p=tls-server-end-point,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+  auto pcf = pt.handle_server_first(kRfcServerFirst);
+  REQUIRE(pcf.ok());
+  CHECK(*pcf == want_final);
+  CHECK(pt.verify_server_final(want_server_final).ok());
+
+  // Other binding data gives another proof, and the real signature no longer verifies.
+  std::string other = cb;
+  other[0] = 'x';
+  ScramClientSession d = ScramClientSession::with_password("pencil");
+  d.set_channel_binding(ScramBinding::EndPoint, other);
+  d.set_fixed_nonce_for_testing(kRfcClientNonce, "user");
+  (void)d.client_first();
+  auto dcf = d.handle_server_first(kRfcServerFirst);
+  REQUIRE(dcf.ok());
+  CHECK(*dcf != want_final);
+  CHECK_FALSE(d.verify_server_final(want_server_final).ok());
+}
+
+TEST_CASE("client role: PLUS without binding data makes no client-first message") {
+  ScramClientSession c = ScramClientSession::with_password("pencil");
+  c.set_channel_binding(ScramBinding::EndPoint, "");
+  CHECK(c.client_first().empty());
+  CHECK_FALSE(c.handle_server_first(kRfcServerFirst).ok());
+}
+
+namespace {
+
+// A self-signed certificate for key k, signed with md (nullptr: the key's own, Ed25519).
+X509* self_signed(EVP_PKEY* k, const EVP_MD* md) {
+  X509* x = X509_new();
+  REQUIRE(x != nullptr);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+  X509_gmtime_adj(X509_getm_notBefore(x), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  X509_set_pubkey(x, k);
+  X509_NAME* n = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("pg.test"), -1, -1, 0);
+  X509_set_issuer_name(x, n);
+  REQUIRE(X509_sign(x, k, md) > 0);
+  return x;
+}
+
+std::string digest_of_der(X509* x, const EVP_MD* md) {
+  unsigned char* der = nullptr;
+  int len = i2d_X509(x, &der);
+  REQUIRE(len > 0);
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  REQUIRE(EVP_Digest(der, static_cast<size_t>(len), out, &n, md, nullptr) == 1);
+  OPENSSL_free(der);
+  return std::string(reinterpret_cast<const char*>(out), n);
+}
+
+}  // namespace
+
+TEST_CASE("tls_server_end_point: the signature's hash, SHA-256 for SHA-1 (RFC 5929)") {
+  EVP_PKEY* ec = EVP_EC_gen("P-256");
+  REQUIRE(ec != nullptr);
+  struct Case {
+    const EVP_MD* sign;
+    const EVP_MD* want;
+  };
+  const Case cases[] = {{EVP_sha1(), EVP_sha256()},
+                        {EVP_sha256(), EVP_sha256()},
+                        {EVP_sha384(), EVP_sha384()},
+                        {EVP_sha512(), EVP_sha512()}};
+  for (const Case& k : cases) {
+    CAPTURE(EVP_MD_get0_name(k.sign));
+    X509* x = self_signed(ec, k.sign);
+    std::string h = tls_server_end_point(x);
+    CHECK(h.size() == static_cast<size_t>(EVP_MD_get_size(k.want)));
+    CHECK(h == digest_of_der(x, k.want));
+    X509_free(x);
+  }
+  EVP_PKEY_free(ec);
+  CHECK(tls_server_end_point(nullptr).empty());
+
+  // Ed25519 signs without a separate hash: no binding data (PostgreSQL cannot bind either).
+  EVP_PKEY* ed = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
+  REQUIRE(ed != nullptr);
+  X509* x = self_signed(ed, nullptr);
+  CHECK(tls_server_end_point(x).empty());
+  X509_free(x);
+  EVP_PKEY_free(ed);
 }
 
 }  // namespace
