@@ -26,7 +26,7 @@ INT_OBJS  := $(INT_SRCS:%.cc=$(BUILD)/%.o)
 FUZZ_SRCS := $(wildcard test/fuzz/fuzz_*.cc)
 FUZZ_REPLAY := $(FUZZ_SRCS:test/fuzz/%.cc=$(BUILD)/fuzz/%)
 
-.PHONY: all check unit integration fuzz-replay deps demo demo-stop bench \
+.PHONY: all check unit integration fuzz-replay deps demo demo-stop bench check-tls17 \
         asan fuzz install clean format format-check
 all: pgsluice
 
@@ -94,6 +94,10 @@ demo-stop:
 	@sh contrib/demo.sh stop
 bench: deps pgsluice
 	@sh contrib/bench.sh
+# Opt-in: TLS checks against PostgreSQL 17 and its libpq from a newer Debian root
+# (contrib/newer-debian.sh makes it on first use); `make check` does not need it.
+check-tls17: pgsluice
+	@sh contrib/check-tls17.sh
 
 PREFIX ?= /usr/local
 install: pgsluice
