@@ -427,4 +427,50 @@ std::string tls_description(const SSL* ssl) {
   return out;
 }
 
+std::string tls_server_end_point(const SSL* ssl) {
+  if (ssl == nullptr) return "";
+  X509* cert = SSL_get_certificate(ssl);
+  if (cert == nullptr) return "";
+  int md_nid = NID_undef;
+  if (OBJ_find_sigid_algs(X509_get_signature_nid(cert), &md_nid, nullptr) != 1 ||
+      md_nid == NID_undef)
+    return "";
+  // RFC 5929: MD5 and SHA-1 are replaced by SHA-256.
+  if (md_nid == NID_md5 || md_nid == NID_sha1) md_nid = NID_sha256;
+  const EVP_MD* md = EVP_get_digestbynid(md_nid);
+  if (md == nullptr) return "";
+  unsigned char buf[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (X509_digest(cert, md, buf, &len) != 1) {
+    ERR_clear_error();
+    return "";
+  }
+  return std::string(reinterpret_cast<const char*>(buf), len);
+}
+
+std::string tls_peer_common_name(const SSL* ssl) {
+  if (ssl == nullptr) return "";
+  X509* peer = SSL_get0_peer_certificate(ssl);
+  if (peer == nullptr) return "";
+  X509_NAME* subject = X509_get_subject_name(peer);
+  int at = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (at < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, at) >= 0) return "";
+  ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, at));
+  unsigned char* utf8 = nullptr;
+  int n = ASN1_STRING_to_UTF8(&utf8, data);
+  if (n < 0) {
+    ERR_clear_error();
+    return "";
+  }
+  std::string cn(reinterpret_cast<const char*>(utf8), static_cast<size_t>(n));
+  OPENSSL_free(utf8);
+  if (cn.find('\0') != std::string::npos) return "";  // "user\0.evil.example" is not "user"
+  return cn;
+}
+
+TlsCounters& tls_counters() {
+  static TlsCounters counters;
+  return counters;
+}
+
 }  // namespace pgsluice

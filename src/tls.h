@@ -9,6 +9,7 @@
 
 #include <openssl/ssl.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -113,6 +114,23 @@ std::string tls_description(const SSL* ssl);
 
 // The last OpenSSL error of this thread as text (and the queue cleared); `fallback` if none.
 std::string tls_error_text(const char* fallback);
+
+// Channel binding data of type tls-server-end-point (RFC 5929 section 4.1) for this end of
+// the session: the hash of our own certificate, with the hash function of its signature
+// (SHA-256 when that is MD5 or SHA-1). "" when there is no certificate or its signature has
+// no single hash (Ed25519): then SCRAM-SHA-256-PLUS is not offered.
+std::string tls_server_end_point(const SSL* ssl);
+
+// The peer certificate's subject common name (auth_type = cert); "" when the peer sent no
+// certificate, or its subject has no CN, more than one, or one with a NUL byte.
+std::string tls_peer_common_name(const SSL* ssl);
+
+// Handshake counts for the metrics endpoint, process-wide.
+struct TlsCounters {
+  std::atomic<uint64_t> client_handshakes{0};  // completed towards clients
+  std::atomic<uint64_t> client_failures{0};    // failed or abandoned towards clients
+};
+TlsCounters& tls_counters();
 
 // ALPN protocol id of the PostgreSQL protocol ("postgresql").
 inline constexpr std::string_view kAlpnPostgres = "postgresql";
