@@ -873,8 +873,8 @@ struct TlsModeSetting {
   std::string Config::*field;
   const char* peers;  // who talks plain text when the mode falls back
 };
+// client_tls_sslmode is served (client.cc, tls.cc) and needs no check here.
 constexpr TlsModeSetting kTlsModes[] = {
-    {"client_tls_sslmode", &Config::client_tls_sslmode, "client connections"},
     {"server_tls_sslmode", &Config::server_tls_sslmode, "server connections"},
 };
 

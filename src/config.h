@@ -230,8 +230,8 @@ const SettingInfo* find_setting(std::string_view name);
 // (RELOAD keeps the old value of these and warns).
 std::vector<std::string> settings_needing_restart(const Config& a, const Config& b);
 
-// Settings whose promise pgsluice cannot keep yet. TLS is not built in, so a
-// client_tls_sslmode or server_tls_sslmode of require, verify-ca or verify-full is an error
+// Settings whose promise pgsluice cannot keep yet. TLS towards servers is not built in, so
+// a server_tls_sslmode of require, verify-ca or verify-full is an error
 // that names the setting (start, RELOAD and SET refuse it); load_config checks it too.
 Status check_unsupported_settings(const Config& c);
 // Warnings for the TLS modes that fall back to plain text (allow, prefer): one line for each

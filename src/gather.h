@@ -36,6 +36,7 @@ struct ConnRow {
   uint64_t prepared = 0;  // SHOW CLIENTS/SERVERS prepared_statements
   size_t worker = 0;
   bool logging_in = false;   // a client still in startup or authentication
+  std::string tls;           // tls_description() of a TLS session ("" in plain text)
   int fd = -1, link_fd = 0;  // SHOW FDS
   // SHOW SOCKETS
   uint64_t recv_pos = 0, pkt_pos = 0, pkt_remain = 0, send_pos = 0, send_remain = 0, pkt_avail = 0,

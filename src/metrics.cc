@@ -15,6 +15,7 @@
 #include "config.h"
 #include "gather.h"
 #include "pool.h"
+#include "tls.h"
 #include "worker.h"
 
 namespace pgsluice {
@@ -106,6 +107,12 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
   o.line("pgsluice_shutting_down", "", extra.shutdown_mode != 0 ? 1 : 0);
   o.head("pgsluice_uptime_seconds", "gauge", "Seconds since start.");
   o.line("pgsluice_uptime_seconds", "", extra.uptime_s);
+  o.head("pgsluice_client_tls_handshakes_total", "counter",
+         "TLS handshakes with clients that completed.");
+  o.line_u("pgsluice_client_tls_handshakes_total", "", extra.client_tls_handshakes);
+  o.head("pgsluice_client_tls_handshake_failures_total", "counter",
+         "TLS handshakes with clients that failed or were abandoned.");
+  o.line_u("pgsluice_client_tls_handshake_failures_total", "", extra.client_tls_handshake_failures);
   o.head("pgbouncer_used_clients", "gauge", "Client connections open.");
   o.line("pgbouncer_used_clients", "", s.used_clients);
   o.head("pgbouncer_login_clients", "gauge", "Clients still logging in.");
@@ -290,6 +297,8 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
         ex.paused = rt->paused_all.load() || rt->suspended.load();
         ex.shutdown_mode = rt->shutdown_mode.load();
         ex.uptime_s = now_seconds() - rt->start_time;
+        ex.client_tls_handshakes = tls_counters().client_handshakes.load();
+        ex.client_tls_handshake_failures = tls_counters().client_failures.load();
         std::string body = render_metrics(s, *rt->config(), ex);
         self->answer_all(&body);
       });

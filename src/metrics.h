@@ -28,6 +28,8 @@ struct MetricsExtra {
   bool paused = false;
   int shutdown_mode = 0;
   double uptime_s = 0;
+  uint64_t client_tls_handshakes = 0;  // tls_counters()
+  uint64_t client_tls_handshake_failures = 0;
 };
 
 // The exposition text for a merged snapshot (pure; unit-tested).
