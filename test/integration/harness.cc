@@ -42,9 +42,9 @@ namespace {
 // the watchdog fires.
 
 std::mutex g_reg_mu;
-std::set<pid_t> g_children;       // pgsluice processes
-std::vector<std::string> g_dirs;  // temp dirs to remove
-std::string g_pg_data;            // data dir of the running cluster ("" when none)
+std::set<pid_t> g_children;          // pgsluice processes
+std::vector<std::string> g_dirs;     // temp dirs to remove
+std::vector<std::string> g_pg_data;  // data dirs of the running clusters
 std::atomic<bool> g_current_failed{false};
 
 std::string pg_bindir() {
@@ -62,10 +62,11 @@ std::string as_postgres() {
 }
 
 void stop_cluster_locked() {
-  if (g_pg_data.empty()) return;
-  std::string cmd = as_postgres() + pg_bindir() + "/pg_ctl stop -m immediate -w -t 10 -D " +
-                    shell_quote(g_pg_data) + " >/dev/null 2>&1";
-  if (system(cmd.c_str()) != 0) fprintf(stderr, "[it] pg_ctl stop failed\n");
+  for (const auto& data : g_pg_data) {
+    std::string cmd = as_postgres() + pg_bindir() + "/pg_ctl stop -m immediate -w -t 10 -D " +
+                      shell_quote(data) + " >/dev/null 2>&1";
+    if (system(cmd.c_str()) != 0) fprintf(stderr, "[it] pg_ctl stop failed\n");
+  }
   g_pg_data.clear();
 }
 
@@ -193,23 +194,51 @@ std::string sluice_run_as() {
   return "postgres";
 }
 
-Cluster* start_cluster() {
-  auto* c = new Cluster;
-  c->dir = make_temp_dir("pg");
-  uid_t uid = 0;
-  gid_t gid = 0;
+// initdb runs once per run, into a template data dir that every cluster copies (a copy takes
+// a tenth of initdb's time). The template is never started.
+std::string initdb_template() {
+  static std::mutex mu;
+  static std::string tmpl;
+  std::lock_guard<std::mutex> lk(mu);
+  if (!tmpl.empty()) return tmpl;
+  std::string dir = make_temp_dir("pg-initdb");
   if (is_root()) {
+    uid_t uid = 0;
+    gid_t gid = 0;
+    REQUIRE_MESSAGE(postgres_ids(&uid, &gid), "no postgres OS user");
+    REQUIRE(chown(dir.c_str(), uid, gid) == 0);
+  }
+  REQUIRE(chmod(dir.c_str(), 0755) == 0);
+  auto r = run_shell(as_postgres() + pg_bindir() + "/initdb -D " + shell_quote(dir + "/data") +
+                         " -U postgres --auth-local=trust --auth-host=md5 -E UTF8 --locale=C"
+                         " --no-sync",
+                     120);
+  REQUIRE_MESSAGE(r.exit_code == 0, "initdb failed:\n" << r.output);
+  tmpl = dir + "/data";
+  return tmpl;
+}
+
+// Makes c->dir with a copy of the template data dir, appends `conf` to postgresql.conf,
+// replaces pg_hba.conf by `hba` when non-empty, and starts PostgreSQL on a free port.
+void start_postgres(Cluster* c, const char* tag, const std::string& conf, const std::string& hba) {
+  std::string tmpl = initdb_template();
+  c->dir = make_temp_dir(tag);
+  if (is_root()) {
+    uid_t uid = 0;
+    gid_t gid = 0;
     REQUIRE_MESSAGE(postgres_ids(&uid, &gid), "no postgres OS user");
     REQUIRE(chown(c->dir.c_str(), uid, gid) == 0);
   }
   REQUIRE(chmod(c->dir.c_str(), 0755) == 0);
   c->port = free_port();
   std::string data = c->dir + "/data";
-  auto r = run_shell(as_postgres() + pg_bindir() + "/initdb -D " + shell_quote(data) +
-                         " -U postgres --auth-local=trust --auth-host=md5 -E UTF8 --locale=C"
-                         " --no-sync",
-                     120);
-  REQUIRE_MESSAGE(r.exit_code == 0, "initdb failed:\n" << r.output);
+  auto r = run_shell(as_postgres() + "cp -a " + shell_quote(tmpl) + " " + shell_quote(data), 60);
+  REQUIRE_MESSAGE(r.exit_code == 0, "copying the initdb template failed:\n" << r.output);
+  // Existing files keep their owner (postgres) when rewritten by root.
+  if (!conf.empty())
+    write_file(data + "/postgresql.conf", read_file(data + "/postgresql.conf") + "\n" + conf + "\n",
+               0600);
+  if (!hba.empty()) write_file(data + "/pg_hba.conf", hba, 0600);
   std::string opts = "-p " + std::to_string(c->port) + " -k " + c->dir +
                      " -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off"
                      " -c shared_buffers=64MB -c synchronous_commit=off"
@@ -221,13 +250,19 @@ Cluster* start_cluster() {
     std::string log = read_file(c->dir + "/postgres.log");
     REQUIRE_MESSAGE(false, "pg_ctl start failed:\n" << r.output << "\n" << log);
   }
+  std::lock_guard<std::mutex> lk(g_reg_mu);
+  g_pg_data.push_back(data);
+}
+
+std::string cluster_su(const Cluster& c, const std::string& db) {
+  return "host=" + c.dir + " port=" + std::to_string(c.port) + " user=postgres dbname=" + db;
+}
+
+Cluster* start_main_cluster() {
+  auto* c = new Cluster;
+  start_postgres(c, "pg", "", "");
   {
-    std::lock_guard<std::mutex> lk(g_reg_mu);
-    g_pg_data = data;
-  }
-  std::string su = "host=" + c->dir + " port=" + std::to_string(c->port) + " user=postgres";
-  {
-    Conn pg = connect(su + " dbname=postgres");
+    Conn pg = connect(cluster_su(*c, "postgres"));
     exec_ok(pg.get(), "SET password_encryption = 'md5'");
     exec_ok(pg.get(), "CREATE ROLE md5user LOGIN PASSWORD 'md5pass'");
     exec_ok(pg.get(), "SET password_encryption = 'scram-sha-256'");
@@ -241,12 +276,12 @@ Cluster* start_cluster() {
   // "md5" + md5("md5pass" + "md5user"), computed with md5sum.
   REQUIRE(c->md5_secret == "md57541d4e65fae11bd07f18dc6fe2b02bc");
   REQUIRE(c->scram_secret.rfind("SCRAM-SHA-256$", 0) == 0);
-  r = run_shell("pgbench -i -s 1 -q -h " + shell_quote(c->dir) + " -p " + std::to_string(c->port) +
-                    " -U postgres testdb",
-                120);
+  auto r = run_shell("pgbench -i -s 1 -q -h " + shell_quote(c->dir) + " -p " +
+                         std::to_string(c->port) + " -U postgres testdb",
+                     120);
   REQUIRE_MESSAGE(r.exit_code == 0, "pgbench -i failed:\n" << r.output);
   {
-    Conn pg = connect(su + " dbname=testdb");
+    Conn pg = connect(cluster_su(*c, "testdb"));
     exec_ok(pg.get(), "GRANT ALL ON SCHEMA public TO md5user, scramuser, plainuser");
     exec_ok(pg.get(), "GRANT ALL ON ALL TABLES IN SCHEMA public TO md5user, scramuser, plainuser");
   }
@@ -254,6 +289,38 @@ Cluster* start_cluster() {
 }
 
 }  // namespace
+
+Cluster start_cluster(const ClusterSetup& s) {
+  const Cluster& main = cluster();
+  auto t0 = Clock::now();
+  Cluster c;
+  start_postgres(&c, s.tag.c_str(), s.conf, s.hba);
+  c.md5_secret = main.md5_secret;
+  c.scram_secret = main.scram_secret;
+  {
+    Conn m = connect(cluster_su(main, "postgres"));
+    std::string plain =
+        scalar(m.get(), "SELECT rolpassword FROM pg_authid WHERE rolname='plainuser'");
+    Conn pg = connect(cluster_su(c, "postgres"));
+    // Stored secrets pass through CREATE ROLE unchanged: the same userlist works for both.
+    exec_ok(pg.get(), "CREATE ROLE md5user LOGIN PASSWORD '" + c.md5_secret + "'");
+    exec_ok(pg.get(), "CREATE ROLE scramuser LOGIN PASSWORD '" + c.scram_secret + "'");
+    exec_ok(pg.get(), "CREATE ROLE plainuser LOGIN PASSWORD '" + plain + "'");
+    exec_ok(pg.get(), "CREATE DATABASE testdb OWNER md5user");
+    REQUIRE(scalar(pg.get(), "SELECT rolpassword FROM pg_authid WHERE rolname='scramuser'") ==
+            c.scram_secret);
+    for (const auto& db : s.databases)
+      exec_ok(pg.get(), "CREATE DATABASE " + db + " OWNER md5user");
+  }
+  {
+    Conn pg = connect(cluster_su(c, "testdb"));
+    exec_ok(pg.get(), "GRANT ALL ON SCHEMA public TO md5user, scramuser, plainuser");
+    if (!s.setup_sql.empty()) exec_ok(pg.get(), s.setup_sql);
+  }
+  fprintf(stderr, "[it] PostgreSQL cluster %s in %s on port %d (%.1f s)\n", s.tag.c_str(),
+          c.dir.c_str(), c.port, seconds_since(t0));
+  return c;
+}
 
 std::string checkout_root() {
   return repo_root();
@@ -269,7 +336,7 @@ const Cluster& cluster() {
   std::lock_guard<std::mutex> lk(mu);
   if (!c) {
     auto t0 = Clock::now();
-    c = start_cluster();
+    c = start_main_cluster();
     fprintf(stderr, "[it] PostgreSQL cluster in %s on port %d (%.1f s)\n", c->dir.c_str(), c->port,
             seconds_since(t0));
   }
@@ -277,8 +344,11 @@ const Cluster& cluster() {
 }
 
 std::string superuser_conninfo(const std::string& db) {
-  const Cluster& c = cluster();
-  return "host=" + c.dir + " port=" + std::to_string(c.port) + " user=postgres dbname=" + db;
+  return cluster_su(cluster(), db);
+}
+
+std::string superuser_conninfo(const Cluster& c, const std::string& db) {
+  return cluster_su(c, db);
 }
 
 bool direct_mode() {
@@ -332,8 +402,9 @@ bool can_private_mount() {
 
 Pooler::Pooler(Options o) {
   const Cluster& c = cluster();
+  int pg_port = o.pg_port > 0 ? o.pg_port : c.port;
   if (direct_mode()) {
-    port_ = c.port;
+    port_ = pg_port;
     dir_ = c.dir;
     return;
   }
@@ -344,7 +415,7 @@ Pooler::Pooler(Options o) {
                                                      "PGSLUICE_TARGET=direct)");
   dir_ = make_temp_dir("sluice");
   port_ = free_port();
-  std::string pg = "host=127.0.0.1 port=" + std::to_string(c.port);
+  std::string pg = "host=127.0.0.1 port=" + std::to_string(pg_port);
   std::string userlist = "\"md5user\" \"" + c.md5_secret + "\"\n\"scramuser\" \"" + c.scram_secret +
                          "\"\n\"plainuser\" \"plainpass\"\n" + o.extra_userlist;
   std::string dbs =

@@ -1,4 +1,4 @@
-// Integration-test harness: one real PostgreSQL 15 cluster per run, pgsluice launcher, helpers.
+// Integration-test harness: real PostgreSQL 15 clusters, pgsluice launcher, helpers.
 #pragma once
 
 // The Makefile adds no libpq include path; Debian keeps the header in /usr/include/postgresql.
@@ -34,6 +34,20 @@ const Cluster& cluster();
 
 // Superuser (postgres) connection straight to PostgreSQL over its Unix socket.
 std::string superuser_conninfo(const std::string& db = "testdb");
+std::string superuser_conninfo(const Cluster& c, const std::string& db = "testdb");
+
+// Another cluster, for tests that need other server settings (TLS): a copy of the same initdb,
+// with md5user, scramuser and plainuser holding the very secrets they hold in cluster() (so the
+// default userlist works), an empty testdb owned by md5user (no pgbench tables), and
+// `databases` created too. Started at once, stopped and removed at exit; REQUIREs success.
+struct ClusterSetup {
+  std::string tag = "pg2";             // part of the temp dir's name
+  std::string conf;                    // lines appended to postgresql.conf
+  std::string hba;                     // replaces pg_hba.conf when non-empty
+  std::vector<std::string> databases;  // more databases (owner md5user)
+  std::string setup_sql;               // run as postgres in testdb at the end
+};
+Cluster start_cluster(const ClusterSetup& setup);
 
 // True when PGSLUICE_TARGET=direct: tests talk straight to PostgreSQL.
 bool direct_mode();
@@ -56,6 +70,9 @@ struct Options {
   // A file bind-mounted over /etc/resolv.conf in pgsluice's own mount namespace (needs
   // CAP_SYS_ADMIN; see can_private_mount()); "": the host's resolver config.
   std::string resolv_conf;
+  // PostgreSQL port the default [databases] point at (e.g. a start_cluster() one); 0: cluster()'s.
+  // In direct mode the Pooler's port() is this one.
+  int pg_port = 0;
 };
 
 // True when this process may give a child its own mount namespace (Options::resolv_conf).
