@@ -509,6 +509,29 @@ TEST_SUITE("tls client") {
     REQUIRE_MESSAGE(t.ok(), t.error());
     CHECK(t.login("scramuser", "testdb", "scrampass", true) == "");
     CHECK(t.sasl_mechanism() == "SCRAM-SHA-256-PLUS");
+
+    // The mechanism lists, and a downgrade: gs2 flag 'y' ("I could bind, but you cannot")
+    // over TLS, where binding was offered, is refused before any proof.
+    std::string sp = startup_packet({{"user", "scramuser"}, {"database", "testdb"}});
+    TlsRaw y = TlsRaw::connect(p.port());
+    REQUIRE_MESSAGE(y.ok(), y.error());
+    REQUIRE(y.send_bytes(sp));
+    Msg m;
+    REQUIRE(y.read_msg(&m) == ReadStatus::Ok);
+    REQUIRE(m.type == 'R');
+    CHECK(m.body == be32(10) + cstr("SCRAM-SHA-256-PLUS") + cstr("SCRAM-SHA-256") + '\0');
+    std::string first = "y,,n=,r=abcdefghijklmnop";
+    REQUIRE(
+        y.send_msg('p', cstr("SCRAM-SHA-256") + be32(static_cast<uint32_t>(first.size())) + first));
+    REQUIRE(y.read_msg(&m) == ReadStatus::Ok);
+    CHECK(m.type == 'E');
+    CHECK(m.field('C') == "08P01");
+    CHECK(has(m.field('M'), "SCRAM channel binding negotiation error"));
+    Raw r = Raw::tcp(p.port());
+    REQUIRE(r.send_bytes(sp));
+    REQUIRE(r.read_msg(&m) == ReadStatus::Ok);
+    REQUIRE(m.type == 'R');
+    CHECK(m.body == be32(10) + cstr("SCRAM-SHA-256") + '\0');  // no PLUS in plain text
   }
 
   TEST_CASE("tls client: SHOW CLIENTS tls column") {
