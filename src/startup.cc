@@ -18,13 +18,17 @@ OpeningStep next_opening_step(const Opening& o, std::span<const uint8_t> in) {
     st.len = in.size();
     return st;
   }
-  if (in.size() < 8) {
-    st.len = 8;
+  if (in.size() < 4) {
+    st.len = 4;
     return st;
   }
   size_t len = wire::get_u32(in.data());
   if (len < 8 || len > wire::kMaxStartupLen) {
-    st.action = OpeningAction::BadLength;
+    st.action = OpeningAction::BadLength;  // at once, as soon as the length word is here
+    return st;
+  }
+  if (in.size() < 8) {
+    st.len = 8;
     return st;
   }
   uint32_t code = wire::get_u32(in.data() + 4);
