@@ -425,7 +425,7 @@ bool Client::begin_auth() {
     scram_ = std::make_unique<ScramServerSession>(std::move(keys), mock);
     // Over TLS SCRAM-SHA-256-PLUS comes first (tls-server-end-point binding, as PostgreSQL
     // offers it), to every user alike so that the list tells nothing about the secret.
-    if (tls() && !tls_server_end_point(ssl()).empty()) {
+    if (tls() && !tls_server_end_point(SSL_get_certificate(ssl())).empty()) {
       static constexpr char kBoth[] = "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0";  // + final NUL
       wire::auth_request(
           m, 10, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kBoth), sizeof kBoth));
@@ -571,7 +571,8 @@ void Client::process_auth() {
           fail("08P01", "malformed SASLInitialResponse", "bad SASL message");
           return;
         }
-        std::string cbind = tls() ? tls_server_end_point(ssl()) : std::string();
+        std::string cbind =
+            tls() ? tls_server_end_point(SSL_get_certificate(ssl())) : std::string();
         const bool plus = mech == "SCRAM-SHA-256-PLUS";
         if (mech != "SCRAM-SHA-256" && !(plus && !cbind.empty())) {
           fail("28000", "client selected an invalid SASL authentication mechanism",

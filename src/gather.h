@@ -32,11 +32,11 @@ struct ConnRow {
   const void* ptr = nullptr;
   const void* link = nullptr;
   int remote_pid = 0;
+  std::string tls;  // the tls column: tls_description() of an established TLS session
   uint64_t id = 0;
   uint64_t prepared = 0;  // SHOW CLIENTS/SERVERS prepared_statements
   size_t worker = 0;
   bool logging_in = false;   // a client still in startup or authentication
-  std::string tls;           // tls_description() of a TLS session ("" in plain text)
   int fd = -1, link_fd = 0;  // SHOW FDS
   // SHOW SOCKETS
   uint64_t recv_pos = 0, pkt_pos = 0, pkt_remain = 0, send_pos = 0, send_remain = 0, pkt_avail = 0,

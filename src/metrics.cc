@@ -107,18 +107,18 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
   o.line("pgsluice_shutting_down", "", extra.shutdown_mode != 0 ? 1 : 0);
   o.head("pgsluice_uptime_seconds", "gauge", "Seconds since start.");
   o.line("pgsluice_uptime_seconds", "", extra.uptime_s);
-  o.head("pgsluice_client_tls_handshakes_total", "counter",
-         "TLS handshakes with clients that completed.");
-  o.line_u("pgsluice_client_tls_handshakes_total", "", extra.client_tls_handshakes);
-  o.head("pgsluice_client_tls_handshake_failures_total", "counter",
-         "TLS handshakes with clients that failed or were abandoned.");
-  o.line_u("pgsluice_client_tls_handshake_failures_total", "", extra.client_tls_handshake_failures);
   o.head("pgbouncer_used_clients", "gauge", "Client connections open.");
   o.line("pgbouncer_used_clients", "", s.used_clients);
   o.head("pgbouncer_login_clients", "gauge", "Clients still logging in.");
   o.line("pgbouncer_login_clients", "", s.login_clients);
   o.head("pgbouncer_used_servers", "gauge", "Server connections open.");
   o.line("pgbouncer_used_servers", "", s.used_servers);
+  o.head("pgsluice_client_tls_handshakes_total", "counter",
+         "TLS handshakes with clients that completed.");
+  o.line_u("pgsluice_client_tls_handshakes_total", "", extra.client_tls_handshakes);
+  o.head("pgsluice_client_tls_handshake_failures_total", "counter",
+         "TLS handshakes with clients that failed or were abandoned.");
+  o.line_u("pgsluice_client_tls_handshake_failures_total", "", extra.client_tls_handshake_failures);
   o.head("pgbouncer_pools", "gauge", "Pools.");
   o.line("pgbouncer_pools", "", static_cast<double>(s.pools.size()));
 
@@ -294,11 +294,11 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
           return;
         }
         MetricsExtra ex;
+        ex.client_tls_handshakes = tls_counters().client_handshakes.load();
+        ex.client_tls_handshake_failures = tls_counters().client_failures.load();
         ex.paused = rt->paused_all.load() || rt->suspended.load();
         ex.shutdown_mode = rt->shutdown_mode.load();
         ex.uptime_s = now_seconds() - rt->start_time;
-        ex.client_tls_handshakes = tls_counters().client_handshakes.load();
-        ex.client_tls_handshake_failures = tls_counters().client_failures.load();
         std::string body = render_metrics(s, *rt->config(), ex);
         self->answer_all(&body);
       });

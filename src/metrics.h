@@ -25,11 +25,11 @@ struct Snapshot;
 
 // Figures that are not in a snapshot.
 struct MetricsExtra {
+  uint64_t client_tls_handshakes = 0;  // tls_counters()
+  uint64_t client_tls_handshake_failures = 0;
   bool paused = false;
   int shutdown_mode = 0;
   double uptime_s = 0;
-  uint64_t client_tls_handshakes = 0;  // tls_counters()
-  uint64_t client_tls_handshake_failures = 0;
 };
 
 // The exposition text for a merged snapshot (pure; unit-tested).

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <sys/stat.h>
@@ -246,6 +247,25 @@ Result<TlsVersions> parse_tls_protocols(std::string_view text) {
   return v;
 }
 
+std::string tls_server_end_point(const X509* cert) {
+  if (cert == nullptr) return "";
+  int md_nid = NID_undef;
+  if (X509_get_signature_info(const_cast<X509*>(cert), &md_nid, nullptr, nullptr, nullptr) != 1) {
+    ERR_clear_error();
+    return "";
+  }
+  if (md_nid == NID_md5 || md_nid == NID_sha1) md_nid = NID_sha256;
+  const EVP_MD* md = md_nid == NID_undef ? nullptr : EVP_get_digestbynid(md_nid);
+  if (md == nullptr) return "";
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (X509_digest(cert, md, out, &len) != 1) {
+    ERR_clear_error();
+    return "";
+  }
+  return std::string(reinterpret_cast<const char*>(out), len);
+}
+
 std::string tls_error_text(const char* fallback) {
   unsigned long e = ERR_get_error();
   ERR_clear_error();
@@ -425,27 +445,6 @@ std::string tls_description(const SSL* ssl) {
     }
   }
   return out;
-}
-
-std::string tls_server_end_point(const SSL* ssl) {
-  if (ssl == nullptr) return "";
-  X509* cert = SSL_get_certificate(ssl);
-  if (cert == nullptr) return "";
-  int md_nid = NID_undef;
-  if (OBJ_find_sigid_algs(X509_get_signature_nid(cert), &md_nid, nullptr) != 1 ||
-      md_nid == NID_undef)
-    return "";
-  // RFC 5929: MD5 and SHA-1 are replaced by SHA-256.
-  if (md_nid == NID_md5 || md_nid == NID_sha1) md_nid = NID_sha256;
-  const EVP_MD* md = EVP_get_digestbynid(md_nid);
-  if (md == nullptr) return "";
-  unsigned char buf[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (X509_digest(cert, md, buf, &len) != 1) {
-    ERR_clear_error();
-    return "";
-  }
-  return std::string(reinterpret_cast<const char*>(buf), len);
 }
 
 std::string tls_peer_common_name(const SSL* ssl) {

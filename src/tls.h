@@ -112,14 +112,13 @@ Result<std::shared_ptr<const TlsContexts>> make_tls_contexts(const Config& c,
 // tls column); "" for nullptr.
 std::string tls_description(const SSL* ssl);
 
+// The channel-binding data of tls-server-end-point (RFC 5929) for a certificate: the hash
+// of its DER encoding with the hash of its signature algorithm, SHA-256 when that is MD5
+// or SHA-1. "" when the algorithm has no single hash (Ed25519, Ed448) or on failure.
+std::string tls_server_end_point(const X509* cert);
+
 // The last OpenSSL error of this thread as text (and the queue cleared); `fallback` if none.
 std::string tls_error_text(const char* fallback);
-
-// Channel binding data of type tls-server-end-point (RFC 5929 section 4.1) for this end of
-// the session: the hash of our own certificate, with the hash function of its signature
-// (SHA-256 when that is MD5 or SHA-1). "" when there is no certificate or its signature has
-// no single hash (Ed25519): then SCRAM-SHA-256-PLUS is not offered.
-std::string tls_server_end_point(const SSL* ssl);
 
 // The peer certificate's subject common name (auth_type = cert); "" when the peer sent no
 // certificate, or its subject has no CN, more than one, or one with a NUL byte.

@@ -645,7 +645,7 @@ TEST_CASE("tls-server-end-point: hash of our certificate by its signature algori
     SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
     REQUIRE(SSL_CTX_use_certificate_file(ctx, cert.c_str(), SSL_FILETYPE_PEM) == 1);
     SSL* ssl = SSL_new(ctx);
-    std::string got = tls_server_end_point(ssl);
+    std::string got = tls_server_end_point(SSL_get_certificate(ssl));
     SSL_free(ssl);
     SSL_CTX_free(ctx);
     // "SHA256 Fingerprint=AB:CD:..." -> raw bytes
@@ -661,7 +661,7 @@ TEST_CASE("tls-server-end-point: hash of our certificate by its signature algori
     CHECK(got.size() == want.size());
     CHECK(got == want);
   }
-  CHECK(tls_server_end_point(nullptr).empty());
+  CHECK(tls_server_end_point(static_cast<const X509*>(nullptr)).empty());
   std::string rm = "rm -rf " + dir;
   (void)std::system(rm.c_str());
 }
