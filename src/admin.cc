@@ -899,8 +899,7 @@ void cmd_kill_client(Client* c, const std::string& arg) {
     w->post_call([st, home, me, id](Worker& self) {
       bool found = false;
       Client* victim = self.find_client(id);
-      if (victim != nullptr && !victim->is_admin_ && victim->state() != ClientState::Startup &&
-          victim->state() != ClientState::Auth) {
+      if (victim != nullptr && !victim->is_admin_ && !victim->logging_in()) {
         self.fail_client(victim, "08P01", "admin forced disconnect", "admin forced disconnect");
         found = true;
       } else if (victim != nullptr && victim->is_admin_ && victim->id_ != me) {

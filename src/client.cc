@@ -7,6 +7,7 @@
 #include "pool.h"
 #include "scram.h"
 #include "server.h"
+#include "tls.h"
 #include "trace.h"
 #include "wire.h"
 #include "worker.h"
@@ -45,6 +46,10 @@ Client::Client(Worker* w, Fd fd, bool is_unix) : Conn(w, std::move(fd)), is_unix
 Client::~Client() = default;
 
 void Client::on_readable() {
+  if (state_ == ClientState::Tls) {
+    step_tls();  // OpenSSL reads the handshake from the socket itself
+    return;
+  }
   if ((state_ == ClientState::Waiting || state_ == ClientState::Login) &&
       in_.size() >= BufPool::kBlock) {
     want_read(false);  // queued with a full block buffered: wait for a server first
@@ -61,6 +66,10 @@ void Client::on_readable() {
 }
 
 void Client::on_writable() {
+  if (state_ == ClientState::Tls) {
+    step_tls();
+    return;
+  }
   send_now();
   if (dead_) return;
   if (out_.empty() && server_ != nullptr) {
@@ -79,6 +88,7 @@ void Client::flush() {
 }
 
 void Client::send_now() {
+  if (state_ == ClientState::Tls) return;  // step_tls() sends 'S' and drives the handshake
   if (out_.empty()) {
     want_write(false);
     return;
@@ -105,6 +115,8 @@ void Client::process() {
     case ClientState::Startup:
       process_startup();
       break;
+    case ClientState::Tls:
+      break;  // nothing is read from in_ during the handshake
     case ClientState::Auth:
       process_auth();
       break;
@@ -122,21 +134,164 @@ void Client::process() {
 
 void Client::process_startup() {
   while (!dead_ && state_ == ClientState::Startup) {
-    if (in_.size() < 4) return;
-    size_t len = wire::get_u32(in_.begin());
-    if (len < 8 || len > wire::kMaxStartupLen) {
-      fail("08P01", "invalid length of startup packet", "bad startup packet length");
-      return;
+    const Config& cfg = worker_->cfg();
+    const bool tcp = !is_unix_;
+    // As PgBouncer (and PostgreSQL): no TLS on the Unix socket, and no TLS required there.
+    opening_.tls_offered = tcp && cfg.tls != nullptr && cfg.tls->client != nullptr;
+    opening_.tls_required = tcp && ssl_mode_requires_tls(parse_ssl_mode(cfg.client_tls_sslmode));
+    std::span<const uint8_t> in(in_.begin(), in_.size());
+    OpeningStep step = next_opening_step(opening_, in);
+    switch (step.action) {
+      case OpeningAction::NeedMore:
+        if (step.len > in_.size()) worker_->bufs().reserve(in_, step.len - in_.size());
+        return;
+      case OpeningAction::BadLength:
+        fail("08P01", "invalid length of startup packet", "bad startup packet length");
+        return;
+      case OpeningAction::RefuseDirectTls:
+        // PostgreSQL closes without an answer: a TLS client could not read one.
+        worker_->close_client(this, "direct TLS connection, but TLS is not offered here");
+        return;
+      case OpeningAction::RefuseTrailing:
+        fail("08P01",
+             step.code == wire::kSslCode
+                 ? "received unencrypted data after SSL request"
+                 : "received unencrypted data after GSSAPI encryption request",
+             "unencrypted data after an encryption request");
+        return;
+      case OpeningAction::RefuseRepeated: {
+        // A second request of either kind is read by PostgreSQL as a startup packet of
+        // protocol 1234.5679 (or .5680), which it refuses with this error.
+        char msg[128];
+        std::snprintf(msg, sizeof msg,
+                      "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+                      step.code >> 16, step.code & 0xffff);
+        fail("0A000", msg,
+             opening_.in_tls ? "encryption request inside TLS" : "repeated encryption request");
+        return;
+      }
+      case OpeningAction::AnswerN: {
+        note_opening_step(opening_, step);
+        in_.rpos += step.len;
+        const char no = 'N';
+        worker_->bufs().append(out_, &no, 1);
+        flush();
+        if (!prelogin_out_ok()) return;
+        continue;
+      }
+      case OpeningAction::AnswerS:
+      case OpeningAction::DirectTls: {
+        note_opening_step(opening_, step);
+        std::span<const uint8_t> early;
+        if (step.action == OpeningAction::DirectTls) early = in.subspan(0, step.len);
+        direct_tls_ = step.action == OpeningAction::DirectTls;
+        tls_ctx_ = cfg.tls->client;
+        begin_tls(early);
+        in_.rpos += step.len;
+        worker_->bufs().release_if_empty(in_);
+        step_tls();
+        return;
+      }
+      case OpeningAction::RefusePlain:
+      case OpeningAction::Packet: {
+        note_opening_step(opening_, step);
+        std::span<const uint8_t> pkt(in_.begin(), step.len);
+        in_.rpos += step.len;
+        if (step.action == OpeningAction::RefusePlain) {
+          refuse_plain(pkt);
+          return;
+        }
+        if (!handle_startup_packet(pkt) || !prelogin_out_ok()) return;
+        break;
+      }
     }
-    if (in_.size() < len) {
-      worker_->bufs().reserve(in_, len - in_.size());
-      return;
-    }
-    std::span<const uint8_t> pkt(in_.begin(), len);
-    in_.rpos += len;
-    if (!handle_startup_packet(pkt) || !prelogin_out_ok()) return;
   }
   if (!dead_ && state_ == ClientState::Auth) process_auth();
+}
+
+void Client::refuse_plain(std::span<const uint8_t> pkt) {
+  // PostgreSQL's pg_hba refusal names host, user, database and "no encryption"; PgBouncer
+  // says "SSL required". Both, with PostgreSQL's SQLSTATE (invalid_authorization_specification).
+  auto parsed = wire::parse_startup(pkt);
+  std::string user, db;
+  if (parsed) {
+    for (const auto& [k, v] : parsed->params) {
+      if (k == "user") user = v;
+      if (k == "database") db = v;
+    }
+  }
+  if (db.empty()) db = user;
+  user_ = user;
+  db_ = db;
+  fail("28000",
+       "SSL required: no entry for host \"" + addr_.host + "\", user \"" + user +
+           "\", database \"" + db + "\", no encryption",
+       "SSL required");
+}
+
+void Client::begin_tls(std::span<const uint8_t> early) {
+  tls_early_.assign(reinterpret_cast<const char*>(early.data()), early.size());
+  if (!direct_tls_) {
+    const char yes = 'S';
+    worker_->bufs().append(out_, &yes, 1);
+  }
+  worker_->set_state(this, ClientState::Tls);
+}
+
+void Client::step_tls() {
+  if (dead_ || state_ != ClientState::Tls) return;
+  if (!tls()) {
+    // 'S' leaves in plain text before the session starts (our Conn encrypts from then on).
+    if (!out_.empty()) {
+      if (flush_out() == Io::Error) {
+        worker_->close_client(this, "client send failed");
+        return;
+      }
+      if (!out_.empty()) return;  // the write event calls again
+    }
+    bool ok = tls_ctx_ != nullptr && start_tls(tls_ctx_->get(), true, tls_early_, "", false);
+    tls_ctx_.reset();
+    tls_early_.clear();
+    tls_early_.shrink_to_fit();
+    if (!ok) {
+      tls_counters().client_failures.fetch_add(1, std::memory_order_relaxed);
+      LOG_WARN("C-%p: (nodb)/(nouser)@%s:%d could not start TLS: %s", static_cast<void*>(this),
+               addr_.host.c_str(), addr_.port, tls_error_text("out of memory").c_str());
+      worker_->close_client(this, "could not start TLS");
+      return;
+    }
+  }
+  std::string why;
+  Io r = tls_handshake(&why);
+  if (r == Io::WouldBlock) return;
+  if (r != Io::Ok) {
+    tls_counters().client_failures.fetch_add(1, std::memory_order_relaxed);
+    LOG_WARN("C-%p: (nodb)/(nouser)@%s:%d TLS handshake failed: %s", static_cast<void*>(this),
+             addr_.host.c_str(), addr_.port, why.c_str());
+    worker_->close_client(this, "TLS handshake failed");
+    return;
+  }
+  if (direct_tls_) {
+    // PostgreSQL 17: a direct TLS connection must have negotiated ALPN "postgresql" (the
+    // context's callback refuses any other protocol; a client may offer none).
+    const unsigned char* proto = nullptr;
+    unsigned int plen = 0;
+    SSL_get0_alpn_selected(ssl(), &proto, &plen);
+    if (std::string_view(reinterpret_cast<const char*>(proto), proto ? plen : 0) != kAlpnPostgres) {
+      tls_counters().client_failures.fetch_add(1, std::memory_order_relaxed);
+      LOG_WARN(
+          "C-%p: (nodb)/(nouser)@%s:%d received direct SSL connection request without ALPN "
+          "protocol negotiation extension",
+          static_cast<void*>(this), addr_.host.c_str(), addr_.port);
+      worker_->close_client(this, "direct TLS without ALPN");
+      return;
+    }
+  }
+  tls_counters().client_handshakes.fetch_add(1, std::memory_order_relaxed);
+  opening_.in_tls = true;
+  worker_->set_state(this, ClientState::Startup);
+  want_write(!out_.empty());
+  want_read(true);  // the startup packet follows inside TLS (and may be decrypted already)
 }
 
 bool Client::prelogin_out_ok() {
@@ -155,24 +310,9 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
   wire::StartupPacket& sp = *parsed;
   using Kind = wire::StartupPacket::Kind;
   if (sp.kind == Kind::Ssl || sp.kind == Kind::Gss) {
-    // One SSLRequest and one GSSENCRequest, in either order, as PostgreSQL takes them; a
-    // second of either is read as a startup packet of protocol 1234.5679 (or .5680), which
-    // PostgreSQL refuses with this error.
-    bool& done = sp.kind == Kind::Ssl ? ssl_asked_ : gss_asked_;
-    if (done) {
-      uint32_t code = sp.kind == Kind::Ssl ? wire::kSslCode : wire::kGssCode;
-      char msg[128];
-      std::snprintf(msg, sizeof msg,
-                    "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", code >> 16,
-                    code & 0xffff);
-      fail("0A000", msg, "repeated encryption request");
-      return false;
-    }
-    done = true;
-    const char no = 'N';  // TLS and GSS encryption are not offered (yet)
-    worker_->bufs().append(out_, &no, 1);
-    flush();
-    return !dead_;
+    // next_opening_step() takes every well-formed request; this one is not (length != 8).
+    fail("08P01", "invalid length of startup packet", "bad encryption request");
+    return false;
   }
   if (sp.kind == Kind::Cancel) {
     worker_->handle_cancel(sp.cancel_pid, sp.cancel_key);
@@ -283,7 +423,15 @@ bool Client::begin_auth() {
     }
     if (mock) keys = scram_mock_keys(user_, worker_->rt()->scram_nonce, cfg.scram_iterations);
     scram_ = std::make_unique<ScramServerSession>(std::move(keys), mock);
-    wire::auth_sasl(m, "SCRAM-SHA-256");
+    // Over TLS SCRAM-SHA-256-PLUS comes first (tls-server-end-point binding, as PostgreSQL
+    // offers it), to every user alike so that the list tells nothing about the secret.
+    if (tls() && !tls_server_end_point(SSL_get_certificate(ssl())).empty()) {
+      static constexpr char kBoth[] = "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0";  // + final NUL
+      wire::auth_request(
+          m, 10, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kBoth), sizeof kBoth));
+    } else {
+      wire::auth_sasl(m, "SCRAM-SHA-256");
+    }
     auth_step_ = AuthStep::ScramFirst;
   };
   switch (cfg.auth_type) {
@@ -313,6 +461,9 @@ bool Client::begin_auth() {
     case AuthType::ScramSha256:
       start_scram();
       break;
+    case AuthType::Cert:
+      cert_auth();
+      return !dead_;
     default:
       fail("28000",
            std::string("auth_type ") + auth_type_name(cfg.auth_type) + " is not supported yet",
@@ -323,6 +474,28 @@ bool Client::begin_auth() {
   worker_->set_state(this, ClientState::Auth);
   flush();
   return !dead_;
+}
+
+void Client::cert_auth() {
+  // PostgreSQL's cert method: the handshake verified the chain against client_tls_ca_file
+  // (client_tls_sslmode verify-ca or verify-full); the CN must be the user name. The user
+  // must be in auth_file, as PgBouncer requires.
+  if (!tls() || SSL_get0_peer_certificate(ssl()) == nullptr ||
+      SSL_get_verify_result(ssl()) != X509_V_OK) {
+    fail("28000", "connection requires a valid client certificate", "no client certificate");
+    return;
+  }
+  std::string cn = tls_peer_common_name(ssl());
+  if (!user_known_ || cn != user_) {
+    if (cn != user_)
+      LOG_WARN("C-%p: %s/%s@%s:%d certificate CN \"%s\" does not match the user name",
+               static_cast<void*>(this), db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port,
+               cn.c_str());
+    fail("28000", "certificate authentication failed for user \"" + user_ + "\"",
+         "certificate authentication failed");
+    return;
+  }
+  finish_auth();
 }
 
 void Client::auth_failed() {
@@ -398,11 +571,15 @@ void Client::process_auth() {
           fail("08P01", "malformed SASLInitialResponse", "bad SASL message");
           return;
         }
-        if (mech != "SCRAM-SHA-256") {
+        std::string cbind =
+            tls() ? tls_server_end_point(SSL_get_certificate(ssl())) : std::string();
+        const bool plus = mech == "SCRAM-SHA-256-PLUS";
+        if (mech != "SCRAM-SHA-256" && !(plus && !cbind.empty())) {
           fail("28000", "client selected an invalid SASL authentication mechanism",
                "bad SASL mechanism");
           return;
         }
+        if (!cbind.empty()) scram_->set_channel_binding(std::move(cbind), plus);
         auto res = scram_->handle_client_first(
             std::string_view(reinterpret_cast<const char*>(data.data()), data.size()));
         if (!res) {
@@ -447,9 +624,9 @@ void Client::finish_auth() {
   std::unique_ptr<ScramServerSession> scram = std::move(scram_);
   auth_step_ = AuthStep::None;
   if (worker_->cfg().log_connections)
-    LOG_INFO("C-%p: %s/%s@%s:%d login attempt: db=%s user=%s", static_cast<void*>(this),
-             db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port, db_.c_str(),
-             user_.c_str());
+    LOG_INFO("C-%p: %s/%s@%s:%d login attempt: db=%s user=%s tls=%s", static_cast<void*>(this),
+             db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port, db_.c_str(), user_.c_str(),
+             tls() ? tls_description(ssl()).c_str() : "no");
   if (!is_admin_) {
     // Authenticated: only now is the pool found or created (unknown or disabled database:
     // refused here, after the password, so that nothing is created for strangers).

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "prepared.h"
+#include "startup.h"
 #include "stream.h"
 #include "varcache.h"
 
@@ -16,12 +17,14 @@ class Pool;
 struct LocalPool;
 class Server;
 class ScramServerSession;
+class TlsContext;
 struct Request;
 
 // A client's state. Only Worker::set_state() changes it, and with it the list the client
 // sits on (Login and Waiting: LocalPool::waiting; every other: only Worker::clients_).
 enum class ClientState : uint8_t {
-  Startup,  // reading the startup packet (SSL/GSS requests answered 'N')
+  Startup,  // reading the startup packet and the SSL/GSS requests before it (startup.h)
+  Tls,      // TLS handshake in progress (after 'S', or a direct-TLS ClientHello); then Startup
   Auth,     // password or SASL exchange in progress
   Login,    // authenticated; waits for a server to learn the pool's parameters (LocalPool::waiting)
   Idle,     // logged in, no server linked, nothing to send
@@ -57,6 +60,11 @@ class Client final : public Conn {
   void send_now();
 
   ClientState state() const { return state_; }
+  // Still logging in: startup, TLS handshake or authentication (client_login_timeout).
+  bool logging_in() const {
+    return state_ == ClientState::Startup || state_ == ClientState::Tls ||
+           state_ == ClientState::Auth;
+  }
   bool is_unix_ = false;
   Pool* pool_ = nullptr;
   LocalPool* lp_ = nullptr;
@@ -110,7 +118,15 @@ class Client final : public Conn {
   friend class Worker;  // set_state(), the one door for state changes
   ClientState state_ = ClientState::Startup;
   void process_startup();
+  // Answers 'S' (or takes a direct-TLS ClientHello) and begins the handshake.
+  void begin_tls(std::span<const uint8_t> early);
+  // Advances the handshake (Tls state), from the read or the write event.
+  void step_tls();
+  // client_tls_sslmode requires TLS and a startup packet came in plain text: FATAL 28000.
+  void refuse_plain(std::span<const uint8_t> pkt);
   void process_auth();
+  // auth_type = cert: the client certificate's CN must be the user name.
+  void cert_auth();
   bool handle_startup_packet(std::span<const uint8_t> pkt);
   // Before login: false (and the client closed) when it lets replies pile up unread.
   bool prelogin_out_ok();
@@ -148,8 +164,12 @@ class Client final : public Conn {
   std::array<uint8_t, 4> md5_salt_{};
   std::unique_ptr<ScramServerSession> scram_;
   bool scram_real_secret_ = false;  // the SCRAM keys came from a stored SCRAM secret
-  bool ssl_asked_ = false;          // an SSLRequest was answered (one is allowed)
-  bool gss_asked_ = false;          // a GSSENCRequest was answered (one is allowed)
+  Opening opening_;                 // what was asked before the startup packet (startup.h)
+  bool direct_tls_ = false;         // TLS began with a ClientHello, without an SSLRequest
+  // Between 'S' and the handshake's start: the context chosen when the SSLRequest was
+  // answered, and the ClientHello bytes already read (direct TLS).
+  std::shared_ptr<const TlsContext> tls_ctx_;
+  std::string tls_early_;
 };
 
 }  // namespace pgsluice

@@ -872,51 +872,6 @@ std::vector<std::string> settings_needing_restart(const Config& a, const Config&
   return out;
 }
 
-namespace {
-
-struct TlsModeSetting {
-  const char* name;
-  std::string Config::*field;
-  const char* peers;  // who talks plain text when the mode falls back
-};
-constexpr TlsModeSetting kTlsModes[] = {
-    {"client_tls_sslmode", &Config::client_tls_sslmode, "client connections"},
-};
-
-bool tls_required(const std::string& mode) {
-  return mode == "require" || mode == "verify-ca" || mode == "verify-full";
-}
-bool tls_optional(const std::string& mode) {
-  return mode == "allow" || mode == "prefer";
-}
-
-}  // namespace
-
-Status check_unsupported_settings(const Config& c) {
-  for (const TlsModeSetting& t : kTlsModes) {
-    const std::string& mode = c.*(t.field);
-    if (tls_required(mode)) {
-      return Status::error(std::string(t.name) + " = " + mode +
-                           " requires TLS, which pgsluice does not support yet; refusing it "
-                           "(set " +
-                           t.name + " to disable)");
-    }
-  }
-  return Status();
-}
-
-std::vector<std::string> tls_fallback_warnings(const Config& c, const Config* before) {
-  std::vector<std::string> out;
-  for (const TlsModeSetting& t : kTlsModes) {
-    const std::string& mode = c.*(t.field);
-    if (!tls_optional(mode)) continue;
-    if (before != nullptr && before->*(t.field) == mode) continue;
-    out.push_back(std::string(t.name) + " = " + mode + ": TLS is not available in pgsluice yet; " +
-                  t.peers + " use plain text");
-  }
-  return out;
-}
-
 // ---- files ----
 
 Result<std::string> read_config_file(const std::string& path) {
@@ -967,8 +922,6 @@ Result<std::shared_ptr<Config>> load_config(const std::string& path) {
     if (!users) return users.status();
     c->userlist = std::move(*users);
   }
-  Status unsupported = check_unsupported_settings(*c);
-  if (!unsupported) return Status::error(path + ": " + unsupported.message());
   return std::shared_ptr<Config>(std::move(c));
 }
 

@@ -232,16 +232,6 @@ const SettingInfo* find_setting(std::string_view name);
 // (RELOAD keeps the old value of these and warns).
 std::vector<std::string> settings_needing_restart(const Config& a, const Config& b);
 
-// Settings whose promise pgsluice cannot keep yet. TLS towards clients is not built in, so a
-// client_tls_sslmode of require, verify-ca or verify-full is an error that names the
-// setting (start, RELOAD and SET refuse it); load_config checks it too. (TLS towards
-// servers is built: server_tls_sslmode is not checked here.)
-Status check_unsupported_settings(const Config& c);
-// Warnings for the client TLS modes that fall back to plain text (allow, prefer): one line
-// when client_tls_sslmode is allow/prefer in `c` and was not the same in `before` (nullptr
-// at start).
-std::vector<std::string> tls_fallback_warnings(const Config& c, const Config* before);
-
 // Current value of a setting in SHOW CONFIG form; nullopt for an unknown name.
 std::optional<std::string> setting_value(const Config& c, std::string_view name);
 // Sets one [pgbouncer] key from text (as the ini, SET and RELOAD do).

@@ -124,7 +124,8 @@ ConnRow client_row(Worker& w, Client* c, bool sockets, double now) {
   r.id = c->id_;
   r.prepared = c->stmts_.size();
   r.worker = w.index();
-  r.logging_in = c->state() == ClientState::Startup || c->state() == ClientState::Auth;
+  r.logging_in = c->logging_in();
+  if (c->state() != ClientState::Tls) r.tls = tls_description(c->ssl());
   r.fd = c->fd();
   r.link_fd = c->server_ ? c->server_->fd() : 0;
   if (sockets) {
@@ -189,8 +190,8 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
     if (c->dead_) continue;
     s.used_clients++;
     if (c->is_admin_) {
-      if (c->state() != ClientState::Startup && c->state() != ClientState::Auth) s.admin_clients++;
-    } else if (c->state() == ClientState::Startup || c->state() == ClientState::Auth) {
+      if (!c->logging_in()) s.admin_clients++;
+    } else if (c->logging_in()) {
       s.login_clients++;
     } else if ((c->state() == ClientState::Idle || c->state() == ClientState::Active) && c->pool_) {
       PoolRow& r = rows[c->pool_];

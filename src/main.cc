@@ -165,18 +165,15 @@ void post_cb(evutil_socket_t, short, void* arg) {
 
 // The one door for a new config snapshot after start (RELOAD, SIGHUP, console SET), on the
 // main thread only, so changes are serialized and none is lost. Refuses what pgsluice
-// cannot honour (the running snapshot stays), warns once for TLS modes that fall back to
-// plain text, publishes the snapshot and has every worker adopt it at once.
+// cannot honour (TLS contexts that cannot be built: the running snapshot stays), publishes
+// the snapshot and has every worker adopt it at once.
 Status commit_config(Main* m, std::shared_ptr<Config> next, bool reopen_log) {
-  Status ok = check_unsupported_settings(*next);
-  if (!ok) return ok;
   std::shared_ptr<const Config> cur = m->rt.config();
   // New TLS contexts (certificates re-read); any error keeps the running config and its
   // contexts, so a bad key or certificate never leaves pgsluice without TLS.
   Result<std::shared_ptr<const TlsContexts>> tls = make_tls_contexts(*next, cur->tls.get());
   if (!tls) return tls.status();
   next->tls = *tls;
-  for (const std::string& w : tls_fallback_warnings(*next, cur.get())) LOG_WARN("%s", w.c_str());
   m->rt.set_config(next);
   if (reopen_log) {
     LogSettings ls = log_settings(*next);
@@ -406,7 +403,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   for (const auto& w : cfg->warnings) LOG_WARN("%s", w.c_str());
-  for (const std::string& w : tls_fallback_warnings(*cfg, nullptr)) LOG_WARN("%s", w.c_str());
   if (daemon && cfg->pidfile.empty()) {
     std::fprintf(stderr, "pgsluice: -d needs a pidfile in the config\n");
     return 1;

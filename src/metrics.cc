@@ -15,6 +15,7 @@
 #include "config.h"
 #include "gather.h"
 #include "pool.h"
+#include "tls.h"
 #include "worker.h"
 
 namespace pgsluice {
@@ -118,6 +119,12 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
   o.line("pgbouncer_login_clients", "", s.login_clients);
   o.head("pgbouncer_used_servers", "gauge", "Server connections open.");
   o.line("pgbouncer_used_servers", "", s.used_servers);
+  o.head("pgsluice_client_tls_handshakes_total", "counter",
+         "TLS handshakes with clients that completed.");
+  o.line_u("pgsluice_client_tls_handshakes_total", "", extra.client_tls_handshakes);
+  o.head("pgsluice_client_tls_handshake_failures_total", "counter",
+         "TLS handshakes with clients that failed or were abandoned.");
+  o.line_u("pgsluice_client_tls_handshake_failures_total", "", extra.client_tls_handshake_failures);
   o.head("pgbouncer_pools", "gauge", "Pools.");
   o.line("pgbouncer_pools", "", static_cast<double>(s.pools.size()));
 
@@ -293,6 +300,8 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
           return;
         }
         MetricsExtra ex;
+        ex.client_tls_handshakes = tls_counters().client_handshakes.load();
+        ex.client_tls_handshake_failures = tls_counters().client_failures.load();
         ex.paused = rt->paused_all.load() || rt->suspended.load();
         ex.shutdown_mode = rt->shutdown_mode.load();
         ex.uptime_s = now_seconds() - rt->start_time;

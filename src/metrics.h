@@ -25,6 +25,8 @@ struct Snapshot;
 
 // Figures that are not in a snapshot.
 struct MetricsExtra {
+  uint64_t client_tls_handshakes = 0;  // tls_counters()
+  uint64_t client_tls_handshake_failures = 0;
   bool paused = false;
   int shutdown_mode = 0;
   double uptime_s = 0;

@@ -369,20 +369,66 @@ Status ScramServerSession::fail(std::string msg, std::string sqlstate) {
   return Status::error(std::move(msg), std::move(sqlstate));
 }
 
+void ScramServerSession::set_channel_binding(std::string cbind_data, bool plus) {
+  cbind_data_ = std::move(cbind_data);
+  plus_ = plus && !cbind_data_.empty();
+}
+
 Result<std::string> ScramServerSession::handle_client_first(std::string_view msg) {
   if (state_ != State::WantClientFirst) return fail("unexpected SASL message", "08P01");
   if (msg.size() < 3 || msg.size() > kScramMaxMessageLen || has_nul(msg))
     return fail("malformed SCRAM message", "08P01");
-  // gs2-header: cbind-flag "," [authzid] ","
-  if (msg[0] == 'p') return fail("SCRAM channel binding was requested but is not offered", "08P01");
-  if ((msg[0] != 'n' && msg[0] != 'y') || msg[1] != ',')
-    return fail("malformed SCRAM message (unexpected channel-binding flag)", "08P01");
-  if (msg[2] != ',') {
-    if (msg[2] == 'a')
+  // gs2-header: cbind-flag "," [authzid] ","; cbind-flag is "n", "y" or "p=" cb-name.
+  size_t pos = 0;
+  switch (msg[0]) {
+    case 'p': {
+      if (!plus_)
+        return fail(
+            "malformed SCRAM message (the client selected SCRAM-SHA-256 without channel "
+            "binding, but the SCRAM message includes channel binding data)",
+            "08P01");
+      size_t comma = msg.find(',');
+      if (msg[1] != '=' || comma == std::string_view::npos)
+        return fail("malformed SCRAM message (bad channel-binding flag)", "08P01");
+      std::string_view type = msg.substr(2, comma - 2);
+      if (type != "tls-server-end-point") {
+        std::string shown;
+        for (char c : type.substr(0, 64)) shown += (c >= 0x20 && c < 0x7f) ? c : '?';
+        return fail("unsupported SCRAM channel-binding type \"" + shown + "\"", "08P01");
+      }
+      pos = comma + 1;
+      break;
+    }
+    case 'n':
+    case 'y':
+      if (plus_)
+        return fail(
+            "malformed SCRAM message (the client selected SCRAM-SHA-256-PLUS, but the SCRAM "
+            "message does not include channel binding data)",
+            "08P01");
+      // 'y': the client could bind but thinks we cannot. Over TLS we can: a man in the
+      // middle may have removed SCRAM-SHA-256-PLUS from the list (RFC 5802 section 6).
+      if (msg[0] == 'y' && !cbind_data_.empty())
+        return fail(
+            "SCRAM channel binding negotiation error (the client supports SCRAM channel "
+            "binding but thinks the server does not; however, this server does support "
+            "channel binding)",
+            "08P01");
+      if (msg[1] != ',')
+        return fail("malformed SCRAM message (unexpected channel-binding flag)", "08P01");
+      pos = 2;
+      break;
+    default:
+      return fail("malformed SCRAM message (unexpected channel-binding flag)", "08P01");
+  }
+  if (pos >= msg.size()) return fail("malformed SCRAM message", "08P01");
+  if (msg[pos] != ',') {
+    if (msg[pos] == 'a')
       return fail("client uses authorization identity, but it is not supported", "0A000");
     return fail("malformed SCRAM message (unexpected attribute in gs2 header)", "08P01");
   }
-  AttrReader r(msg.substr(3));
+  pos++;
+  AttrReader r(msg.substr(pos));
   if (r.peek() == 'm') return fail("client requires an unsupported SCRAM extension", "0A000");
   std::string_view user, cnonce;
   if (!r.expect('n', user)) return fail("malformed SCRAM message (expected n=)", "08P01");
@@ -397,8 +443,8 @@ Result<std::string> ScramServerSession::handle_client_first(std::string_view msg
   if (snonce.empty()) snonce = random_nonce(kServerNonceRawLen);
   if (!valid_nonce(snonce)) return fail("could not generate SCRAM nonce", "XX000");
 
-  gs2_header_ = std::string(msg.substr(0, 3));
-  client_first_bare_ = std::string(msg.substr(3));
+  gs2_header_ = std::string(msg.substr(0, pos));
+  client_first_bare_ = std::string(msg.substr(pos));
   nonce_ = std::string(cnonce) + snonce;
   server_first_ =
       "r=" + nonce_ + ",s=" + base64_encode(keys_.salt) + ",i=" + std::to_string(keys_.iterations);
@@ -413,9 +459,14 @@ Result<std::string> ScramServerSession::handle_client_final(std::string_view msg
   AttrReader r(msg);
   std::string_view cbind, nonce, proof_b64;
   if (!r.expect('c', cbind)) return fail("malformed SCRAM message (expected c=)", "08P01");
-  auto cbind_raw = base64_decode(cbind, 64);
-  if (!cbind_raw || *cbind_raw != gs2_header_)
-    return fail("SCRAM channel binding check failed", "08P01");
+  // c= is the gs2 header, followed with SCRAM-SHA-256-PLUS by the binding data: our own
+  // certificate's hash as this TLS session has it. A man in the middle has another one.
+  std::string expected = gs2_header_;
+  if (plus_) expected += cbind_data_;
+  auto cbind_raw = base64_decode(cbind, expected.size());
+  if (!cbind_raw || cbind_raw->size() != expected.size() ||
+      CRYPTO_memcmp(cbind_raw->data(), expected.data(), expected.size()) != 0)
+    return fail("SCRAM channel binding check failed", plus_ ? "28000" : "08P01");
   if (!r.expect('r', nonce) || nonce != nonce_) return fail("SCRAM nonce does not match", "08P01");
   // Extensions, then the proof, which must be the last attribute.
   for (;;) {

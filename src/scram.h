@@ -96,8 +96,15 @@ class ScramServerSession {
   ScramServerSession(ScramServerSession&&) = default;
   ScramServerSession& operator=(ScramServerSession&&) = default;
 
+  // Over TLS, before handle_client_first: SCRAM-SHA-256-PLUS was offered with this
+  // tls-server-end-point data (tls_server_end_point()), and `plus` says whether the client
+  // chose it. Without this call no binding is offered (a plain connection).
+  void set_channel_binding(std::string cbind_data, bool plus);
+
   // SASLInitialResponse payload (client-first-message). Returns server-first-message.
-  // Rejects channel binding 'p=' (we offer no -PLUS yet), accepts 'n,,' and 'y,,'.
+  // With SCRAM-SHA-256-PLUS the gs2 header must be "p=tls-server-end-point"; without it
+  // 'n' is accepted, and 'y' only when no binding was offered ('y' over TLS is a
+  // downgrade: the client thinks we offer no binding). Errors are PostgreSQL's.
   Result<std::string> handle_client_first(std::string_view msg);
   // SASLResponse payload (client-final-message). Returns server-final-message ("v=...") on
   // success; a wrong proof (or a mock session) gives sqlstate "28P01" and message
@@ -121,7 +128,9 @@ class ScramServerSession {
   bool mock_ = false;
   State state_ = State::WantClientFirst;
   std::string fixed_server_nonce_;
-  std::string gs2_header_;         // e.g. "n,,"
+  std::string gs2_header_;         // e.g. "n,," or "p=tls-server-end-point,,"
+  std::string cbind_data_;         // tls-server-end-point hash; empty: no binding offered
+  bool plus_ = false;              // the client chose SCRAM-SHA-256-PLUS
   std::string client_first_bare_;  // "n=...,r=..."
   std::string server_first_;
   std::string nonce_;  // client nonce + server nonce

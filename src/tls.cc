@@ -448,4 +448,29 @@ std::string tls_description(const SSL* ssl) {
   return out;
 }
 
+std::string tls_peer_common_name(const SSL* ssl) {
+  if (ssl == nullptr) return "";
+  X509* peer = SSL_get0_peer_certificate(ssl);
+  if (peer == nullptr) return "";
+  X509_NAME* subject = X509_get_subject_name(peer);
+  int at = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (at < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, at) >= 0) return "";
+  ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, at));
+  unsigned char* utf8 = nullptr;
+  int n = ASN1_STRING_to_UTF8(&utf8, data);
+  if (n < 0) {
+    ERR_clear_error();
+    return "";
+  }
+  std::string cn(reinterpret_cast<const char*>(utf8), static_cast<size_t>(n));
+  OPENSSL_free(utf8);
+  if (cn.find('\0') != std::string::npos) return "";  // "user\0.evil.example" is not "user"
+  return cn;
+}
+
+TlsCounters& tls_counters() {
+  static TlsCounters counters;
+  return counters;
+}
+
 }  // namespace pgsluice

@@ -9,6 +9,7 @@
 
 #include <openssl/ssl.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -119,6 +120,17 @@ std::string tls_server_end_point(const X509* cert);
 
 // The last OpenSSL error of this thread as text (and the queue cleared); `fallback` if none.
 std::string tls_error_text(const char* fallback);
+
+// The peer certificate's subject common name (auth_type = cert); "" when the peer sent no
+// certificate, or its subject has no CN, more than one, or one with a NUL byte.
+std::string tls_peer_common_name(const SSL* ssl);
+
+// Handshake counts for the metrics endpoint, process-wide.
+struct TlsCounters {
+  std::atomic<uint64_t> client_handshakes{0};  // completed towards clients
+  std::atomic<uint64_t> client_failures{0};    // failed or abandoned towards clients
+};
+TlsCounters& tls_counters();
 
 // ALPN protocol id of the PostgreSQL protocol ("postgresql").
 inline constexpr std::string_view kAlpnPostgres = "postgresql";

@@ -529,7 +529,8 @@ void Worker::fail_client(Client* c, std::string_view sqlstate, std::string_view 
 
 void Worker::close_client(Client* c, std::string_view reason) {
   if (c->dead_) return;
-  if (cfg_->log_disconnections && c->state() != ClientState::Startup)
+  if (cfg_->log_disconnections && c->state() != ClientState::Startup &&
+      c->state() != ClientState::Tls)  // a failed handshake was logged with its reason
     LOG_INFO("C-%p: %s/%s@%s:%d closing because: %s", static_cast<void*>(c), c->db_.c_str(),
              c->user_.c_str(), c->addr_.host.c_str(), c->addr_.port, std::string(reason).c_str());
   c->dead_ = true;
@@ -730,9 +731,7 @@ void Worker::janitor() {
   if (cf.client_login_timeout > 0) {
     std::vector<Client*> slow;
     for (Client* cl : clients_)
-      if ((cl->state() == ClientState::Startup || cl->state() == ClientState::Auth) &&
-          now - cl->connect_time_ > cf.client_login_timeout)
-        slow.push_back(cl);
+      if (cl->logging_in() && now - cl->connect_time_ > cf.client_login_timeout) slow.push_back(cl);
     for (Client* cl : slow) {
       if (cl->dead_) continue;
       if (cl->state() == ClientState::Auth)

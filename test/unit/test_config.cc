@@ -399,65 +399,24 @@ TEST_CASE("config: load_config errors") {
   CHECK(r.status().message().find("/nonexistent/userlist.txt") != std::string::npos);
 }
 
-TEST_CASE("config: TLS modes that require TLS are refused, naming the setting") {
-  // pgsluice has no TLS towards clients yet: a mode that requires it must not load and run
-  // in plain text.
-  for (const char* key : {"client_tls_sslmode"}) {
-    for (const char* mode : {"require", "verify-ca", "verify-full", "REQUIRE"}) {
+TEST_CASE("config: every TLS mode loads (what it needs is checked when contexts are built)") {
+  for (const char* key : {"client_tls_sslmode", "server_tls_sslmode"}) {
+    for (const char* mode : {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}) {
       CAPTURE(key);
       CAPTURE(mode);
       Config c;
-      REQUIRE(set_setting(c, key, mode).ok());
-      Status st = check_unsupported_settings(c);
-      REQUIRE_FALSE(st.ok());
-      CHECK(st.message().find(key) != std::string::npos);
-      CHECK(st.message().find("TLS") != std::string::npos);
+      CHECK(set_setting(c, key, mode).ok());
     }
-    for (const char* mode : {"disable", "allow", "prefer"}) {
-      Config c;
-      REQUIRE(set_setting(c, key, mode).ok());
-      CHECK(check_unsupported_settings(c).ok());
-    }
-  }
-  CHECK(check_unsupported_settings(Config()).ok());  // the defaults start
-
-  // load_config refuses the file, naming it and the setting.
-  TempFile f("tls.ini", "[pgbouncer]\nlisten_port = 6432\nclient_tls_sslmode = require\n");
-  auto r = load_config(f.path);
-  REQUIRE_FALSE(r.ok());
-  CHECK(r.status().message().find(f.path) != std::string::npos);
-  CHECK(r.status().message().find("client_tls_sslmode = require") != std::string::npos);
-  // TLS towards servers is built: every server_tls_sslmode loads.
-  for (const char* mode : {"require", "verify-ca", "verify-full", "allow", "prefer", "disable"}) {
     Config c;
-    REQUIRE(set_setting(c, "server_tls_sslmode", mode).ok());
-    CHECK(check_unsupported_settings(c).ok());
+    CHECK_FALSE(set_setting(c, key, "sometimes").ok());
   }
-  TempFile g("tls2.ini", "[pgbouncer]\nserver_tls_sslmode = verify-full\n");
-  CHECK(load_config(g.path).ok());
-}
-
-TEST_CASE("config: TLS fallback warnings: once at start, again only when a mode changes") {
-  Config def;
-  // The default server_tls_sslmode = prefer uses TLS when the server offers it: no warning.
-  std::vector<std::string> w = tls_fallback_warnings(def, nullptr);
-  CHECK(w.empty());
-  // A reload that keeps the modes says nothing.
-  CHECK(tls_fallback_warnings(def, &def).empty());
-  // A change to allow/prefer warns for that setting only.
-  Config next = def;
-  REQUIRE(set_setting(next, "client_tls_sslmode", "allow").ok());
-  w = tls_fallback_warnings(next, &def);
-  REQUIRE(w.size() == 1);
-  CHECK(w[0].find("client_tls_sslmode = allow") != std::string::npos);
-  CHECK(w[0].find("plain text") != std::string::npos);
-  // disable never warns; server modes never do (TLS towards servers is built).
-  Config off;
-  REQUIRE(set_setting(off, "server_tls_sslmode", "disable").ok());
-  CHECK(tls_fallback_warnings(off, nullptr).empty());
-  Config again = off;
-  REQUIRE(set_setting(again, "server_tls_sslmode", "prefer").ok());
-  CHECK(tls_fallback_warnings(again, &off).empty());
+  TempFile g("tls2.ini",
+             "[pgbouncer]\nserver_tls_sslmode = verify-full\nclient_tls_sslmode = require\n");
+  auto r = load_config(g.path);
+  REQUIRE(r.ok());
+  CHECK(r.value()->server_tls_sslmode == "verify-full");
+  CHECK(r.value()->client_tls_sslmode == "require");
+  CHECK(r.value()->tls == nullptr);  // built by make_tls_contexts when committed (tls.h)
 }
 
 TEST_CASE("config: value parsers") {

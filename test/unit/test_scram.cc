@@ -240,6 +240,177 @@ TEST_CASE("y,, full exchange succeeds") {
   CHECK(wrong.status().sqlstate() == "28P01");
 }
 
+// ---- SCRAM-SHA-256-PLUS (tls-server-end-point), the server role ----
+
+// The client side of a binding exchange, computed here independently of scram.cc: the
+// client-final-message for `gs2` + `cbind` with password "pencil" and the RFC keys' salt.
+std::string plus_client_final(std::string_view client_first_bare, std::string_view server_first,
+                              std::string_view nonce, const std::string& gs2,
+                              const std::string& cbind) {
+  ScramKeys k = rfc_keys();
+  unsigned char salted[32], ck[32], sk[32], sig[32];
+  unsigned int len = 0;
+  REQUIRE(PKCS5_PBKDF2_HMAC("pencil", 6, reinterpret_cast<const unsigned char*>(k.salt.data()),
+                            static_cast<int>(k.salt.size()), k.iterations, EVP_sha256(), 32,
+                            salted) == 1);
+  HMAC(EVP_sha256(), salted, 32, reinterpret_cast<const unsigned char*>("Client Key"), 10, ck,
+       &len);
+  EVP_Digest(ck, 32, sk, &len, EVP_sha256(), nullptr);
+  std::string without_proof = "c=" + base64_encode(gs2 + cbind) + ",r=" + std::string(nonce);
+  std::string auth =
+      std::string(client_first_bare) + "," + std::string(server_first) + "," + without_proof;
+  HMAC(EVP_sha256(), sk, 32, reinterpret_cast<const unsigned char*>(auth.data()), auth.size(), sig,
+       &len);
+  std::string proof(32, '\0');
+  for (int i = 0; i < 32; i++) proof[static_cast<size_t>(i)] = static_cast<char>(ck[i] ^ sig[i]);
+  return without_proof + ",p=" + base64_encode(proof);
+}
+
+const std::string kCbind = std::string("\x01\x02\x03", 3) + std::string(29, 'h');  // 32 bytes
+
+TEST_CASE("PLUS: p=tls-server-end-point with the right binding data logs in") {
+  ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+  s.set_channel_binding(kCbind, true);
+  const std::string gs2 = "p=tls-server-end-point,,";
+  auto sf = s.handle_client_first(gs2 + "n=user,r=rOprNGfwEbeRWgbNEkqO");
+  REQUIRE(sf.ok());
+  CHECK(*sf == kRfcServerFirst);
+  std::string nonce = std::string(kRfcClientNonce) + std::string(kRfcServerNonce);
+  auto fin = s.handle_client_final(
+      plus_client_final("n=user,r=rOprNGfwEbeRWgbNEkqO", *sf, nonce, gs2, kCbind));
+  CHECK(fin.ok());
+  CHECK(s.succeeded());
+}
+
+TEST_CASE("PLUS: binding data of another certificate (a man in the middle) is refused") {
+  const std::string gs2 = "p=tls-server-end-point,,";
+  std::string nonce = std::string(kRfcClientNonce) + std::string(kRfcServerNonce);
+  std::string other = kCbind;
+  other[5] ^= 1;
+  for (const std::string& cb : {other, kCbind.substr(0, 31), kCbind + "x", std::string()}) {
+    ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+    s.set_channel_binding(kCbind, true);
+    auto sf = s.handle_client_first(gs2 + "n=user,r=rOprNGfwEbeRWgbNEkqO");
+    REQUIRE(sf.ok());
+    // The proof is right for what the client saw: only the binding is wrong.
+    auto fin = s.handle_client_final(
+        plus_client_final("n=user,r=rOprNGfwEbeRWgbNEkqO", *sf, nonce, gs2, cb));
+    CHECK_FALSE(fin.ok());
+    CHECK(fin.status().message() == "SCRAM channel binding check failed");
+    CHECK(fin.status().sqlstate() == "28000");
+    CHECK_FALSE(s.succeeded());
+  }
+}
+
+TEST_CASE("PLUS: gs2 flags that do not match the mechanism are refused") {
+  // 'y' while binding was offered: a downgrade (PostgreSQL's negotiation error).
+  {
+    ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+    s.set_channel_binding(kCbind, false);
+    auto r = s.handle_client_first("y,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().sqlstate() == "08P01");
+    CHECK(r.status().message().find("channel binding negotiation error") != std::string::npos);
+  }
+  // 'n' over TLS with plain SCRAM-SHA-256 is the client's choice: allowed.
+  {
+    ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+    s.set_channel_binding(kCbind, false);
+    auto sf = s.handle_client_first(kRfcClientFirst);
+    REQUIRE(sf.ok());
+    CHECK(s.handle_client_final(kRfcClientFinal).ok());
+  }
+  // SCRAM-SHA-256-PLUS chosen but 'n' or 'y' sent.
+  for (const char* first : {"n,,n=user,r=abc", "y,,n=user,r=abc"}) {
+    ScramServerSession s(rfc_keys(), false);
+    s.set_channel_binding(kCbind, true);
+    auto r = s.handle_client_first(first);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().message().find("SCRAM-SHA-256-PLUS") != std::string::npos);
+  }
+  // 'p' with plain SCRAM-SHA-256 (over TLS or not), or another binding type.
+  {
+    ScramServerSession s(rfc_keys(), false);
+    s.set_channel_binding(kCbind, false);
+    CHECK_FALSE(s.handle_client_first("p=tls-server-end-point,,n=user,r=abc").ok());
+  }
+  for (const char* first :
+       {"p=tls-unique,,n=user,r=abc", "p=,,n=user,r=abc", "p=tls-server-end-point",
+        "p=tls-server-end-point,", "p=tls-server-end-point,a=x,n=user,r=abc", "p,,n=user,r=abc"}) {
+    CAPTURE(first);
+    ScramServerSession s(rfc_keys(), false);
+    s.set_channel_binding(kCbind, true);
+    CHECK_FALSE(s.handle_client_first(first).ok());
+  }
+  // A 'p' client-first with the binding data of plain SCRAM in client-final ("cD10bHMt...").
+  {
+    ScramServerSession s(rfc_keys(), false, std::string(kRfcServerNonce));
+    s.set_channel_binding(kCbind, true);
+    const std::string gs2 = "p=tls-server-end-point,,";
+    auto sf = s.handle_client_first(gs2 + "n=user,r=rOprNGfwEbeRWgbNEkqO");
+    REQUIRE(sf.ok());
+    std::string nonce = std::string(kRfcClientNonce) + std::string(kRfcServerNonce);
+    auto fin = s.handle_client_final(
+        plus_client_final("n=user,r=rOprNGfwEbeRWgbNEkqO", *sf, nonce, "n,,", ""));
+    CHECK_FALSE(fin.ok());
+  }
+}
+
+TEST_CASE("PLUS: a mock session (unknown user) fails after a well-formed binding") {
+  ScramServerSession s(scram_mock_keys("nobody", "nonce", 4096), true,
+                       std::string(kRfcServerNonce));
+  s.set_channel_binding(kCbind, true);
+  auto sf = s.handle_client_first("p=tls-server-end-point,,n=,r=rOprNGfwEbeRWgbNEkqO");
+  REQUIRE(sf.ok());
+  std::string nonce = std::string(kRfcClientNonce) + std::string(kRfcServerNonce);
+  auto fin = s.handle_client_final(plus_client_final("n=,r=rOprNGfwEbeRWgbNEkqO", *sf, nonce,
+                                                     "p=tls-server-end-point,,", kCbind));
+  CHECK_FALSE(fin.ok());
+  CHECK(fin.status().sqlstate() == "28P01");
+}
+
+// tls_server_end_point(): the certificate's hash with its signature's hash function, and
+// SHA-256 for a SHA-1 signature (RFC 5929 section 4.1), as `openssl x509 -fingerprint`.
+TEST_CASE("tls-server-end-point: hash of our certificate by its signature algorithm") {
+  char tmpl[] = "/tmp/pgsluice_cbind_XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  struct Case {
+    const char* sig;   // -<digest> for openssl req
+    const char* hash;  // expected fingerprint digest
+  };
+  for (const Case& c : {Case{"sha256", "sha256"}, Case{"sha384", "sha384"},
+                        Case{"sha512", "sha512"}, Case{"sha1", "sha256"}}) {
+    CAPTURE(c.sig);
+    std::string cert = dir + "/c.pem", key = dir + "/k.pem", fp = dir + "/fp";
+    std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -" +
+                      std::string(c.sig) + " -keyout " + key + " -out " + cert +
+                      " >/dev/null 2>&1 && openssl x509 -in " + cert + " -noout -fingerprint -" +
+                      c.hash + " > " + fp;
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+    REQUIRE(SSL_CTX_use_certificate_file(ctx, cert.c_str(), SSL_FILETYPE_PEM) == 1);
+    SSL* ssl = SSL_new(ctx);
+    std::string got = tls_server_end_point(SSL_get_certificate(ssl));
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    // "SHA256 Fingerprint=AB:CD:..." -> raw bytes
+    FILE* f = std::fopen(fp.c_str(), "r");
+    REQUIRE(f != nullptr);
+    char line[512] = {0};
+    REQUIRE(std::fgets(line, sizeof line, f) != nullptr);
+    std::fclose(f);
+    std::string hex = std::string(line).substr(std::string(line).find('=') + 1);
+    std::string want;
+    for (size_t i = 0; i + 1 < hex.size(); i += 3)
+      want.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+    CHECK(got.size() == want.size());
+    CHECK(got == want);
+  }
+  CHECK(tls_server_end_point(static_cast<const X509*>(nullptr)).empty());
+  std::string rm = "rm -rf " + dir;
+  (void)std::system(rm.c_str());
+}
+
 TEST_CASE("pass-through: recovered ClientKey logs in to a server with the same secret") {
   ScramKeys keys = scram_keys_from_password("passw0rd", "saltsaltsaltsalt", 4096);
   ScramClientSession client = ScramClientSession::with_password("passw0rd");
