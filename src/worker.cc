@@ -195,6 +195,9 @@ void Worker::drain_inbox() {
         for (Client* c : all) close_client(c, "shutdown");
         std::vector<Server*> servers = servers_;
         for (Server* s : servers) close_server(s, "shutdown");
+        // Cancels still in flight; those whose server closed have no other owner.
+        std::vector<CancelConn*> cancels = cancel_conns_;
+        for (CancelConn* cc : cancels) close_cancel(cc);
         free_dead();
         event_base_loopbreak(base_);
         break;
@@ -616,6 +619,11 @@ void Worker::close_server(Server* s, std::string_view reason) {
 void Worker::close_cancel(CancelConn* cc) {
   if (cc->dead_) return;
   cc->dead_ = true;
+  auto live = std::find(cancel_conns_.begin(), cancel_conns_.end(), cc);
+  if (live != cancel_conns_.end()) {
+    *live = cancel_conns_.back();
+    cancel_conns_.pop_back();
+  }
   if (Server* s = cc->target_) {
     auto it = std::find(s->cancels_.begin(), s->cancels_.end(), cc);
     if (it != s->cancels_.end()) s->cancels_.erase(it);
@@ -812,6 +820,7 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
   int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return;
   auto* cc = new CancelConn(this, Fd(fd), s);
+  cancel_conns_.push_back(cc);
   cc->attach(this);
   s->cancels_.push_back(cc);
   s->cancels_pending_++;

@@ -272,8 +272,9 @@ class Worker {
   std::string trace_db_;
 
  public:
-  std::vector<Client*> clients_;  // every live client of this worker (unordered)
-  std::vector<Server*> servers_;  // every live server of this worker (unordered)
+  std::vector<Client*> clients_;           // every live client of this worker (unordered)
+  std::vector<Server*> servers_;           // every live server of this worker (unordered)
+  std::vector<CancelConn*> cancel_conns_;  // every live cancel connection (unordered)
 
  private:
   void track_server(Server* s);
