@@ -254,7 +254,7 @@ void Client::step_tls() {
     tls_early_.clear();
     tls_early_.shrink_to_fit();
     if (!ok) {
-      tls_counters().client_failures.fetch_add(1, std::memory_order_relaxed);
+      worker_->rt()->client_tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
       LOG_WARN("C-%p: (nodb)/(nouser)@%s:%d could not start TLS: %s", static_cast<void*>(this),
                addr_.host.c_str(), addr_.port, tls_error_text("out of memory").c_str());
       worker_->close_client(this, "could not start TLS");
@@ -265,7 +265,7 @@ void Client::step_tls() {
   Io r = tls_handshake(&why);
   if (r == Io::WouldBlock) return;
   if (r != Io::Ok) {
-    tls_counters().client_failures.fetch_add(1, std::memory_order_relaxed);
+    worker_->rt()->client_tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
     LOG_WARN("C-%p: (nodb)/(nouser)@%s:%d TLS handshake failed: %s", static_cast<void*>(this),
              addr_.host.c_str(), addr_.port, why.c_str());
     worker_->close_client(this, "TLS handshake failed");
@@ -278,7 +278,7 @@ void Client::step_tls() {
     unsigned int plen = 0;
     SSL_get0_alpn_selected(ssl(), &proto, &plen);
     if (std::string_view(reinterpret_cast<const char*>(proto), proto ? plen : 0) != kAlpnPostgres) {
-      tls_counters().client_failures.fetch_add(1, std::memory_order_relaxed);
+      worker_->rt()->client_tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
       LOG_WARN(
           "C-%p: (nodb)/(nouser)@%s:%d received direct SSL connection request without ALPN "
           "protocol negotiation extension",
@@ -287,7 +287,7 @@ void Client::step_tls() {
       return;
     }
   }
-  tls_counters().client_handshakes.fetch_add(1, std::memory_order_relaxed);
+  worker_->rt()->client_tls_handshakes.fetch_add(1, std::memory_order_relaxed);
   opening_.in_tls = true;
   worker_->set_state(this, ClientState::Startup);
   want_write(!out_.empty());

@@ -300,8 +300,9 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
           return;
         }
         MetricsExtra ex;
-        ex.client_tls_handshakes = tls_counters().client_handshakes.load();
-        ex.client_tls_handshake_failures = tls_counters().client_failures.load();
+        ex.client_tls_handshakes = rt->client_tls_handshakes.load(std::memory_order_relaxed);
+        ex.client_tls_handshake_failures =
+            rt->client_tls_handshake_failures.load(std::memory_order_relaxed);
         ex.paused = rt->paused_all.load() || rt->suspended.load();
         ex.shutdown_mode = rt->shutdown_mode.load();
         ex.uptime_s = now_seconds() - rt->start_time;

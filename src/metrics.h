@@ -25,7 +25,7 @@ struct Snapshot;
 
 // Figures that are not in a snapshot.
 struct MetricsExtra {
-  uint64_t client_tls_handshakes = 0;  // tls_counters()
+  uint64_t client_tls_handshakes = 0;  // Runtime::client_tls_handshakes
   uint64_t client_tls_handshake_failures = 0;
   bool paused = false;
   int shutdown_mode = 0;

@@ -468,9 +468,4 @@ std::string tls_peer_common_name(const SSL* ssl) {
   return cn;
 }
 
-TlsCounters& tls_counters() {
-  static TlsCounters counters;
-  return counters;
-}
-
 }  // namespace pgsluice

@@ -125,13 +125,6 @@ std::string tls_error_text(const char* fallback);
 // certificate, or its subject has no CN, more than one, or one with a NUL byte.
 std::string tls_peer_common_name(const SSL* ssl);
 
-// Handshake counts for the metrics endpoint, process-wide.
-struct TlsCounters {
-  std::atomic<uint64_t> client_handshakes{0};  // completed towards clients
-  std::atomic<uint64_t> client_failures{0};    // failed or abandoned towards clients
-};
-TlsCounters& tls_counters();
-
 // ALPN protocol id of the PostgreSQL protocol ("postgresql").
 inline constexpr std::string_view kAlpnPostgres = "postgresql";
 

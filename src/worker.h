@@ -55,7 +55,9 @@ struct Runtime {
   std::atomic<bool> suspended{false};   // SUSPEND
   std::atomic<int> shutdown_mode{0};    // ShutdownMode, once a graceful shutdown started
   std::atomic<uint64_t> next_id{1};     // ids of clients and servers
-  // TLS handshakes towards servers that completed, and that failed (metrics).
+  // TLS handshakes that completed, and that failed or were abandoned, per side (metrics).
+  std::atomic<uint64_t> client_tls_handshakes{0};
+  std::atomic<uint64_t> client_tls_handshake_failures{0};
   std::atomic<uint64_t> server_tls_handshakes{0};
   std::atomic<uint64_t> server_tls_handshake_failures{0};
   double start_time = 0;  // monotonic seconds at start
