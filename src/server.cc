@@ -61,6 +61,20 @@ void Server::flush() {
   if (flush_out() == Io::Error) worker_->close_server(this, "server send failed");
 }
 
+void Server::send_internal_query(std::string_view sql) {
+  std::string m;
+  wire::query(m, sql);
+  worker_->bufs().append(out_, m.data(), m.size());
+  internal_++;
+  note_unnamed(0, 0);  // a simple query drops the unnamed statement
+}
+
+void Server::send_prepared_check() {
+  send_internal_query(stmts_.check_sql());
+  check_client_ = 0;
+  checking_ = true;
+}
+
 // As PgBouncer: any server_tls_sslmode but disable asks for TLS first (allow too), except
 // over a Unix socket; server_tls_direct opens with the TLS ClientHello instead.
 void Server::start_login() {

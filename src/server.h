@@ -59,6 +59,12 @@ class Server final : public Conn, public ReplyBook {
   // Parses what in_ holds: login messages, swallowed internal replies, or the data path.
   void process();
   void flush();
+  // Queues a simple query of pgsluice's own (parameter SET, reset query): its replies are
+  // swallowed up to its ReadyForQuery (internal_). The caller flushes.
+  void send_internal_query(std::string_view sql);
+  // server_check_prepared: queues the check of this server's statements (its tag is read
+  // when the reply comes) and forgets which client it served last.
+  void send_prepared_check();
   // True when the linked client's transaction is over and the server can go back.
   bool can_release() const;
   // A client stops reading while this many of its requests are unanswered, if answers are

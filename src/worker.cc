@@ -346,13 +346,7 @@ void Worker::link(Client* c, Server* s) {
   set_state(c, ClientState::Active);
   if (was_login) c->send_welcome();
   std::string sql = varcache_diff_sql(*rt_->tracked, c->vars_, s->vars_);
-  if (!sql.empty()) {
-    std::string m;
-    wire::query(m, sql);
-    bufs_.append(s->out_, m.data(), m.size());
-    s->internal_++;
-    s->note_unnamed(0, 0);  // a simple query drops the unnamed statement
-  }
+  if (!sql.empty()) s->send_internal_query(sql);
 }
 
 void Worker::unlink(Client* c, Server* s) {
@@ -547,11 +541,7 @@ void Worker::close_client(Client* c, std::string_view reason) {
     if (!clean) {
       close_server(s, "client disconnect while server was not ready");
     } else if (want_reset) {
-      std::string m;
-      wire::query(m, reset);
-      bufs_.append(s->out_, m.data(), m.size());
-      s->internal_++;
-      s->note_unnamed(0, 0);  // a simple query drops the unnamed statement
+      s->send_internal_query(reset);
       set_state(s, ServerState::Resetting);
       s->flush();
     } else {
@@ -883,13 +873,7 @@ bool Worker::check_prepared(Server* s, const Client* c) {
   if (!cfg_->server_check_prepared || s->check_client_ == 0 || s->check_client_ == c->id_ ||
       s->stmts_.size() == 0)
     return false;
-  std::string m;
-  wire::query(m, s->stmts_.check_sql());
-  bufs_.append(s->out_, m.data(), m.size());
-  s->internal_++;
-  s->note_unnamed(0, 0);  // a simple query drops the unnamed statement
-  s->check_client_ = 0;
-  s->checking_ = true;
+  s->send_prepared_check();
   set_state(s, ServerState::Resetting);
   s->flush();
   return true;
