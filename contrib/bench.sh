@@ -27,8 +27,8 @@
 #                  (server_tls_sslmode = disable, so only the client side differs);
 #                  0: no TLS rows
 #   BENCH_IDLE     idle logged-in clients opened per pooler to measure memory per
-#                  idle client (RSS growth / clients), plain and with TLS (default
-#                  1000; 0 skips the step)
+#                  idle client (RSS growth / clients), plain and with TLS, each on a
+#                  freshly restarted pooler (default 1000; 0 skips the step)
 #   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
@@ -173,7 +173,10 @@ is_root && chown -R postgres: "$WORK"
 # start_pooler NAME BINARY PORT
 start_pooler() {
   if is_pgbouncer "$2"; then
-    as_pg "$2" -d "$WORK/$1.ini" >"$WORK/$1.out" 2>&1 || true
+    # runuser resets the soft open-file limit to 1024 and PgBouncer does not raise its
+    # own: start it with the hard limit, as pgsluice raises its own at start.
+    as_pg sh -c 'ulimit -n "$(ulimit -Hn)"; exec "$@"' sh "$2" -d "$WORK/$1.ini" \
+      >"$WORK/$1.out" 2>&1 || true
   else
     "$2" -d "$WORK/$1.ini" >"$WORK/$1.out" 2>&1 || true
   fi
@@ -307,12 +310,20 @@ idle_one() { # TARGET PID PORT SSLMODE
 if [ "$IDLE" -gt 0 ]; then
   for t in $TARGETS; do
     case "$t" in
-      pgbouncer) port=$BPORT pid=$BPID ;; pgsluice) port=$SPORT pid=$SPID ;;
-      pgsluice-w1) port=$S1PORT pid=$S1PID ;; pgsluice-base) port=$S2PORT pid=$S2PID ;;
+      pgbouncer) port=$BPORT bin=$BOUNCER ;; pgsluice) port=$SPORT bin=$SLUICE ;;
+      pgsluice-w1) port=$S1PORT bin=$SLUICE ;; pgsluice-base) port=$S2PORT bin=$BASE ;;
       *) continue ;;
     esac
-    idle_one "$t" "$pid" "$port" disable
-    [ "$TLS" = 1 ] && idle_one "$t" "$pid" "$port" require
+    modes=disable
+    [ "$TLS" = 1 ] && modes="disable require"
+    for mode in $modes; do
+      # A freshly started pooler for each measure, so that memory freed by the clients of
+      # the previous one (kept by malloc) does not hide what these clients take.
+      kill_pidfile "$WORK/$t.pid" "$WORK"
+      rm -f "$WORK/$t.pid"
+      start_pooler "$t" "$bin" "$port"
+      idle_one "$t" "$(cat "$WORK/$t.pid")" "$port" "$mode"
+    done
   done
 fi
 

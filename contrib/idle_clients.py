@@ -6,37 +6,72 @@ Usage: idle_clients.py PORT N SSLMODE USER PASSWORD DBNAME
 Connects N clients with libpq (psycopg), each running one `select 1` so that it is
 fully logged in, prints "ready N" on stdout once all are open, then waits until
 stdin is closed and exits (closing them). Exits 1 with a message if a connection
-fails. Used by contrib/bench.sh to measure memory per idle client (RSS growth of
-the pooler between before and after).
+fails. psycopg 3.1 waits on its sockets with select(), which cannot take a
+descriptor above 1023, so the clients are spread over child processes of at most
+900 connections each. Used by contrib/bench.sh to measure memory per idle client
+(RSS growth of the pooler between before and after).
 """
-import resource
+import os
 import sys
 
 import psycopg
+
+PER_PROCESS = 900
+
+
+def hold(port, n, sslmode, user, password, db, report_fd, release_fd):
+    """Child: opens n connections, reports, waits for the release pipe to close."""
+    conns = []
+    for i in range(n):
+        try:
+            c = psycopg.connect(host="127.0.0.1", port=port, user=user, password=password,
+                                dbname=db, sslmode=sslmode, autocommit=True,
+                                connect_timeout=20)
+            c.execute("select 1")
+        except Exception as e:  # report which one and why
+            os.write(report_fd, f"fail connection {i + 1} of {n}: {e}\n".encode())
+            os._exit(1)
+        conns.append(c)
+    os.write(report_fd, b"ok\n")
+    os.read(release_fd, 1)  # returns at EOF: the parent is done
+    for c in conns:
+        c.close()
+    os._exit(0)
 
 
 def main():
     port, n, sslmode, user, password, db = sys.argv[1:7]
     n = int(n)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, n + 256) if hard != resource.RLIM_INFINITY else n + 256
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    conns = []
-    for i in range(n):
-        try:
-            c = psycopg.connect(host="127.0.0.1", port=port, user=user, password=password,
-                                dbname=db, sslmode=sslmode, autocommit=True)
-            c.execute("select 1")
-        except Exception as e:  # report which one and why
-            print(f"connection {i + 1} of {n} failed: {e}", file=sys.stderr)
-            return 1
-        conns.append(c)
-    print(f"ready {n}", flush=True)
-    sys.stdin.read()
-    for c in conns:
-        c.close()
-    return 0
+    report_r, report_w = os.pipe()
+    release_r, release_w = os.pipe()
+    children = []
+    left = n
+    while left > 0:
+        k = min(left, PER_PROCESS)
+        left -= k
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_r)
+            os.close(release_w)
+            hold(port, k, sslmode, user, password, db, report_w, release_r)
+        children.append(pid)
+    os.close(report_w)
+    os.close(release_r)
+    reports = os.fdopen(report_r)
+    ok = True
+    for _ in children:
+        line = reports.readline()
+        if line != "ok\n":
+            print(line.strip() or "a child exited early", file=sys.stderr)
+            ok = False
+            break
+    if ok:
+        print(f"ready {n}", flush=True)
+        sys.stdin.read()
+    os.close(release_w)
+    for pid in children:
+        os.waitpid(pid, 0)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
