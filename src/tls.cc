@@ -12,20 +12,10 @@
 #include <cstring>
 
 #include "config.h"
+#include "varcache.h"
 
 namespace pgsluice {
 namespace {
-
-bool iequal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); i++) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -45,7 +35,7 @@ uint32_t bit(int v) {
 
 // Reads a whole file named by a setting (at most 1 MiB), for the context and for noticing
 // a changed file at the next reload.
-Result<std::string> read_small_file(const std::string& path, const char* setting) {
+Result<std::string> read_small_file(const std::string& path, const std::string& setting) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return Status::error(std::string(setting) + ": cannot open '" + path +
@@ -165,11 +155,11 @@ int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const un
 }  // namespace
 
 SslMode parse_ssl_mode(std::string_view s) {
-  if (iequal(s, "allow")) return SslMode::Allow;
-  if (iequal(s, "prefer")) return SslMode::Prefer;
-  if (iequal(s, "require")) return SslMode::Require;
-  if (iequal(s, "verify-ca")) return SslMode::VerifyCa;
-  if (iequal(s, "verify-full")) return SslMode::VerifyFull;
+  if (iequals(s, "allow")) return SslMode::Allow;
+  if (iequals(s, "prefer")) return SslMode::Prefer;
+  if (iequals(s, "require")) return SslMode::Require;
+  if (iequals(s, "verify-ca")) return SslMode::VerifyCa;
+  if (iequals(s, "verify-full")) return SslMode::VerifyFull;
   return SslMode::Disable;
 }
 
@@ -217,13 +207,13 @@ Result<TlsVersions> parse_tls_protocols(std::string_view text) {
     bool negate = !item.empty() && item.front() == '!';
     if (negate) item = trim(item.substr(1));
     uint32_t bits = 0;
-    if (iequal(item, "all") || iequal(item, "legacy")) {
+    if (iequals(item, "all") || iequals(item, "legacy")) {
       bits = all;
-    } else if (iequal(item, "secure") || iequal(item, "default")) {
+    } else if (iequals(item, "secure") || iequals(item, "default")) {
       bits = bit(kTls12) | bit(kTls13);
-    } else if (iequal(item, "tlsv1")) {
+    } else if (iequals(item, "tlsv1")) {
       bits = all;
-    } else if (item.size() == 7 && iequal(item.substr(0, 6), "tlsv1.") && item[6] >= '0' &&
+    } else if (item.size() == 7 && iequals(item.substr(0, 6), "tlsv1.") && item[6] >= '0' &&
                item[6] <= '0' + kMaxMinor) {
       bits = bit(kTls10 + (item[6] - '0'));
     } else {
@@ -298,8 +288,8 @@ Result<std::shared_ptr<const TlsContext>> build_tls_context(const TlsSettings& s
   if (v->holes & (bit(0x0301))) SSL_CTX_set_options(c, SSL_OP_NO_TLSv1);
 
   // Ciphers: PgBouncer's keywords mean OpenSSL's defaults (and its system policy).
-  if (!s.ciphers.empty() && !iequal(s.ciphers, "default") && !iequal(s.ciphers, "secure") &&
-      !iequal(s.ciphers, "normal") && !iequal(s.ciphers, "fast")) {
+  if (!s.ciphers.empty() && !iequals(s.ciphers, "default") && !iequals(s.ciphers, "secure") &&
+      !iequals(s.ciphers, "normal") && !iequals(s.ciphers, "fast")) {
     if (SSL_CTX_set_cipher_list(c, s.ciphers.c_str()) != 1) {
       ERR_clear_error();
       return Status::error(std::string(prefix) + "_ciphers: no ciphers for '" + s.ciphers + "'");
@@ -322,11 +312,9 @@ Result<std::shared_ptr<const TlsContext>> build_tls_context(const TlsSettings& s
       return Status::error(std::string(prefix) + "_key_file and " + prefix +
                            "_cert_file must be set together");
     }
-    Result<std::string> cert =
-        read_small_file(s.cert_file, accept ? "client_tls_cert_file" : "server_tls_cert_file");
+    Result<std::string> cert = read_small_file(s.cert_file, std::string(prefix) + "_cert_file");
     if (!cert) return cert.status();
-    Result<std::string> key =
-        read_small_file(s.key_file, accept ? "client_tls_key_file" : "server_tls_key_file");
+    Result<std::string> key = read_small_file(s.key_file, std::string(prefix) + "_key_file");
     if (!key) return key.status();
     Status st = load_keypair(c, *cert, *key, prefix);
     if (!st) return st;
@@ -336,8 +324,7 @@ Result<std::shared_ptr<const TlsContext>> build_tls_context(const TlsSettings& s
     files += '\0';
   }
   if (!s.ca_file.empty()) {
-    Result<std::string> ca =
-        read_small_file(s.ca_file, accept ? "client_tls_ca_file" : "server_tls_ca_file");
+    Result<std::string> ca = read_small_file(s.ca_file, std::string(prefix) + "_ca_file");
     if (!ca) return ca.status();
     Status st = load_ca(c, *ca, prefix, accept);
     if (!st) return st;
@@ -359,17 +346,17 @@ Result<std::shared_ptr<const TlsContext>> build_tls_context(const TlsSettings& s
     SSL_CTX_set_num_tickets(c, 0);
     SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_alpn_select_cb(c, select_alpn, nullptr);
-    if (iequal(s.ecdhcurve, "none")) {
+    if (iequals(s.ecdhcurve, "none")) {
       // Leave OpenSSL's defaults: TLS 1.3 needs a group; "none" only matters for TLS 1.2.
-    } else if (!s.ecdhcurve.empty() && !iequal(s.ecdhcurve, "auto")) {
+    } else if (!s.ecdhcurve.empty() && !iequals(s.ecdhcurve, "auto")) {
       if (SSL_CTX_set1_groups_list(c, s.ecdhcurve.c_str()) != 1) {
         ERR_clear_error();
         return Status::error("client_tls_ecdhcurve: unknown curve '" + s.ecdhcurve + "'");
       }
     }
-    if (iequal(s.dheparams, "auto") || iequal(s.dheparams, "legacy")) {
+    if (iequals(s.dheparams, "auto") || iequals(s.dheparams, "legacy")) {
       SSL_CTX_set_dh_auto(c, 1);
-    } else if (!s.dheparams.empty() && !iequal(s.dheparams, "none")) {
+    } else if (!s.dheparams.empty() && !iequals(s.dheparams, "none")) {
       return Status::error("client_tls_dheparams: invalid value '" + s.dheparams +
                            "' (none, auto or legacy)");
     }
