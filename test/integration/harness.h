@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -258,5 +259,8 @@ Msg login_with_wrong_password(int port, const std::string& user, const std::stri
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t);
 void sleep_ms(int ms);
+// Polls `done` every 10 ms until it holds or `ms` have passed; returns its last value. For
+// facts another thread or process makes true a little after the reply a test waits on.
+bool wait_for(const std::function<bool()>& done, int ms = 2000);
 
 }  // namespace it
