@@ -29,6 +29,9 @@
 #   BENCH_IDLE     idle logged-in clients opened per pooler to measure memory per
 #                  idle client (RSS growth / clients), plain and with TLS, each on a
 #                  freshly restarted pooler (default 1000; 0 skips the step)
+#   BENCH_IDLE_WARM  clients logged in (and kept) before the baseline of that measure
+#                  (default 100), so that one-time first-use costs are not counted
+#                  per client; the growth from the fresh start is printed too
 #   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
@@ -276,34 +279,50 @@ while [ "$r" -le "$ROUNDS" ]; do
 done
 
 # Memory per idle client: RSS growth of each pooler while IDLE logged-in clients sit
-# idle (plain text, and with TLS when BENCH_TLS=1), one line each in idle.tsv.
+# idle (plain text, and with TLS when BENCH_TLS=1), one line each in idle.tsv. The
+# baseline is taken after IDLE_WARM clients of the same kind are logged in (and stay): what
+# a pooler touches once, on its first clients (code pages of libcrypto and libc faulted in,
+# a thread's malloc arena, buffers kept for reuse), is then not spread over the clients
+# measured, for every pooler alike; both figures are printed.
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
-idle_one() { # TARGET PID PORT SSLMODE
-  fifo="$WORK/idle.fifo"
+# hold_idle N SSLMODE PORT NAME: starts N idle clients held until fd 3/4 closes; waits for
+# "ready" (1 when they are all in).
+hold_idle() {
+  fifo="$WORK/idle-$4.fifo"
   rm -f "$fifo" && mkfifo "$fifo"
-  out="$WORK/idle-$1-$4.out"
-  r0=$(rss_kb "$2")
-  /usr/bin/python3 "$ROOT/contrib/idle_clients.py" "$3" "$IDLE" "$4" bench bench bench <"$fifo" >"$out" 2>&1 &
-  ipid=$!
-  exec 3>"$fifo"
+  /usr/bin/python3 "$ROOT/contrib/idle_clients.py" "$3" "$1" "$2" bench bench bench <"$fifo" \
+    >"$WORK/idle-$4.out" 2>&1 &
+  IDLE_PIDS="$IDLE_PIDS $!"
+  eval "exec $5>\"\$fifo\""
   i=0
-  until grep -q '^ready' "$out" 2>/dev/null; do
+  until grep -q '^ready' "$WORK/idle-$4.out" 2>/dev/null; do
     i=$((i + 1))
-    if ! kill -0 "$ipid" 2>/dev/null || [ $i -gt 3000 ]; then break; fi
+    if [ $i -gt 3000 ] || grep -q '^fail' "$WORK/idle-$4.out" 2>/dev/null; then break; fi
     sleep 0.1
   done
-  sleep 1
-  r1=$(rss_kb "$2")
+  grep -q '^ready' "$WORK/idle-$4.out" 2>/dev/null
+}
+IDLE_WARM=${BENCH_IDLE_WARM:-100}
+idle_one() { # TARGET PID PORT SSLMODE
+  cold=$(rss_kb "$2")
   ok=0
-  grep -q '^ready' "$out" 2>/dev/null && ok=1
-  exec 3>&-
-  wait "$ipid" 2>/dev/null || true
+  IDLE_PIDS=""
+  if hold_idle "$IDLE_WARM" "$4" "$3" "warm-$1-$4" 3; then
+    sleep 1
+    r0=$(rss_kb "$2")
+    hold_idle "$IDLE" "$4" "$3" "$1-$4" 4 && ok=1
+    sleep 1
+    r1=$(rss_kb "$2")
+  fi
+  exec 3>&- 4>&-
+  for p in $IDLE_PIDS; do wait "$p" 2>/dev/null || true; done
   if [ "$ok" = 1 ]; then
-    printf '%s\t%s\t%s\n' "$1" "$4" "$(((r1 - r0) * 1024 / IDLE))" >>"$WORK/idle.tsv"
-    say "idle $1 $4: $IDLE clients, RSS $r0 -> $r1 kB"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$4" "$(((r1 - r0) * 1024 / IDLE))" \
+      "$(((r1 - cold) * 1024 / (IDLE + IDLE_WARM)))" >>"$WORK/idle.tsv"
+    say "idle $1 $4: RSS $cold kB at start, $r0 kB with $IDLE_WARM clients, $r1 kB with $IDLE more"
   else
-    printf '%s\t%s\t%s\n' "$1" "$4" "failed" >>"$WORK/idle.tsv"
-    say "idle $1 $4: failed: $(tail -n 1 "$out")"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$4" "failed" "failed" >>"$WORK/idle.tsv"
+    say "idle $1 $4: failed: $(tail -n 1 "$WORK/idle-$1-$4.out" "$WORK/idle-warm-$1-$4.out" 2>/dev/null | tail -n 1)"
   fi
 }
 : >"$WORK/idle.tsv"
@@ -382,8 +401,9 @@ OUT="$ROOT/build/bench-last.txt"
     }' "$RES"
   if [ -s "$WORK/idle.tsv" ]; then
     echo
-    echo "memory per idle logged-in client ($IDLE clients, RSS growth / clients, bytes):"
-    awk -F '\t' '{ v[$1] = v[$1] sprintf("  %s %s", ($2 == "require" ? "TLS" : "plain"), $3) }
+    echo "memory per idle logged-in client, bytes: RSS growth over $IDLE clients opened after"
+    echo "$IDLE_WARM warm-up clients (in parentheses: growth from the fresh start / all clients):"
+    awk -F '\t' '{ v[$1] = v[$1] sprintf("  %s %s (%s)", ($2 == "require" ? "TLS" : "plain"), $3, $4) }
       END { for (t in v) printf "  %-14s%s\n", t, v[t] }' "$WORK/idle.tsv" | sort
   fi
   echo

@@ -39,7 +39,8 @@ bool in_csv_list(std::string_view list, std::string_view name) {
 }
 }  // namespace
 
-Client::Client(Worker* w, Fd fd, bool is_unix) : Conn(w, std::move(fd)), is_unix_(is_unix) {
+Client::Client(Worker* w, Fd fd, bool is_unix)
+    : Conn(w, std::move(fd)), is_unix_(is_unix), login_(std::make_unique<Login>()) {
   addr_ = is_unix ? PeerAddr{"unix", 0} : peer_of(fd_.get());
 }
 
@@ -137,10 +138,11 @@ void Client::process_startup() {
     const Config& cfg = worker_->cfg();
     const bool tcp = !is_unix_;
     // As PgBouncer (and PostgreSQL): no TLS on the Unix socket, and no TLS required there.
-    opening_.tls_offered = tcp && cfg.tls != nullptr && cfg.tls->client != nullptr;
-    opening_.tls_required = tcp && ssl_mode_requires_tls(parse_ssl_mode(cfg.client_tls_sslmode));
+    login_->opening.tls_offered = tcp && cfg.tls != nullptr && cfg.tls->client != nullptr;
+    login_->opening.tls_required =
+        tcp && ssl_mode_requires_tls(parse_ssl_mode(cfg.client_tls_sslmode));
     std::span<const uint8_t> in(in_.begin(), in_.size());
-    OpeningStep step = next_opening_step(opening_, in);
+    OpeningStep step = next_opening_step(login_->opening, in);
     switch (step.action) {
       case OpeningAction::NeedMore:
         if (step.len > in_.size()) worker_->bufs().reserve(in_, step.len - in_.size());
@@ -167,11 +169,12 @@ void Client::process_startup() {
                       "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
                       step.code >> 16, step.code & 0xffff);
         fail("0A000", msg,
-             opening_.in_tls ? "encryption request inside TLS" : "repeated encryption request");
+             login_->opening.in_tls ? "encryption request inside TLS"
+                                    : "repeated encryption request");
         return;
       }
       case OpeningAction::AnswerN: {
-        note_opening_step(opening_, step);
+        note_opening_step(login_->opening, step);
         in_.rpos += step.len;
         const char no = 'N';
         worker_->bufs().append(out_, &no, 1);
@@ -181,11 +184,11 @@ void Client::process_startup() {
       }
       case OpeningAction::AnswerS:
       case OpeningAction::DirectTls: {
-        note_opening_step(opening_, step);
+        note_opening_step(login_->opening, step);
         std::span<const uint8_t> early;
         if (step.action == OpeningAction::DirectTls) early = in.subspan(0, step.len);
-        direct_tls_ = step.action == OpeningAction::DirectTls;
-        tls_ctx_ = cfg.tls->client;
+        login_->direct_tls = step.action == OpeningAction::DirectTls;
+        login_->tls_ctx = cfg.tls->client;
         begin_tls(early);
         in_.rpos += step.len;
         worker_->bufs().release_if_empty(in_);
@@ -194,7 +197,7 @@ void Client::process_startup() {
       }
       case OpeningAction::RefusePlain:
       case OpeningAction::Packet: {
-        note_opening_step(opening_, step);
+        note_opening_step(login_->opening, step);
         std::span<const uint8_t> pkt(in_.begin(), step.len);
         in_.rpos += step.len;
         if (step.action == OpeningAction::RefusePlain) {
@@ -230,8 +233,8 @@ void Client::refuse_plain(std::span<const uint8_t> pkt) {
 }
 
 void Client::begin_tls(std::span<const uint8_t> early) {
-  tls_early_.assign(reinterpret_cast<const char*>(early.data()), early.size());
-  if (!direct_tls_) {
+  login_->tls_early.assign(reinterpret_cast<const char*>(early.data()), early.size());
+  if (!login_->direct_tls) {
     const char yes = 'S';
     worker_->bufs().append(out_, &yes, 1);
   }
@@ -249,10 +252,11 @@ void Client::step_tls() {
       }
       if (!out_.empty()) return;  // the write event calls again
     }
-    bool ok = tls_ctx_ != nullptr && start_tls(tls_ctx_->get(), true, tls_early_, "", false);
-    tls_ctx_.reset();
-    tls_early_.clear();
-    tls_early_.shrink_to_fit();
+    bool ok = login_->tls_ctx != nullptr &&
+              start_tls(login_->tls_ctx->get(), true, login_->tls_early, "", false);
+    login_->tls_ctx.reset();
+    login_->tls_early.clear();
+    login_->tls_early.shrink_to_fit();
     if (!ok) {
       worker_->rt()->client_tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
       LOG_WARN("C-%p: (nodb)/(nouser)@%s:%d could not start TLS: %s", static_cast<void*>(this),
@@ -271,7 +275,7 @@ void Client::step_tls() {
     worker_->close_client(this, "TLS handshake failed");
     return;
   }
-  if (direct_tls_) {
+  if (login_->direct_tls) {
     // PostgreSQL 17: a direct TLS connection must have negotiated ALPN "postgresql" (the
     // context's callback refuses any other protocol; a client may offer none).
     const unsigned char* proto = nullptr;
@@ -288,7 +292,7 @@ void Client::step_tls() {
     }
   }
   worker_->rt()->client_tls_handshakes.fetch_add(1, std::memory_order_relaxed);
-  opening_.in_tls = true;
+  login_->opening.in_tls = true;
   worker_->set_state(this, ClientState::Startup);
   want_write(!out_.empty());
   want_read(true);  // the startup packet follows inside TLS (and may be decrypted already)
@@ -396,33 +400,33 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
 bool Client::begin_auth() {
   const Config& cfg = worker_->cfg();
   const std::string* s = cfg.userlist.find(user_);
-  user_known_ = s != nullptr;
-  secret_ = s ? *s : std::string();
+  login_->user_known = s != nullptr;
+  login_->secret = s ? *s : std::string();
   // An empty secret is no password: like PostgreSQL (a role without a password) and PgBouncer,
   // every password method refuses it, through the same motions as for an unknown user.
-  const bool has_secret = user_known_ && !secret_.empty();
-  SecretKind kind = has_secret ? secret_kind(secret_) : SecretKind::Plain;
+  const bool has_secret = login_->user_known && !login_->secret.empty();
+  SecretKind kind = has_secret ? secret_kind(login_->secret) : SecretKind::Plain;
   std::string m;
   auto start_scram = [&]() {
     ScramKeys keys;
     bool mock = !has_secret;
     if (has_secret && kind == SecretKind::Scram) {
-      auto k = parse_scram_secret(secret_);
+      auto k = parse_scram_secret(login_->secret);
       if (k) {
         keys = *k;
-        scram_real_secret_ = true;
+        login_->scram_real_secret = true;
       } else {
         mock = true;
       }
     } else if (has_secret && kind == SecretKind::Plain) {
       // PBKDF2 runs once per (user, secret), not on the event loop at every login.
-      keys = scram_key_cache().get(user_, secret_, cfg.scram_iterations);
+      keys = scram_key_cache().get(user_, login_->secret, cfg.scram_iterations);
       if (keys.iterations == 0) mock = true;
     } else {
       mock = true;  // unknown user, no password, or an md5 secret that cannot serve SCRAM
     }
     if (mock) keys = scram_mock_keys(user_, worker_->rt()->scram_nonce, cfg.scram_iterations);
-    scram_ = std::make_unique<ScramServerSession>(std::move(keys), mock);
+    login_->scram = std::make_unique<ScramServerSession>(std::move(keys), mock);
     // Over TLS SCRAM-SHA-256-PLUS comes first (tls-server-end-point binding, as PostgreSQL
     // offers it), to every user alike so that the list tells nothing about the secret.
     if (tls() && !tls_server_end_point(SSL_get_certificate(ssl())).empty()) {
@@ -432,14 +436,14 @@ bool Client::begin_auth() {
     } else {
       wire::auth_sasl(m, "SCRAM-SHA-256");
     }
-    auth_step_ = AuthStep::ScramFirst;
+    login_->auth_step = AuthStep::ScramFirst;
   };
   switch (cfg.auth_type) {
     case AuthType::Any:
       finish_auth();
       return !dead_;
     case AuthType::Trust:
-      if (!user_known_) {
+      if (!login_->user_known) {
         auth_failed();
         return false;
       }
@@ -447,15 +451,15 @@ bool Client::begin_auth() {
       return !dead_;
     case AuthType::Plain:
       wire::auth_request(m, 3);
-      auth_step_ = AuthStep::Cleartext;
+      login_->auth_step = AuthStep::Cleartext;
       break;
     case AuthType::Md5:
       if (has_secret && kind == SecretKind::Scram) {
         start_scram();
       } else {
-        random_bytes(md5_salt_.data(), md5_salt_.size());
-        wire::auth_request(m, 5, md5_salt_);
-        auth_step_ = AuthStep::Md5;
+        random_bytes(login_->md5_salt.data(), login_->md5_salt.size());
+        wire::auth_request(m, 5, login_->md5_salt);
+        login_->auth_step = AuthStep::Md5;
       }
       break;
     case AuthType::ScramSha256:
@@ -486,7 +490,7 @@ void Client::cert_auth() {
     return;
   }
   std::string cn = tls_peer_common_name(ssl());
-  if (!user_known_ || cn != user_) {
+  if (!login_->user_known || cn != user_) {
     if (cn != user_)
       LOG_WARN("C-%p: %s/%s@%s:%d certificate CN \"%s\" does not match the user name",
                static_cast<void*>(this), db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port,
@@ -526,22 +530,22 @@ void Client::process_auth() {
     wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
     in_.rpos += total;
     const Config& cfg = worker_->cfg();
-    switch (auth_step_) {
+    switch (login_->auth_step) {
       case AuthStep::Cleartext: {
         std::string_view pw;
         if (!r.cstr(pw)) return auth_failed();
         if (pw.empty()) return empty_password();
-        if (!user_known_ || secret_.empty()) return auth_failed();
+        if (!login_->user_known || login_->secret.empty()) return auth_failed();
         bool ok = false;
-        switch (secret_kind(secret_)) {
+        switch (secret_kind(login_->secret)) {
           case SecretKind::Plain:
-            ok = constant_time_eq(pw, secret_);
+            ok = constant_time_eq(pw, login_->secret);
             break;
           case SecretKind::Md5:
-            ok = constant_time_eq(md5_secret(pw, user_), secret_);
+            ok = constant_time_eq(md5_secret(pw, user_), login_->secret);
             break;
           case SecretKind::Scram: {
-            auto k = parse_scram_secret(secret_);
+            auto k = parse_scram_secret(login_->secret);
             if (k) {
               ScramKeys t = scram_keys_from_password(pw, k->salt, k->iterations);
               ok = t.stored_key == k->stored_key;
@@ -558,7 +562,8 @@ void Client::process_auth() {
         if (!r.cstr(resp)) return auth_failed();
         if (resp.empty()) return empty_password();
         // md5_verify refuses an empty stored secret.
-        if (!user_known_ || !md5_verify(secret_, user_, md5_salt_.data(), resp))
+        if (!login_->user_known ||
+            !md5_verify(login_->secret, user_, login_->md5_salt.data(), resp))
           return auth_failed();
         finish_auth();
         break;
@@ -579,8 +584,8 @@ void Client::process_auth() {
                "bad SASL mechanism");
           return;
         }
-        if (!cbind.empty()) scram_->set_channel_binding(std::move(cbind), plus);
-        auto res = scram_->handle_client_first(
+        if (!cbind.empty()) login_->scram->set_channel_binding(std::move(cbind), plus);
+        auto res = login_->scram->handle_client_first(
             std::string_view(reinterpret_cast<const char*>(data.data()), data.size()));
         if (!res) {
           fail(res.status().sqlstate(), res.status().message(), "bad SCRAM client-first");
@@ -591,13 +596,13 @@ void Client::process_auth() {
             m, 11,
             std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(res->data()), res->size()));
         worker_->bufs().append(out_, m.data(), m.size());
-        auth_step_ = AuthStep::ScramFinal;
+        login_->auth_step = AuthStep::ScramFinal;
         flush();
         break;
       }
       case AuthStep::ScramFinal: {
         auto rest = r.rest();
-        auto res = scram_->handle_client_final(
+        auto res = login_->scram->handle_client_final(
             std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
         if (!res) {
           if (res.status().sqlstate() == "28P01") return auth_failed();
@@ -621,8 +626,8 @@ void Client::process_auth() {
 }
 
 void Client::finish_auth() {
-  std::unique_ptr<ScramServerSession> scram = std::move(scram_);
-  auth_step_ = AuthStep::None;
+  std::unique_ptr<ScramServerSession> scram = std::move(login_->scram);
+  login_->auth_step = AuthStep::None;
   if (worker_->cfg().log_connections)
     LOG_INFO("C-%p: %s/%s@%s:%d login attempt: db=%s user=%s tls=%s", static_cast<void*>(this),
              db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port, db_.c_str(), user_.c_str(),
@@ -639,12 +644,14 @@ void Client::finish_auth() {
     lp_ = worker_->local_pool(pool_);
     // Pass-through: the client proved the stored secret, so its keys can log in to a
     // server holding the same secret (only when no forced user changes who logs in).
-    if (scram != nullptr && scram->succeeded() && scram_real_secret_ && pool_->user_name == user_) {
-      auto k = parse_scram_secret(secret_);
+    if (scram != nullptr && scram->succeeded() && login_->scram_real_secret &&
+        pool_->user_name == user_) {
+      auto k = parse_scram_secret(login_->secret);
       if (k) pool_->set_scram_keys(scram->client_key(), k->server_key);
     }
   }
   scram.reset();
+  login_.reset();  // the secret and the exchange are not needed any more
   worker_->register_cancel_key(this);
   if (is_admin_) {
     admin_login(this);

@@ -158,18 +158,24 @@ class Client final : public Conn {
   std::string_view server_stmt_name(std::string_view name, int* rename, uint64_t* id,
                                     bool* touches = nullptr);
 
-  AuthStep auth_step_ = AuthStep::None;
-  std::string secret_;  // the stored secret of user_ (empty when unknown)
-  bool user_known_ = false;
-  std::array<uint8_t, 4> md5_salt_{};
-  std::unique_ptr<ScramServerSession> scram_;
-  bool scram_real_secret_ = false;  // the SCRAM keys came from a stored SCRAM secret
-  Opening opening_;                 // what was asked before the startup packet (startup.h)
-  bool direct_tls_ = false;         // TLS began with a ClientHello, without an SSLRequest
-  // Between 'S' and the handshake's start: the context chosen when the SSLRequest was
-  // answered, and the ClientHello bytes already read (direct TLS).
-  std::shared_ptr<const TlsContext> tls_ctx_;
-  std::string tls_early_;
+  // What only the login needs (the requests before the startup packet, the start of TLS,
+  // the password exchange and the stored secret): freed once the client is authenticated
+  // (finish_auth), so that a logged-in client carries none of it, its secret least of all.
+  struct Login {
+    AuthStep auth_step = AuthStep::None;
+    bool user_known = false;
+    bool scram_real_secret = false;  // the SCRAM keys came from a stored SCRAM secret
+    bool direct_tls = false;         // TLS began with a ClientHello, without an SSLRequest
+    std::array<uint8_t, 4> md5_salt{};
+    Opening opening;     // what was asked before the startup packet (startup.h)
+    std::string secret;  // the stored secret of the user (empty when unknown)
+    std::unique_ptr<ScramServerSession> scram;
+    // Between 'S' and the handshake's start: the context chosen when the SSLRequest was
+    // answered, and the ClientHello bytes already read (direct TLS).
+    std::shared_ptr<const TlsContext> tls_ctx;
+    std::string tls_early;
+  };
+  std::unique_ptr<Login> login_;
 };
 
 }  // namespace pgsluice

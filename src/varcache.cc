@@ -37,6 +37,34 @@ int TrackedNames::find(std::string_view name) const {
   return -1;
 }
 
+size_t VarCache::entry(size_t i) const {
+  size_t at = 0;
+  for (; i > 0; i--) at = data_.find('\0', at + 1) + 1;
+  return at;
+}
+
+void VarCache::resize(size_t n) {
+  if (n < n_) {
+    data_.resize(entry(n));
+  } else {
+    for (size_t i = n_; i < n; i++) data_.append(2, '\0');
+  }
+  n_ = n;
+}
+
+void VarCache::set(size_t i, std::string_view v) {
+  size_t at = entry(i);
+  size_t end = data_.find('\0', at + 1);
+  data_[at] = 1;
+  data_.replace(at + 1, end - at - 1, v.substr(0, v.find('\0')));
+}
+
+std::string_view VarCache::get(size_t i) const {
+  if (!has(i)) return {};
+  size_t at = entry(i) + 1;
+  return std::string_view(data_).substr(at, data_.find('\0', at) - at);
+}
+
 std::string varcache_diff_sql(const TrackedNames& names, const VarCache& client,
                               const VarCache& server) {
   std::string sql;

@@ -23,26 +23,27 @@ class TrackedNames {
   std::vector<std::string> names_;
 };
 
-// One value per tracked name; empty `set` flag means unknown.
+// One value per tracked name, or unknown. Kept in one string (per name: a byte 1 when the
+// value is known, else 0, then the value and a NUL; values never hold a NUL, they come from
+// the wire's C strings), so that a client or server carries one small allocation for all
+// of them instead of a string object per name (ARCHITECTURE.md, memory per client).
 class VarCache {
  public:
   VarCache() = default;
-  explicit VarCache(size_t n) : vals_(n), set_(n, false) {}
-  void resize(size_t n) {
-    vals_.resize(n);
-    set_.resize(n, false);
-  }
-  void set(size_t i, std::string_view v) {
-    vals_[i] = v;
-    set_[i] = true;
-  }
-  bool has(size_t i) const { return i < set_.size() && set_[i]; }
-  const std::string& get(size_t i) const { return vals_[i]; }
-  size_t size() const { return vals_.size(); }
+  explicit VarCache(size_t n) { resize(n); }
+  // Keeps the values of the first n names; names added are unknown.
+  void resize(size_t n);
+  void set(size_t i, std::string_view v);
+  bool has(size_t i) const { return i < n_ && data_[entry(i)] == 1; }
+  // The value of name i (empty when unknown).
+  std::string_view get(size_t i) const;
+  size_t size() const { return n_; }
 
  private:
-  std::vector<std::string> vals_;
-  std::vector<bool> set_;
+  // Offset of name i's flag byte in data_.
+  size_t entry(size_t i) const;
+  std::string data_;
+  size_t n_ = 0;
 };
 
 // "SET a='x';SET b='y';" for every tracked value the client has that the server lacks

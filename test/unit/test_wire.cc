@@ -228,6 +228,41 @@ TEST_CASE("varcache diff issues SET only for differing values") {
         "SET DateStyle='ISO, MDY';SET application_name='it''s';");
 }
 
+TEST_CASE("VarCache keeps each value apart in its one string") {
+  VarCache v(4);
+  CHECK(v.size() == 4);
+  for (size_t i = 0; i < 4; i++) CHECK_FALSE(v.has(i));
+  CHECK_FALSE(v.has(4));
+  v.set(2, "UTC");
+  v.set(0, "");
+  CHECK(v.has(0));
+  CHECK(v.get(0).empty());
+  CHECK_FALSE(v.has(1));
+  CHECK(v.get(2) == "UTC");
+  v.set(1, "a much longer value than the small string buffer");
+  v.set(2, "Europe/Amsterdam");
+  v.set(0, "x");
+  CHECK(v.get(0) == "x");
+  CHECK(v.get(1) == "a much longer value than the small string buffer");
+  CHECK(v.get(2) == "Europe/Amsterdam");
+  CHECK_FALSE(v.has(3));
+  v.set(3, "last");
+  v.set(1, "");
+  CHECK(v.get(1).empty());
+  CHECK(v.get(3) == "last");
+  v.resize(6);
+  CHECK(v.get(3) == "last");
+  CHECK_FALSE(v.has(5));
+  v.set(5, "five");
+  v.resize(3);
+  CHECK(v.size() == 3);
+  CHECK_FALSE(v.has(3));
+  CHECK(v.get(2) == "Europe/Amsterdam");
+  v.resize(5);
+  CHECK_FALSE(v.has(3));
+  CHECK_FALSE(v.has(4));
+}
+
 #include "prepared.h"
 
 TEST_CASE("SQL-level PREPARE/EXECUTE/DEALLOCATE lexer") {
