@@ -184,64 +184,56 @@ Conn::~Conn() {
 void Conn::attach(Worker* w) {
   detach();
   worker_ = w;
-  event_assign(&ev_read_, w->base(), fd_.get(), EV_READ | EV_PERSIST, &Conn::read_cb, this);
-  event_assign(&ev_write_, w->base(), fd_.get(), EV_WRITE | EV_PERSIST, &Conn::write_cb, this);
   attached_ = true;
-  bool r = reading_, wr = writing_;
-  reading_ = writing_ = false;
-  want_read(r);
-  want_write(wr);
+  rearm();
+  wake_if_tls_pending();
 }
 
 void Conn::detach() {
   if (!attached_) return;
-  if (reading_) event_del(&ev_read_);
-  if (writing_) event_del(&ev_write_);
+  if (armed_ != 0) event_del(&ev_);
+  armed_ = 0;
   attached_ = false;
 }
 
+void Conn::rearm() {
+  if (!attached_) return;
+  short want = 0;
+  if (reading_ && (suspend_exempt_ || !worker_->suspended())) want |= EV_READ;
+  if (writing_) want |= EV_WRITE;
+  if (want == armed_) return;
+  // libevent changes an event's mask only by assigning it again, which must not be done
+  // while it is added: deleted first (two epoll_ctl calls where two events took one; the
+  // mask changes only when a socket fills or a connection changes phase).
+  if (armed_ != 0) event_del(&ev_);
+  armed_ = want;
+  if (want == 0) return;
+  event_assign(&ev_, worker_->base(), fd_.get(), static_cast<short>(want | EV_PERSIST),
+               &Conn::io_cb, this);
+  event_add(&ev_, nullptr);
+}
+
 void Conn::want_read(bool on) {
-  if (!attached_) {
-    reading_ = on;
-    return;
-  }
   if (on == reading_) return;
   reading_ = on;
-  if (worker_->suspended() && !suspend_exempt_) return;  // recorded; RESUME re-arms it
-  if (on) {
-    event_add(&ev_read_, nullptr);
-    wake_if_tls_pending();
-  } else {
-    event_del(&ev_read_);
-  }
+  rearm();  // during SUSPEND the wish is recorded; RESUME adds it (apply_suspend)
+  if (on) wake_if_tls_pending();
 }
 
 void Conn::wake_if_tls_pending() {
-  if (ssl_ != nullptr && attached_ && reading_ && !dead_ && SSL_pending(ssl_) > 0)
-    event_active(&ev_read_, EV_READ, 0);
+  if (ssl_ != nullptr && attached_ && (armed_ & EV_READ) != 0 && !dead_ && SSL_pending(ssl_) > 0)
+    event_active(&ev_, EV_READ, 0);
 }
 
 void Conn::apply_suspend(bool suspended) {
-  if (!attached_ || !reading_ || suspend_exempt_) return;
-  if (suspended) {
-    event_del(&ev_read_);
-  } else {
-    event_add(&ev_read_, nullptr);
-    wake_if_tls_pending();
-  }
+  rearm();
+  if (!suspended) wake_if_tls_pending();
 }
 
 void Conn::want_write(bool on) {
-  if (!attached_) {
-    writing_ = on;
-    return;
-  }
   if (on == writing_) return;
   writing_ = on;
-  if (on)
-    event_add(&ev_write_, nullptr);
-  else
-    event_del(&ev_write_);
+  rearm();
 }
 
 Conn::Io Conn::read_in(size_t* got) {
@@ -411,26 +403,28 @@ Conn::Io Conn::tls_handshake(std::string* why) {
   }
 }
 
-void Conn::read_cb(evutil_socket_t, short, void* arg) {
+void Conn::io_cb(evutil_socket_t, short what, void* arg) {
   auto* c = static_cast<Conn*>(arg);
   Worker* w = c->worker_;  // c may be handed to another worker by its callback
-  if (c->write_needs_read_ && !c->dead_) {
-    c->write_needs_read_ = false;
-    c->on_writable();
+  // Still this worker's, still attached, not closed: a callback may have changed any of it.
+  auto mine = [c, w] { return !c->dead_ && c->worker_ == w && c->attached_; };
+  if ((what & EV_WRITE) != 0) {
+    if (c->read_needs_write_ && mine()) {
+      c->read_needs_write_ = false;
+      c->want_write(false);
+      c->on_readable();
+    }
+    if (mine()) c->on_writable();
   }
-  if (!c->dead_) c->on_readable();
-  if (c->ssl_ != nullptr && c->worker_ == w) c->wake_if_tls_pending();
-  w->after_callback();
-}
-
-void Conn::write_cb(evutil_socket_t, short, void* arg) {
-  auto* c = static_cast<Conn*>(arg);
-  if (c->read_needs_write_ && !c->dead_) {
-    c->read_needs_write_ = false;
-    c->want_write(false);
-    c->on_readable();
+  if ((what & EV_READ) != 0) {
+    if (c->write_needs_read_ && mine()) {
+      c->write_needs_read_ = false;
+      c->on_writable();
+    }
+    if (mine() && c->reading_) c->on_readable();
+    if (c->ssl_ != nullptr && c->worker_ == w) c->wake_if_tls_pending();
+    w->after_callback();
   }
-  if (!c->dead_) c->on_writable();
 }
 
 bool set_nonblocking(int fd) {

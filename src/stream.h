@@ -108,8 +108,10 @@ class Conn {
  protected:
   Worker* worker_;
   Fd fd_;
-  struct event ev_read_;
-  struct event ev_write_;
+  // One event for the fd, added with EV_READ and/or EV_WRITE as wanted (rearm): one
+  // struct event per connection instead of one per direction (ARCHITECTURE.md, memory).
+  struct event ev_;
+  short armed_ = 0;  // the mask ev_ is added with; 0 when it is not added
   bool attached_ = false;
   bool reading_ = false;
   bool writing_ = false;
@@ -120,8 +122,9 @@ class Conn {
   SSL* ssl_ = nullptr;  // owned (SSL_free in the destructor); null for plain connections
 
  private:
-  static void read_cb(evutil_socket_t, short, void* arg);
-  static void write_cb(evutil_socket_t, short, void* arg);
+  static void io_cb(evutil_socket_t, short what, void* arg);
+  // Adds ev_ again when the wanted mask (reading_ unless suspended, writing_) changed.
+  void rearm();
   // Decrypted bytes waiting inside OpenSSL get no socket event: schedule the read event.
   void wake_if_tls_pending();
 };
