@@ -470,6 +470,10 @@ int main(int argc, char** argv) {
       std::fclose(f);
     }
   }
+  if (!crypto_start()) {
+    LOG_ERROR("OpenSSL could not give random bytes or an md5 digest: not starting");
+    return 1;
+  }
   if (!cfg->unix_socket_dir.empty())
     m.unix_path = cfg->unix_socket_dir + "/.s.PGSQL." + std::to_string(cfg->listen_port);
 

@@ -110,6 +110,11 @@ bool random_bytes(uint8_t* out, size_t n) {
   return true;
 }
 
+bool crypto_start() {
+  uint8_t b[16];
+  return random_bytes(b, sizeof b) && !md5_secret("pgsluice", "start").empty();
+}
+
 bool constant_time_eq(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   if (a.empty()) return true;

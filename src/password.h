@@ -34,6 +34,11 @@ bool md5_verify(std::string_view stored_secret, std::string_view user, const uin
 // Fills out[0..n) from OpenSSL's CSPRNG (RAND_bytes). False if it failed.
 bool random_bytes(uint8_t* out, size_t n);
 
+// Seeds OpenSSL's random generator and runs the md5 digest once, at start: a machine that
+// cannot give random bytes is refused at start rather than at the first login, and what
+// OpenSSL sets up on first use (its providers, the generator) is not paid by a client.
+bool crypto_start();
+
 // Equal length and equal bytes, compared in time that depends only on the lengths.
 bool constant_time_eq(std::string_view a, std::string_view b);
 
