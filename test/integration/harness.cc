@@ -914,15 +914,6 @@ void sleep_ms(int ms) {
   std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
 
-bool wait_for(const std::function<bool()>& done, int ms) {
-  auto t0 = Clock::now();
-  while (!done()) {
-    if (seconds_since(t0) * 1000 >= ms) return done();
-    sleep_ms(10);
-  }
-  return true;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Raw protocol
 

@@ -11,7 +11,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -259,8 +258,17 @@ Msg login_with_wrong_password(int port, const std::string& user, const std::stri
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t);
 void sleep_ms(int ms);
-// Polls `done` every 10 ms until it holds or `ms` have passed; returns its last value. For
-// facts another thread or process makes true a little after the reply a test waits on.
-bool wait_for(const std::function<bool()>& done, int ms = 2000);
+// Polls `cond` every 20 ms until it holds or `timeout_s` have passed; returns its last
+// value. For facts another thread or process makes true a little after the reply a test
+// waits on.
+template <typename F>
+bool eventually(F cond, double timeout_s = 5) {
+  auto t0 = Clock::now();
+  while (seconds_since(t0) < timeout_s) {
+    if (cond()) return true;
+    sleep_ms(20);
+  }
+  return cond();
+}
 
 }  // namespace it

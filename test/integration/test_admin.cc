@@ -74,17 +74,6 @@ int pool_value(PGconn* admin, const std::string& col) {
   return -1;
 }
 
-// Polls until pred() or the timeout.
-template <typename F>
-bool eventually(F pred, double timeout_s = 5) {
-  auto t0 = Clock::now();
-  while (seconds_since(t0) < timeout_s) {
-    if (pred()) return true;
-    sleep_ms(20);
-  }
-  return pred();
-}
-
 // A second pgsluice started from a Pooler's config on another port, for tests that end
 // the process (the Pooler itself must outlive its test).
 class Second {

@@ -62,6 +62,33 @@ Raw unix_raw(const Pooler& p) {
   return Raw(fd);
 }
 
+// What libpq (and so psycopg, which uses it) and PgBouncer's rules make of a client sslmode
+// against a client_tls_sslmode: whether the login succeeds and whether it is over TLS.
+// `with_cert`: the client presents the fixture's md5user certificate.
+struct TlsOutcome {
+  bool ok = true;
+  bool tls = false;
+};
+TlsOutcome expected_outcome(const std::string& smode, const std::string& cmode, bool with_cert) {
+  const bool offered = smode != "disable";
+  const bool required = offered && smode != "allow" && smode != "prefer";
+  const bool needs_cert = smode == "verify-ca" || smode == "verify-full";
+  const bool client_wants_tls = cmode != "disable" && cmode != "allow";
+  const bool client_can_tls = cmode != "disable";
+  const bool client_needs_tls = client_wants_tls && cmode != "prefer";
+  TlsOutcome o;
+  o.tls = offered && (client_wants_tls || (cmode == "allow" && required));
+  if (client_needs_tls && !offered) o.ok = false;
+  if (required && !client_can_tls) o.ok = false;
+  if (o.tls && needs_cert && !with_cert) o.ok = false;  // the handshake wants a certificate
+  // prefer falls back to plain text only when TLS is refused ('N'), not after a failed
+  // handshake, and allow retries with TLS only after a plain-text refusal.
+  return o;
+}
+
+const char* const kSslModes[] = {"disable", "allow",     "prefer",
+                                 "require", "verify-ca", "verify-full"};
+
 std::string metrics_text(int port) {
   Raw r = Raw::tcp(port, 5);
   if (!r.send_bytes("GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")) return "";
@@ -79,52 +106,25 @@ std::string admin_conninfo(const Pooler& p) {
   return p.unix_conninfo("md5user", "md5pass", "pgbouncer");
 }
 
-// Waits until `cond` holds or `timeout_s` passes.
-template <class F>
-bool eventually(F cond, double timeout_s = 5) {
-  auto t0 = Clock::now();
-  while (seconds_since(t0) < timeout_s) {
-    if (cond()) return true;
-    sleep_ms(50);
-  }
-  return cond();
-}
-
 }  // namespace
 
 TEST_SUITE("tls client") {
   TEST_CASE("tls client: every libpq sslmode against every client_tls_sslmode") {
     if (skip_in_direct_mode("client TLS is pgsluice's")) return;
     const Certs& k = certs();
-    const char* server_modes[] = {"disable", "allow",     "prefer",
-                                  "require", "verify-ca", "verify-full"};
-    const char* client_modes[] = {"disable", "allow",     "prefer",
-                                  "require", "verify-ca", "verify-full"};
     int logins = 0, tls_logins = 0;
-    for (const char* sm : server_modes) {
+    for (const char* sm : kSslModes) {
       Pooler p(tls_options(sm));
       const std::string smode = sm;
-      const bool offered = smode != "disable";
-      const bool required = offered && smode != "allow" && smode != "prefer";
       const bool needs_cert = smode == "verify-ca" || smode == "verify-full";
-      for (const char* cm : client_modes) {
+      for (const char* cm : kSslModes) {
         for (bool with_cert : {false, true}) {
           if (with_cert && !needs_cert) continue;
           const std::string cmode = cm;
           CAPTURE(smode);
           CAPTURE(cmode);
           CAPTURE(with_cert);
-          const bool client_wants_tls = cmode != "disable" && cmode != "allow";
-          const bool client_can_tls = cmode != "disable";
-          const bool client_needs_tls = client_wants_tls && cmode != "prefer";
-          // What libpq and PgBouncer's rules make of it.
-          bool tls = offered && (client_wants_tls || (cmode == "allow" && required));
-          bool ok = true;
-          if (client_needs_tls && !offered) ok = false;
-          if (required && !client_can_tls) ok = false;
-          if (tls && needs_cert && !with_cert) ok = false;  // the handshake wants a certificate
-          // prefer falls back to plain text only when TLS is refused ('N'), not after a
-          // failed handshake, and allow retries with TLS only after a plain-text refusal.
+          const TlsOutcome want = expected_outcome(smode, cmode, with_cert);
           std::string ci = p.conninfo("md5user", "md5pass", "testdb",
                                       libpq_ssl(cmode, k.ca_cert, with_cert ? k.md5user_cert : "",
                                                 with_cert ? k.md5user_key : "") +
@@ -132,13 +132,14 @@ TEST_SUITE("tls client") {
           std::string err;
           Conn c = try_connect(ci, &err);
           CAPTURE(err);
-          CHECK((c != nullptr) == ok);
+          CHECK((c != nullptr) == want.ok);
           if (c) {
             logins++;
             CHECK(scalar(c.get(), "select 1") == "1");
-            CHECK((PQsslInUse(c.get()) == 1) == tls);
-            if (tls) tls_logins++;
-          } else if (required && !client_can_tls) {
+            CHECK((PQsslInUse(c.get()) == 1) == want.tls);
+            if (want.tls) tls_logins++;
+          } else if (smode != "disable" && smode != "allow" && smode != "prefer" &&
+                     cmode == "disable") {
             CHECK(has(err, "SSL required"));
             CHECK(has(err, "no encryption"));
           }
@@ -146,6 +147,71 @@ TEST_SUITE("tls client") {
       }
     }
     MESSAGE("sslmode matrix: " << logins << " logins, " << tls_logins << " over TLS");
+    CHECK(tls_logins >= 15);
+  }
+
+  TEST_CASE("tls client: every psycopg sslmode against every client_tls_sslmode") {
+    if (skip_in_direct_mode("client TLS is pgsluice's")) return;
+    const Certs& k = certs();
+    // One Python process per pooler: it tries every connection string given and prints,
+    // per line, "ok <ssl_in_use>" or "fail <message>".
+    const std::string script =
+        "import sys, psycopg\n"
+        "for ci in sys.argv[1:]:\n"
+        "    try:\n"
+        "        with psycopg.connect(ci) as c:\n"
+        "            v = c.execute('select 40 + 2').fetchone()[0]\n"
+        "            print('ok', c.pgconn.ssl_in_use, v, flush=True)\n"
+        "    except psycopg.Error as e:\n"
+        "        print('fail', str(e).replace('\\n', ' '), flush=True)\n";
+    int logins = 0, tls_logins = 0;
+    for (const char* sm : kSslModes) {
+      Pooler p(tls_options(sm));
+      const std::string smode = sm;
+      const bool needs_cert = smode == "verify-ca" || smode == "verify-full";
+      std::vector<std::pair<std::string, bool>> cases;  // client sslmode, with certificate
+      std::string args;
+      for (const char* cm : kSslModes) {
+        for (bool with_cert : {false, true}) {
+          if (with_cert && !needs_cert) continue;
+          cases.emplace_back(cm, with_cert);
+          args +=
+              " " + shell_quote(p.conninfo("md5user", "md5pass", "testdb",
+                                           libpq_ssl(cm, k.ca_cert, with_cert ? k.md5user_cert : "",
+                                                     with_cert ? k.md5user_key : "") +
+                                               " connect_timeout=5"));
+        }
+      }
+      write_file(p.dir() + "/sslmodes.py", script);
+      CmdResult r = run_shell("/usr/bin/python3 " + p.dir() + "/sslmodes.py" + args, 120);
+      CAPTURE(r.output);
+      REQUIRE(r.exit_code == 0);
+      std::vector<std::string> lines;
+      size_t at = 0;
+      while (at < r.output.size()) {
+        size_t nl = r.output.find('\n', at);
+        if (nl == std::string::npos) nl = r.output.size();
+        std::string line = r.output.substr(at, nl - at);
+        if (line.rfind("ok ", 0) == 0 || line.rfind("fail ", 0) == 0) lines.push_back(line);
+        at = nl + 1;
+      }
+      REQUIRE(lines.size() == cases.size());
+      for (size_t i = 0; i < cases.size(); i++) {
+        const auto& [cmode, with_cert] = cases[i];
+        CAPTURE(smode);
+        CAPTURE(cmode);
+        CAPTURE(with_cert);
+        CAPTURE(lines[i]);
+        const TlsOutcome want = expected_outcome(smode, cmode, with_cert);
+        CHECK((lines[i].rfind("ok ", 0) == 0) == want.ok);
+        if (want.ok) {
+          logins++;
+          CHECK(lines[i] == std::string("ok ") + (want.tls ? "True" : "False") + " 42");
+          if (want.tls) tls_logins++;
+        }
+      }
+    }
+    MESSAGE("psycopg sslmode matrix: " << logins << " logins, " << tls_logins << " over TLS");
     CHECK(tls_logins >= 15);
   }
 

@@ -561,7 +561,7 @@ TEST_SUITE("tls_server") {
       CHECK_MESSAGE(m.field('M').find("ALPN") != std::string::npos, m.field('M'));
       // The fake's SSL_accept returns when it has read pgsluice's Finished, which may be
       // after the client already has pgsluice's error: wait for it rather than race it.
-      CHECK(wait_for([&] { return fake.handshakes() >= 1; }));
+      CHECK(eventually([&] { return fake.handshakes() >= 1; }));
       sleep_ms(100);
       CHECK(fake.startups() == 0);
     }
