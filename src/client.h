@@ -71,7 +71,6 @@ class Client final : public Conn {
   Server* server_ = nullptr;
   std::string user_;
   std::string db_;
-  std::string app_name_;
   VarCache vars_;
   uint32_t cancel_pid_ = 0;
   std::array<uint8_t, 4> cancel_key_{};

@@ -120,7 +120,9 @@ ConnRow client_row(Worker& w, Client* c, bool sockets, double now) {
   r.ptr = c;
   r.link = c->server_;
   r.remote_pid = c->is_unix_ ? unix_peer_pid(c->fd()) : 0;
-  r.app_name = c->app_name_;
+  // The application_name the client was told (tracked for every client, varcache.h).
+  if (int i = w.rt()->tracked->find("application_name"); i >= 0)
+    r.app_name = std::string(c->vars_.get(static_cast<size_t>(i)));
   r.id = c->id_;
   r.prepared = c->stmts_.size();
   r.worker = w.index();

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -234,6 +235,23 @@ TEST_CASE("admin console: every SHOW has PgBouncer's column names, order and typ
     CHECK(std::string(PQgetvalue(cfg.get(), i - 1, 0)) < std::string(PQgetvalue(cfg.get(), i, 0)));
   CHECK(cell(cfg.get(), "key", "default_pool_size", "value") == "4");
   CHECK(cell(cfg.get(), "key", "listen_port", "changeable") == "no");
+}
+
+TEST_CASE("admin console: SHOW CLIENTS gives each client's application_name") {
+  if (skip_in_direct_mode("the admin console is a pooler feature")) return;
+  Pooler p;
+  Conn admin = connect(admin_conninfo(p));
+  Conn a = connect(p.conninfo() + " application_name=app_one");
+  Conn b = connect(p.conninfo() + " application_name=app_two");
+  exec_ok(b.get(), "SET application_name = 'app_three'");
+  Result cl = exec_ok(admin.get(), "SHOW CLIENTS");
+  int app = PQfnumber(cl.get(), "application_name"), db = PQfnumber(cl.get(), "database");
+  REQUIRE(app >= 0);
+  std::multiset<std::string> apps;
+  for (int i = 0; i < PQntuples(cl.get()); i++)
+    if (std::string(PQgetvalue(cl.get(), i, db)) == "testdb")
+      apps.insert(PQgetvalue(cl.get(), i, app));
+  CHECK(apps == std::multiset<std::string>{"app_one", "app_three"});
 }
 
 TEST_CASE("admin console: fake parameters, SHOW HELP notice, errors keep the session") {
