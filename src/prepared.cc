@@ -86,16 +86,19 @@ size_t StmtRegistry::size() {
 }
 
 const std::shared_ptr<const StmtEntry>* ClientStmts::find(std::string_view name) const {
-  auto it = map_.find(name);
-  return it == map_.end() ? nullptr : &it->second;
+  if (!map_) return nullptr;
+  auto it = map_->find(name);
+  return it == map_->end() ? nullptr : &it->second;
 }
 
 void ClientStmts::set(std::string_view name, std::shared_ptr<const StmtEntry> e) {
-  map_[std::string(name)] = std::move(e);
+  if (!map_) map_ = std::make_unique<Map>();
+  (*map_)[std::string(name)] = std::move(e);
 }
 
 const StmtEntry* ClientStmts::find_by_id(uint64_t id, int32_t tag, std::string_view* name) const {
-  for (const auto& [n, e] : map_) {
+  if (!map_) return nullptr;
+  for (const auto& [n, e] : *map_) {
     if (e->id == id && name_tag(n) == tag) {
       *name = n;
       return e.get();
@@ -105,9 +108,10 @@ const StmtEntry* ClientStmts::find_by_id(uint64_t id, int32_t tag, std::string_v
 }
 
 bool ClientStmts::erase(std::string_view name) {
-  auto it = map_.find(name);
-  if (it == map_.end()) return false;
-  map_.erase(it);
+  if (!map_) return false;
+  auto it = map_->find(name);
+  if (it == map_->end()) return false;
+  map_->erase(it);
   return true;
 }
 

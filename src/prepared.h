@@ -67,8 +67,8 @@ class ClientStmts {
   const std::shared_ptr<const StmtEntry>* find(std::string_view name) const;
   void set(std::string_view name, std::shared_ptr<const StmtEntry> e);
   bool erase(std::string_view name);
-  void clear() { map_.clear(); }
-  size_t size() const { return map_.size(); }
+  void clear() { map_.reset(); }
+  size_t size() const { return map_ ? map_->size() : 0; }
   // The entry `id` under a client name whose name_tag() is `tag` (error path only: a scan).
   const StmtEntry* find_by_id(uint64_t id, int32_t tag, std::string_view* name) const;
 
@@ -77,7 +77,11 @@ class ClientStmts {
     using is_transparent = void;
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
-  std::unordered_map<std::string, std::shared_ptr<const StmtEntry>, Hash, std::equal_to<>> map_;
+  using Map =
+      std::unordered_map<std::string, std::shared_ptr<const StmtEntry>, Hash, std::equal_to<>>;
+  // Allocated at the first statement: a client that names none (most idle clients) carries
+  // one pointer instead of an empty map (ARCHITECTURE.md, memory per connection).
+  std::unique_ptr<Map> map_;
 };
 
 // A 31-bit fingerprint of a client's statement name, kept in a request instead of a copy
