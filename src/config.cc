@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "connstr.h"
+#include "hba.h"
 
 namespace pgsluice {
 
@@ -923,6 +924,39 @@ Result<std::shared_ptr<Config>> load_config(const std::string& path) {
     c->userlist = std::move(*users);
   }
   return std::shared_ptr<Config>(std::move(c));
+}
+
+Result<std::shared_ptr<const HbaFile>> load_hba_rules(const Config& c) {
+  if (c.auth_type != AuthType::Hba) return std::shared_ptr<const HbaFile>();
+  if (c.auth_hba_file.empty()) return Status::error("auth_type = hba needs auth_hba_file");
+  Result<std::string> text = read_config_file(c.auth_hba_file);
+  if (!text) return text.status();
+  HbaLoader loader = [](const std::string& path) -> std::optional<std::string> {
+    Result<std::string> t = read_config_file(path);
+    if (!t) return std::nullopt;
+    return std::move(*t);
+  };
+  auto file = std::make_shared<HbaFile>(parse_hba(*text, c.auth_hba_file, loader));
+  auto where = [&c](int line) { return c.auth_hba_file + ":" + std::to_string(line) + ": "; };
+  if (file->error_count > 0 && !file->errors.empty()) {
+    const HbaProblem& p = file->errors.front();
+    std::string more = file->error_count > 1
+                           ? " (and " + std::to_string(file->error_count - 1) + " more)"
+                           : std::string();
+    return Status::error(where(p.line) + p.message + more +
+                         "; the hba file is refused as a whole (a skipped line could let in "
+                         "what it was meant to refuse)");
+  }
+  if (!file->warnings.empty()) {
+    const HbaProblem& p = file->warnings.front();
+    return Status::error(where(p.line) + p.message + "; the hba file is refused");
+  }
+  for (const HbaRule& r : file->rules) {
+    if (!r.map.empty())
+      return Status::error(where(r.line) +
+                           "map= needs auth_ident_file, which is not supported yet");
+  }
+  return std::shared_ptr<const HbaFile>(std::move(file));
 }
 
 LogSettings log_settings(const Config& c) {

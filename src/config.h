@@ -82,6 +82,7 @@ struct PeerDef {
 // Immutable once loaded; workers hold it through std::shared_ptr<const Config>.
 // Field names are the ini keys. Durations are seconds (double).
 struct TlsContexts;  // tls.h
+struct HbaFile;      // hba.h
 
 struct Config {
   std::string config_file;  // the path given on the command line (conffile)
@@ -213,6 +214,9 @@ struct Config {
   // TLS contexts built from the *_tls_* settings (make_tls_contexts in tls.h) when the
   // snapshot is committed; null until then and in snapshots that are never run.
   std::shared_ptr<const TlsContexts> tls;
+  // auth_hba_file's rules (load_hba_rules) when auth_type = hba, read when the snapshot
+  // is committed; null otherwise.
+  std::shared_ptr<const HbaFile> hba;
 
   // Derived helpers.
   int effective_workers() const;  // workers, or the CPU count when 0
@@ -243,6 +247,14 @@ Result<std::shared_ptr<Config>> load_config(const std::string& path);
 // Parses ini text as if read from `path` (for tests and fuzzing; %include resolved
 // relative to the current directory, as PgBouncer does).
 Status parse_config_text(Config& c, std::string_view text, const std::string& path, int depth = 0);
+
+// auth_hba_file read and parsed when auth_type = hba (null otherwise). Refused as a whole,
+// with the file, line and reason of the first problem, when the file cannot be read, any
+// line is malformed (PgBouncer skips such a line and keeps the rest: a skipped `reject`
+// would let in what it was meant to refuse), an address has bits outside its mask (such a
+// rule matches nothing in PgBouncer, so a `reject` written that way refuses nobody), or a
+// rule uses map= (auth_ident_file is not supported yet).
+Result<std::shared_ptr<const HbaFile>> load_hba_rules(const Config& c);
 
 // Maximum %include nesting; deeper includes are an error (stops include loops).
 inline constexpr int kMaxIncludeDepth = 10;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "config.h"
+#include "hba.h"
 
 namespace pgsluice {
 
@@ -437,4 +438,53 @@ TEST_CASE("config: value parsers") {
   CHECK_FALSE(parse_bool_value("2").has_value());
 }
 
+}  // namespace pgsluice
+
+namespace pgsluice {
+namespace {
+
+TEST_CASE("config: load_hba_rules reads auth_hba_file when auth_type = hba, or refuses it") {
+  Config c;
+  auto none = load_hba_rules(c);
+  REQUIRE(none.ok());
+  CHECK(*none == nullptr);  // not hba: nothing read
+  c.auth_type = AuthType::Hba;
+  CHECK(load_hba_rules(c).status().message() == "auth_type = hba needs auth_hba_file");
+  c.auth_hba_file = "/nonexistent/pg_hba.conf";
+  CHECK_FALSE(load_hba_rules(c).ok());
+
+  TempFile users("hba_users", "alice\nbob\n");
+  TempFile good("hba_good", "# comment\nlocal all all peer\nhost all @" + users.path +
+                                " 10.0.0.0/8 md5\nhostssl all all ::1/128 scram-sha-256\n");
+  c.auth_hba_file = good.path;
+  auto ok = load_hba_rules(c);
+  REQUIRE_MESSAGE(ok.ok(), ok.status().message());
+  REQUIRE(*ok != nullptr);
+  CHECK((*ok)->rules.size() == 3);
+  CHECK((*ok)->rules[1].users.names.count("bob") == 1);
+
+  TempFile bad("hba_bad",
+               "host all all 10.0.0.0/8 md5\nhost all all 10.0.0.0/8 nosuchmethod\n"
+               "host all all all reject\nhost all all 10.0.0.0/33 md5\n");
+  c.auth_hba_file = bad.path;
+  auto refused = load_hba_rules(c);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().message().rfind(bad.path + ":2: ", 0) == 0);
+  CHECK(refused.status().message().find("(and 1 more)") != std::string::npos);
+
+  TempFile bits("hba_bits", "host all all 10.1.2.3/8 reject\nhost all all all trust\n");
+  c.auth_hba_file = bits.path;
+  auto b = load_hba_rules(c);
+  REQUIRE_FALSE(b.ok());
+  CHECK(b.status().message().rfind(bits.path + ":1: ", 0) == 0);
+
+  TempFile map("hba_map", "local all all peer map=m\n");
+  c.auth_hba_file = map.path;
+  auto m = load_hba_rules(c);
+  REQUIRE_FALSE(m.ok());
+  CHECK(m.status().message() ==
+        map.path + ":1: map= needs auth_ident_file, which is not supported yet");
+}
+
+}  // namespace
 }  // namespace pgsluice
