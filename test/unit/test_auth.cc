@@ -146,7 +146,9 @@ TEST_CASE("auth: the method follows auth_type on the Unix socket, TCP and TLS al
       {"alice", "app", false, false, "192.0.2.1"},
       {"alice", "app", false, true, "2001:db8::1"},
   };
-  for (const auto& [type, method] : table) {
+  for (const auto& row : table) {
+    const AuthType type = row.first;
+    const AuthMethod method = row.second;
     Config cfg;
     cfg.auth_type = type;
     for (const AuthAttempt& k : kinds) {
