@@ -77,7 +77,7 @@ struct AuthSetup {
   AuthMethod method = AuthMethod::Unsupported;
   AuthType auth_type = AuthType::Md5;  // the setting, named when its method is unsupported
   std::string user;
-  SecretLookup secret;  // Found or Unknown
+  SecretLookup secret;  // Found or Unknown (Pending is taken as Unknown: refused)
   int scram_iterations = kScramDefaultIterations;
   std::string scram_nonce;  // the process's secret for mock SCRAM salts
   std::string cbind;        // over TLS: tls_server_end_point() of our certificate, else empty
