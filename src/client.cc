@@ -2,10 +2,9 @@
 #include "client.h"
 
 #include "admin.h"
+#include "auth.h"
 #include "log.h"
-#include "password.h"
 #include "pool.h"
-#include "scram.h"
 #include "server.h"
 #include "tls.h"
 #include "trace.h"
@@ -399,118 +398,43 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
 
 bool Client::begin_auth() {
   const Config& cfg = worker_->cfg();
-  const std::string* s = cfg.userlist.find(user_);
-  login_->user_known = s != nullptr;
-  login_->secret = s ? *s : std::string();
-  // An empty secret is no password: like PostgreSQL (a role without a password) and PgBouncer,
-  // every password method refuses it, through the same motions as for an unknown user.
-  const bool has_secret = login_->user_known && !login_->secret.empty();
-  SecretKind kind = has_secret ? secret_kind(login_->secret) : SecretKind::Plain;
-  std::string m;
-  auto start_scram = [&]() {
-    ScramKeys keys;
-    bool mock = !has_secret;
-    if (has_secret && kind == SecretKind::Scram) {
-      auto k = parse_scram_secret(login_->secret);
-      if (k) {
-        keys = *k;
-        login_->scram_real_secret = true;
-      } else {
-        mock = true;
-      }
-    } else if (has_secret && kind == SecretKind::Plain) {
-      // PBKDF2 runs once per (user, secret), not on the event loop at every login.
-      keys = scram_key_cache().get(user_, login_->secret, cfg.scram_iterations);
-      if (keys.iterations == 0) mock = true;
-    } else {
-      mock = true;  // unknown user, no password, or an md5 secret that cannot serve SCRAM
-    }
-    if (mock) keys = scram_mock_keys(user_, worker_->rt()->scram_nonce, cfg.scram_iterations);
-    login_->scram = std::make_unique<ScramServerSession>(std::move(keys), mock);
-    // Over TLS SCRAM-SHA-256-PLUS comes first (tls-server-end-point binding, as PostgreSQL
-    // offers it), to every user alike so that the list tells nothing about the secret.
-    if (tls() && !tls_server_end_point(SSL_get_certificate(ssl())).empty()) {
-      static constexpr char kBoth[] = "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0";  // + final NUL
-      wire::auth_request(
-          m, 10, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kBoth), sizeof kBoth));
-    } else {
-      wire::auth_sasl(m, "SCRAM-SHA-256");
-    }
-    login_->auth_step = AuthStep::ScramFirst;
-  };
-  switch (cfg.auth_type) {
-    case AuthType::Any:
-      finish_auth();
-      return !dead_;
-    case AuthType::Trust:
-      if (!login_->user_known) {
-        auth_failed();
-        return false;
-      }
-      finish_auth();
-      return !dead_;
-    case AuthType::Plain:
-      wire::auth_request(m, 3);
-      login_->auth_step = AuthStep::Cleartext;
-      break;
-    case AuthType::Md5:
-      if (has_secret && kind == SecretKind::Scram) {
-        start_scram();
-      } else {
-        random_bytes(login_->md5_salt.data(), login_->md5_salt.size());
-        wire::auth_request(m, 5, login_->md5_salt);
-        login_->auth_step = AuthStep::Md5;
-      }
-      break;
-    case AuthType::ScramSha256:
-      start_scram();
-      break;
-    case AuthType::Cert:
-      cert_auth();
-      return !dead_;
-    default:
-      fail("28000",
-           std::string("auth_type ") + auth_type_name(cfg.auth_type) + " is not supported yet",
-           "unsupported auth_type");
-      return false;
+  AuthSetup setup;
+  setup.method = choose_method(cfg, AuthAttempt{user_, db_, is_unix_, tls(), addr_.host});
+  setup.auth_type = cfg.auth_type;
+  setup.user = user_;
+  setup.secret = lookup_secret(cfg, user_);
+  setup.scram_iterations = cfg.scram_iterations;
+  setup.scram_nonce = worker_->rt()->scram_nonce;
+  if (tls() && (setup.method == AuthMethod::Md5 || setup.method == AuthMethod::Scram))
+    setup.cbind = tls_server_end_point(SSL_get_certificate(ssl()));
+  if (setup.method == AuthMethod::Cert) {
+    setup.cert.verified = tls() && SSL_get0_peer_certificate(ssl()) != nullptr &&
+                          SSL_get_verify_result(ssl()) == X509_V_OK;
+    if (setup.cert.verified) setup.cert.cn = tls_peer_common_name(ssl());
   }
-  worker_->bufs().append(out_, m.data(), m.size());
-  worker_->set_state(this, ClientState::Auth);
-  flush();
+  login_->auth = std::make_unique<AuthExchange>(std::move(setup));
+  AuthReply r = login_->auth->start();
+  return apply_auth(r);
+}
+
+bool Client::apply_auth(AuthReply& r) {
+  if (!r.send.empty()) worker_->bufs().append(out_, r.send.data(), r.send.size());
+  switch (r.outcome) {
+    case AuthReply::Outcome::Continue:
+      if (state_ != ClientState::Auth) worker_->set_state(this, ClientState::Auth);
+      flush();
+      break;
+    case AuthReply::Outcome::Succeeded:
+      finish_auth();  // also hands the proven keys to the pool for pass-through
+      break;
+    case AuthReply::Outcome::Failed:
+      if (!r.warning.empty())
+        LOG_WARN("C-%p: %s/%s@%s:%d %s", static_cast<void*>(this), db_.c_str(), user_.c_str(),
+                 addr_.host.c_str(), addr_.port, r.warning.c_str());
+      fail(r.sqlstate, r.message, r.reason);
+      break;
+  }
   return !dead_;
-}
-
-void Client::cert_auth() {
-  // PostgreSQL's cert method: the handshake verified the chain against client_tls_ca_file
-  // (client_tls_sslmode verify-ca or verify-full); the CN must be the user name. The user
-  // must be in auth_file, as PgBouncer requires.
-  if (!tls() || SSL_get0_peer_certificate(ssl()) == nullptr ||
-      SSL_get_verify_result(ssl()) != X509_V_OK) {
-    fail("28000", "connection requires a valid client certificate", "no client certificate");
-    return;
-  }
-  std::string cn = tls_peer_common_name(ssl());
-  if (!login_->user_known || cn != user_) {
-    if (cn != user_)
-      LOG_WARN("C-%p: %s/%s@%s:%d certificate CN \"%s\" does not match the user name",
-               static_cast<void*>(this), db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port,
-               cn.c_str());
-    fail("28000", "certificate authentication failed for user \"" + user_ + "\"",
-         "certificate authentication failed");
-    return;
-  }
-  finish_auth();
-}
-
-void Client::auth_failed() {
-  fail("28P01", "password authentication failed for user \"" + user_ + "\"",
-       "password authentication failed");
-}
-
-// A PasswordMessage (cleartext or md5) holding an empty string: PostgreSQL refuses it before
-// looking at the user, with this message; it depends only on what the client sent.
-void Client::empty_password() {
-  fail("28P01", "empty password returned by client", "empty password");
 }
 
 void Client::process_auth() {
@@ -527,107 +451,16 @@ void Client::process_auth() {
       worker_->bufs().reserve(in_, total - in_.size());
       return;
     }
-    wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
+    std::span<const uint8_t> body(in_.begin() + wire::kHeaderLen, len - 4);
     in_.rpos += total;
-    const Config& cfg = worker_->cfg();
-    switch (login_->auth_step) {
-      case AuthStep::Cleartext: {
-        std::string_view pw;
-        if (!r.cstr(pw)) return auth_failed();
-        if (pw.empty()) return empty_password();
-        if (!login_->user_known || login_->secret.empty()) return auth_failed();
-        bool ok = false;
-        switch (secret_kind(login_->secret)) {
-          case SecretKind::Plain:
-            ok = constant_time_eq(pw, login_->secret);
-            break;
-          case SecretKind::Md5:
-            ok = constant_time_eq(md5_secret(pw, user_), login_->secret);
-            break;
-          case SecretKind::Scram: {
-            auto k = parse_scram_secret(login_->secret);
-            if (k) {
-              ScramKeys t = scram_keys_from_password(pw, k->salt, k->iterations);
-              ok = t.stored_key == k->stored_key;
-            }
-            break;
-          }
-        }
-        if (!ok) return auth_failed();
-        finish_auth();
-        break;
-      }
-      case AuthStep::Md5: {
-        std::string_view resp;
-        if (!r.cstr(resp)) return auth_failed();
-        if (resp.empty()) return empty_password();
-        // md5_verify refuses an empty stored secret.
-        if (!login_->user_known ||
-            !md5_verify(login_->secret, user_, login_->md5_salt.data(), resp))
-          return auth_failed();
-        finish_auth();
-        break;
-      }
-      case AuthStep::ScramFirst: {
-        std::string_view mech;
-        int32_t n = 0;
-        std::span<const uint8_t> data;
-        if (!r.cstr(mech) || !r.i32(n) || n < 0 || !r.bytes(static_cast<size_t>(n), data)) {
-          fail("08P01", "malformed SASLInitialResponse", "bad SASL message");
-          return;
-        }
-        std::string cbind =
-            tls() ? tls_server_end_point(SSL_get_certificate(ssl())) : std::string();
-        const bool plus = mech == "SCRAM-SHA-256-PLUS";
-        if (mech != "SCRAM-SHA-256" && !(plus && !cbind.empty())) {
-          fail("28000", "client selected an invalid SASL authentication mechanism",
-               "bad SASL mechanism");
-          return;
-        }
-        if (!cbind.empty()) login_->scram->set_channel_binding(std::move(cbind), plus);
-        auto res = login_->scram->handle_client_first(
-            std::string_view(reinterpret_cast<const char*>(data.data()), data.size()));
-        if (!res) {
-          fail(res.status().sqlstate(), res.status().message(), "bad SCRAM client-first");
-          return;
-        }
-        std::string m;
-        wire::auth_request(
-            m, 11,
-            std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(res->data()), res->size()));
-        worker_->bufs().append(out_, m.data(), m.size());
-        login_->auth_step = AuthStep::ScramFinal;
-        flush();
-        break;
-      }
-      case AuthStep::ScramFinal: {
-        auto rest = r.rest();
-        auto res = login_->scram->handle_client_final(
-            std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
-        if (!res) {
-          if (res.status().sqlstate() == "28P01") return auth_failed();
-          fail(res.status().sqlstate(), res.status().message(), "bad SCRAM client-final");
-          return;
-        }
-        std::string m;
-        wire::auth_request(
-            m, 12,
-            std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(res->data()), res->size()));
-        worker_->bufs().append(out_, m.data(), m.size());
-        finish_auth();  // also hands the proven keys to the pool for pass-through
-        break;
-      }
-      case AuthStep::None:
-        return;
-    }
-    (void)cfg;
+    if (login_->auth == nullptr) return;
+    AuthReply r = login_->auth->on_message(body);
+    if (!apply_auth(r)) return;
     if (state_ == ClientState::Auth && !prelogin_out_ok()) return;
   }
 }
 
 void Client::finish_auth() {
-  std::unique_ptr<ScramServerSession> scram = std::move(login_->scram);
-  login_->auth_step = AuthStep::None;
   if (worker_->cfg().log_connections)
     LOG_INFO("C-%p: %s/%s@%s:%d login attempt: db=%s user=%s tls=%s", static_cast<void*>(this),
              db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port, db_.c_str(), user_.c_str(),
@@ -644,13 +477,11 @@ void Client::finish_auth() {
     lp_ = worker_->local_pool(pool_);
     // Pass-through: the client proved the stored secret, so its keys can log in to a
     // server holding the same secret (only when no forced user changes who logs in).
-    if (scram != nullptr && scram->succeeded() && login_->scram_real_secret &&
-        pool_->user_name == user_) {
-      auto k = parse_scram_secret(login_->secret);
-      if (k) pool_->set_scram_keys(scram->client_key(), k->server_key);
+    if (login_->auth != nullptr && pool_->user_name == user_) {
+      if (auto keys = login_->auth->pass_through())
+        pool_->set_scram_keys(keys->client_key, keys->server_key);
     }
   }
-  scram.reset();
   login_.reset();  // the secret and the exchange are not needed any more
   worker_->register_cancel_key(this);
   if (is_admin_) {

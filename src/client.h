@@ -16,7 +16,8 @@ namespace pgsluice {
 class Pool;
 struct LocalPool;
 class Server;
-class ScramServerSession;
+class AuthExchange;
+struct AuthReply;
 class TlsContext;
 struct Request;
 
@@ -32,8 +33,6 @@ enum class ClientState : uint8_t {
   Active,   // linked to server_
   Closed,   // closed; freed at the end of the loop turn (on no list)
 };
-
-enum class AuthStep : uint8_t { None, Cleartext, Md5, ScramFirst, ScramFinal };
 
 class Client final : public Conn {
  public:
@@ -124,15 +123,15 @@ class Client final : public Conn {
   // client_tls_sslmode requires TLS and a startup packet came in plain text: FATAL 28000.
   void refuse_plain(std::span<const uint8_t> pkt);
   void process_auth();
-  // auth_type = cert: the client certificate's CN must be the user name.
-  void cert_auth();
   bool handle_startup_packet(std::span<const uint8_t> pkt);
   // Before login: false (and the client closed) when it lets replies pile up unread.
   bool prelogin_out_ok();
+  // Chooses the method, looks the secret up and starts the exchange (auth.h).
   bool begin_auth();
+  // Sends what the exchange answered, then finishes, fails or waits for the next message;
+  // false when the session ended.
+  bool apply_auth(AuthReply& r);
   void finish_auth();
-  void auth_failed();
-  void empty_password();
   bool forward_messages();
   size_t remap_need(uint8_t type, size_t len);
   // How far remap_need() has scanned the message at the front of in_, so that a message
@@ -161,14 +160,10 @@ class Client final : public Conn {
   // the password exchange and the stored secret): freed once the client is authenticated
   // (finish_auth), so that a logged-in client carries none of it, its secret least of all.
   struct Login {
-    AuthStep auth_step = AuthStep::None;
-    bool user_known = false;
-    bool scram_real_secret = false;  // the SCRAM keys came from a stored SCRAM secret
-    bool direct_tls = false;         // TLS began with a ClientHello, without an SSLRequest
-    std::array<uint8_t, 4> md5_salt{};
-    Opening opening;     // what was asked before the startup packet (startup.h)
-    std::string secret;  // the stored secret of the user (empty when unknown)
-    std::unique_ptr<ScramServerSession> scram;
+    bool direct_tls = false;  // TLS began with a ClientHello, without an SSLRequest
+    Opening opening;          // what was asked before the startup packet (startup.h)
+    // The exchange and the stored secret it holds (auth.h), from begin_auth().
+    std::unique_ptr<AuthExchange> auth;
     // Between 'S' and the handshake's start: the context chosen when the SSLRequest was
     // answered, and the ClientHello bytes already read (direct TLS).
     std::shared_ptr<const TlsContext> tls_ctx;

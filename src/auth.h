@@ -1,0 +1,128 @@
+// Client authentication: which method, which secret, and the exchanges (no sockets).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "config.h"
+#include "scram.h"
+
+namespace pgsluice {
+
+// How a client proves who it is.
+enum class AuthMethod : uint8_t {
+  Any,          // no password, and any user name is taken (auth_type = any)
+  Trust,        // no password; the user must be known (auth_type = trust)
+  Cleartext,    // the password in a PasswordMessage (auth_type = plain)
+  Md5,          // md5 challenge; SCRAM instead when the stored secret is SCRAM (auth_type = md5)
+  Scram,        // SCRAM-SHA-256, and SCRAM-SHA-256-PLUS over TLS (auth_type = scram-sha-256)
+  Cert,         // the verified client certificate's CN is the user name (auth_type = cert)
+  Unsupported,  // an auth_type not built yet (hba, peer): refused
+};
+
+// What the method choice may look at: who asks, for what, and over which connection.
+struct AuthAttempt {
+  std::string_view user;
+  std::string_view database;
+  bool is_unix = false;        // the Unix socket (else TCP)
+  bool tls = false;            // TLS is established
+  std::string_view peer_host;  // numeric address ("unix" on the Unix socket)
+};
+
+// The method for this attempt. Pure: today auth_type alone decides; hba rules plug in here.
+AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt);
+
+// The answer to "which secret does this user have".
+struct SecretLookup {
+  enum class State : uint8_t {
+    Found,    // `secret` is the stored secret (empty: the user has no password)
+    Unknown,  // no such user
+    Pending,  // the answer comes later (an asynchronous lookup; none exists yet)
+  };
+  State state = State::Unknown;
+  std::string secret;
+};
+
+// The stored secret of `user`: today from auth_file (Config::userlist), at once.
+SecretLookup lookup_secret(const Config& cfg, std::string_view user);
+
+// What an authentication step asks of the client's connection.
+struct AuthReply {
+  enum class Outcome : uint8_t {
+    Continue,   // send `send` and wait for the client's next message
+    Succeeded,  // send `send` (may be empty), then the client is authenticated
+    Failed,     // log `warning` if any, then end the session with the FATAL below
+  };
+  Outcome outcome = Outcome::Continue;
+  std::string send;     // protocol bytes for the client
+  std::string warning;  // a line to log with the client's prefix before failing
+  std::string sqlstate;
+  std::string message;  // the ErrorResponse's text
+  std::string reason;   // why the session ended, for the log
+};
+
+// The client certificate as auth_type = cert needs it.
+struct ClientCert {
+  bool verified = false;  // over TLS, a certificate came and its chain verified
+  std::string cn;         // its common name (when verified)
+};
+
+// Everything an exchange needs, gathered by the client's connection.
+struct AuthSetup {
+  AuthMethod method = AuthMethod::Unsupported;
+  AuthType auth_type = AuthType::Md5;  // the setting, named when its method is unsupported
+  std::string user;
+  SecretLookup secret;  // Found or Unknown (Pending is taken as Unknown: refused)
+  int scram_iterations = kScramDefaultIterations;
+  std::string scram_nonce;  // the process's secret for mock SCRAM salts
+  std::string cbind;        // over TLS: tls_server_end_point() of our certificate, else empty
+  ClientCert cert;          // Cert only
+};
+
+// SCRAM pass-through: the client proved a stored SCRAM secret, so the pool may log in to a
+// server holding the same secret with these keys (Pool::set_scram_keys).
+struct ScramPassThrough {
+  std::array<uint8_t, 32> client_key{};
+  std::array<uint8_t, 32> server_key{};
+};
+
+// One client's authentication, from the first request to success or failure. Touches no
+// socket and no connection state: the client sends what it is given and ends the session
+// on failure. Unknown users and users without a password go through the same motions as
+// known ones (md5 challenge, or SCRAM with mock keys) and get the same 28P01.
+class AuthExchange {
+ public:
+  explicit AuthExchange(AuthSetup setup);
+  ~AuthExchange();
+  AuthExchange(const AuthExchange&) = delete;
+  AuthExchange& operator=(const AuthExchange&) = delete;
+
+  // The first step: the authentication request to send, or at once success or failure
+  // (any, trust, cert, unsupported). Called once.
+  AuthReply start();
+  // The body of the client's next 'p' message (PasswordMessage, SASLInitialResponse or
+  // SASLResponse; the caller checked type and length).
+  AuthReply on_message(std::span<const uint8_t> body);
+  // After a SCRAM success against a stored SCRAM secret: the keys for pass-through.
+  std::optional<ScramPassThrough> pass_through() const;
+
+ private:
+  enum class Step : uint8_t { None, Cleartext, Md5, ScramFirst, ScramFinal, Done };
+  AuthReply start_scram();
+  AuthReply check_cleartext(std::string_view pw);
+  AuthReply failed() const;  // 28P01, PostgreSQL's password message
+  AuthReply succeeded(std::string send = {});
+
+  AuthSetup s_;
+  Step step_ = Step::None;
+  bool scram_real_secret_ = false;  // the SCRAM keys came from a stored SCRAM secret
+  std::array<uint8_t, 4> md5_salt_{};
+  std::unique_ptr<ScramServerSession> scram_;
+};
+
+}  // namespace pgsluice
