@@ -1,6 +1,9 @@
 // Client authentication: which method, which secret, and the exchanges (no sockets).
 #include "auth.h"
 
+#include <arpa/inet.h>
+
+#include "hba.h"
 #include "password.h"
 #include "wire.h"
 
@@ -33,10 +36,52 @@ AuthReply empty_password() {
   return failure("28P01", "empty password returned by client", "empty password");
 }
 
+// auth_type = hba: the first line of auth_hba_file that matches decides. No rules loaded
+// (cannot happen once a snapshot is committed) or no matching line: refused.
+AuthMethod hba_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal) {
+  HbaRequest req;
+  req.unix_socket = attempt.is_unix;
+  req.tls = attempt.tls;
+  req.database = attempt.database;
+  req.user = attempt.user;
+  bool addr_ok = attempt.is_unix;
+  if (!attempt.is_unix) {
+    std::string host(attempt.peer_host);
+    if (inet_pton(AF_INET, host.c_str(), req.addr.data()) == 1) {
+      addr_ok = true;
+    } else if (inet_pton(AF_INET6, host.c_str(), req.addr.data()) == 1) {
+      req.ipv6 = true;
+      addr_ok = true;
+    }
+  }
+  const HbaRule* rule = cfg.hba != nullptr && addr_ok ? match_hba(*cfg.hba, req) : nullptr;
+  if (rule == nullptr) {
+    if (refusal != nullptr) *refusal = hba_no_match_message(req);
+    return AuthMethod::Reject;
+  }
+  switch (rule->method) {
+    case HbaMethod::Trust:
+      return AuthMethod::Trust;
+    case HbaMethod::Reject:
+      if (refusal != nullptr) *refusal = hba_reject_message(req);
+      return AuthMethod::Reject;
+    case HbaMethod::Password:
+      return AuthMethod::Cleartext;
+    case HbaMethod::Md5:
+      return AuthMethod::Md5;
+    case HbaMethod::ScramSha256:
+      return AuthMethod::Scram;
+    case HbaMethod::Cert:
+      return AuthMethod::Cert;
+    case HbaMethod::Peer:
+      return AuthMethod::Peer;
+  }
+  return AuthMethod::Unsupported;
+}
+
 }  // namespace
 
-AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt) {
-  (void)attempt;  // auth_type applies to every connection alike (hba rules will not)
+AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal) {
   switch (cfg.auth_type) {
     case AuthType::Any:
       return AuthMethod::Any;
@@ -50,9 +95,10 @@ AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt) {
       return AuthMethod::Scram;
     case AuthType::Cert:
       return AuthMethod::Cert;
-    case AuthType::Hba:
     case AuthType::Peer:
-      break;
+      return AuthMethod::Peer;
+    case AuthType::Hba:
+      return hba_method(cfg, attempt, refusal);
   }
   return AuthMethod::Unsupported;
 }
@@ -124,6 +170,22 @@ AuthReply AuthExchange::start() {
       }
       return succeeded();
     }
+    case AuthMethod::Peer: {
+      // PostgreSQL's peer method: the OS user at the other end of the Unix socket
+      // (SO_PEERCRED) must be the user name, and the user must be known (as PgBouncer).
+      std::string msg = "Peer authentication failed for user \"" + s_.user + "\"";
+      if (!s_.is_unix) return failure("28000", msg, "peer authentication needs the Unix socket");
+      if (!known || s_.peer_user.empty() || s_.peer_user != s_.user) {
+        AuthReply r = failure("28000", msg, "peer authentication failed");
+        if (!s_.peer_user.empty() && s_.peer_user != s_.user)
+          r.warning = "provided user name (" + s_.user + ") and authenticated user name (" +
+                      s_.peer_user + ") do not match";
+        return r;
+      }
+      return succeeded();
+    }
+    case AuthMethod::Reject:
+      return failure("28000", s_.refusal, "refused by auth_hba_file");
     case AuthMethod::Unsupported:
       break;
   }

@@ -22,7 +22,9 @@ enum class AuthMethod : uint8_t {
   Md5,          // md5 challenge; SCRAM instead when the stored secret is SCRAM (auth_type = md5)
   Scram,        // SCRAM-SHA-256, and SCRAM-SHA-256-PLUS over TLS (auth_type = scram-sha-256)
   Cert,         // the verified client certificate's CN is the user name (auth_type = cert)
-  Unsupported,  // an auth_type not built yet (hba, peer): refused
+  Peer,         // the Unix socket's peer OS user is the user name (auth_type = peer, hba peer)
+  Reject,       // refused before any exchange (hba: a `reject` line, or no line matches)
+  Unsupported,  // an auth_type not built: refused
 };
 
 // What the method choice may look at: who asks, for what, and over which connection.
@@ -34,8 +36,9 @@ struct AuthAttempt {
   std::string_view peer_host;  // numeric address ("unix" on the Unix socket)
 };
 
-// The method for this attempt. Pure: today auth_type alone decides; hba rules plug in here.
-AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt);
+// The method for this attempt: auth_type, or with auth_type = hba the first matching line
+// of auth_hba_file (Config::hba). Reject comes with PostgreSQL's message in *refusal.
+AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal);
 
 // The answer to "which secret does this user have".
 struct SecretLookup {
@@ -82,6 +85,9 @@ struct AuthSetup {
   std::string scram_nonce;  // the process's secret for mock SCRAM salts
   std::string cbind;        // over TLS: tls_server_end_point() of our certificate, else empty
   ClientCert cert;          // Cert only
+  std::string refusal;      // Reject only: the FATAL message (choose_method)
+  bool is_unix = false;     // Peer: the connection came in on the Unix socket
+  std::string peer_user;    // Peer: the OS user of the socket's peer (empty: unknown)
 };
 
 // SCRAM pass-through: the client proved a stored SCRAM secret, so the pool may log in to a

@@ -399,7 +399,10 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
 bool Client::begin_auth() {
   const Config& cfg = worker_->cfg();
   AuthSetup setup;
-  setup.method = choose_method(cfg, AuthAttempt{user_, db_, is_unix_, tls(), addr_.host});
+  setup.method =
+      choose_method(cfg, AuthAttempt{user_, db_, is_unix_, tls(), addr_.host}, &setup.refusal);
+  setup.is_unix = is_unix_;
+  if (setup.method == AuthMethod::Peer && is_unix_) setup.peer_user = unix_peer_user(fd());
   setup.auth_type = cfg.auth_type;
   setup.user = user_;
   setup.secret = lookup_secret(cfg, user_);

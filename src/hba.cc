@@ -534,19 +534,32 @@ std::string_view hba_method_name(HbaMethod method) {
   return "?";
 }
 
-std::string hba_no_match_message(const HbaRequest& req) {
+namespace {
+
+// `host "...", user "...", database "...", SSL encryption` as PostgreSQL 15 describes a
+// connection in its hba messages (replication connections name no database).
+std::string describe_connection(const HbaRequest& req) {
   std::string host = req.unix_socket ? "[local]" : address_text(req.ipv6, req.addr);
   // PostgreSQL 15 wording (12 to 14 said "SSL on"/"SSL off"); no GSS encryption here.
   const char* encryption = req.tls ? "SSL encryption" : "no encryption";
-  std::string msg = "no pg_hba.conf entry for ";
-  if (req.physical_replication) {
-    msg += "replication connection from host \"" + host + "\", user \"" + std::string(req.user) +
-           "\", ";
-  } else {
-    msg += "host \"" + host + "\", user \"" + std::string(req.user) + "\", database \"" +
-           std::string(req.database) + "\", ";
-  }
-  return msg + encryption;
+  std::string d = "host \"" + host + "\", user \"" + std::string(req.user) + "\", ";
+  if (!req.physical_replication) d += "database \"" + std::string(req.database) + "\", ";
+  return d + encryption;
+}
+
+}  // namespace
+
+std::string hba_no_match_message(const HbaRequest& req) {
+  return std::string(req.physical_replication
+                         ? "no pg_hba.conf entry for replication connection from "
+                         : "no pg_hba.conf entry for ") +
+         describe_connection(req);
+}
+
+std::string hba_reject_message(const HbaRequest& req) {
+  return std::string(req.physical_replication ? "pg_hba.conf rejects replication connection for "
+                                              : "pg_hba.conf rejects connection for ") +
+         describe_connection(req);
 }
 
 }  // namespace pgsluice

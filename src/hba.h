@@ -112,6 +112,9 @@ std::string_view hba_method_name(HbaMethod method);
 // ("[local]" for the Unix socket; physical replication has its own wording.) PgBouncer
 // itself says only "no authentication method is found".
 std::string hba_no_match_message(const HbaRequest& req);
+// PostgreSQL 15's text (FATAL, 28000) when the matching line's method is `reject`, e.g.
+// `pg_hba.conf rejects connection for host "10.0.0.1", user "u", database "d", no encryption`.
+std::string hba_reject_message(const HbaRequest& req);
 inline constexpr std::string_view kHbaNoMatchSqlstate = "28000";
 
 }  // namespace pgsluice

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -436,6 +437,18 @@ void tune_tcp_socket(int fd, bool keepalive) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (keepalive) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+}
+
+std::string unix_peer_user(int fd) {
+  ucred cr{};
+  socklen_t len = sizeof cr;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) return {};
+  long bufsize = sysconf(_SC_GETPW_R_SIZE_MAX);
+  std::vector<char> buf(bufsize > 0 ? static_cast<size_t>(bufsize) : 16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (getpwuid_r(cr.uid, &pw, buf.data(), buf.size(), &found) != 0 || found == nullptr) return {};
+  return found->pw_name;
 }
 
 PeerAddr peer_of(int fd) {

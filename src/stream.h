@@ -133,5 +133,8 @@ class Conn {
 bool set_nonblocking(int fd);
 void tune_tcp_socket(int fd, bool keepalive);
 PeerAddr peer_of(int fd);
+// The OS user name of a Unix socket's peer (SO_PEERCRED and the password database); empty
+// when it cannot be told. May consult NSS (a blocking lookup when that is remote).
+std::string unix_peer_user(int fd);
 
 }  // namespace pgsluice

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "auth.h"
+#include "hba.h"
 #include "password.h"
 #include "scram.h"
 #include "wire.h"
@@ -139,7 +140,7 @@ TEST_CASE("auth: the method follows auth_type on the Unix socket, TCP and TLS al
       {AuthType::Any, AuthMethod::Any},           {AuthType::Trust, AuthMethod::Trust},
       {AuthType::Plain, AuthMethod::Cleartext},   {AuthType::Md5, AuthMethod::Md5},
       {AuthType::ScramSha256, AuthMethod::Scram}, {AuthType::Cert, AuthMethod::Cert},
-      {AuthType::Hba, AuthMethod::Unsupported},   {AuthType::Peer, AuthMethod::Unsupported},
+      {AuthType::Hba, AuthMethod::Reject},        {AuthType::Peer, AuthMethod::Peer},
   };
   const AuthAttempt kinds[] = {
       {"alice", "app", true, false, "unix"},
@@ -155,9 +156,91 @@ TEST_CASE("auth: the method follows auth_type on the Unix socket, TCP and TLS al
       CAPTURE(auth_type_name(type));
       CAPTURE(k.is_unix);
       CAPTURE(k.tls);
-      CHECK(choose_method(cfg, k) == method);
+      std::string refusal;
+      CHECK(choose_method(cfg, k, &refusal) == method);  // hba without rules: refused
     }
   }
+}
+
+TEST_CASE("auth: with auth_type = hba the first matching line decides; none matches: refused") {
+  Config cfg;
+  cfg.auth_type = AuthType::Hba;
+  cfg.hba =
+      std::make_shared<HbaFile>(parse_hba("local all postgres peer\n"
+                                          "local all all md5\n"
+                                          "host all blocked 0.0.0.0/0 reject\n"
+                                          "hostssl app all 192.0.2.0/24 scram-sha-256\n"
+                                          "host app all 192.0.2.0/24 password\n"
+                                          "host all all 2001:db8::/32 cert\n"
+                                          "host trusted all 127.0.0.1/32 trust\n",
+                                          "/etc/pg_hba.conf", nullptr));
+  REQUIRE(cfg.hba->error_count == 0);
+  struct Row {
+    AuthAttempt attempt;
+    AuthMethod method;
+    const char* refusal;
+  };
+  const Row rows[] = {
+      {{"postgres", "app", true, false, "unix"}, AuthMethod::Peer, ""},
+      {{"alice", "app", true, false, "unix"}, AuthMethod::Md5, ""},
+      {{"blocked", "app", false, true, "192.0.2.9"},
+       AuthMethod::Reject,
+       "pg_hba.conf rejects connection for host \"192.0.2.9\", user \"blocked\", database "
+       "\"app\", SSL encryption"},
+      {{"alice", "app", false, true, "192.0.2.9"}, AuthMethod::Scram, ""},
+      {{"alice", "app", false, false, "192.0.2.9"}, AuthMethod::Cleartext, ""},
+      {{"alice", "app", false, true, "2001:db8::1"}, AuthMethod::Cert, ""},
+      {{"alice", "trusted", false, false, "127.0.0.1"}, AuthMethod::Trust, ""},
+      {{"alice", "other", false, false, "192.0.2.9"},
+       AuthMethod::Reject,
+       "no pg_hba.conf entry for host \"192.0.2.9\", user \"alice\", database \"other\", no "
+       "encryption"},
+      {{"alice", "app", false, false, "not an address"}, AuthMethod::Reject, nullptr},
+  };
+  for (const Row& row : rows) {
+    CAPTURE(row.attempt.user);
+    CAPTURE(row.attempt.database);
+    CAPTURE(row.attempt.peer_host);
+    std::string refusal;
+    CHECK(choose_method(cfg, row.attempt, &refusal) == row.method);
+    if (row.refusal != nullptr) CHECK(refusal == row.refusal);
+  }
+  // The refusal becomes the FATAL, before any exchange and whatever the user is.
+  AuthSetup setup;
+  setup.method = AuthMethod::Reject;
+  setup.user = "blocked";
+  setup.refusal = "pg_hba.conf rejects connection for host \"192.0.2.9\"";
+  AuthExchange a(setup);
+  AuthReply r = a.start();
+  CHECK(r.outcome == AuthReply::Outcome::Failed);
+  CHECK(r.sqlstate == "28000");
+  CHECK(r.message == setup.refusal);
+  CHECK(r.send.empty());
+}
+
+TEST_CASE("auth: peer takes the Unix socket's OS user as the proof") {
+  auto run = [](bool is_unix, const char* peer_user, bool known) {
+    AuthSetup s;
+    s.method = AuthMethod::Peer;
+    s.user = "alice";
+    s.is_unix = is_unix;
+    s.peer_user = peer_user;
+    if (known) {
+      s.secret.state = SecretLookup::State::Found;
+      s.secret.secret = "";
+    }
+    AuthExchange a(s);
+    return a.start();
+  };
+  CHECK(run(true, "alice", true).outcome == AuthReply::Outcome::Succeeded);
+  for (AuthReply r : {run(true, "bob", true), run(true, "", true), run(false, "alice", true),
+                      run(true, "alice", false)}) {
+    CHECK(r.outcome == AuthReply::Outcome::Failed);
+    CHECK(r.sqlstate == "28000");
+    CHECK(r.message == "Peer authentication failed for user \"alice\"");
+  }
+  CHECK(run(true, "bob", true).warning ==
+        "provided user name (alice) and authenticated user name (bob) do not match");
 }
 
 TEST_CASE("auth: the secret comes from auth_file; a listed user may have none") {
