@@ -38,7 +38,8 @@ AuthReply empty_password() {
 
 // auth_type = hba: the first line of auth_hba_file that matches decides. No rules loaded
 // (cannot happen once a snapshot is committed) or no matching line: refused.
-AuthMethod hba_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal) {
+AuthMethod hba_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal,
+                      std::string* map) {
   HbaRequest req;
   req.unix_socket = attempt.is_unix;
   req.tls = attempt.tls;
@@ -59,6 +60,7 @@ AuthMethod hba_method(const Config& cfg, const AuthAttempt& attempt, std::string
     if (refusal != nullptr) *refusal = hba_no_match_message(req);
     return AuthMethod::Reject;
   }
+  if (map != nullptr) *map = rule->map;
   switch (rule->method) {
     case HbaMethod::Trust:
       return AuthMethod::Trust;
@@ -81,7 +83,9 @@ AuthMethod hba_method(const Config& cfg, const AuthAttempt& attempt, std::string
 
 }  // namespace
 
-AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal) {
+AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal,
+                         std::string* map) {
+  if (map != nullptr) map->clear();
   switch (cfg.auth_type) {
     case AuthType::Any:
       return AuthMethod::Any;
@@ -98,7 +102,7 @@ AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt, std::str
     case AuthType::Peer:
       return AuthMethod::Peer;
     case AuthType::Hba:
-      return hba_method(cfg, attempt, refusal);
+      return hba_method(cfg, attempt, refusal, map);
   }
   return AuthMethod::Unsupported;
 }
@@ -127,6 +131,11 @@ AuthReply AuthExchange::succeeded(std::string send) {
   r.outcome = AuthReply::Outcome::Succeeded;
   r.send = std::move(send);
   return r;
+}
+
+bool AuthExchange::name_allowed(const std::string& system_name) const {
+  if (s_.map.empty()) return system_name == s_.user;
+  return s_.ident != nullptr && ident_allows(*s_.ident, s_.map, system_name, s_.user);
 }
 
 AuthReply AuthExchange::start() {
@@ -160,12 +169,15 @@ AuthReply AuthExchange::start() {
       if (!s_.cert.verified)
         return failure("28000", "connection requires a valid client certificate",
                        "no client certificate");
-      if (!known || s_.cert.cn != s_.user) {
+      if (!known || !name_allowed(s_.cert.cn)) {
         AuthReply r =
             failure("28000", "certificate authentication failed for user \"" + s_.user + "\"",
                     "certificate authentication failed");
-        if (s_.cert.cn != s_.user)
-          r.warning = "certificate CN \"" + s_.cert.cn + "\" does not match the user name";
+        if (!name_allowed(s_.cert.cn))
+          r.warning = s_.map.empty()
+                          ? "certificate CN \"" + s_.cert.cn + "\" does not match the user name"
+                          : "no match in usermap \"" + s_.map + "\" for user \"" + s_.user +
+                                "\" authenticated as \"" + s_.cert.cn + "\"";
         return r;
       }
       return succeeded();
@@ -175,11 +187,14 @@ AuthReply AuthExchange::start() {
       // (SO_PEERCRED) must be the user name, and the user must be known (as PgBouncer).
       std::string msg = "Peer authentication failed for user \"" + s_.user + "\"";
       if (!s_.is_unix) return failure("28000", msg, "peer authentication needs the Unix socket");
-      if (!known || s_.peer_user.empty() || s_.peer_user != s_.user) {
+      if (!known || s_.peer_user.empty() || !name_allowed(s_.peer_user)) {
         AuthReply r = failure("28000", msg, "peer authentication failed");
-        if (!s_.peer_user.empty() && s_.peer_user != s_.user)
-          r.warning = "provided user name (" + s_.user + ") and authenticated user name (" +
-                      s_.peer_user + ") do not match";
+        if (!s_.peer_user.empty() && !name_allowed(s_.peer_user))
+          r.warning = s_.map.empty()
+                          ? "provided user name (" + s_.user + ") and authenticated user name (" +
+                                s_.peer_user + ") do not match"
+                          : "no match in usermap \"" + s_.map + "\" for user \"" + s_.user +
+                                "\" authenticated as \"" + s_.peer_user + "\"";
         return r;
       }
       return succeeded();

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "config.h"
+#include "ident.h"
 #include "scram.h"
 
 namespace pgsluice {
@@ -38,7 +39,9 @@ struct AuthAttempt {
 
 // The method for this attempt: auth_type, or with auth_type = hba the first matching line
 // of auth_hba_file (Config::hba). Reject comes with PostgreSQL's message in *refusal.
-AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal);
+// A peer or cert line's map= comes back in *map (empty: the names must be equal).
+AuthMethod choose_method(const Config& cfg, const AuthAttempt& attempt, std::string* refusal,
+                         std::string* map = nullptr);
 
 // The answer to "which secret does this user have".
 struct SecretLookup {
@@ -88,6 +91,10 @@ struct AuthSetup {
   std::string refusal;      // Reject only: the FATAL message (choose_method)
   bool is_unix = false;     // Peer: the connection came in on the Unix socket
   std::string peer_user;    // Peer: the OS user of the socket's peer (empty: unknown)
+  // Peer and Cert from an hba line with map=: the map that must let the OS user (or the
+  // certificate's CN) be this user, and the maps (Config::ident).
+  std::string map;
+  std::shared_ptr<const IdentFile> ident;
 };
 
 // SCRAM pass-through: the client proved a stored SCRAM secret, so the pool may log in to a
@@ -122,6 +129,8 @@ class AuthExchange {
   AuthReply start_scram();
   AuthReply check_cleartext(std::string_view pw);
   AuthReply failed() const;  // 28P01, PostgreSQL's password message
+  // Peer and cert: whether the OS user or CN may be the user (equal, or through the map).
+  bool name_allowed(const std::string& system_name) const;
   AuthReply succeeded(std::string send = {});
 
   AuthSetup s_;

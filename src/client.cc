@@ -399,8 +399,9 @@ bool Client::handle_startup_packet(std::span<const uint8_t> pkt) {
 bool Client::begin_auth() {
   const Config& cfg = worker_->cfg();
   AuthSetup setup;
-  setup.method =
-      choose_method(cfg, AuthAttempt{user_, db_, is_unix_, tls(), addr_.host}, &setup.refusal);
+  setup.method = choose_method(cfg, AuthAttempt{user_, db_, is_unix_, tls(), addr_.host},
+                               &setup.refusal, &setup.map);
+  setup.ident = cfg.ident;
   setup.is_unix = is_unix_;
   if (setup.method == AuthMethod::Peer && is_unix_) setup.peer_user = unix_peer_user(fd());
   setup.auth_type = cfg.auth_type;

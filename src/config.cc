@@ -16,6 +16,7 @@
 
 #include "connstr.h"
 #include "hba.h"
+#include "ident.h"
 
 namespace pgsluice {
 
@@ -926,8 +927,11 @@ Result<std::shared_ptr<Config>> load_config(const std::string& path) {
   return std::shared_ptr<Config>(std::move(c));
 }
 
-Result<std::shared_ptr<const HbaFile>> load_hba_rules(const Config& c) {
-  if (c.auth_type != AuthType::Hba) return std::shared_ptr<const HbaFile>();
+Status load_hba_rules(const Config& c, std::shared_ptr<const HbaFile>* hba,
+                      std::shared_ptr<const IdentFile>* ident) {
+  hba->reset();
+  ident->reset();
+  if (c.auth_type != AuthType::Hba) return Status();
   if (c.auth_hba_file.empty()) return Status::error("auth_type = hba needs auth_hba_file");
   Result<std::string> text = read_config_file(c.auth_hba_file);
   if (!text) return text.status();
@@ -937,26 +941,45 @@ Result<std::shared_ptr<const HbaFile>> load_hba_rules(const Config& c) {
     return std::move(*t);
   };
   auto file = std::make_shared<HbaFile>(parse_hba(*text, c.auth_hba_file, loader));
-  auto where = [&c](int line) { return c.auth_hba_file + ":" + std::to_string(line) + ": "; };
+  auto where = [](const std::string& path, int line) {
+    return path + ":" + std::to_string(line) + ": ";
+  };
   if (file->error_count > 0 && !file->errors.empty()) {
     const HbaProblem& p = file->errors.front();
     std::string more = file->error_count > 1
                            ? " (and " + std::to_string(file->error_count - 1) + " more)"
                            : std::string();
-    return Status::error(where(p.line) + p.message + more +
+    return Status::error(where(c.auth_hba_file, p.line) + p.message + more +
                          "; the hba file is refused as a whole (a skipped line could let in "
                          "what it was meant to refuse)");
   }
   if (!file->warnings.empty()) {
     const HbaProblem& p = file->warnings.front();
-    return Status::error(where(p.line) + p.message + "; the hba file is refused");
+    return Status::error(where(c.auth_hba_file, p.line) + p.message + "; the hba file is refused");
   }
+  std::shared_ptr<IdentFile> maps;
   for (const HbaRule& r : file->rules) {
-    if (!r.map.empty())
-      return Status::error(where(r.line) +
-                           "map= needs auth_ident_file, which is not supported yet");
+    if (r.map.empty()) continue;
+    if (maps == nullptr) {
+      if (c.auth_ident_file.empty())
+        return Status::error(where(c.auth_hba_file, r.line) + "map=" + r.map +
+                             " needs auth_ident_file");
+      Result<std::string> itext = read_config_file(c.auth_ident_file);
+      if (!itext) return itext.status();
+      maps = std::make_shared<IdentFile>(parse_ident(*itext));
+      if (!maps->errors.empty()) {
+        const IdentProblem& p = maps->errors.front();
+        return Status::error(where(c.auth_ident_file, p.line) + p.message +
+                             "; the ident file is refused");
+      }
+    }
+    if (!maps->has_map(r.map))
+      return Status::error(where(c.auth_hba_file, r.line) + "map \"" + r.map + "\" is not in " +
+                           c.auth_ident_file);
   }
-  return std::shared_ptr<const HbaFile>(std::move(file));
+  *hba = std::move(file);
+  *ident = std::move(maps);
+  return Status();
 }
 
 LogSettings log_settings(const Config& c) {

@@ -83,6 +83,7 @@ struct PeerDef {
 // Field names are the ini keys. Durations are seconds (double).
 struct TlsContexts;  // tls.h
 struct HbaFile;      // hba.h
+struct IdentFile;    // ident.h
 
 struct Config {
   std::string config_file;  // the path given on the command line (conffile)
@@ -214,9 +215,10 @@ struct Config {
   // TLS contexts built from the *_tls_* settings (make_tls_contexts in tls.h) when the
   // snapshot is committed; null until then and in snapshots that are never run.
   std::shared_ptr<const TlsContexts> tls;
-  // auth_hba_file's rules (load_hba_rules) when auth_type = hba, read when the snapshot
-  // is committed; null otherwise.
+  // auth_hba_file's rules and auth_ident_file's maps (load_hba_rules) when auth_type = hba,
+  // read when the snapshot is committed; null otherwise (ident: also when no rule has map=).
   std::shared_ptr<const HbaFile> hba;
+  std::shared_ptr<const IdentFile> ident;
 
   // Derived helpers.
   int effective_workers() const;  // workers, or the CPU count when 0
@@ -248,13 +250,14 @@ Result<std::shared_ptr<Config>> load_config(const std::string& path);
 // relative to the current directory, as PgBouncer does).
 Status parse_config_text(Config& c, std::string_view text, const std::string& path, int depth = 0);
 
-// auth_hba_file read and parsed when auth_type = hba (null otherwise). Refused as a whole,
-// with the file, line and reason of the first problem, when the file cannot be read, any
-// line is malformed (PgBouncer skips such a line and keeps the rest: a skipped `reject`
-// would let in what it was meant to refuse), an address has bits outside its mask (such a
-// rule matches nothing in PgBouncer, so a `reject` written that way refuses nobody), or a
-// rule uses map= (auth_ident_file is not supported yet).
-Result<std::shared_ptr<const HbaFile>> load_hba_rules(const Config& c);
+// auth_hba_file, and auth_ident_file when a rule has map=, read and parsed when auth_type =
+// hba (both null otherwise). Refused as a whole, with the file, line and reason of the
+// first problem, when a file cannot be read, any line is malformed (PgBouncer skips such a
+// line and keeps the rest: a skipped `reject` would let in what it was meant to refuse),
+// an address has bits outside its mask (such a rule matches nothing in PgBouncer, so a
+// `reject` written that way refuses nobody), or a map= names a map the ident file lacks.
+Status load_hba_rules(const Config& c, std::shared_ptr<const HbaFile>* hba,
+                      std::shared_ptr<const IdentFile>* ident);
 
 // Maximum %include nesting; deeper includes are an error (stops include loops).
 inline constexpr int kMaxIncludeDepth = 10;

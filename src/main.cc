@@ -173,11 +173,14 @@ Status commit_config(Main* m, std::shared_ptr<Config> next, bool reopen_log) {
   // contexts, so a bad key or certificate never leaves pgsluice without TLS.
   Result<std::shared_ptr<const TlsContexts>> tls = make_tls_contexts(*next, cur->tls.get());
   if (!tls) return tls.status();
-  // The hba rules are read again too; a file that cannot be used keeps the running rules.
-  Result<std::shared_ptr<const HbaFile>> hba = load_hba_rules(*next);
-  if (!hba) return hba.status();
+  // The hba rules and maps are read again too; a file that cannot be used keeps the
+  // running ones.
+  std::shared_ptr<const HbaFile> hba;
+  std::shared_ptr<const IdentFile> ident;
+  if (Status st = load_hba_rules(*next, &hba, &ident); !st) return st;
   next->tls = *tls;
-  next->hba = *hba;
+  next->hba = std::move(hba);
+  next->ident = std::move(ident);
   m->rt.set_config(next);
   if (reopen_log) {
     LogSettings ls = log_settings(*next);
@@ -397,12 +400,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   cfg->tls = *tls;
-  Result<std::shared_ptr<const HbaFile>> hba = load_hba_rules(*cfg);
-  if (!hba) {
-    std::fprintf(stderr, "pgsluice: %s\n", hba.status().message().c_str());
+  if (Status st = load_hba_rules(*cfg, &cfg->hba, &cfg->ident); !st) {
+    std::fprintf(stderr, "pgsluice: %s\n", st.message().c_str());
     return 1;
   }
-  cfg->hba = *hba;
   if (verbose > cfg->verbose) cfg->verbose = verbose;
 
   LogSettings ls = log_settings(*cfg);

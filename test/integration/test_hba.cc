@@ -116,3 +116,29 @@ TEST_CASE("hba: the first matching line picks the method; reject and no match ar
   // shows as a server error, not as an hba refusal.
   if (b == nullptr) CHECK_FALSE(has(e2, "pg_hba.conf"));
 }
+
+TEST_CASE("hba: map= with auth_ident_file lets the Unix socket's OS user log in as another") {
+  if (skip_in_direct_mode("auth_hba_file is pgsluice's")) return;
+  const std::string me = os_user();
+  std::string dir = make_temp_dir("hba");
+  REQUIRE(chmod(dir.c_str(), 0755) == 0);  // pgsluice may run as another OS user
+  write_file(dir + "/pg_hba.conf", "local all all peer map=staff\nhost all all 127.0.0.1/32 md5\n");
+  write_file(dir + "/pg_ident.conf", "# MAP SYSTEM PG\nstaff " + me + " md5user\n");
+  Options o;
+  o.auth_type = "hba";
+  o.extra_pgbouncer =
+      "auth_hba_file = " + dir + "/pg_hba.conf\nauth_ident_file = " + dir + "/pg_ident.conf\n";
+  Pooler p(o);
+  // The OS user may be md5user, through the map, without a password...
+  Conn u = connect(p.unix_conninfo("md5user", "", "testdb"));
+  CHECK(scalar(u.get(), "select current_user") == "md5user");
+  // ... but not scramuser, and not itself.
+  std::string err;
+  CHECK(try_connect(p.unix_conninfo("scramuser", "scrampass", "testdb"), &err) == nullptr);
+  CHECK(has(err, "Peer authentication failed for user \"scramuser\""));
+  CHECK(has(p.log(), "no match in usermap \"staff\" for user \"scramuser\" authenticated as \"" +
+                         me + "\""));
+  // TCP still goes by its md5 line.
+  Conn t = connect(p.conninfo("scramuser", "scrampass", "testdb"));
+  CHECK(scalar(t.get(), "select 1") == "1");
+}

@@ -9,6 +9,7 @@
 
 #include "auth.h"
 #include "hba.h"
+#include "ident.h"
 #include "password.h"
 #include "scram.h"
 #include "wire.h"
@@ -241,6 +242,35 @@ TEST_CASE("auth: peer takes the Unix socket's OS user as the proof") {
   }
   CHECK(run(true, "bob", true).warning ==
         "provided user name (alice) and authenticated user name (bob) do not match");
+}
+
+TEST_CASE("auth: map= lets a peer's OS user or a certificate's CN be another user") {
+  auto maps = std::make_shared<IdentFile>(parse_ident("m root alice\nm /^(.*)@corp$ \\1\n"));
+  REQUIRE(maps->errors.empty());
+  auto run = [&](AuthMethod method, const char* system_name, const char* user) {
+    AuthSetup s;
+    s.method = method;
+    s.user = user;
+    s.is_unix = true;
+    s.secret.state = SecretLookup::State::Found;
+    s.map = "m";
+    s.ident = maps;
+    if (method == AuthMethod::Peer) s.peer_user = system_name;
+    s.cert.verified = true;
+    s.cert.cn = system_name;
+    AuthExchange a(s);
+    return a.start();
+  };
+  for (AuthMethod m : {AuthMethod::Peer, AuthMethod::Cert}) {
+    CHECK(run(m, "root", "alice").outcome == AuthReply::Outcome::Succeeded);
+    CHECK(run(m, "bob@corp", "bob").outcome == AuthReply::Outcome::Succeeded);
+    AuthReply no = run(m, "root", "bob");
+    CHECK(no.outcome == AuthReply::Outcome::Failed);
+    CHECK(no.sqlstate == "28000");
+    CHECK(no.warning == "no match in usermap \"m\" for user \"bob\" authenticated as \"root\"");
+    // With a map, the name itself is not enough: alice as alice is not in the map.
+    CHECK(run(m, "alice", "alice").outcome == AuthReply::Outcome::Failed);
+  }
 }
 
 TEST_CASE("auth: the secret comes from auth_file; a listed user may have none") {

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "hba.h"
+#include "ident.h"
 
 namespace pgsluice {
 
@@ -443,47 +444,61 @@ TEST_CASE("config: value parsers") {
 namespace pgsluice {
 namespace {
 
-TEST_CASE("config: load_hba_rules reads auth_hba_file when auth_type = hba, or refuses it") {
+TEST_CASE("config: load_hba_rules reads auth_hba_file (and its maps) or refuses them") {
+  std::shared_ptr<const HbaFile> hba;
+  std::shared_ptr<const IdentFile> ident;
+  auto load = [&](const Config& c) { return load_hba_rules(c, &hba, &ident); };
   Config c;
-  auto none = load_hba_rules(c);
-  REQUIRE(none.ok());
-  CHECK(*none == nullptr);  // not hba: nothing read
+  REQUIRE(load(c).ok());
+  CHECK(hba == nullptr);  // not hba: nothing read
   c.auth_type = AuthType::Hba;
-  CHECK(load_hba_rules(c).status().message() == "auth_type = hba needs auth_hba_file");
+  CHECK(load(c).message() == "auth_type = hba needs auth_hba_file");
   c.auth_hba_file = "/nonexistent/pg_hba.conf";
-  CHECK_FALSE(load_hba_rules(c).ok());
+  CHECK_FALSE(load(c).ok());
 
   TempFile users("hba_users", "alice\nbob\n");
   TempFile good("hba_good", "# comment\nlocal all all peer\nhost all @" + users.path +
                                 " 10.0.0.0/8 md5\nhostssl all all ::1/128 scram-sha-256\n");
   c.auth_hba_file = good.path;
-  auto ok = load_hba_rules(c);
-  REQUIRE_MESSAGE(ok.ok(), ok.status().message());
-  REQUIRE(*ok != nullptr);
-  CHECK((*ok)->rules.size() == 3);
-  CHECK((*ok)->rules[1].users.names.count("bob") == 1);
+  Status ok = load(c);
+  REQUIRE_MESSAGE(ok.ok(), ok.message());
+  REQUIRE(hba != nullptr);
+  CHECK(hba->rules.size() == 3);
+  CHECK(hba->rules[1].users.names.count("bob") == 1);
+  CHECK(ident == nullptr);  // no map=: the ident file is not needed
 
   TempFile bad("hba_bad",
                "host all all 10.0.0.0/8 md5\nhost all all 10.0.0.0/8 nosuchmethod\n"
                "host all all all reject\nhost all all 10.0.0.0/33 md5\n");
   c.auth_hba_file = bad.path;
-  auto refused = load_hba_rules(c);
+  Status refused = load(c);
   REQUIRE_FALSE(refused.ok());
-  CHECK(refused.status().message().rfind(bad.path + ":2: ", 0) == 0);
-  CHECK(refused.status().message().find("(and 1 more)") != std::string::npos);
+  CHECK(refused.message().rfind(bad.path + ":2: ", 0) == 0);
+  CHECK(refused.message().find("(and 1 more)") != std::string::npos);
+  CHECK(hba == nullptr);
 
   TempFile bits("hba_bits", "host all all 10.1.2.3/8 reject\nhost all all all trust\n");
   c.auth_hba_file = bits.path;
-  auto b = load_hba_rules(c);
+  Status b = load(c);
   REQUIRE_FALSE(b.ok());
-  CHECK(b.status().message().rfind(bits.path + ":1: ", 0) == 0);
+  CHECK(b.message().rfind(bits.path + ":1: ", 0) == 0);
 
   TempFile map("hba_map", "local all all peer map=m\n");
   c.auth_hba_file = map.path;
-  auto m = load_hba_rules(c);
-  REQUIRE_FALSE(m.ok());
-  CHECK(m.status().message() ==
-        map.path + ":1: map= needs auth_ident_file, which is not supported yet");
+  CHECK(load(c).message() == map.path + ":1: map=m needs auth_ident_file");
+  TempFile other("ident_other", "n root postgres\n");
+  c.auth_ident_file = other.path;
+  CHECK(load(c).message() == map.path + ":1: map \"m\" is not in " + other.path);
+  TempFile broken("ident_broken", "m root\n");
+  c.auth_ident_file = broken.path;
+  CHECK(load(c).message().rfind(broken.path + ":1: expected MAPNAME", 0) == 0);
+  TempFile maps("ident_maps", "# maps\nm root postgres\nm /^(.*)@example\\.com$ \\1\n");
+  c.auth_ident_file = maps.path;
+  REQUIRE(load(c).ok());
+  REQUIRE(ident != nullptr);
+  CHECK(ident_allows(*ident, "m", "root", "postgres"));
+  CHECK(ident_allows(*ident, "m", "ann@example.com", "ann"));
+  CHECK_FALSE(ident_allows(*ident, "m", "ann@example.org", "ann"));
 }
 
 }  // namespace
