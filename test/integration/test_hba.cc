@@ -142,3 +142,64 @@ TEST_CASE("hba: map= with auth_ident_file lets the Unix socket's OS user log in 
   Conn t = connect(p.conninfo("scramuser", "scrampass", "testdb"));
   CHECK(scalar(t.get(), "select 1") == "1");
 }
+
+TEST_CASE("hba: the same rules give the same answers as PostgreSQL's own pg_hba.conf") {
+  if (skip_in_direct_mode("auth_hba_file is pgsluice's")) return;
+  const std::string rules =
+      "host    testdb   md5user    127.0.0.1/32  md5\n"
+      "host    all      md5user    127.0.0.1/32  reject\n"
+      "host    otherdb  scramuser  127.0.0.1/32  scram-sha-256\n"
+      "host    testdb   scramuser  127.0.0.1/32  md5\n"
+      "host    all      plainuser  127.0.0.1/32  password\n"
+      "host    testdb   all        127.0.0.1/32  scram-sha-256\n";
+  ClusterSetup cs;
+  cs.tag = "pghba";
+  cs.hba = "local all all trust\n" + rules;  // the harness sets the cluster up over the socket
+  cs.databases = {"otherdb"};
+  Cluster pgc = start_cluster(cs);
+  std::string dir = make_temp_dir("hba");
+  REQUIRE(chmod(dir.c_str(), 0755) == 0);
+  write_file(dir + "/pg_hba.conf", rules);
+  std::string pg = "host=127.0.0.1 port=" + std::to_string(pgc.port);
+  Options o;
+  o.auth_type = "hba";
+  o.extra_pgbouncer = "auth_hba_file = " + dir + "/pg_hba.conf\n";
+  // pgsluice's servers are the same cluster: its rules apply to them too, with the
+  // client's own user name, so whatever pgsluice lets in PostgreSQL lets in as well.
+  o.databases = "testdb = " + pg + " dbname=testdb\notherdb = " + pg + " dbname=otherdb\n";
+  Pooler p(o);
+  // What follows "FATAL:  " in libpq's message, or "ok".
+  auto answer = [](const std::string& conninfo) {
+    std::string err;
+    Conn c = try_connect(conninfo + " connect_timeout=10", &err);
+    if (c)
+      return std::string("ok ") + scalar(c.get(), "select current_user||'@'||current_database()");
+    size_t at = err.find("FATAL:  ");
+    std::string msg = at == std::string::npos ? err : err.substr(at + 8);
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    return msg;
+  };
+  const std::pair<const char*, const char*> users[] = {
+      {"md5user", "md5pass"}, {"scramuser", "scrampass"}, {"plainuser", "plainpass"}};
+  int same = 0, refused = 0;
+  for (const auto& [user, pass] : users) {
+    for (bool right : {true, false}) {
+      for (const char* db : {"testdb", "otherdb"}) {
+        std::string pw = right ? pass : "wrong";
+        std::string tail =
+            std::string(" user=") + user + " password=" + pw + " dbname=" + db + " sslmode=disable";
+        std::string direct = answer(pg + tail);
+        std::string pooled = answer("host=127.0.0.1 port=" + std::to_string(p.port()) + tail);
+        CAPTURE(user);
+        CAPTURE(right);
+        CAPTURE(db);
+        CHECK(pooled == direct);
+        if (pooled == direct) same++;
+        if (direct.rfind("ok ", 0) != 0) refused++;
+      }
+    }
+  }
+  MESSAGE(same << " of 12 logins answered as PostgreSQL does (" << refused << " refused)");
+  CHECK(refused >= 6);
+  CHECK(refused < 12);
+}
