@@ -140,6 +140,7 @@ bool ident_allows(const IdentFile& file, std::string_view map, std::string_view 
       if (e.db_all || e.db_user == db_user) return true;
       continue;
     }
+    if (system_user.size() > kIdentMaxMatchedName) continue;
     std::match_results<std::string_view::const_iterator> m;
     if (!std::regex_search(system_user.begin(), system_user.end(), m, *e.regex)) continue;
     if (e.db_all) return true;

@@ -36,6 +36,9 @@ struct IdentFile {
 inline constexpr size_t kIdentMaxLineLength = 1 << 16;
 inline constexpr size_t kIdentMaxEntries = 100000;
 inline constexpr size_t kIdentMaxPattern = 1024;  // bytes of one regular expression
+// Longest system user name (OS user or certificate CN) a regular expression is run on:
+// std::regex backtracks recursively, so an outlandish name never reaches one.
+inline constexpr size_t kIdentMaxMatchedName = 256;
 
 // Parses the text of an ident file. Fields are separated by blanks; a field may be
 // double-quoted ("" inside quotes is a quote; a quoted all is a name); # starts a comment.

@@ -51,6 +51,12 @@ TEST_CASE("ident: regular expressions, with \\1 as PostgreSQL") {
   CHECK_FALSE(ident_allows(f, "m", "xz", ""));  // group 1 did not take part: no match
   CHECK(ident_allows(f, "m", "/quoted", "q"));  // quoted: a name, not a pattern
   CHECK_FALSE(ident_allows(f, "m", "quoted", "q"));
+  // Names longer than kIdentMaxMatchedName never reach a regular expression.
+  std::string longname(kIdentMaxMatchedName + 1, 'a');
+  IdentFile any = parse_ident("m /^a*$ all\nm " + longname + " exact\n");
+  CHECK(ident_allows(any, "m", std::string(kIdentMaxMatchedName, 'a'), "x"));
+  CHECK_FALSE(ident_allows(any, "m", longname, "x"));
+  CHECK(ident_allows(any, "m", longname, "exact"));  // plain names are compared, not matched
 }
 
 TEST_CASE("ident: malformed lines are listed with their line numbers") {
