@@ -1,7 +1,21 @@
 // auth_ident_file parser and map check.
 #include "ident.h"
 
+#include <regex.h>
+
 namespace pgsluice {
+
+struct IdentRegex {
+  regex_t re{};
+  bool ok = false;
+  explicit IdentRegex(const std::string& pattern)
+      : ok(regcomp(&re, pattern.c_str(), REG_EXTENDED) == 0) {}
+  ~IdentRegex() {
+    if (ok) regfree(&re);
+  }
+  IdentRegex(const IdentRegex&) = delete;
+  IdentRegex& operator=(const IdentRegex&) = delete;
+};
 
 namespace {
 
@@ -48,6 +62,54 @@ bool split_fields(std::string_view line, std::vector<Field>& out, std::string* w
     out.push_back(std::move(f));
   }
   return true;
+}
+
+bool is_quantifier(char c) {
+  return c == '*' || c == '+' || c == '?' || c == '{';
+}
+
+// A repeating quantifier (*, +, {}) applied to something that already repeats: two in a row
+// (a++, a*{2}), or one on a group whose content may end with a quantified element ((a*)+,
+// (a|b+)*). Such patterns are what makes regular-expression matching blow up; pg_ident.conf
+// lines do not need them. An optional part (x)? is fine: it matches at most once.
+bool stacked_quantifier(std::string_view p) {
+  std::vector<bool> group_repeats;  // per open group: some branch ends with a quantifier
+  bool prev_quantified = false;     // the previous element may end with a repetition
+  for (size_t i = 0; i < p.size(); i++) {
+    char c = p[i];
+    if (c == '\\') {
+      i++;
+      prev_quantified = false;
+    } else if (c == '[') {  // a bracket expression is one element
+      size_t j = i + 1;
+      if (j < p.size() && p[j] == '^') j++;
+      if (j < p.size() && p[j] == ']') j++;
+      while (j < p.size() && p[j] != ']') j++;
+      i = j;
+      prev_quantified = false;
+    } else if (is_quantifier(c)) {
+      if (prev_quantified && c != '?') return true;  // ? repeats nothing: at most once
+      if (c == '{')
+        while (i < p.size() && p[i] != '}') i++;
+      prev_quantified = true;
+    } else if (c == '(') {
+      group_repeats.push_back(false);
+      prev_quantified = false;
+    } else if (c == ')') {
+      bool inner = prev_quantified;
+      if (!group_repeats.empty()) {
+        inner = inner || group_repeats.back();
+        group_repeats.pop_back();
+      }
+      prev_quantified = inner;
+    } else if (c == '|') {
+      if (!group_repeats.empty() && prev_quantified) group_repeats.back() = true;
+      prev_quantified = false;
+    } else {
+      prev_quantified = false;
+    }
+  }
+  return false;
 }
 
 }  // namespace
@@ -113,12 +175,18 @@ IdentFile parse_ident(std::string_view text) {
         problem("regular expression too long");
         continue;
       }
-      try {
-        e.regex = std::make_shared<const std::regex>(e.system_user, std::regex::ECMAScript);
-      } catch (const std::regex_error&) {
+      if (stacked_quantifier(e.system_user)) {
+        problem("regular expression \"" + e.system_user +
+                "\" repeats a repetition (like a++ or (a*)+): refused, it can take exponential "
+                "time to match");
+        continue;
+      }
+      auto re = std::make_shared<const IdentRegex>(e.system_user);
+      if (!re->ok) {
         problem("invalid regular expression \"" + e.system_user + "\"");
         continue;
       }
+      e.regex = std::move(re);
     } else {
       e.system_user = f[1].text;
       if (e.db_user.find("\\1") != std::string::npos) {
@@ -141,14 +209,18 @@ bool ident_allows(const IdentFile& file, std::string_view map, std::string_view 
       continue;
     }
     if (system_user.size() > kIdentMaxMatchedName) continue;
-    std::match_results<std::string_view::const_iterator> m;
-    if (!std::regex_search(system_user.begin(), system_user.end(), m, *e.regex)) continue;
+    if (system_user.find('\0') != std::string_view::npos) continue;
+    const std::string name(system_user);
+    regmatch_t m[2];
+    if (regexec(&e.regex->re, name.c_str(), 2, m, 0) != 0) continue;
     if (e.db_all) return true;
     std::string want = e.db_user;
     size_t pos = want.find("\\1");
     if (pos != std::string::npos) {
-      if (m.size() < 2 || !m[1].matched) continue;  // PostgreSQL: no group 1, no match
-      want.replace(pos, 2, m[1].str());
+      if (m[1].rm_so < 0) continue;  // PostgreSQL: no group 1, no match
+      want.replace(pos, 2,
+                   name.substr(static_cast<size_t>(m[1].rm_so),
+                               static_cast<size_t>(m[1].rm_eo - m[1].rm_so)));
     }
     if (want == db_user) return true;
   }

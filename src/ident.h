@@ -5,18 +5,21 @@
 
 #include <cstddef>
 #include <memory>
-#include <regex>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace pgsluice {
 
+// A compiled POSIX extended regular expression (regcomp), freed with the last entry that
+// uses it.
+struct IdentRegex;
+
 // One line: MAPNAME SYSTEM-USERNAME DATABASE-USERNAME.
 struct IdentEntry {
   std::string map;
   std::string system_user;  // a name, or (regex set) the pattern after the leading '/'
-  std::shared_ptr<const std::regex> regex;
+  std::shared_ptr<const IdentRegex> regex;
   std::string db_user;  // a name; with a regex it may hold \1 (the first captured group)
   bool db_all = false;  // the keyword all (unquoted)
   int line = 0;
@@ -36,15 +39,16 @@ struct IdentFile {
 inline constexpr size_t kIdentMaxLineLength = 1 << 16;
 inline constexpr size_t kIdentMaxEntries = 100000;
 inline constexpr size_t kIdentMaxPattern = 1024;  // bytes of one regular expression
-// Longest system user name (OS user or certificate CN) a regular expression is run on:
-// std::regex backtracks recursively, so an outlandish name never reaches one.
+// Longest system user name (OS user or certificate CN) a regular expression is run on.
 inline constexpr size_t kIdentMaxMatchedName = 256;
 
 // Parses the text of an ident file. Fields are separated by blanks; a field may be
 // double-quoted ("" inside quotes is a quote; a quoted all is a name); # starts a comment.
-// A system user name that starts with / (unquoted) is a regular expression (ECMAScript
-// syntax, which covers what pg_ident.conf files use: ^, $, ., [], groups), matched
-// anywhere in the name as PostgreSQL does, so anchors are the file's to write.
+// A system user name that starts with / (unquoted) is a regular expression: POSIX extended
+// syntax (the part of PostgreSQL's own regex flavour that pg_ident.conf files use: ^, $, .,
+// [], groups, alternation, quantifiers), matched anywhere in the name as PostgreSQL does, so
+// anchors are the file's to write. glibc's matcher does not backtrack exponentially, so a
+// pattern like (.*)+x cannot stall a login.
 IdentFile parse_ident(std::string_view text);
 
 // Whether map `map` lets the system user (peer's OS user, or a certificate's CN) log in as

@@ -34,8 +34,12 @@ bool Reader::i32(int32_t& v) {
 }
 bool Reader::cstr(std::string_view& v) {
   if (!ok_) return false;
-  const uint8_t* start = b_.data() + pos_;
   size_t left = b_.size() - pos_;
+  if (left == 0) {  // no NUL to find (and an empty span's data() may be null)
+    ok_ = false;
+    return false;
+  }
+  const uint8_t* start = b_.data() + pos_;
   const void* nul = std::memchr(start, 0, left);
   if (nul == nullptr) {
     ok_ = false;

@@ -59,6 +59,18 @@ TEST_CASE("ident: regular expressions, with \\1 as PostgreSQL") {
   CHECK(ident_allows(any, "m", longname, "exact"));  // plain names are compared, not matched
 }
 
+TEST_CASE("ident: ordinary patterns with groups, classes and quantifiers are taken") {
+  IdentFile f = parse_ident(
+      "m /^(.*)@example\\.com$ \\1\n"
+      "m /^[a-z]+(-[0-9]{1,3})?$ postgres\n"
+      "m /^(ops|dba)-[a-z]*$ admin\n"
+      "m /^a\\++$ plus\n");
+  CHECK(f.errors.empty());
+  CHECK(ident_allows(f, "m", "web-12", "postgres"));
+  CHECK(ident_allows(f, "m", "dba-x", "admin"));
+  CHECK(ident_allows(f, "m", "a+++", "plus"));  // an escaped + is a character
+}
+
 TEST_CASE("ident: malformed lines are listed with their line numbers") {
   struct Row {
     const char* text;
@@ -73,6 +85,15 @@ TEST_CASE("ident: malformed lines are listed with their line numbers") {
       {"m root +group\n", "group (+) and regular-expression database user names are not supported"},
       {"m root /re\n", "group (+) and regular-expression database user names are not supported"},
       {"m root \\1\n", "\\1 in the database user name needs a regular expression"},
+      {"m /a++ b\n",
+       "regular expression \"a++\" repeats a repetition (like a++ or (a*)+): refused, it can "
+       "take exponential time to match"},
+      {"m /^(a*)+$ b\n",
+       "regular expression \"^(a*)+$\" repeats a repetition (like a++ or (a*)+): refused, it "
+       "can take exponential time to match"},
+      {"m /(x|y+)*z b\n",
+       "regular expression \"(x|y+)*z\" repeats a repetition (like a++ or (a*)+): refused, it "
+       "can take exponential time to match"},
       {"m \"\" postgres\n", "empty field"},
   };
   for (const Row& row : rows) {
