@@ -1,6 +1,8 @@
 // Tracked session parameters: the values a client was told, and the SET that restores them.
 #include "varcache.h"
 
+#include <algorithm>
+
 #include "wire.h"
 
 namespace pgsluice {
@@ -67,15 +69,35 @@ std::string_view VarCache::get(size_t i) const {
 
 std::string varcache_diff_sql(const TrackedNames& names, const VarCache& client,
                               const VarCache& server) {
+  // Runs on every link of a client to a server: one pass over both strings, entry by entry,
+  // instead of a lookup from the start per name.
   std::string sql;
-  for (size_t i = 0; i < names.size() && i < client.size(); i++) {
-    if (!client.has(i)) continue;
-    if (server.has(i) && iequals(client.get(i), server.get(i))) continue;
-    sql += "SET ";
-    sql += names.name(i);
-    sql += '=';
-    sql += wire::sql_literal(client.get(i));
-    sql += ';';
+  const std::string& cd = client.data_;
+  const std::string& sd = server.data_;
+  size_t ca = 0, sa = 0;
+  const size_t n = std::min(names.size(), client.size());
+  for (size_t i = 0; i < n; i++) {
+    size_t cend = cd.find('\0', ca + 1);
+    bool s_known = false;
+    std::string_view sv;
+    size_t send = std::string::npos;
+    if (i < server.size()) {
+      send = sd.find('\0', sa + 1);
+      s_known = sd[sa] == 1;
+      sv = std::string_view(sd).substr(sa + 1, send - sa - 1);
+    }
+    if (cd[ca] == 1) {
+      std::string_view cv = std::string_view(cd).substr(ca + 1, cend - ca - 1);
+      if (!s_known || !iequals(cv, sv)) {
+        sql += "SET ";
+        sql += names.name(i);
+        sql += '=';
+        sql += wire::sql_literal(cv);
+        sql += ';';
+      }
+    }
+    ca = cend + 1;
+    if (send != std::string::npos) sa = send + 1;
   }
   return sql;
 }

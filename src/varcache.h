@@ -40,6 +40,7 @@ class VarCache {
   size_t size() const { return n_; }
 
  private:
+  friend std::string varcache_diff_sql(const TrackedNames&, const VarCache&, const VarCache&);
   // Offset of name i's flag byte in data_.
   size_t entry(size_t i) const;
   std::string data_;
