@@ -1,7 +1,7 @@
 # pgsluice build.  `make` builds ./pgsluice; `make check` installs what is
 # missing, builds and runs every test suite; `make demo` shows it working.
 CXX      ?= g++
-PKGS     := libevent libevent_pthreads openssl
+PKGS     := libevent libevent_pthreads openssl sqlite3
 OPT      ?= -O2
 CXXFLAGS ?= $(OPT) -g
 # Warnings for every file, and the stricter integer-conversion set for code
@@ -17,7 +17,8 @@ SRCS      := $(wildcard src/*.cc)
 LIB_SRCS  := $(filter-out src/main.cc,$(SRCS))
 LIB_OBJS  := $(LIB_SRCS:src/%.cc=$(BUILD)/src/%.o)
 # Files whose every length comes from outside: built with WIRE_WARN.
-STRICT    := wire replies scram password connstr userlist config startup hba auth ident
+STRICT    := wire replies scram password connstr userlist config startup hba auth ident auth_store \
+             auth_query
 
 UNIT_SRCS := $(wildcard test/unit/*.cc)
 UNIT_OBJS := $(UNIT_SRCS:%.cc=$(BUILD)/%.o)

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <tuple>
 
 #include "client.h"
 #include "config.h"
@@ -154,25 +155,29 @@ std::optional<AdminStatement> parse_admin_statement(std::string_view q) {
   if (!lx.at_end() && q[lx.i] != ';') {
     if (!lx.word(st.arg)) return std::nullopt;
   }
+  lx.skip_ws();
+  if (st.cmd == "drop" && lower(st.arg) == "auth_cache" && !lx.at_end() && q[lx.i] != ';') {
+    if (!lx.word(st.arg2)) return std::nullopt;  // DROP AUTH_CACHE user: the one two-word form
+  }
   if (!lx.finish()) return std::nullopt;
   return st;
 }
 
 const std::vector<std::string>& admin_commands() {
   static const std::vector<std::string> v = {
-      "SHOW",      "SET",  "RELOAD",      "PAUSE",   "RESUME",   "DISABLE",   "ENABLE",
-      "RECONNECT", "KILL", "KILL_CLIENT", "SUSPEND", "SHUTDOWN", "WAIT_CLOSE"};
+      "SHOW",      "SET",  "RELOAD",      "PAUSE",   "RESUME",   "DISABLE",    "ENABLE",
+      "RECONNECT", "KILL", "KILL_CLIENT", "SUSPEND", "SHUTDOWN", "WAIT_CLOSE", "DROP"};
   return v;
 }
 
 const std::vector<std::string>& admin_show_commands() {
   static const std::vector<std::string> v = {
-      "HELP",           "CONFIG",     "DATABASES", "POOLS",
-      "CLIENTS",        "SERVERS",    "USERS",     "VERSION",
-      "PEERS",          "PEER_POOLS", "FDS",       "SOCKETS",
-      "ACTIVE_SOCKETS", "LISTS",      "MEM",       "STATE",
-      "DNS_HOSTS",      "DNS_ZONES",  "STATS",     "STATS_TOTALS",
-      "STATS_AVERAGES", "TOTALS",     "HISTOGRAMS"};
+      "HELP",           "CONFIG",     "DATABASES",  "POOLS",
+      "CLIENTS",        "SERVERS",    "USERS",      "VERSION",
+      "PEERS",          "PEER_POOLS", "FDS",        "SOCKETS",
+      "ACTIVE_SOCKETS", "LISTS",      "MEM",        "STATE",
+      "DNS_HOSTS",      "DNS_ZONES",  "STATS",      "STATS_TOTALS",
+      "STATS_AVERAGES", "TOTALS",     "HISTOGRAMS", "AUTH_CACHE"};
   return v;
 }
 
@@ -522,6 +527,22 @@ void show_sockets(Client* c, Snapshot& snap, bool only_active) {
     std::string st = r.state == "new" ? "sv_login" : "sv_" + r.state;
     socket_row(rs, r, st, true);
   }
+  reply_rows(c, rs);
+}
+
+// SHOW AUTH_CACHE: auth_file's users, then what auth_query found (never a secret).
+void show_auth_cache(Client* c) {
+  Runtime* rt = c->worker()->rt();
+  auto cfg = rt->config();
+  RowSet rs("sssqq", {"user", "database", "source", "age", "hits"});
+  for (const auto& [n, s] : cfg->userlist.secrets) rs.row({n, "", "auth_file", {}, {}});
+  auto rows = rt->auth_cache->rows();
+  std::sort(rows.begin(), rows.end(), [](const AuthCache::Row& a, const AuthCache::Row& b) {
+    return std::tie(a.user, a.dbname) < std::tie(b.user, b.dbname);
+  });
+  for (const AuthCache::Row& r : rows)
+    rs.row({r.user, r.dbname, r.source, cell(static_cast<long long>(r.age)),
+            cell(static_cast<long long>(r.hits))});
   reply_rows(c, rs);
 }
 
@@ -1077,6 +1098,7 @@ void run_statement(Client* c, const std::string& q) {
     if (what == "peers") return show_peers(c);
     if (what == "peer_pools") return show_peer_pools(c);
     if (what == "state") return show_state(c);
+    if (what == "auth_cache") return show_auth_cache(c);
     if (what == "dns_hosts") return reply_rows(c, RowSet("sqs", {"hostname", "ttl", "addrs"}));
     if (what == "dns_zones") return reply_rows(c, RowSet("sqi", {"zonename", "serial", "count"}));
     using Fn = void (*)(Client*, Snapshot&);
@@ -1116,7 +1138,7 @@ void run_statement(Client* c, const std::string& q) {
   }
   static const std::set<std::string> kKnown = {"pause",     "resume", "disable",     "enable",
                                                "reconnect", "kill",   "kill_client", "suspend",
-                                               "shutdown",  "reload", "wait_close"};
+                                               "shutdown",  "reload", "wait_close",  "drop"};
   if (!kKnown.count(st.cmd)) return reply_error(c, "invalid command '" + q + "', use SHOW HELP;");
   if ((st.cmd == "reload" || st.cmd == "suspend") && !st.arg.empty())
     return reply_error(c, "invalid command '" + q + "', use SHOW HELP;");
@@ -1131,6 +1153,14 @@ void run_statement(Client* c, const std::string& q) {
   if (st.cmd == "shutdown") return cmd_shutdown(c, st.arg);
   if (st.cmd == "reload") return cmd_reload(c);
   if (st.cmd == "wait_close") return cmd_wait_close(c, st.arg);
+  if (st.cmd == "drop") {
+    if (lower(st.arg) != "auth_cache")
+      return reply_error(c, "invalid command '" + q + "', use SHOW HELP;");
+    size_t n = c->worker()->rt()->auth_cache->drop(st.arg2);
+    LOG_INFO("DROP AUTH_CACHE %s: %zu entries dropped", st.arg2.empty() ? "(all)" : st.arg2.c_str(),
+             n);
+    return reply_tag(c, "DROP AUTH_CACHE");
+  }
   if (st.cmd == "suspend") {
     Runtime* rt = c->worker()->rt();
     if (rt->paused_all.load() || rt->suspended.load())

@@ -36,6 +36,7 @@ struct AdminStatement {
   bool is_set = false;
   std::string cmd;    // lower-cased (not for SET)
   std::string arg;    // as written, unquoted; empty when absent
+  std::string arg2;   // a second word (DROP AUTH_CACHE user); empty when absent
   std::string key;    // SET: lower-cased
   std::string value;  // SET: unquoted
 };

@@ -116,6 +116,40 @@ SecretLookup lookup_secret(const Config& cfg, std::string_view user) {
   return r;
 }
 
+std::optional<LookupScope> lookup_scope(const Config& cfg, std::string_view db) {
+  const DatabaseDef* def = nullptr;
+  if (auto it = cfg.databases.find(std::string(db)); it != cfg.databases.end())
+    def = &it->second;
+  else if (cfg.fallback_db)
+    def = &*cfg.fallback_db;
+  if (def == nullptr) return std::nullopt;
+  LookupScope s;
+  s.auth_user = !def->auth_user.empty() ? def->auth_user : cfg.auth_user;
+  if (s.auth_user.empty()) return std::nullopt;
+  s.query = !def->auth_query.empty() ? def->auth_query : cfg.auth_query;
+  s.dbname = !def->auth_dbname.empty()  ? def->auth_dbname
+             : !cfg.auth_dbname.empty() ? cfg.auth_dbname
+                                        : std::string(db);
+  return s;
+}
+
+bool method_needs_user(AuthMethod method) {
+  switch (method) {
+    case AuthMethod::Trust:
+    case AuthMethod::Cleartext:
+    case AuthMethod::Md5:
+    case AuthMethod::Scram:
+    case AuthMethod::Cert:
+    case AuthMethod::Peer:
+      return true;
+    case AuthMethod::Any:
+    case AuthMethod::Reject:
+    case AuthMethod::Unsupported:
+      return false;
+  }
+  return false;
+}
+
 AuthExchange::AuthExchange(AuthSetup setup) : s_(std::move(setup)) {}
 
 AuthExchange::~AuthExchange() = default;
@@ -245,6 +279,29 @@ AuthReply AuthExchange::start_scram() {
   return request(std::move(m));
 }
 
+AuthReply AuthExchange::failed_check() {
+  if (!s_.may_refresh) return failed();
+  s_.may_refresh = false;  // once
+  AuthReply r;
+  r.outcome = AuthReply::Outcome::Refresh;
+  return r;
+}
+
+AuthReply AuthExchange::recheck(const SecretLookup& fresh) {
+  if (fresh.state != SecretLookup::State::Found || fresh.secret == s_.secret.secret ||
+      retry_answer_.empty())
+    return failed();
+  s_.secret = fresh;
+  std::string answer = std::move(retry_answer_);
+  retry_answer_.clear();
+  if (failed_step_ == Step::Cleartext) return check_cleartext(answer);
+  if (failed_step_ == Step::Md5) {
+    if (!md5_verify(s_.secret.secret, s_.user, md5_salt_.data(), answer)) return failed();
+    return succeeded();
+  }
+  return failed();
+}
+
 AuthReply AuthExchange::check_cleartext(std::string_view pw) {
   if (pw.empty()) return empty_password();
   const std::string& secret = s_.secret.secret;
@@ -266,7 +323,11 @@ AuthReply AuthExchange::check_cleartext(std::string_view pw) {
       break;
     }
   }
-  if (!ok) return failed();
+  if (!ok) {
+    failed_step_ = Step::Cleartext;
+    retry_answer_.assign(pw);
+    return failed_check();
+  }
   return succeeded();
 }
 
@@ -283,9 +344,12 @@ AuthReply AuthExchange::on_message(std::span<const uint8_t> body) {
       if (!r.cstr(resp)) return failed();
       if (resp.empty()) return empty_password();
       // md5_verify refuses an empty stored secret.
-      if (s_.secret.state != SecretLookup::State::Found ||
-          !md5_verify(s_.secret.secret, s_.user, md5_salt_.data(), resp))
-        return failed();
+      if (s_.secret.state != SecretLookup::State::Found) return failed();
+      if (!md5_verify(s_.secret.secret, s_.user, md5_salt_.data(), resp)) {
+        failed_step_ = Step::Md5;
+        retry_answer_.assign(resp);
+        return failed_check();
+      }
       return succeeded();
     }
     case Step::ScramFirst: {
@@ -313,7 +377,10 @@ AuthReply AuthExchange::on_message(std::span<const uint8_t> body) {
       auto res = scram_->handle_client_final(
           std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size()));
       if (!res) {
-        if (res.status().sqlstate() == "28P01") return failed();
+        if (res.status().sqlstate() == "28P01") {
+          failed_step_ = Step::ScramFinal;
+          return scram_real_secret_ ? failed_check() : failed();
+        }
         return failure(res.status().sqlstate(), res.status().message(), "bad SCRAM client-final");
       }
       std::string m;

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "auth_cache.h"
 #include "config.h"
 #include "ident.h"
 #include "scram.h"
@@ -57,12 +58,21 @@ struct SecretLookup {
 // The stored secret of `user`: today from auth_file (Config::userlist), at once.
 SecretLookup lookup_secret(const Config& cfg, std::string_view user);
 
+// The auth_query that finds users of database `db` missing from auth_file: auth_user,
+// auth_query and auth_dbname of its [databases] entry, else the global ones (PgBouncer's
+// rules). nullopt when no auth_user applies (or `db` is not a known database).
+std::optional<LookupScope> lookup_scope(const Config& cfg, std::string_view db);
+// Whether `method` needs the user's secret (or at least to know the user exists).
+bool method_needs_user(AuthMethod method);
+
 // What an authentication step asks of the client's connection.
 struct AuthReply {
   enum class Outcome : uint8_t {
     Continue,   // send `send` and wait for the client's next message
     Succeeded,  // send `send` (may be empty), then the client is authenticated
     Failed,     // log `warning` if any, then end the session with the FATAL below
+    Refresh,    // the check failed against a cached secret: look it up again from PostgreSQL
+                // (AuthCache::get with force) and call AuthExchange::recheck with the answer
   };
   Outcome outcome = Outcome::Continue;
   std::string send;     // protocol bytes for the client
@@ -84,6 +94,9 @@ struct AuthSetup {
   AuthType auth_type = AuthType::Md5;  // the setting, named when its method is unsupported
   std::string user;
   SecretLookup secret;  // Found or Unknown (Pending is taken as Unknown: refused)
+  // The secret came from the auth cache, not from PostgreSQL for this very login: a failed
+  // check asks for a fresh one once (AuthReply::Outcome::Refresh) before it fails.
+  bool may_refresh = false;
   int scram_iterations = kScramDefaultIterations;
   std::string scram_nonce;  // the process's secret for mock SCRAM salts
   std::string cbind;        // over TLS: tls_server_end_point() of our certificate, else empty
@@ -121,6 +134,13 @@ class AuthExchange {
   // The body of the client's next 'p' message (PasswordMessage, SASLInitialResponse or
   // SASLResponse; the caller checked type and length).
   AuthReply on_message(std::span<const uint8_t> body);
+  // After a Refresh: the check again, against the secret PostgreSQL has now. A password
+  // check (cleartext, md5) is repeated with what the client sent; a SCRAM proof cannot be
+  // (it was computed over the old secret's salt), so it fails, and the next login meets the
+  // new secret. Succeeded or Failed.
+  AuthReply recheck(const SecretLookup& fresh);
+  // The secret the client proved (after success).
+  const std::string& secret() const { return s_.secret.secret; }
   // After a SCRAM success against a stored SCRAM secret: the keys for pass-through.
   std::optional<ScramPassThrough> pass_through() const;
 
@@ -133,8 +153,13 @@ class AuthExchange {
   bool name_allowed(const std::string& system_name) const;
   AuthReply succeeded(std::string send = {});
 
+  // Fails, or asks for a Refresh when the secret may be out of date (once).
+  AuthReply failed_check();
+
   AuthSetup s_;
   Step step_ = Step::None;
+  Step failed_step_ = Step::None;   // the check a Refresh repeats
+  std::string retry_answer_;        // what the client sent to it (cleartext or md5 response)
   bool scram_real_secret_ = false;  // the SCRAM keys came from a stored SCRAM secret
   std::array<uint8_t, 4> md5_salt_{};
   std::unique_ptr<ScramServerSession> scram_;

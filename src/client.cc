@@ -50,9 +50,10 @@ void Client::on_readable() {
     step_tls();  // OpenSSL reads the handshake from the socket itself
     return;
   }
-  if ((state_ == ClientState::Waiting || state_ == ClientState::Login) &&
+  if ((state_ == ClientState::Waiting || state_ == ClientState::Login ||
+       state_ == ClientState::AuthWait) &&
       in_.size() >= BufPool::kBlock) {
-    want_read(false);  // queued with a full block buffered: wait for a server first
+    want_read(false);  // queued with a full block buffered: wait for a server (or a secret)
     return;
   }
   size_t got = 0;
@@ -123,6 +124,8 @@ void Client::process() {
     case ClientState::Login:
     case ClientState::Waiting:
       break;  // bytes wait in in_ until a server is linked (link_waiter)
+    case ClientState::AuthWait:
+      break;  // bytes wait in in_ until auth_query answers (lookup_answered)
     case ClientState::Idle:
     case ClientState::Active:
       forward_messages();
@@ -416,9 +419,89 @@ bool Client::begin_auth() {
                           SSL_get_verify_result(ssl()) == X509_V_OK;
     if (setup.cert.verified) setup.cert.cn = tls_peer_common_name(ssl());
   }
+  // Not in auth_file: auth_query finds the secret, through the auth cache (the console's
+  // users are auth_file's only, as PgBouncer's).
+  if (setup.secret.state == SecretLookup::State::Unknown && !is_admin_ &&
+      method_needs_user(setup.method)) {
+    if (auto scope = lookup_scope(cfg, db_)) {
+      login_->scope = std::move(*scope);
+      login_->pending = std::make_unique<AuthSetup>(std::move(setup));
+      return ask_auth_cache(false);
+    }
+  }
+  return start_exchange(std::move(setup));
+}
+
+bool Client::start_exchange(AuthSetup setup) {
   login_->auth = std::make_unique<AuthExchange>(std::move(setup));
   AuthReply r = login_->auth->start();
   return apply_auth(r);
+}
+
+bool Client::ask_auth_cache(bool force) {
+  const Config& cfg = worker_->cfg();
+  AuthCache::Answer a =
+      worker_->rt()->auth_cache->get(login_->scope, user_, worker_->index(), cfg.auth_cache_ttl,
+                                     cfg.auth_cache_negative_ttl, force);
+  using K = AuthCache::Answer::Kind;
+  if (a.kind == K::Run || a.refresh) worker_->run_lookup(login_->scope, user_);
+  if (a.kind == K::Run || a.kind == K::Wait) {
+    login_->lookup_key = login_->scope.key() + '\0' + user_;
+    worker_->set_state(this, ClientState::AuthWait);
+    return true;
+  }
+  AuthCache::Outcome out;
+  out.kind =
+      a.kind == K::Found ? AuthCache::Outcome::Kind::Found : AuthCache::Outcome::Kind::NotFound;
+  out.secret = std::move(a.secret);
+  if (login_->auth != nullptr) {  // a recheck that the cache answered (just refreshed)
+    SecretLookup fresh;
+    if (out.kind == AuthCache::Outcome::Kind::Found) {
+      fresh.state = SecretLookup::State::Found;
+      fresh.secret = std::move(out.secret);
+    }
+    AuthReply r = login_->auth->recheck(fresh);
+    return apply_auth(r);
+  }
+  AuthSetup setup = std::move(*login_->pending);
+  login_->pending.reset();
+  if (out.kind == AuthCache::Outcome::Kind::Found) {
+    setup.secret.state = SecretLookup::State::Found;
+    setup.secret.secret = std::move(out.secret);
+    setup.may_refresh = true;  // from the cache: a failed proof asks PostgreSQL once
+  }
+  return start_exchange(std::move(setup));
+}
+
+const std::string& Client::lookup_key() const {
+  static const std::string kNone;
+  return login_ != nullptr ? login_->lookup_key : kNone;
+}
+
+void Client::lookup_answered(const AuthCache::Outcome& out) {
+  if (dead_ || state_ != ClientState::AuthWait) return;
+  worker_->set_state(this, ClientState::Auth);
+  login_->lookup_key.clear();
+  want_read(true);  // reading may have stopped while it waited (on_readable)
+  if (out.kind == AuthCache::Outcome::Kind::Failed && login_->auth == nullptr) {
+    fail(out.sqlstate.empty() ? "08P01" : out.sqlstate, out.message, "auth_query failed");
+    return;
+  }
+  SecretLookup fresh;
+  if (out.kind == AuthCache::Outcome::Kind::Found) {
+    fresh.state = SecretLookup::State::Found;
+    fresh.secret = out.secret;
+  }
+  if (login_->auth != nullptr) {  // a recheck after a failed proof
+    AuthReply r = login_->auth->recheck(fresh);
+    if (!apply_auth(r)) return;
+  } else {
+    AuthSetup setup = std::move(*login_->pending);
+    login_->pending.reset();
+    setup.secret = std::move(fresh);  // fetched for this login: no refresh on failure
+    if (!start_exchange(std::move(setup))) return;
+  }
+  if (!dead_ && state_ == ClientState::Auth && !in_.empty()) process_auth();
 }
 
 bool Client::apply_auth(AuthReply& r) {
@@ -431,6 +514,9 @@ bool Client::apply_auth(AuthReply& r) {
     case AuthReply::Outcome::Succeeded:
       finish_auth();  // also hands the proven keys to the pool for pass-through
       break;
+    case AuthReply::Outcome::Refresh:
+      // The proof failed against a cached secret: ask PostgreSQL once before failing.
+      return ask_auth_cache(true);
     case AuthReply::Outcome::Failed:
       if (!r.warning.empty())
         LOG_WARN("C-%p: %s/%s@%s:%d %s", static_cast<void*>(this), db_.c_str(), user_.c_str(),
@@ -482,6 +568,9 @@ void Client::finish_auth() {
     // Pass-through: the client proved the stored secret, so its keys can log in to a
     // server holding the same secret (only when no forced user changes who logs in).
     if (login_->auth != nullptr && pool_->user_name == user_) {
+      // A secret from auth_query logs the pool's servers in (as PgBouncer's dynamic users).
+      if (!login_->scope.dbname.empty() && pool_->secret.empty())
+        pool_->set_looked_up_secret(login_->auth->secret());
       if (auto keys = login_->auth->pass_through())
         pool_->set_scram_keys(keys->client_key, keys->server_key);
     }

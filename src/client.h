@@ -6,6 +6,7 @@
 #include <span>
 #include <string>
 
+#include "auth_cache.h"
 #include "prepared.h"
 #include "startup.h"
 #include "stream.h"
@@ -17,6 +18,7 @@ class Pool;
 struct LocalPool;
 class Server;
 class AuthExchange;
+struct AuthSetup;
 struct AuthReply;
 class TlsContext;
 struct Request;
@@ -24,9 +26,10 @@ struct Request;
 // A client's state. Only Worker::set_state() changes it, and with it the list the client
 // sits on (Login and Waiting: LocalPool::waiting; every other: only Worker::clients_).
 enum class ClientState : uint8_t {
-  Startup,  // reading the startup packet and the SSL/GSS requests before it (startup.h)
-  Tls,      // TLS handshake in progress (after 'S', or a direct-TLS ClientHello); then Startup
-  Auth,     // password or SASL exchange in progress
+  Startup,   // reading the startup packet and the SSL/GSS requests before it (startup.h)
+  Tls,       // TLS handshake in progress (after 'S', or a direct-TLS ClientHello); then Startup
+  Auth,      // password or SASL exchange in progress
+  AuthWait,  // authentication waits for auth_query's answer (Worker::auth_waiters_)
   Login,    // authenticated; waits for a server to learn the pool's parameters (LocalPool::waiting)
   Idle,     // logged in, no server linked, nothing to send
   Waiting,  // has a request; waits for a server (LocalPool::waiting)
@@ -53,6 +56,11 @@ class Client final : public Conn {
   // PostgreSQL reports it, and COPY IN starting or ending.
   void server_set_parameter(size_t i, std::string_view value) { vars_.set(i, value); }
   void server_copy_in(bool on) { copy_in_ = on; }
+  // The auth_query lookup this client waited for (AuthWait) ended: authentication goes on
+  // with the secret, or the session ends with the lookup's error.
+  void lookup_answered(const AuthCache::Outcome& out);
+  // The key of the lookup it waits for (AuthWait); empty otherwise.
+  const std::string& lookup_key() const;
   // Queues out_ to be sent when this loop turn's events are done (Worker::queue_flush).
   void flush();
   // Sends out_ now; arms the write event if the socket is full.
@@ -62,7 +70,7 @@ class Client final : public Conn {
   // Still logging in: startup, TLS handshake or authentication (client_login_timeout).
   bool logging_in() const {
     return state_ == ClientState::Startup || state_ == ClientState::Tls ||
-           state_ == ClientState::Auth;
+           state_ == ClientState::Auth || state_ == ClientState::AuthWait;
   }
   bool is_unix_ = false;
   Pool* pool_ = nullptr;
@@ -128,6 +136,11 @@ class Client final : public Conn {
   bool prelogin_out_ok();
   // Chooses the method, looks the secret up and starts the exchange (auth.h).
   bool begin_auth();
+  // Starts the exchange with the secret found (auth_file, auth cache or auth_query).
+  bool start_exchange(AuthSetup setup);
+  // Asks the auth cache for the secret (force: not the cached one): goes on at once, or
+  // waits in AuthWait for auth_query.
+  bool ask_auth_cache(bool force);
   // Sends what the exchange answered, then finishes, fails or waits for the next message;
   // false when the session ended.
   bool apply_auth(AuthReply& r);
@@ -168,6 +181,11 @@ class Client final : public Conn {
     // answered, and the ClientHello bytes already read (direct TLS).
     std::shared_ptr<const TlsContext> tls_ctx;
     std::string tls_early;
+    // auth_query: which lookup finds this user's secret (empty dbname: none), the setup
+    // waiting for its answer, and the key the client waits under (AuthWait).
+    LookupScope scope;
+    std::unique_ptr<AuthSetup> pending;
+    std::string lookup_key;
   };
   std::unique_ptr<Login> login_;
 };

@@ -251,6 +251,15 @@ constexpr Row kRows[] = {
                &Config::auth_query),
     string_row("auth_dbname", "", kReload, "database in which auth_query runs",
                &Config::auth_dbname),
+    string_row("auth_cache_file", "", kReload,
+               "SQLite file keeping auth_query's answers across restarts; empty: memory only",
+               &Config::auth_cache_file),
+    seconds_row("auth_cache_ttl", "3600", kReload,
+                "seconds an auth_query answer is used before it is refreshed in the background",
+                &Config::auth_cache_ttl),
+    seconds_row("auth_cache_negative_ttl", "10", kReload,
+                "seconds a user auth_query did not find is refused without asking again",
+                &Config::auth_cache_negative_ttl),
 
     // logging
     bool_row("syslog", "0", kReload, "also log to syslog", &Config::syslog),

@@ -132,6 +132,11 @@ struct Config {
       "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
       "FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
   std::string auth_dbname;
+  // The auth cache (pgsluice's own): where auth_query's answers are kept across restarts
+  // (empty: memory only), and how long an answer is used without asking PostgreSQL again.
+  std::string auth_cache_file;
+  double auth_cache_ttl = 3600.0;
+  double auth_cache_negative_ttl = 10.0;
 
   // logging
   bool syslog = false;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "admin.h"
+#include "auth_cache.h"
 #include "config.h"
 #include "gather.h"
 #include "listener.h"
@@ -181,6 +182,9 @@ Status commit_config(Main* m, std::shared_ptr<Config> next, bool reopen_log) {
   next->tls = *tls;
   next->hba = std::move(hba);
   next->ident = std::move(ident);
+  // Another auth_cache_file: the entries in memory stay, the new file's are added.
+  if (next->auth_cache_file != cur->auth_cache_file)
+    m->rt.auth_cache->open_file(next->auth_cache_file);
   m->rt.set_config(next);
   if (reopen_log) {
     LogSettings ls = log_settings(*next);
@@ -428,6 +432,7 @@ int main(int argc, char** argv) {
   m.rt.set_config(cfg);
   size_t nworkers = static_cast<size_t>(cfg->effective_workers());
   m.rt.registry = std::make_unique<Registry>(nworkers);
+  m.rt.auth_cache = std::make_unique<AuthCache>();
   m.rt.tracked = std::make_unique<TrackedNames>(cfg->track_extra_parameters);
   uint8_t nonce[16];
   random_bytes(nonce, sizeof nonce);
@@ -485,6 +490,9 @@ int main(int argc, char** argv) {
     LOG_ERROR("OpenSSL could not give random bytes or an md5 digest: not starting");
     return 1;
   }
+  // After the fork and the change of user (the file is the running user's; an SQLite
+  // connection must not cross a fork), before any worker runs.
+  m.rt.auth_cache->open_file(cfg->auth_cache_file);
   if (!cfg->unix_socket_dir.empty())
     m.unix_path = cfg->unix_socket_dir + "/.s.PGSQL." + std::to_string(cfg->listen_port);
 

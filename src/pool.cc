@@ -59,6 +59,17 @@ void Pool::set_welcome(std::vector<std::pair<std::string, std::string>> params) 
   welcome_ready_.store(true, std::memory_order_release);
 }
 
+std::string Pool::login_secret() const {
+  if (!secret.empty()) return secret;
+  std::lock_guard<std::mutex> g(mu_);
+  return looked_up_secret_;
+}
+
+void Pool::set_looked_up_secret(const std::string& s) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (looked_up_secret_ != s) looked_up_secret_ = s;
+}
+
 void Pool::set_scram_keys(const std::array<uint8_t, 32>& ck, const std::array<uint8_t, 32>& sk) {
   std::lock_guard<std::mutex> g(mu_);
   client_key_ = ck;

@@ -79,6 +79,17 @@ class Pool {
   const std::vector<std::pair<std::string, std::string>>& welcome() const { return welcome_; }
   void set_welcome(std::vector<std::pair<std::string, std::string>> params);
 
+  // server_login_retry: when a server of this pool last failed to connect or log in
+  // (monotonic seconds; 0: the last attempt succeeded). No new server is started for
+  // server_login_retry after a failure (Worker::may_connect).
+  double login_failed_at() const { return login_failed_at_.load(std::memory_order_relaxed); }
+  void set_login_failed_at(double t) { login_failed_at_.store(t, std::memory_order_relaxed); }
+
+  // The secret server logins use: `secret` (auth_file or password=), else the one auth_query
+  // found for this user and a client proved (set_looked_up_secret). A copy: another worker
+  // may replace it meanwhile.
+  std::string login_secret() const;
+  void set_looked_up_secret(const std::string& s);
   // SCRAM keys recovered from a client's proof, for pass-through logins.
   void set_scram_keys(const std::array<uint8_t, 32>& ck, const std::array<uint8_t, 32>& sk);
   bool scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) const;
@@ -103,7 +114,9 @@ class Pool {
   mutable std::mutex mu_;
   std::atomic<AddrState> addr_state_{AddrState::Pending};
   std::atomic<bool> welcome_ready_{false};
+  std::atomic<double> login_failed_at_{0};
   std::vector<std::pair<std::string, std::string>> welcome_;
+  std::string looked_up_secret_;
   bool have_keys_ = false;
   std::array<uint8_t, 32> client_key_{};
   std::array<uint8_t, 32> server_key_{};

@@ -41,8 +41,8 @@ void Server::on_writable() {
     getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
     want_write(false);
     if (err != 0) {
-      worker_->server_login_failed(this, "08006",
-                                   std::string("could not connect to server: ") + strerror(err));
+      worker_->server_login_failed(
+          this, "08006", std::string("could not connect to server: ") + strerror(err), true);
       return;
     }
     start_login();
@@ -67,6 +67,14 @@ void Server::send_internal_query(std::string_view sql) {
   worker_->bufs().append(out_, m.data(), m.size());
   internal_++;
   note_unnamed(0, 0);  // a simple query drops the unnamed statement
+}
+
+void Server::send_lookup(std::unique_ptr<LookupRun> run) {
+  std::string m = lookup_messages(run->job.scope.query, run->job.user);
+  worker_->bufs().append(out_, m.data(), m.size());
+  internal_ += kLookupReadyCount;
+  note_unnamed(0, 0);  // the lookup's Parse replaces the unnamed statement
+  lookup_ = std::move(run);
 }
 
 void Server::send_prepared_check() {
@@ -193,7 +201,8 @@ void Server::on_readable() {
   Io r = read_in(&got);
   if (r == Io::Eof || r == Io::Error) {
     if (server_logging_in(state_))
-      worker_->server_login_failed(this, "08006", "server closed the connection during login");
+      worker_->server_login_failed(this, "08006", "server closed the connection during login",
+                                   true);
     else
       worker_->close_server(this,
                             r == Io::Eof ? "server closed the connection" : "server read error");
@@ -297,7 +306,7 @@ bool Server::can_release() const {
 bool Server::handle_auth_request(std::span<const uint8_t> body) {
   wire::AuthRequest req;
   bool well_formed = wire::parse_auth_request(body, req);
-  const std::string& secret = pool_->secret;
+  const std::string secret = pool_->login_secret();
   SecretKind kind = secret_kind(secret);
   std::string m;
   auto fail = [&](const std::string& why) {
@@ -440,7 +449,9 @@ bool Server::handle_login_message(uint8_t type, std::span<const uint8_t> body) {
         LOG_WARN("S-%p: connect_query failed: %s", static_cast<void*>(this), f.message.c_str());
         return true;
       }
-      worker_->server_login_failed(this, f.sqlstate.empty() ? "08P01" : f.sqlstate, f.message);
+      // 57P03: starting up, shutting down or in recovery; asking again later may work.
+      worker_->server_login_failed(this, f.sqlstate.empty() ? "08P01" : f.sqlstate, f.message,
+                                   f.sqlstate == "57P03");
       return false;
     }
     case 'Z': {
@@ -530,6 +541,7 @@ void Server::process() {
     if (!linked || internal_ > 0) {
       // Idle, resetting, or answering an internal query: nothing goes to a client.
       in_.rpos += total;
+      if (lookup_ != nullptr && internal_ > 0) lookup_->reply.on_message(type, body);
       // An idle server owes nothing: only asynchronous messages may come (NoticeResponse,
       // NotificationResponse, ParameterStatus, a FATAL ErrorResponse). Anything else (say a
       // ReadyForQuery 'T') would leave a server in the pool that is not clean.
@@ -543,6 +555,10 @@ void Server::process() {
           tx_ = body.empty() ? '?' : static_cast<char>(body[0]);
           if (internal_ > 0) internal_--;
           checking_ = false;
+          if (internal_ == 0 && lookup_ != nullptr) {
+            worker_->lookup_done(this);
+            if (dead_) return;
+          }
           if (internal_ == 0 && internal_failed_) {
             if (Client* c = client_) {
               worker_->unlink(c, this);

@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "auth_query.h"
 #include "prepared.h"
 #include "replies.h"
 #include "stats.h"
@@ -62,6 +63,10 @@ class Server final : public Conn, public ReplyBook {
   // Queues a simple query of pgsluice's own (parameter SET, reset query): its replies are
   // swallowed up to its ReadyForQuery (internal_). The caller flushes.
   void send_internal_query(std::string_view sql);
+  // Queues the auth_query lookup `run` (its replies are read into it; Worker::lookup_done
+  // when the last ReadyForQuery came). The caller sets Resetting and flushes.
+  void send_lookup(std::unique_ptr<LookupRun> run);
+  std::unique_ptr<LookupRun> lookup_;  // the lookup running here (null: none)
   // server_check_prepared: queues the check of this server's statements (its tag is read
   // when the reply comes) and forgets which client it served last.
   void send_prepared_check();

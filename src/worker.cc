@@ -269,7 +269,8 @@ void Worker::launch_server(LocalPool* lp) {
   } else if (errno == EINPROGRESS || errno == EAGAIN) {
     s->want_write(true);
   } else {
-    server_login_failed(s, "08006", std::string("could not connect to server: ") + strerror(errno));
+    server_login_failed(s, "08006", std::string("could not connect to server: ") + strerror(errno),
+                        true);
   }
 }
 
@@ -311,7 +312,15 @@ void Worker::set_state(Client* c, ClientState to) {
   LocalPool* lp = c->lp_;
   if (in_waiting_list(from) && lp != nullptr && erase_from(lp->waiting, c, true))
     lp->pool->waiting_on(index_).fetch_sub(1);
+  if (from == ClientState::AuthWait) {
+    auto it = auth_waiters_.find(c->lookup_key());
+    if (it != auth_waiters_.end()) {
+      erase_from(it->second, c, true);
+      if (it->second.empty()) auth_waiters_.erase(it);
+    }
+  }
   c->state_ = to;
+  if (to == ClientState::AuthWait) auth_waiters_[c->lookup_key()].push_back(c);
   if (in_waiting_list(to) && lp != nullptr) {
     c->wait_since_ = now_seconds();
     lp->waiting.push_back(c);
@@ -380,7 +389,8 @@ bool Worker::acquire(Client* c) {
   if (hold) return false;  // RESUME serves it (sweep)
   // Its host name is still being resolved: the resolver's kick serves it.
   if (p->addr_state() == Pool::AddrState::Pending) return false;
-  while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
+  while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
+         may_connect(p) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
   return false;
@@ -447,7 +457,7 @@ void Worker::release_idle(Server* s) {
     return;
   }
   set_state(s, ServerState::Idle);
-  if (!lp->waiting.empty()) {
+  if (!lp->waiting.empty() || !lp->lookups.empty()) {
     serve_later(lp);
     return;
   }
@@ -491,6 +501,7 @@ void Worker::adopt_server(Server* s, Pool* p) {
 
 void Worker::server_login_done(Server* s) {
   s->pool_->set_welcome(s->login_params());
+  s->pool_->set_login_failed_at(0);
   if (cfg_->log_connections)
     LOG_INFO("S-%p: %s/%s@%s:%d new connection to server", static_cast<void*>(s),
              s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
@@ -498,22 +509,37 @@ void Worker::server_login_done(Server* s) {
   release_idle(s);
 }
 
-void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg) {
+bool Worker::may_connect(const Pool* p) const {
+  double t = p->login_failed_at();
+  return t == 0 || now_seconds() - t >= cfg_->server_login_retry;
+}
+
+void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg,
+                                 bool unreachable) {
   LocalPool* lp = s->lp_;
   LOG_WARN("S-%p: %s/%s@%s:%d server login failed: %s", static_cast<void*>(s),
            s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
            s->addr_.port, std::string(msg).c_str());
-  // Clients waiting for this pool fail fast with the server's error, as PgBouncer does.
-  std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
+  s->pool_->set_login_failed_at(now_seconds());
   size_t others = static_cast<size_t>(lp->connecting - 1);
-  size_t keep = others;  // clients that other connecting servers can still serve
-  for (Client* c : w) {
-    if (keep > 0) {
-      keep--;
-      continue;
+  if (!unreachable) {
+    // Clients waiting for this pool fail fast with the server's error, as PgBouncer does.
+    std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
+    size_t keep = others;  // clients that other connecting servers can still serve
+    for (Client* c : w) {
+      if (keep > 0) {
+        keep--;
+        continue;
+      }
+      fail_client(c, sqlstate, msg, "server login failed");
     }
-    fail_client(c, sqlstate, msg, "server login failed");
   }
+  // A login waiting for a secret gets a clear error at once: it cannot ride the outage out.
+  if (others == 0 && !lp->lookups.empty()) fail_lookups(lp, sqlstate, msg);
+  // Refused with pass-through keys (no secret of ours): the verifier they were proven
+  // against is out of date (a password change); the next login asks PostgreSQL again.
+  if (sqlstate == "28P01" && s->pool_->secret.empty())
+    rt_->auth_cache->invalidate_user(s->pool_->user_name);
   close_server(s, "login failed");
 }
 
@@ -570,6 +596,7 @@ void Worker::close_server(Server* s, std::string_view reason) {
   LOG_DEBUG("S-%p: %s/%s closing because: %s", static_cast<void*>(s), s->pool_->db_name.c_str(),
             s->pool_->user_name.c_str(), std::string(reason).c_str());
   s->dead_ = true;
+  if (s->lookup_ != nullptr) lookup_done(s);
   LocalPool* lp = s->lp_;
   Pool* p = s->pool_;
   bool say_goodbye = s->state() == ServerState::Idle || s->state() == ServerState::Active;
@@ -598,7 +625,8 @@ void Worker::close_server(Server* s, std::string_view reason) {
   defer_free(s);
   // A slot is free: serve waiters here, or tell another worker.
   if (!stopping_ && !paused(p)) {
-    while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
+    while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
+           may_connect(p) && p->try_reserve())
       launch_server(lp);
     for (size_t v = 0; v < rt_->workers.size(); v++)
       if (v != index_ && p->waiting_on(v).load() > 0)
@@ -721,7 +749,7 @@ void Worker::janitor() {
   for (Server* s : expired) {
     if (s->dead_) continue;
     if (server_logging_in(s->state()))
-      server_login_failed(s, "08006", "server_connect_timeout");
+      server_login_failed(s, "08006", "server_connect_timeout", true);
     else
       close_server(s, "server idle timeout or lifetime");
   }
@@ -740,7 +768,13 @@ void Worker::janitor() {
   }
   sweep();
   for (auto& [p, lp] : pools_) {
-    if (lp->waiting.empty()) continue;
+    if (!lp->lookups.empty()) {
+      // A lookup nobody can serve ends: its logins get an error instead of waiting for ever.
+      double limit = cf.client_login_timeout > 0 ? cf.client_login_timeout : 60.0;
+      fail_lookups(lp.get(), "08P01", "auth_query could not run: no server connection",
+                   now - limit);
+    }
+    if (lp->waiting.empty() && lp->lookups.empty()) continue;
     serve_waiters(p, lp.get());
     if (cfg_->query_wait_timeout > 0) {
       std::vector<Client*> late;
@@ -836,6 +870,7 @@ bool Worker::stale(const Server* s) const {
 void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   if (paused(p)) return;
   if (p->addr_state() == Pool::AddrState::Pending) return;  // the resolver kicks when done
+  if (!lp->lookups.empty()) serve_lookups(lp);  // logins waiting for a secret come first
   size_t checks = 0;  // server_check_prepared: at most one check started per waiter
   while (!lp->waiting.empty()) {
     Server* s = cfg_->server_check_prepared ? idle_unchecked(lp, lp->waiting.front()) : nullptr;
@@ -847,7 +882,8 @@ void Worker::serve_waiters(Pool* p, LocalPool* lp) {
     }
     link_waiter(lp->waiting.front(), s);
   }
-  while (lp->waiting.size() > static_cast<size_t>(lp->connecting) && p->try_reserve())
+  while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
+         may_connect(p) && p->try_reserve())
     launch_server(lp);
   if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
 }

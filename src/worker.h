@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "auth_query.h"
 #include "client.h"
 #include "config.h"
 #include "pool.h"
@@ -69,8 +70,9 @@ struct Runtime {
   std::function<Status(const std::string& key, const std::string& value)> set_one;
   // Runs fn on the main thread at its next loop turn; thread-safe, fn must not block.
   std::function<void(std::function<void()>)> post_main;
-  event_base* main_base = nullptr;      // the main thread's loop (gather deadlines)
-  std::unique_ptr<StatsHistory> stats;  // stats_period averages (stats.h)
+  event_base* main_base = nullptr;        // the main thread's loop (gather deadlines)
+  std::unique_ptr<StatsHistory> stats;    // stats_period averages (stats.h)
+  std::unique_ptr<AuthCache> auth_cache;  // auth_query's answers (auth_cache.h)
 };
 
 // SHUTDOWN modes (PgBouncer's order).
@@ -79,12 +81,13 @@ enum class ShutdownMode : int { None = 0, Immediate = 1, WaitForServers = 2, Wai
 // A worker's view of one shared pool.
 struct LocalPool {
   Pool* pool = nullptr;
-  std::deque<Client*> waiting;  // FIFO of clients in Login/Waiting
-  std::vector<Server*> idle;    // LIFO of idle servers
-  int connecting = 0;           // servers of this worker still logging in
-  bool serve_queued = false;    // on Worker::serveq_ (waiters are served at the end of the turn)
-  PoolStats stats;              // this worker's share of the pool's statistics
-  PreparedStats prepared;       // prepared-statement remapping counters
+  std::deque<Client*> waiting;    // FIFO of clients in Login/Waiting
+  std::vector<Server*> idle;      // LIFO of idle servers
+  int connecting = 0;             // servers of this worker still logging in
+  bool serve_queued = false;      // on Worker::serveq_ (waiters are served at the end of the turn)
+  PoolStats stats;                // this worker's share of the pool's statistics
+  PreparedStats prepared;         // prepared-statement remapping counters
+  std::deque<LookupJob> lookups;  // auth_query lookups waiting for a server (auth_lookup.cc)
 };
 
 // A connection that forwards one CancelRequest to PostgreSQL and waits for it to close.
@@ -163,7 +166,15 @@ class Worker {
   void close_server(Server* s, std::string_view reason);
   void close_cancel(CancelConn* c);
   void server_login_done(Server* s);
-  void server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg);
+  // A server's login ended without success. `unreachable`: PostgreSQL could not be reached
+  // or is not accepting connections yet (connect refused or timed out, closed before any
+  // answer, 57P03): the pool's waiting clients stay queued (query_wait_timeout) and a new
+  // server is tried after server_login_retry. Otherwise PostgreSQL refused the login (a
+  // password, a database): the waiting clients get its error at once, as PgBouncer does.
+  void server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg,
+                           bool unreachable = false);
+  // No server of p failed to log in within the last server_login_retry seconds.
+  bool may_connect(const Pool* p) const;
   // RECONNECT asked for it to close, or the server_tls_* settings changed since it connected
   // (SHOW SERVERS close_needed).
   bool stale(const Server* s) const;
@@ -173,6 +184,15 @@ class Worker {
   void handle_cancel(uint32_t pid, const std::string& key);
 
   std::shared_ptr<const Config> cfg_ptr() const { return cfg_; }
+
+  // ---- auth_query lookups (auth_lookup.cc) ----
+  // Runs auth_query for `user` on a server of the scope's pool (queued until one is free);
+  // its outcome goes to the auth cache and to every worker whose logins wait for it.
+  void run_lookup(const LookupScope& scope, const std::string& user);
+  // A server's lookup got its last reply, or the server is closing under it.
+  void lookup_done(Server* s);
+  // The logins of this worker waiting for `key` (AuthCache) go on with `out`.
+  void wake_auth_waiters(const std::string& key, const AuthCache::Outcome& out);
 
   // ---- console and operator commands (run on this worker's thread) ----
   // True while new work must not get a server: PAUSE, KILL, SUSPEND.
@@ -221,6 +241,15 @@ class Worker {
   static void flush_cb(evutil_socket_t, short, void* arg);
   void janitor();
   void serve_waiters(Pool* p, LocalPool* lp);
+  // Starts queued lookups on lp's idle servers (auth_lookup.cc).
+  void serve_lookups(LocalPool* lp);
+  // Records a lookup's outcome and tells the workers that wait for it.
+  void finish_lookup(const LookupJob& job, const AuthCache::Outcome& out);
+  // Lookups that waited too long for a server, or whose server login failed, end Failed.
+  void fail_lookups(LocalPool* lp, std::string_view sqlstate, std::string_view msg,
+                    double older_than = -1);
+  // Clients in AuthWait, by the lookup key they wait for.
+  std::unordered_map<std::string, std::vector<Client*>> auth_waiters_;
   Server* take_idle(LocalPool* lp);
   // server_check_prepared: starts the check of s's statements before c may use it; true
   // when started (s is Resetting until PostgreSQL answers, then idle again or closed).

@@ -516,3 +516,75 @@ TEST_CASE("auth: malformed SASL messages end the exchange with 08P01") {
 
 }  // namespace
 }  // namespace pgsluice
+
+namespace pgsluice {
+namespace {
+
+// An exchange whose secret came from the auth cache (may_refresh).
+AuthExchange make_cached(AuthMethod method, std::string secret) {
+  AuthSetup s;
+  s.method = method;
+  s.user = kUser;
+  s.secret.state = SecretLookup::State::Found;
+  s.secret.secret = std::move(secret);
+  s.may_refresh = true;
+  s.scram_nonce = "process nonce";
+  return AuthExchange(std::move(s));
+}
+
+SecretLookup found(std::string secret) {
+  SecretLookup l;
+  l.state = SecretLookup::State::Found;
+  l.secret = std::move(secret);
+  return l;
+}
+
+TEST_CASE("auth: a check failing against a cached secret asks for a refresh once, then rechecks") {
+  SUBCASE("md5: the new password passes against the refreshed verifier") {
+    AuthExchange a = make_cached(AuthMethod::Md5, md5_secret("old", kUser));
+    AuthReply first = a.start();
+    wire::AuthRequest req = request_of(first.send);
+    REQUIRE(req.code == 5);
+    std::string resp = md5_response(md5_secret("new", kUser), kUser, req.salt.data());
+    AuthReply r = a.on_message(bytes(password_body(resp)));
+    CHECK(r.outcome == Outcome::Refresh);
+    CHECK(r.send.empty());
+    AuthReply again = a.recheck(found(md5_secret("new", kUser)));
+    CHECK(again.outcome == Outcome::Succeeded);
+  }
+  SUBCASE("md5: a wrong password still fails after the refresh, with the same 28P01") {
+    AuthExchange a = make_cached(AuthMethod::Md5, md5_secret("old", kUser));
+    wire::AuthRequest req = request_of(a.start().send);
+    std::string resp = md5_response(md5_secret("guess", kUser), kUser, req.salt.data());
+    CHECK(a.on_message(bytes(password_body(resp))).outcome == Outcome::Refresh);
+    check_password_failure(a.recheck(found(md5_secret("new", kUser))));
+  }
+  SUBCASE("the refresh finds the same secret, or no user: failure") {
+    AuthExchange a = make_cached(AuthMethod::Cleartext, md5_secret("old", kUser));
+    a.start();
+    CHECK(a.on_message(bytes(password_body("new"))).outcome == Outcome::Refresh);
+    check_password_failure(a.recheck(found(md5_secret("old", kUser))));
+    AuthExchange b = make_cached(AuthMethod::Cleartext, md5_secret("old", kUser));
+    b.start();
+    CHECK(b.on_message(bytes(password_body("new"))).outcome == Outcome::Refresh);
+    check_password_failure(b.recheck(SecretLookup{}));
+  }
+  SUBCASE("cleartext against a refreshed SCRAM verifier") {
+    AuthExchange a = make_cached(AuthMethod::Cleartext, scram_secret("old"));
+    a.start();
+    CHECK(a.on_message(bytes(password_body("new"))).outcome == Outcome::Refresh);
+    CHECK(a.recheck(found(scram_secret("new"))).outcome == Outcome::Succeeded);
+  }
+  SUBCASE("SCRAM: the proof cannot be rechecked (bound to the old salt): refresh, then fail") {
+    AuthExchange a = make_cached(AuthMethod::Scram, scram_secret("old"));
+    ScramRun run = scram(a, "new");
+    CHECK(run.last.outcome == Outcome::Refresh);
+    check_password_failure(a.recheck(found(scram_secret("new"))));
+  }
+  SUBCASE("a secret fetched for this login (no may_refresh) fails at once") {
+    check_password_failure(md5(md5_secret("old", kUser), md5_secret("new", kUser)));
+  }
+}
+
+}  // namespace
+}  // namespace pgsluice
