@@ -4,9 +4,14 @@
 
 namespace pgsluice {
 
+const char* const kLookupPrologue =
+    "BEGIN; SET LOCAL search_path TO DEFAULT; "
+    "SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' OPERATOR(pg_catalog.||) "
+    "pg_catalog.current_setting('search_path') OPERATOR(pg_catalog.||) ', pg_temp', true)";
+
 std::string lookup_messages(std::string_view query, std::string_view user) {
   std::string m;
-  wire::query(m, "BEGIN; SET LOCAL search_path TO pg_catalog, pg_temp");
+  wire::query(m, kLookupPrologue);
   wire::Writer(m).begin('P').cstr("").cstr(query).i16(0).end();
   // Bind: unnamed portal and statement, no format codes (text), one text parameter,
   // results in text.
@@ -35,6 +40,9 @@ void LookupReply::fail(std::string why) {
 
 void LookupReply::on_message(uint8_t type, std::span<const uint8_t> body) {
   wire::Reader r(body);
+  // The prologue's own row (set_config) comes before the first ReadyForQuery; only the
+  // query's rows, between the first and the second, are the answer.
+  if ((type == 'T' || type == 'D') && ready_ != 1) return;
   switch (type) {
     case 'Z':
       ready_++;

@@ -17,13 +17,17 @@ constexpr size_t kMaxLookupSecret = 65535;
 
 // The messages that look `user` up with `query` (its $1 is the user name, sent as a
 // parameter, never spliced into SQL). Three ReadyForQuery come back:
-//   Q  BEGIN; SET LOCAL search_path TO pg_catalog, pg_temp     -> ... Z 'T'
+//   Q  kLookupPrologue                                          -> ... Z 'T'
 //   P/B/D/E/S  the query, in that transaction                   -> ... Z 'T' (or 'E')
 //   Q  COMMIT                                                    -> ... Z 'I'
-// The search_path is the transaction's only: whatever the server's session set (a client of
-// auth_user's own pool, say), the query sees pg_catalog first and temporary objects last,
-// and the server leaves as it came (CVE-2025-12819's class: nothing a user created can
-// shadow pg_authid or an operator the query uses).
+// The prologue opens a transaction whose search_path is auth_user's default (the role's,
+// the database's or the server's, never what a session on this server SET: a client of
+// auth_user's own pool may have set anything) with pg_catalog first and pg_temp last.
+// So nothing a user created can shadow pg_authid, pg_shadow or an operator the query
+// uses (CVE-2025-12819's class), a function the query names without a schema is still
+// found where auth_user's default path finds it (PgBouncer's documented user_search()
+// in public), and the server leaves as it came.
+extern const char* const kLookupPrologue;
 constexpr int kLookupReadyCount = 3;
 std::string lookup_messages(std::string_view query, std::string_view user);
 
