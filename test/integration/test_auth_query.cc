@@ -37,8 +37,9 @@ constexpr char kAuthUser[] = "aq_auth";  // auth_user: a plain role, EXECUTE on 
 constexpr char kAuthPass[] = "aq-auth-pass";
 constexpr char kAdminUser[] = "aq_admin";  // a superuser, for queries that read pg_authid itself
 constexpr char kAdminPass[] = "aq-admin-pass";
-constexpr char kLookup[] = "SELECT * FROM pgsluice_test_lookup($1)";
-constexpr char kSlowLookup[] = "SELECT * FROM pgsluice_test_slow_lookup($1)";
+// Schema-qualified: the lookup runs with search_path pg_catalog, pg_temp.
+constexpr char kLookup[] = "SELECT * FROM public.pgsluice_test_lookup($1)";
+constexpr char kSlowLookup[] = "SELECT * FROM public.pgsluice_test_slow_lookup($1)";
 constexpr int kBulkUsers = 200;
 
 std::string bulk_user(int i) {
@@ -258,7 +259,8 @@ RawLogin raw_login(int port, const std::string& user, const std::string& db,
                    const std::string& password, double timeout_s = 10,
                    const std::vector<std::pair<std::string, std::string>>& more_params = {}) {
   RawLogin out;
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  // CLOEXEC: a PostgreSQL started meanwhile (pg_ctl from this process) must not inherit it.
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return out;
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -464,8 +466,9 @@ TEST_CASE(
   {
     // Global: aq_auth, the counting lookup, run in authdb.
     Options o = aq_options(c, "auth_dbname = authdb\n");
-    o.databases = "testdb = " + pg + " dbname=testdb\n" + "localq = " + pg +
-                  " dbname=testdb auth_dbname=testdb\n" + "adminq = " + pg +
+    // auth_dbname names an entry of [databases], as in PgBouncer.
+    o.databases = "testdb = " + pg + " dbname=testdb\nauthdb = " + pg + " dbname=authdb\n" +
+                  "localq = " + pg + " dbname=testdb auth_dbname=testdb\n" + "adminq = " + pg +
                   " dbname=testdb auth_user=" + kAdminUser +
                   " auth_query='SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1'\n";
     Pooler p(o);
@@ -530,6 +533,7 @@ TEST_CASE("auth_query: a planted pg_shadow view or = operator does not shadow th
   Options o = aq_options(c);
   o.pool_mode = "session";
   o.default_pool_size = 1;
+  o.workers = 1;  // the auth_user's session and the lookups share that one server
   // Global settings (PgBouncer 1.18 can stand in: PGSLUICE_BIN=<a wrapper>).
   o.extra_pgbouncer =
       std::string("auth_user = ") + kAdminUser + "\nauth_query = " + q + "\nserver_reset_query =\n";
@@ -556,6 +560,26 @@ TEST_CASE("auth_query: a planted pg_shadow view or = operator does not shadow th
   Conn a2 = connect(p.conninfo(kAdminUser, kAdminPass, "evildb2"));
   CHECK_MESSAGE(scalar(a2.get(), "SHOW search_path") == "public, pg_catalog",
                 "the lookup changed the search_path of a pooled server session");
+}
+
+TEST_CASE("auth_query: a lookup gets the auth_user's server that another worker holds idle") {
+  if (skip_in_direct_mode("auth_query is pgsluice's")) return;
+  const Cluster& c = aq_cluster();
+  // One server for the auth_user's pool in all: after a lookup it sits idle on the worker
+  // that ran it, and a lookup on the other worker must be handed it (no new slot is free).
+  Options o = aq_options(c);
+  o.workers = 2;
+  o.default_pool_size = 1;
+  Pooler p(o);
+  for (int i = 0; i < 8; i++) {
+    auto t0 = Clock::now();
+    std::string err;
+    Conn cn = try_connect(p.conninfo(bulk_user(i), "bulk-pw") + " connect_timeout=5", &err);
+    double took = seconds_since(t0);
+    CAPTURE(i);
+    CHECK_MESSAGE(cn != nullptr, err);
+    CHECK(took < 3);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1001,6 +1025,9 @@ TEST_CASE("auth_query: during an outage cached users authenticate and wait for t
   MESSAGE("uncached user during the outage: "
           << u.login.end.field('C') << " " << u.login.end.field('M') << " after "
           << std::chrono::duration<double>(u.login.end_at - t0).count() << " s");
+  // Once they leave, nobody is counted as connected (SIGTERM waits for clients).
+  for (Attempt& a : at) a.login.conn.close_fd();
+  CHECK(eventually([&] { return waiting("aq_md5") == 0 && waiting("aq_scram") == 0; }));
 }
 
 TEST_SUITE_END();
