@@ -760,7 +760,7 @@ void Worker::janitor() {
       if (cl->logging_in() && now - cl->connect_time_ > cf.client_login_timeout) slow.push_back(cl);
     for (Client* cl : slow) {
       if (cl->dead_) continue;
-      if (cl->state() == ClientState::Auth)
+      if (cl->state() == ClientState::Auth || cl->state() == ClientState::AuthWait)
         fail_client(cl, "08P01", "client_login_timeout", "client_login_timeout");
       else
         close_client(cl, "client_login_timeout");
