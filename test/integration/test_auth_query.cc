@@ -488,8 +488,11 @@ TEST_CASE(
     // No global auth_user: only the databases that name one look users up.
     Options o = aq_options(c);
     o.extra_pgbouncer = "";
+    // An unqualified function in public is found (the lookup's search_path is auth_user's
+    // default behind pg_catalog).
     o.databases = "testdb = " + pg + " dbname=testdb\n" + "withq = " + pg +
-                  " dbname=testdb auth_user=" + kAuthUser + " auth_query='" + kLookup + "'\n";
+                  " dbname=testdb auth_user=" + kAuthUser +
+                  " auth_query='SELECT * FROM pgsluice_test_lookup($1)'\n";
     Pooler p(o);
     long long test0 = auth_calls(c, "testdb");
     login_ok(p, "aq_md5", "md5-pw-1", "withq");
@@ -555,11 +558,26 @@ TEST_CASE("auth_query: a planted pg_shadow view or = operator does not shadow th
   CHECK_FALSE(victim_gets_in(p, "evildb2", "evil-pw"));
   login_ok(p, "aq_victim", "victim-pw", "evildb2");
   CHECK_FALSE(victim_gets_in(p, "evildb2", "evil-pw"));
+  // ... and a temporary pg_shadow view on that server (temporary relations come first
+  // unless search_path places pg_temp).
+  {
+    Conn a = connect(p.conninfo(kAdminUser, kAdminPass, "evildb2"));
+    exec_ok(a.get(),
+            "CREATE TEMP VIEW pg_shadow AS SELECT 'aq_victim'::name AS usename, passwd "
+            "FROM pg_catalog.pg_shadow WHERE usename OPERATOR(pg_catalog.=) 'aq_evil'");
+    exec_ok(a.get(), "RESET search_path");
+    CHECK(scalar(a.get(),
+                 "SELECT count(*) FROM pg_shadow WHERE usename "
+                 "OPERATOR(pg_catalog.=) 'aq_victim' AND passwd LIKE 'SCRAM%'") == "1");
+  }
+  CHECK_FALSE(victim_gets_in(p, "evildb2", "evil-pw"));
+  login_ok(p, "aq_victim", "victim-pw", "evildb2");
   // The server the auth_user left behind still has its search_path: the lookup did not need
   // it reset (and nobody else's session was changed).
   Conn a2 = connect(p.conninfo(kAdminUser, kAdminPass, "evildb2"));
-  CHECK_MESSAGE(scalar(a2.get(), "SHOW search_path") == "public, pg_catalog",
+  CHECK_MESSAGE(scalar(a2.get(), "SHOW search_path") == "\"$user\", public",
                 "the lookup changed the search_path of a pooled server session");
+  CHECK(scalar(a2.get(), "SELECT count(*) FROM pg_temp.pg_shadow") == "1");
 }
 
 TEST_CASE("auth_query: a lookup gets the auth_user's server that another worker holds idle") {
