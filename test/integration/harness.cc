@@ -490,7 +490,7 @@ Pooler::Pooler(Options o) {
   bool up = false;
   while (seconds_since(t0) < 10) {
     if (!alive()) break;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port_));
@@ -856,7 +856,7 @@ CmdResult run_shell(const std::string& cmd, int timeout_s) {
 }
 
 int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -953,7 +953,7 @@ void Raw::shutdown_write() {
 }
 
 Raw Raw::tcp(int port, double) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -973,7 +973,7 @@ Raw Raw::tcp(int port, double) {
 Raw Raw::from_libpq(PGconn* conn, double) {
   REQUIRE(PQstatus(conn) == CONNECTION_OK);
   REQUIRE_MESSAGE(PQsslInUse(conn) == 0, "raw protocol needs sslmode=disable");
-  int fd = dup(PQsocket(conn));
+  int fd = fcntl(PQsocket(conn), F_DUPFD_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   return Raw(fd);
 }
