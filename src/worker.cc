@@ -538,7 +538,7 @@ void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::stri
   if (others == 0 && !lp->lookups.empty()) fail_lookups(lp, sqlstate, msg);
   // Refused with pass-through keys (no secret of ours): the verifier they were proven
   // against is out of date (a password change); the next login asks PostgreSQL again.
-  if (sqlstate == "28P01" && s->pool_->secret.empty())
+  if (sqlstate == "28P01" && s->pool_->secret.empty() && rt_->auth_cache != nullptr)
     rt_->auth_cache->invalidate_user(s->pool_->user_name);
   close_server(s, "login failed");
 }
