@@ -39,7 +39,10 @@ double now_seconds() {
 // ---------------------------------------------------------------- CancelConn
 
 CancelConn::CancelConn(Worker* w, Fd fd, Server* target)
-    : Conn(w, std::move(fd)), target_(target) {}
+    : Conn(w, std::move(fd)),
+      target_(target),
+      pid_(target->backend_pid_),
+      key_(target->backend_key_) {}
 CancelConn::~CancelConn() = default;
 
 void CancelConn::on_writable() {
@@ -47,13 +50,13 @@ void CancelConn::on_writable() {
     int err = 0;
     socklen_t len = sizeof err;
     getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0 || target_ == nullptr) {
+    if (err != 0 || (target_ == nullptr && !orphan_)) {
       worker_->close_cancel(this);
       return;
     }
     connected_ = true;
     std::string m;
-    wire::cancel_request(m, target_->backend_pid_, target_->backend_key_);
+    wire::cancel_request(m, pid_, key_);
     worker_->bufs().append(out_, m.data(), m.size());
   }
   Io r = flush_out();
@@ -90,8 +93,8 @@ Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
   event_assign(&flush_ev_, base_, -1, 0, &Worker::flush_cb, this);
   event_priority_set(&flush_ev_, 1);  // when no socket event of this turn is left
   event_assign(&janitor_ev_, base_, -1, EV_PERSIST, &Worker::janitor_cb, this);
-  timeval one{1, 0};
-  event_add(&janitor_ev_, &one);
+  timeval period{0, 333333};  // three times a second, as PgBouncer's full maintenance
+  event_add(&janitor_ev_, &period);
   listener_ = std::make_unique<Listener>(this);
   // A host name resolved off the loops: every worker serves the pool's waiters then.
   if (rt->registry)
@@ -323,6 +326,7 @@ void Worker::set_state(Client* c, ClientState to) {
   if (to == ClientState::AuthWait) auth_waiters_[c->lookup_key()].push_back(c);
   if (in_waiting_list(to) && lp != nullptr) {
     c->wait_since_ = now_seconds();
+    c->wait_notified_ = false;
     lp->waiting.push_back(c);
     lp->pool->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
   }
@@ -350,6 +354,7 @@ void Worker::link(Client* c, Server* s) {
   c->server_ = s;
   s->client_ = c;
   s->check_client_ = c->id_;
+  s->fresh_ = false;
   set_state(s, ServerState::Active);
   bool was_login = c->state_ == ClientState::Login;
   set_state(c, ClientState::Active);
@@ -377,7 +382,7 @@ bool Worker::acquire(Client* c) {
       }
     }
     if (Server* s = take_idle(lp)) {
-      if (!check_prepared(s, c)) {
+      if (!check_server(s, c)) {
         link(c, s);
         return true;
       }  // else c waits: the check gives s back
@@ -500,6 +505,8 @@ void Worker::adopt_server(Server* s, Pool* p) {
 }
 
 void Worker::server_login_done(Server* s) {
+  s->ready_at_ = now_seconds();
+  s->fresh_ = true;
   s->pool_->set_welcome(s->login_params());
   s->pool_->set_login_failed_at(0);
   if (cfg_->log_connections)
@@ -596,6 +603,11 @@ void Worker::close_server(Server* s, std::string_view reason) {
   LOG_DEBUG("S-%p: %s/%s closing because: %s", static_cast<void*>(s), s->pool_->db_name.c_str(),
             s->pool_->user_name.c_str(), std::string(reason).c_str());
   s->dead_ = true;
+  if (s->health_check_) {
+    rt_->server_checks_failed.fetch_add(1, std::memory_order_relaxed);
+    LOG_WARN("S-%p: %s/%s server_check_query failed: %s", static_cast<void*>(s),
+             s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), std::string(reason).c_str());
+  }
   if (s->lookup_ != nullptr) lookup_done(s);
   LocalPool* lp = s->lp_;
   Pool* p = s->pool_;
@@ -783,6 +795,7 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
   int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return;
   auto* cc = new CancelConn(this, Fd(fd), s);
+  cc->started_ = now_seconds();
   cancel_conns_.push_back(cc);
   cc->attach(this);
   s->cancels_.push_back(cc);
@@ -815,7 +828,7 @@ void Worker::serve_waiters(Pool* p, LocalPool* lp) {
     Server* s = cfg_->server_check_prepared ? idle_unchecked(lp, lp->waiting.front()) : nullptr;
     if (s == nullptr) s = take_idle(lp);
     if (s == nullptr) break;
-    if (check_prepared(s, lp->waiting.front())) {
+    if (check_server(s, lp->waiting.front())) {
       if (++checks >= lp->waiting.size()) break;
       continue;
     }
@@ -929,6 +942,8 @@ void Worker::apply_trace_slow(Client* c) {
 void Worker::set_suspended(bool on) {
   if (on == suspended_) return;
   suspended_ = on;
+  suspend_since_ = now_seconds();
+  suspend_forced_ = false;
   listener_->set_suspended(on);
   for (Client* c : clients_) c->apply_suspend(on);
   for (Server* s : servers_) s->apply_suspend(on);
