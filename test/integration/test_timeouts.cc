@@ -3,7 +3,10 @@
 // their [users] overrides), query_wait_notify, server_check_query/server_check_delay,
 // suspend_timeout. Short values (1 s), PgBouncer's error texts.
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <mutex>
@@ -38,6 +41,100 @@ Options one_server(const std::string& extra) {
   o.extra_pgbouncer = extra;
   return o;
 }
+
+// A TCP proxy in front of PostgreSQL that passes every connection through, except cancel
+// requests: those it takes and holds open without an answer (a PostgreSQL that does not
+// take cancels), counting them and noticing when the other side gives up.
+class CancelSink {
+ public:
+  explicit CancelSink(int pg_port) : pg_port_(pg_port) {
+    lfd_ = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    socklen_t len = sizeof a;
+    getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    REQUIRE(::listen(lfd_, 16) == 0);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~CancelSink() {
+    stop_ = true;
+    acceptor_.join();  // first: it is the only writer of threads_
+    for (auto& t : threads_) t.join();
+    ::close(lfd_);
+  }
+  int port() const { return port_; }
+  std::atomic<int> held{0};     // cancel requests taken
+  std::atomic<int> dropped{0};  // of those, closed by the sender
+
+ private:
+  int pg_port_, port_ = 0, lfd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::thread acceptor_;
+  std::vector<std::thread> threads_;  // one per connection (written by acceptor_ only)
+
+  bool wait_in(int fd, int ms) {
+    pollfd p{fd, POLLIN, 0};
+    return poll(&p, 1, ms) > 0;
+  }
+  void accept_loop() {
+    while (!stop_) {
+      if (!wait_in(lfd_, 50)) continue;
+      int fd = accept(lfd_, nullptr, nullptr);
+      if (fd < 0) continue;
+      threads_.emplace_back([this, fd] { serve(fd); });
+    }
+  }
+  void serve(int fd) {
+    unsigned char head[8];
+    ssize_t n = 0;
+    while (!stop_ && n < 8) {
+      if (!wait_in(fd, 50)) continue;
+      n = recv(fd, head, 8, MSG_PEEK);
+      if (n <= 0) break;
+    }
+    if (n == 8 && head[3] == 16 && head[4] == 0x04 && head[5] == 0xd2 && head[6] == 0x16 &&
+        head[7] == 0x2e) {  // length 16, code 80877102: a CancelRequest
+      held++;
+      char buf[64];
+      while (!stop_) {
+        if (!wait_in(fd, 50)) continue;
+        if (recv(fd, buf, sizeof buf, 0) <= 0) {
+          dropped++;
+          break;
+        }
+      }
+      ::close(fd);
+      return;
+    }
+    int up = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(pg_port_));
+    if (connect(up, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+      char buf[16384];
+      while (!stop_) {
+        pollfd p[2] = {{fd, POLLIN, 0}, {up, POLLIN, 0}};
+        if (poll(p, 2, 50) <= 0) continue;
+        bool done = false;
+        for (int i = 0; i < 2 && !done; i++) {
+          if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+          ssize_t r = recv(p[i].fd, buf, sizeof buf, 0);
+          if (r <= 0 || send(p[1 - i].fd, buf, static_cast<size_t>(r), MSG_NOSIGNAL) != r)
+            done = true;
+        }
+        if (done) break;
+      }
+    }
+    ::close(up);
+    ::close(fd);
+  }
+};
 
 TEST_SUITE_BEGIN("timeouts");
 
@@ -199,6 +296,33 @@ TEST_CASE("query_wait_notify sends a NOTICE to a client queued longer than it") 
   CHECK(notices.size() == 1);
 }
 
+TEST_CASE("query_wait_timeout per database, and per user before it") {
+  if (skip_in_direct_mode("query_wait_timeout is a pooler setting")) return;
+  std::string pg = "host=127.0.0.1 port=" + std::to_string(cluster().port);
+  Options o = one_server("[users]\nplainuser = query_wait_timeout=0\n");
+  o.databases = "testdb = " + pg + " dbname=testdb pool_size=1 query_wait_timeout=1\n";
+  Pooler p(o);
+  Conn holder = connect(p.conninfo());
+  Conn waiter = connect(p.conninfo());
+  exec_ok(holder.get(), "BEGIN");
+  auto t0 = Clock::now();
+  std::string msg;
+  CHECK(run(waiter.get(), "SELECT 1", &msg) == "08P01");
+  CHECK(msg.find("query_wait_timeout") != std::string::npos);
+  CHECK(seconds_since(t0) < 2.5);
+  // plainuser's own 0 (wait for ever) comes before the database's 1 s.
+  Conn plain_holder = connect(p.conninfo("plainuser", "plainpass"));
+  Conn plain = connect(p.conninfo("plainuser", "plainpass"));
+  exec_ok(plain_holder.get(), "BEGIN");
+  std::atomic<bool> ok{false};
+  std::string err;
+  std::thread t([&] { ok = exec_nothrow(plain.get(), "SELECT 1", &err); });
+  sleep_ms(1800);
+  exec_ok(plain_holder.get(), "COMMIT");
+  t.join();
+  CHECK_MESSAGE(ok.load(), err);
+}
+
 void make_check_function() {
   Conn su = connect(superuser_conninfo());
   exec_ok(su.get(), "CREATE TABLE IF NOT EXISTS sluice_doomed(pid int)");
@@ -299,6 +423,37 @@ TEST_CASE("suspend_timeout closes what SUSPEND could not drain; RESUME serves th
   CHECK(half.wait_closed(3));
   exec_ok(admin.get(), "RESUME");
   CHECK(scalar(quiet.get(), "SELECT 2") == "2");
+}
+
+TEST_CASE("cancel_wait_timeout gives up a cancel request PostgreSQL does not take") {
+  if (skip_in_direct_mode("cancel_wait_timeout is a pooler setting")) return;
+  CancelSink sink(cluster().port);
+  Options o = one_server("cancel_wait_timeout = 1\nserver_tls_sslmode = disable\n");
+  o.pg_port = sink.port();
+  Pooler p(o);
+  Conn c = connect(p.conninfo());
+  CHECK(scalar(c.get(), "SELECT 1") == "1");
+  REQUIRE(PQsendQuery(c.get(), "SELECT pg_sleep(2.5)") == 1);
+  sleep_ms(300);
+  PGcancel* cn = PQgetCancel(c.get());
+  char err[256];
+  CHECK(PQcancel(cn, err, sizeof err) == 1);
+  PQfreeCancel(cn);
+  auto t0 = Clock::now();
+  CHECK(eventually([&] { return sink.held.load() == 1; }, 2));
+  CHECK(eventually([&] { return sink.dropped.load() == 1; }, 3));
+  CHECK(seconds_since(t0) > 0.5);
+  CHECK(seconds_since(t0) < 2.0);
+  // The cancel never reached PostgreSQL: the query ran to its end.
+  PGresult* r = nullptr;
+  ExecStatusType st = PGRES_COMMAND_OK;
+  while ((r = PQgetResult(c.get())) != nullptr) {
+    st = PQresultStatus(r);
+    PQclear(r);
+  }
+  CHECK(st == PGRES_TUPLES_OK);
+  CHECK(p.log().find("cancel_wait_timeout") != std::string::npos);
+  CHECK(scalar(c.get(), "SELECT 2") == "2");
 }
 
 TEST_SUITE_END();
