@@ -106,10 +106,7 @@ void Worker::waiter_timeouts(LocalPool* lp, double now) {
     }
     double wl = wait_limit(cf, c);
     double since = c->request_time_ > 0 ? c->request_time_ : c->wait_since_;
-    if (rt_->shutdown_mode.load(std::memory_order_relaxed) ==
-        static_cast<int>(ShutdownMode::WaitForServers))
-      late.emplace_back(c, "server shutting down");
-    else if (cf.query_timeout > 0 && now - since > cf.query_timeout)
+    if (cf.query_timeout > 0 && now - since > cf.query_timeout)
       late.emplace_back(c, "query_timeout");
     else if (wl > 0 && now - c->wait_since_ > wl)
       late.emplace_back(c, "query_wait_timeout");
