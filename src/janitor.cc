@@ -200,9 +200,10 @@ void Worker::cancel_timeouts(double now) {
   for (CancelConn* cc : late) {
     Server* s = cc->target_;
     LOG_WARN("cancel request gave up: cancel_wait_timeout");
-    close_cancel(cc);
+    // First: close_cancel would give a BeingCanceled target back to the pool.
     if (s != nullptr && !s->dead_ && s->state() == ServerState::BeingCanceled)
-      close_server(s, "cancel_wait_timeout");
+      close_server(s, "cancel_wait_timeout");  // clears cc->target_
+    close_cancel(cc);
   }
 }
 

@@ -456,6 +456,29 @@ TEST_CASE("cancel_wait_timeout gives up a cancel request PostgreSQL does not tak
   CHECK(scalar(c.get(), "SELECT 2") == "2");
 }
 
+TEST_CASE("cancel_wait_timeout closes a released server whose cancel may still come") {
+  if (skip_in_direct_mode("cancel_wait_timeout is a pooler setting")) return;
+  CancelSink sink(cluster().port);
+  Options o = one_server("cancel_wait_timeout = 1\nserver_tls_sslmode = disable\n");
+  o.pg_port = sink.port();
+  Pooler p(o);
+  Conn c = connect(p.conninfo());
+  std::string pid1 = scalar(c.get(), "SELECT pg_backend_pid()");
+  REQUIRE(PQsendQuery(c.get(), "SELECT pg_sleep(0.4)") == 1);
+  sleep_ms(100);
+  PGcancel* cn = PQgetCancel(c.get());
+  char err[256];
+  CHECK(PQcancel(cn, err, sizeof err) == 1);
+  PQfreeCancel(cn);
+  PGresult* r = nullptr;
+  while ((r = PQgetResult(c.get())) != nullptr) PQclear(r);
+  // The query ended on its own while the cancel is still held: the server waits
+  // (BeingCanceled), then is closed when the cancel is given up.
+  CHECK(eventually([&] { return sink.dropped.load() == 1; }, 3));
+  std::string pid2 = scalar(c.get(), "SELECT pg_backend_pid()");
+  CHECK(pid2 != pid1);
+}
+
 TEST_SUITE_END();
 
 }  // namespace
