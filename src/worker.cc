@@ -374,6 +374,7 @@ bool Worker::acquire(Client* c) {
   Pool* p = lp->pool;
   c->request_time_ = now_seconds();
   bool hold = paused(p);
+  bool checking = false;               // c waits for the check of an idle server
   if (!hold && lp->waiting.empty()) {  // else: first come, first served
     if (cfg_->server_check_prepared) {
       if (Server* s = idle_unchecked(lp, c)) {
@@ -385,13 +386,14 @@ bool Worker::acquire(Client* c) {
       if (!check_server(s, c)) {
         link(c, s);
         return true;
-      }  // else c waits: the check gives s back
+      }
+      checking = true;  // c waits: the check gives s back, or its failure connects anew
     }
   }
   // Not welcomed yet: it also waits for the pool's parameters. Reading stays on (no
   // epoll_ctl); see Client::on_readable.
   set_state(c, c->welcomed_ ? ClientState::Waiting : ClientState::Login);
-  if (hold) return false;  // RESUME serves it (sweep)
+  if (hold || checking) return false;  // RESUME serves it (sweep); or the check's end
   // Its host name is still being resolved: the resolver's kick serves it.
   if (p->addr_state() == Pool::AddrState::Pending) return false;
   while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
@@ -834,10 +836,11 @@ void Worker::serve_waiters(Pool* p, LocalPool* lp) {
     }
     link_waiter(lp->waiting.front(), s);
   }
-  while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
+  // Waiters whose server is being checked wait for it, not for a new one.
+  while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) + checks &&
          may_connect(p) && p->try_reserve())
     launch_server(lp);
-  if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+  if (lp->waiting.size() > static_cast<size_t>(lp->connecting) + checks) kick(p);
 }
 
 // The most recently idle server, after closing any that is no longer clean: PostgreSQL

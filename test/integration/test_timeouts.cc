@@ -343,10 +343,12 @@ TEST_CASE("server_check_query checks a server idle longer than server_check_dela
   if (skip_in_direct_mode("server_check_query is a pooler setting")) return;
   make_check_function();
   int mport = free_port();
-  Pooler p(
-      one_server("server_check_delay = 1\nserver_check_query = SELECT sluice_check()\n"
-                 "metrics_port = " +
-                 std::to_string(mport) + "\n"));
+  Options o = one_server(
+      "server_check_delay = 1\nserver_check_query = SELECT sluice_check()\n"
+      "metrics_port = " +
+      std::to_string(mport) + "\n");
+  o.default_pool_size = 2;  // room for a second server, which a check must not open
+  Pooler p(o);
   Conn c = connect(p.conninfo());
   std::string pid1 = scalar(c.get(), "SELECT pg_backend_pid()");
   // Used within the delay: no check, same server.
@@ -356,6 +358,8 @@ TEST_CASE("server_check_query checks a server idle longer than server_check_dela
   sleep_ms(1300);
   CHECK(scalar(c.get(), "SELECT pg_backend_pid()") == pid1);
   CHECK(metric(mport, "pgsluice_server_checks_total") == "1");
+  sleep_ms(200);
+  CHECK(count_backends("testdb", "md5user") == 1);
   // The check fails on this server: it is closed and the client gets a new one.
   doom(pid1);
   sleep_ms(1300);
