@@ -112,6 +112,8 @@ class Client final : public Conn {
   double wait_since_ = 0;    // when it started waiting for a server
   double connect_time_ = 0;  // when it was accepted
   size_t pos_ = 0;           // index in Worker::clients_
+
+  bool wait_notified_ = false;  // query_wait_notify's NOTICE was sent for this wait
   // Console, stats and trace (admin.cc, trace.h); only the owning worker touches them.
   uint64_t id_ = 0;             // process-wide id (SHOW CLIENTS, KILL_CLIENT)
   double request_time_ = 0;     // when its last request asked for a server (monotonic)

@@ -113,6 +113,12 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
   o.head("pgsluice_server_tls_handshake_failures_total", "counter",
          "TLS handshakes with servers that failed (the log says why).");
   o.line_u("pgsluice_server_tls_handshake_failures_total", "", extra.server_tls_handshake_failures);
+  o.head("pgsluice_server_checks_total", "counter",
+         "server_check_query health checks started on idle servers.");
+  o.line_u("pgsluice_server_checks_total", "", extra.server_checks);
+  o.head("pgsluice_server_checks_failed_total", "counter",
+         "server_check_query health checks that failed (the server was closed).");
+  o.line_u("pgsluice_server_checks_failed_total", "", extra.server_checks_failed);
   o.head("pgbouncer_used_clients", "gauge", "Client connections open.");
   o.line("pgbouncer_used_clients", "", s.used_clients);
   o.head("pgbouncer_login_clients", "gauge", "Clients still logging in.");
@@ -309,6 +315,8 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
         ex.server_tls_handshakes = rt->server_tls_handshakes.load(std::memory_order_relaxed);
         ex.server_tls_handshake_failures =
             rt->server_tls_handshake_failures.load(std::memory_order_relaxed);
+        ex.server_checks = rt->server_checks.load(std::memory_order_relaxed);
+        ex.server_checks_failed = rt->server_checks_failed.load(std::memory_order_relaxed);
         std::string body = render_metrics(s, *rt->config(), ex);
         self->answer_all(&body);
       });

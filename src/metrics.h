@@ -32,6 +32,8 @@ struct MetricsExtra {
   double uptime_s = 0;
   uint64_t server_tls_handshakes = 0;          // Runtime::server_tls_handshakes
   uint64_t server_tls_handshake_failures = 0;  // Runtime::server_tls_handshake_failures
+  uint64_t server_checks = 0;                  // Runtime::server_checks
+  uint64_t server_checks_failed = 0;           // Runtime::server_checks_failed
 };
 
 // The exposition text for a merged snapshot (pure; unit-tested).

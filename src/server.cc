@@ -553,6 +553,7 @@ void Server::process() {
       switch (type) {
         case 'Z': {
           tx_ = body.empty() ? '?' : static_cast<char>(body[0]);
+          ready_at_ = now_seconds();
           if (internal_ > 0) internal_--;
           checking_ = false;
           if (internal_ == 0 && lookup_ != nullptr) {
@@ -569,6 +570,8 @@ void Server::process() {
             return;
           }
           if (state_ == ServerState::Resetting && internal_ == 0) {
+            if (health_check_) fresh_ = true;  // passed (a failed one closed the server above)
+            health_check_ = false;
             if (tx_ != 'I') {
               worker_->close_server(this, "reset query left a transaction open");
               return;
@@ -645,6 +648,7 @@ void Server::process() {
     ReplyVerdict v = on_reply(type, body, client_->stmts_, client_->seg_ok_);
     if (v.copy_in >= 0) client_->server_copy_in(v.copy_in == 1);
     if (v.ready) account_ready();
+    if (type == 'Z') ready_at_ = now_seconds();
     if (v.kind == ReplyVerdict::Kind::Close) {
       worker_->close_server(this, v.why);
       return;

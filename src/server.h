@@ -167,6 +167,13 @@ class Server final : public Conn, public ReplyBook {
   double idle_since_ = 0;  // when it last became idle
   size_t pos_ = 0;         // index in Worker::servers_
   uint64_t id_ = 0;        // process-wide id (SHOW SERVERS)
+
+  // The janitor (janitor.cc): when its last ReadyForQuery came (server_check_delay,
+  // idle_transaction_timeout); the internal query due is server_check_query; logged in or
+  // checked since its last client (so server_check_delay 0 does not check it again).
+  double ready_at_ = 0;
+  bool health_check_ = false;
+  bool fresh_ = false;
   // server_check_prepared: the client linked last since the statements were last checked
   // (0: none since; see Worker::check_prepared).
   uint64_t check_client_ = 0;

@@ -39,7 +39,10 @@ double now_seconds() {
 // ---------------------------------------------------------------- CancelConn
 
 CancelConn::CancelConn(Worker* w, Fd fd, Server* target)
-    : Conn(w, std::move(fd)), target_(target) {}
+    : Conn(w, std::move(fd)),
+      target_(target),
+      pid_(target->backend_pid_),
+      key_(target->backend_key_) {}
 CancelConn::~CancelConn() = default;
 
 void CancelConn::on_writable() {
@@ -47,13 +50,13 @@ void CancelConn::on_writable() {
     int err = 0;
     socklen_t len = sizeof err;
     getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0 || target_ == nullptr) {
+    if (err != 0 || (target_ == nullptr && !orphan_)) {
       worker_->close_cancel(this);
       return;
     }
     connected_ = true;
     std::string m;
-    wire::cancel_request(m, target_->backend_pid_, target_->backend_key_);
+    wire::cancel_request(m, pid_, key_);
     worker_->bufs().append(out_, m.data(), m.size());
   }
   Io r = flush_out();
@@ -90,8 +93,8 @@ Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
   event_assign(&flush_ev_, base_, -1, 0, &Worker::flush_cb, this);
   event_priority_set(&flush_ev_, 1);  // when no socket event of this turn is left
   event_assign(&janitor_ev_, base_, -1, EV_PERSIST, &Worker::janitor_cb, this);
-  timeval one{1, 0};
-  event_add(&janitor_ev_, &one);
+  timeval period{0, 333333};  // three times a second, as PgBouncer's full maintenance
+  event_add(&janitor_ev_, &period);
   listener_ = std::make_unique<Listener>(this);
   // A host name resolved off the loops: every worker serves the pool's waiters then.
   if (rt->registry)
@@ -323,6 +326,7 @@ void Worker::set_state(Client* c, ClientState to) {
   if (to == ClientState::AuthWait) auth_waiters_[c->lookup_key()].push_back(c);
   if (in_waiting_list(to) && lp != nullptr) {
     c->wait_since_ = now_seconds();
+    c->wait_notified_ = false;
     lp->waiting.push_back(c);
     lp->pool->waiting_on(index_).fetch_add(1);  // seq_cst: published before we look at idle_on
   }
@@ -350,6 +354,7 @@ void Worker::link(Client* c, Server* s) {
   c->server_ = s;
   s->client_ = c;
   s->check_client_ = c->id_;
+  s->fresh_ = false;
   set_state(s, ServerState::Active);
   bool was_login = c->state_ == ClientState::Login;
   set_state(c, ClientState::Active);
@@ -369,6 +374,7 @@ bool Worker::acquire(Client* c) {
   Pool* p = lp->pool;
   c->request_time_ = now_seconds();
   bool hold = paused(p);
+  bool checking = false;               // c waits for the check of an idle server
   if (!hold && lp->waiting.empty()) {  // else: first come, first served
     if (cfg_->server_check_prepared) {
       if (Server* s = idle_unchecked(lp, c)) {
@@ -377,16 +383,17 @@ bool Worker::acquire(Client* c) {
       }
     }
     if (Server* s = take_idle(lp)) {
-      if (!check_prepared(s, c)) {
+      if (!check_server(s, c)) {
         link(c, s);
         return true;
-      }  // else c waits: the check gives s back
+      }
+      checking = true;  // c waits: the check gives s back, or its failure connects anew
     }
   }
   // Not welcomed yet: it also waits for the pool's parameters. Reading stays on (no
   // epoll_ctl); see Client::on_readable.
   set_state(c, c->welcomed_ ? ClientState::Waiting : ClientState::Login);
-  if (hold) return false;  // RESUME serves it (sweep)
+  if (hold || checking) return false;  // RESUME serves it (sweep); or the check's end
   // Its host name is still being resolved: the resolver's kick serves it.
   if (p->addr_state() == Pool::AddrState::Pending) return false;
   while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
@@ -500,6 +507,8 @@ void Worker::adopt_server(Server* s, Pool* p) {
 }
 
 void Worker::server_login_done(Server* s) {
+  s->ready_at_ = now_seconds();
+  s->fresh_ = true;
   s->pool_->set_welcome(s->login_params());
   s->pool_->set_login_failed_at(0);
   if (cfg_->log_connections)
@@ -596,6 +605,11 @@ void Worker::close_server(Server* s, std::string_view reason) {
   LOG_DEBUG("S-%p: %s/%s closing because: %s", static_cast<void*>(s), s->pool_->db_name.c_str(),
             s->pool_->user_name.c_str(), std::string(reason).c_str());
   s->dead_ = true;
+  if (s->health_check_) {
+    rt_->server_checks_failed.fetch_add(1, std::memory_order_relaxed);
+    LOG_WARN("S-%p: %s/%s server_check_query failed: %s", static_cast<void*>(s),
+             s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), std::string(reason).c_str());
+  }
   if (s->lookup_ != nullptr) lookup_done(s);
   LocalPool* lp = s->lp_;
   Pool* p = s->pool_;
@@ -712,10 +726,6 @@ void Worker::free_dead() {
   for (Conn* c : d) delete c;
 }
 
-void Worker::janitor_cb(evutil_socket_t, short, void* arg) {
-  static_cast<Worker*>(arg)->janitor();
-}
-
 void Worker::track_server(Server* s) {
   s->pos_ = servers_.size();
   servers_.push_back(s);
@@ -727,63 +737,6 @@ void Worker::untrack_server(Server* s) {
     servers_[s->pos_] = last;
     last->pos_ = s->pos_;
     servers_.pop_back();
-  }
-}
-
-void Worker::janitor() {
-  cfg_ = rt_->config();  // adopt a reloaded snapshot at a loop turn
-  double now = now_seconds();
-  const Config& cf = *cfg_;
-  // Servers: connect/login timeout, idle timeout, lifetime.
-  std::vector<Server*> expired;
-  for (Server* s : servers_) {
-    bool logging_in = server_logging_in(s->state());
-    if (logging_in && cf.server_connect_timeout > 0 &&
-        now - s->connect_time_ > cf.server_connect_timeout)
-      expired.push_back(s);
-    else if (s->state() == ServerState::Idle &&
-             ((cf.server_idle_timeout > 0 && now - s->idle_since_ > cf.server_idle_timeout) ||
-              (cf.server_lifetime > 0 && now - s->connect_time_ > cf.server_lifetime)))
-      expired.push_back(s);
-  }
-  for (Server* s : expired) {
-    if (s->dead_) continue;
-    if (server_logging_in(s->state()))
-      server_login_failed(s, "08006", "server_connect_timeout", true);
-    else
-      close_server(s, "server idle timeout or lifetime");
-  }
-  // Clients that never finish logging in.
-  if (cf.client_login_timeout > 0) {
-    std::vector<Client*> slow;
-    for (Client* cl : clients_)
-      if (cl->logging_in() && now - cl->connect_time_ > cf.client_login_timeout) slow.push_back(cl);
-    for (Client* cl : slow) {
-      if (cl->dead_) continue;
-      if (cl->state() == ClientState::Auth || cl->state() == ClientState::AuthWait)
-        fail_client(cl, "08P01", "client_login_timeout", "client_login_timeout");
-      else
-        close_client(cl, "client_login_timeout");
-    }
-  }
-  sweep();
-  for (auto& [p, lp] : pools_) {
-    if (!lp->lookups.empty()) {
-      // A lookup nobody can serve ends: its logins get an error instead of waiting for ever.
-      double limit = cf.client_login_timeout > 0 ? cf.client_login_timeout : 60.0;
-      fail_lookups(lp.get(), "08P01", "auth_query could not run: no server connection",
-                   now - limit);
-    }
-    if (lp->waiting.empty() && lp->lookups.empty()) continue;
-    serve_waiters(p, lp.get());
-    if (cfg_->query_wait_timeout > 0) {
-      std::vector<Client*> late;
-      for (Client* c : lp->waiting)
-        if (now - c->wait_since_ > cfg_->query_wait_timeout) late.push_back(c);
-      for (Client* c : late) {
-        fail_client(c, "08P01", "query_wait_timeout", "query_wait_timeout");
-      }
-    }
   }
 }
 
@@ -844,6 +797,7 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
   int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return;
   auto* cc = new CancelConn(this, Fd(fd), s);
+  cc->started_ = now_seconds();
   cancel_conns_.push_back(cc);
   cc->attach(this);
   s->cancels_.push_back(cc);
@@ -876,16 +830,18 @@ void Worker::serve_waiters(Pool* p, LocalPool* lp) {
     Server* s = cfg_->server_check_prepared ? idle_unchecked(lp, lp->waiting.front()) : nullptr;
     if (s == nullptr) s = take_idle(lp);
     if (s == nullptr) break;
-    if (check_prepared(s, lp->waiting.front())) {
+    if (check_server(s, lp->waiting.front())) {
       if (++checks >= lp->waiting.size()) break;
       continue;
     }
     link_waiter(lp->waiting.front(), s);
   }
-  while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
+  // Waiters whose server is being checked wait for it, not for a new one.
+  while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) + checks &&
          may_connect(p) && p->try_reserve())
     launch_server(lp);
-  if (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting)) kick(p);
+  if (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) + checks)
+    kick(p);
 }
 
 // The most recently idle server, after closing any that is no longer clean: PostgreSQL
@@ -990,6 +946,8 @@ void Worker::apply_trace_slow(Client* c) {
 void Worker::set_suspended(bool on) {
   if (on == suspended_) return;
   suspended_ = on;
+  suspend_since_ = now_seconds();
+  suspend_forced_ = false;
   listener_->set_suspended(on);
   for (Client* c : clients_) c->apply_suspend(on);
   for (Server* s : servers_) s->apply_suspend(on);

@@ -61,6 +61,9 @@ struct Runtime {
   std::atomic<uint64_t> client_tls_handshake_failures{0};
   std::atomic<uint64_t> server_tls_handshakes{0};
   std::atomic<uint64_t> server_tls_handshake_failures{0};
+  // server_check_query checks started, and those that failed (the server was closed).
+  std::atomic<uint64_t> server_checks{0};
+  std::atomic<uint64_t> server_checks_failed{0};
   double start_time = 0;  // monotonic seconds at start
   // Set by main before the workers start; callable from any thread.
   std::function<void(int mode)> request_shutdown;  // ShutdownMode
@@ -99,6 +102,10 @@ class CancelConn final : public Conn {
   void on_writable() override;
   Server* target_;  // cleared when the target server closes first
   bool connected_ = false;
+  double started_ = 0;  // when the request was taken (cancel_wait_timeout)
+  uint32_t pid_;        // the target's BackendKeyData, copied at creation
+  std::string key_;
+  bool orphan_ = false;  // sent even though its target closed (Worker::cancel_backend)
 };
 
 // A message for a worker's inbox.
@@ -239,7 +246,19 @@ class Worker {
   void free_dead();
   void flush_queued();
   static void flush_cb(evutil_socket_t, short, void* arg);
+  // ---- the janitor (janitor.cc): every timeout, on the maintenance timer ----
   void janitor();
+  void waiter_timeouts(LocalPool* lp, double now);
+  void linked_timeouts(double now);
+  void idle_client_timeouts(double now);
+  void cancel_timeouts(double now);
+  void suspend_timeouts(double now);
+  // server_check_query (after server_check_delay), else server_check_prepared: starts the
+  // check of s before c may use it; true when started (s is Resetting, the client waits).
+  bool check_server(Server* s, const Client* c);
+  // Sends PostgreSQL a cancel request for s's backend, at the address s is connected to,
+  // tracked by no server (s is about to close): query_timeout stops the query itself.
+  void cancel_backend(Server* s);
   void serve_waiters(Pool* p, LocalPool* lp);
   // Starts queued lookups on lp's idle servers (auth_lookup.cc).
   void serve_lookups(LocalPool* lp);
@@ -298,7 +317,9 @@ class Worker {
   struct event janitor_ev_;
   bool stopping_ = false;
   bool suspended_ = false;
-  int trace_mode_ = 0;  // see set_trace()
+  double suspend_since_ = 0;     // when SUSPEND began on this worker (suspend_timeout)
+  bool suspend_forced_ = false;  // suspend_timeout already closed what was left
+  int trace_mode_ = 0;           // see set_trace()
   uint64_t trace_client_ = 0;
   std::string trace_db_;
 
