@@ -408,8 +408,8 @@ void show_databases(Client* c, Snapshot& snap) {
             d->pool_mode ? std::optional<std::string>(pool_mode_name(*d->pool_mode)) : std::nullopt,
             lb, cell(d->max_db_connections >= 0 ? d->max_db_connections : cfg->max_db_connections),
             cell(servers[name]),
-            cell(d->max_db_client_connections >= 0 ? d->max_db_client_connections
-                                                   : cfg->max_db_client_connections),
+            cell(d->max_db_client_connections > 0 ? d->max_db_client_connections
+                                                  : cfg->max_db_client_connections),
             cell(clients[name]), cell(st->paused.load() ? 1 : 0),
             cell(st->disabled.load() ? 1 : 0)});
   }
@@ -574,8 +574,8 @@ void show_users(Client* c, Snapshot& snap) {
             cell(u && u->max_user_connections >= 0 ? u->max_user_connections
                                                    : cfg->max_user_connections),
             cell(rt->registry->user_server_count(n)),
-            cell(u && u->max_user_client_connections >= 0 ? u->max_user_client_connections
-                                                          : cfg->max_user_client_connections),
+            cell(u && u->max_user_client_connections > 0 ? u->max_user_client_connections
+                                                         : cfg->max_user_client_connections),
             cell(clients[n])});
   }
   reply_rows(c, rs);
