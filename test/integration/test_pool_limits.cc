@@ -205,6 +205,10 @@ TEST_SUITE("pool limits") {
       CHECK(opt(server, SOL_SOCKET, SO_KEEPALIVE) == 0);
       CHECK(opt(client, IPPROTO_TCP, TCP_USER_TIMEOUT) == 0);
       CHECK(opt(listener, IPPROTO_TCP, TCP_DEFER_ACCEPT) == 0);
+      // A reload (here the console's SET) applies tcp_defer_accept to the open sockets.
+      Conn admin = connect(admin_of(p));
+      exec_ok(admin.get(), "SET tcp_defer_accept = 1");
+      CHECK(eventually([&] { return opt(listener, IPPROTO_TCP, TCP_DEFER_ACCEPT) > 0; }, 3));
     }
   }
 
