@@ -324,6 +324,9 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   auto& dcc = db_client_counts_[db];
   if (!dcc) dcc = std::make_unique<std::atomic<int>>(0);
   p->db_clients = dcc.get();
+  auto& ucc = user_client_counts_[pool_user];
+  if (!ucc) ucc = std::make_unique<std::atomic<int>>(0);
+  p->user_clients = ucc.get();
   auto& uc = user_counts_[pool_user];
   if (!uc) uc = std::make_unique<std::atomic<int>>(0);
   p->user_conns = uc.get();

@@ -103,6 +103,9 @@ class Pool {
   // with at least one, or with a forced user). Written by Worker::count_client/uncount_client.
   std::atomic<int> clients{0};
   std::atomic<int>* db_clients = nullptr;  // shared per-database client count
+  // The client count of the login user named user_name (Registry::user_client_counter), so
+  // that a login without a forced user finds its counter without the registry's lock.
+  std::atomic<int>* user_clients = nullptr;
 
   std::atomic<int>* db_conns = nullptr;  // shared per-database server count
   int db_max = 0;

@@ -37,7 +37,8 @@ bool Worker::count_client(Client* c) {
   c->limits_counted_ = true;
   p->clients.fetch_add(1);
   int in_db = p->db_clients->fetch_add(1) + 1;
-  c->user_clients_ = rt_->registry->user_client_counter(c->user_);
+  c->user_clients_ =
+      c->user_ == p->user_name ? p->user_clients : rt_->registry->user_client_counter(c->user_);
   int of_user = c->user_clients_->fetch_add(1) + 1;
   const Config& cf = *cfg_;
   // A database's or user's own value when positive, else the global one (as PgBouncer).
