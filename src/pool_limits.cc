@@ -81,6 +81,9 @@ bool Worker::reserve_extra(Pool* p, LocalPool* lp) {
   if (cf.reserve_pool_timeout <= 0 || p->pool_size <= 0 || lp->waiting.size() <= next ||
       !p->welcome_ready())
     return false;
+  // Cheapest test first: this runs whenever waiters are served.
+  Client* c = lp->waiting[next];
+  if (now_seconds() - c->wait_since_ < cf.reserve_pool_timeout) return false;
   const UserDef* u = user_def(cf, p->user_name);
   const DatabaseDef* d = database_def(cf, p->db_name);
   int extra = cf.reserve_pool_size;
@@ -88,10 +91,7 @@ bool Worker::reserve_extra(Pool* p, LocalPool* lp) {
     extra = u->reserve_pool_size;
   else if (d && d->reserve_pool_size >= 0)
     extra = d->reserve_pool_size;
-  if (extra <= 0) return false;
-  Client* c = lp->waiting[next];
-  if (now_seconds() - c->wait_since_ < cf.reserve_pool_timeout || !may_connect(p)) return false;
-  if (!p->try_reserve_within(p->pool_size + extra)) return false;
+  if (extra <= 0 || !may_connect(p) || !p->try_reserve_within(p->pool_size + extra)) return false;
   LOG_WARN("C-%p: %s/%s@%s:%d taking connection from reserve_pool", static_cast<void*>(c),
            c->db_.c_str(), c->user_.c_str(), c->addr_.host.c_str(), c->addr_.port);
   return true;
