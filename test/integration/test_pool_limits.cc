@@ -91,6 +91,17 @@ std::pair<std::string, std::string> raw_login(int port, const std::string& user,
   }
 }
 
+// The value in column `col` of the row whose first column is `key`, from a SHOW command.
+std::string show_cell(PGconn* admin, const std::string& cmd, const std::string& key,
+                      const std::string& col) {
+  Result r = exec_ok(admin, cmd);
+  int ci = PQfnumber(r.get(), col.c_str());
+  REQUIRE(ci >= 0);
+  for (int i = 0; i < PQntuples(r.get()); i++)
+    if (key == PQgetvalue(r.get(), i, 0)) return PQgetvalue(r.get(), i, ci);
+  return "(no row)";
+}
+
 // ---- pgsluice's sockets, read through duplicates of its fds ----
 
 struct FdCopy {
@@ -283,9 +294,22 @@ TEST_SUITE("pool limits") {
       for (int i = 0; i < 3; i++)
         CHECK(raw_login(p.port(), "md5user", "postgres", &kept).first == "ok");
       CHECK(raw_login(p.port(), "md5user", "postgres", &kept).second == user_msg);
-      // The console is not counted.
+      // The console is not counted; it shows the counts the limits use.
       Conn admin = connect(admin_of(p));
-      CHECK(PQstatus(admin.get()) == CONNECTION_OK);
+      CHECK(show_cell(admin.get(), "SHOW DATABASES", "testdb", "current_client_connections") ==
+            "2");
+      CHECK(show_cell(admin.get(), "SHOW DATABASES", "testdb", "max_client_connections") == "2");
+      CHECK(show_cell(admin.get(), "SHOW USERS", "md5user", "current_client_connections") == "4");
+      CHECK(show_cell(admin.get(), "SHOW USERS", "plainuser", "current_client_connections") == "1");
+      CHECK(show_cell(admin.get(), "SHOW USERS", "plainuser", "max_user_client_connections") ==
+            "1");
+      kept.clear();
+      CHECK(eventually([&] {
+        return show_cell(admin.get(), "SHOW USERS", "md5user", "current_client_connections") ==
+                   "0" &&
+               show_cell(admin.get(), "SHOW DATABASES", "testdb", "current_client_connections") ==
+                   "0";
+      }));
     }
     SUBCASE("clients count once authenticated: stalled and failed logins take no place") {
       Options o;
