@@ -97,6 +97,16 @@ bool Worker::reserve_extra(Pool* p, LocalPool* lp) {
   return true;
 }
 
+int Worker::min_pool_size(const Pool* p) const {
+  const Config& cf = *cfg_;
+  const DatabaseDef* d = database_def(cf, p->db_name);
+  if (d == nullptr) return 0;  // removed by a reload
+  int want = d->min_pool_size >= 0 ? d->min_pool_size : cf.min_pool_size;
+  if (p->pool_size > 0) want = std::min(want, p->pool_size);
+  if (want <= 0 || (p->clients.load() == 0 && d->user.empty())) return 0;
+  return want;
+}
+
 void Worker::tend_pools() {
   const Config& cf = *cfg_;
   listener_->set_defer_accept(cf.tcp_defer_accept);
@@ -135,12 +145,8 @@ void Worker::tend_pools() {
   size_t n = rt_->workers.size();
   for (Pool* p : rt_->registry->pools()) {
     if (n == 0 || p->uid % n != index_) continue;
-    const DatabaseDef* d = database_def(cf, p->db_name);
-    if (d == nullptr) continue;
-    int want = d->min_pool_size >= 0 ? d->min_pool_size : cf.min_pool_size;
-    if (p->pool_size > 0) want = std::min(want, p->pool_size);
+    int want = min_pool_size(p);
     if (want <= 0 || p->server_count() >= want) continue;
-    if (p->clients.load() == 0 && d->user.empty()) continue;
     if (paused(p) || p->addr_state() != Pool::AddrState::Ready || !may_connect(p)) continue;
     LocalPool* lp = local_pool(p);
     for (int i = 0; i < want && p->try_reserve_within(want); i++) launch_server(lp);

@@ -183,6 +183,10 @@ class Worker {
   // reserve_pool_size: a server slot beyond pool_size for p's first waiter when it has waited
   // reserve_pool_timeout. True when one was reserved (the caller launches the server).
   bool reserve_extra(Pool* p, LocalPool* lp);
+  // The pool's min_pool_size now (its database's value, else the global one; at most
+  // pool_size); 0 when min_pool_size does not apply to it (no logged-in client and no forced
+  // user). server_idle_timeout should spare p's servers while server_count() <= this.
+  int min_pool_size(const Pool* p) const;
   // Janitor tick: min_pool_size (servers opened ahead of need), server_fast_close and the
   // listening sockets' tcp_defer_accept after a reload.
   void tend_pools();
