@@ -36,9 +36,10 @@ bool Worker::count_client(Client* c) {
   if (c->limits_counted_ || c->is_admin_ || p == nullptr) return true;
   c->limits_counted_ = true;
   p->clients.fetch_add(1);
-  int in_db = p->db_clients->fetch_add(1) + 1;
-  c->user_clients_ =
-      c->user_ == p->user_name ? p->user_clients : rt_->registry->user_client_counter(c->user_);
+  int in_db = p->db_clients != nullptr ? p->db_clients->fetch_add(1) + 1 : 0;
+  c->user_clients_ = c->user_ == p->user_name && p->user_clients != nullptr
+                         ? p->user_clients
+                         : rt_->registry->user_client_counter(c->user_);
   int of_user = c->user_clients_->fetch_add(1) + 1;
   const Config& cf = *cfg_;
   // A database's or user's own value when positive, else the global one (as PgBouncer).
@@ -65,7 +66,7 @@ void Worker::uncount_client(Client* c) {
   if (!c->limits_counted_) return;
   c->limits_counted_ = false;
   c->pool_->clients.fetch_sub(1);
-  c->pool_->db_clients->fetch_sub(1);
+  if (c->pool_->db_clients != nullptr) c->pool_->db_clients->fetch_sub(1);
   if (c->user_clients_ != nullptr) c->user_clients_->fetch_sub(1);
   c->user_clients_ = nullptr;
 }
