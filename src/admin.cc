@@ -377,9 +377,8 @@ void show_config(Client* c) {
 void show_databases(Client* c, Snapshot& snap) {
   Runtime* rt = c->worker()->rt();
   auto cfg = rt->config();
-  std::map<std::string, int> servers, clients;
+  std::map<std::string, int> servers;
   for (Pool* p : rt->registry->pools()) servers[p->db_name] += p->server_count();
-  for (const PoolRow& r : snap.pools) clients[r.pool->db_name] += r.cl_active + r.cl_waiting;
   RowSet rs("ssissiiiissiiiiii",
             {"name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
              "reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts",
@@ -408,9 +407,9 @@ void show_databases(Client* c, Snapshot& snap) {
             d->pool_mode ? std::optional<std::string>(pool_mode_name(*d->pool_mode)) : std::nullopt,
             lb, cell(d->max_db_connections >= 0 ? d->max_db_connections : cfg->max_db_connections),
             cell(servers[name]),
-            cell(d->max_db_client_connections >= 0 ? d->max_db_client_connections
-                                                   : cfg->max_db_client_connections),
-            cell(clients[name]), cell(st->paused.load() ? 1 : 0),
+            cell(d->max_db_client_connections > 0 ? d->max_db_client_connections
+                                                  : cfg->max_db_client_connections),
+            cell(rt->registry->db_client_count(name)), cell(st->paused.load() ? 1 : 0),
             cell(st->disabled.load() ? 1 : 0)});
   }
   reply_rows(c, rs);
@@ -546,16 +545,13 @@ void show_auth_cache(Client* c) {
   reply_rows(c, rs);
 }
 
-void show_users(Client* c, Snapshot& snap) {
+void show_users(Client* c) {
   Runtime* rt = c->worker()->rt();
   auto cfg = rt->config();
   std::set<std::string> names;
   for (const auto& [n, u] : cfg->users) names.insert(n);
   for (const auto& [n, s] : cfg->userlist.secrets) names.insert(n);
   for (Pool* p : rt->registry->pools()) names.insert(p->user_name);
-  std::map<std::string, int> clients;
-  for (const ConnRow& r : snap.clients)
-    if (!r.logging_in && r.db != "pgbouncer") clients[r.user]++;
   RowSet rs("ssssiiii",
             {"name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
              "current_connections", "max_user_client_connections", "current_client_connections"});
@@ -574,9 +570,9 @@ void show_users(Client* c, Snapshot& snap) {
             cell(u && u->max_user_connections >= 0 ? u->max_user_connections
                                                    : cfg->max_user_connections),
             cell(rt->registry->user_server_count(n)),
-            cell(u && u->max_user_client_connections >= 0 ? u->max_user_client_connections
-                                                          : cfg->max_user_client_connections),
-            cell(clients[n])});
+            cell(u && u->max_user_client_connections > 0 ? u->max_user_client_connections
+                                                         : cfg->max_user_client_connections),
+            cell(rt->registry->user_client_count(n))});
   }
   reply_rows(c, rs);
 }
@@ -1099,6 +1095,7 @@ void run_statement(Client* c, const std::string& q) {
     if (what == "peer_pools") return show_peer_pools(c);
     if (what == "state") return show_state(c);
     if (what == "auth_cache") return show_auth_cache(c);
+    if (what == "users") return show_users(c);  // the client counts are shared atomics
     if (what == "dns_hosts") return reply_rows(c, RowSet("sqs", {"hostname", "ttl", "addrs"}));
     if (what == "dns_zones") return reply_rows(c, RowSet("sqi", {"zonename", "serial", "count"}));
     using Fn = void (*)(Client*, Snapshot&);
@@ -1115,7 +1112,6 @@ void run_statement(Client* c, const std::string& q) {
         {"sockets", kSnapSockets, [](Client* cl, Snapshot& s) { show_sockets(cl, s, false); }},
         {"active_sockets", kSnapSockets,
          [](Client* cl, Snapshot& s) { show_sockets(cl, s, true); }},
-        {"users", kSnapClients, show_users},
         {"lists", kSnapPools, show_lists},
         {"mem", kSnapPools, show_mem},
         {"fds", kSnapClients | kSnapServers, show_fds},

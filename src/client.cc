@@ -565,6 +565,7 @@ void Client::finish_auth() {
       return;
     }
     lp_ = worker_->local_pool(pool_);
+    if (!worker_->count_client(this)) return;  // max_db/user_client_connections
     // Pass-through: the client proved the stored secret, so its keys can log in to a
     // server holding the same secret (only when no forced user changes who logs in).
     if (login_->auth != nullptr && pool_->user_name == user_) {

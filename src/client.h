@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <memory>
 #include <span>
 #include <string>
@@ -106,9 +107,13 @@ class Client final : public Conn {
   void record_segment(uint8_t type, size_t len);
   // Puts the saved segment back in front of what the client sent since, and runs it again.
   void replay_segment();
-  bool is_admin_ = false;    // logged in to a virtual database (admin console)
-  bool welcomed_ = false;    // the welcome was sent (it must be sent once)
-  bool counted_ = false;     // counted in Runtime::clients (from accept to close)
+  bool is_admin_ = false;  // logged in to a virtual database (admin console)
+  bool welcomed_ = false;  // the welcome was sent (it must be sent once)
+  bool counted_ = false;   // counted in Runtime::clients (from accept to close)
+  // Counted in its pool's, database's and login user's client counts (from the end of its
+  // authentication to close: Worker::count_client); user_clients_ is the user's counter.
+  bool limits_counted_ = false;
+  std::atomic<int>* user_clients_ = nullptr;
   double wait_since_ = 0;    // when it started waiting for a server
   double connect_time_ = 0;  // when it was accepted
   size_t pos_ = 0;           // index in Worker::clients_

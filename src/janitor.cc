@@ -47,7 +47,8 @@ void Worker::janitor() {
         now - s->connect_time_ > cf.server_connect_timeout)
       expired.push_back(s);
     else if (s->state() == ServerState::Idle &&
-             ((cf.server_idle_timeout > 0 && now - s->idle_since_ > cf.server_idle_timeout) ||
+             ((cf.server_idle_timeout > 0 && now - s->idle_since_ > cf.server_idle_timeout &&
+               s->pool_->server_count() > min_pool_size(s->pool_)) ||  // min_pool_size stays
               (cf.server_lifetime > 0 && now - s->connect_time_ > cf.server_lifetime)))
       expired.push_back(s);
   }
@@ -72,6 +73,7 @@ void Worker::janitor() {
     }
   }
   sweep();
+  tend_pools();  // min_pool_size, server_fast_close (pool_limits.cc)
   for (auto& [p, lp] : pools_) {
     if (!lp->lookups.empty()) {
       // A lookup nobody can serve ends: its logins get an error instead of waiting for ever.

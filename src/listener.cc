@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -138,8 +139,18 @@ Status Listener::open(const Config& c) {
     }
     freeaddrinfo(res);
   }
+  set_defer_accept(c.tcp_defer_accept);
   update();
   return Status();
+}
+
+void Listener::set_defer_accept(bool on) {
+  int v = on ? kDeferAcceptSeconds : 0;
+  if (v == defer_accept_) return;
+  defer_accept_ = v;
+  for (auto& s : socks_)
+    if (!s->is_unix && setsockopt(s->fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &v, sizeof v) != 0)
+      LOG_WARN("setsockopt(TCP_DEFER_ACCEPT = %d) failed: %s", v, strerror(errno));
 }
 
 void Listener::update() {

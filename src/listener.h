@@ -25,6 +25,8 @@ class Listener {
   static constexpr int kSpare = 16;
   // How long accepting pauses after accept() fails for want of resources (PgBouncer: 5 s).
   static constexpr int kBackoffSeconds = 5;
+  // TCP_DEFER_ACCEPT when tcp_defer_accept is on (PgBouncer's fixed value).
+  static constexpr int kDeferAcceptSeconds = 45;
 
   explicit Listener(Worker* w);
   ~Listener();
@@ -40,6 +42,9 @@ class Listener {
   void close_tcp();
   // The worker stops: accept nothing more.
   void stop();
+  // tcp_defer_accept on the TCP listening sockets (TCP_DEFER_ACCEPT of 45 s when on, as
+  // PgBouncer): set by open() and again when a reload changes the setting.
+  void set_defer_accept(bool on);
 
   // Most client connections held at once (0: no limit), for max_client_conn.
   static int hard_cap(const Config& c);
@@ -70,6 +75,7 @@ class Listener {
   uint64_t refused_ = 0;           // connections refused since the last log line about it
   double last_refuse_log_ = -1e9;  // at most one such line every 10 s
   size_t next_unix_target_ = 0;
+  int defer_accept_ = -1;  // TCP_DEFER_ACCEPT as last set (-1: not yet)
   struct event resume_ev_;
 };
 

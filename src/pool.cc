@@ -32,8 +32,8 @@ static bool take(std::atomic<int>* c, int max) {
   return false;
 }
 
-bool Pool::try_reserve() {
-  if (!take(&servers_, pool_size > 0 ? pool_size : 0)) return false;
+bool Pool::try_reserve_within(int limit) {
+  if (!take(&servers_, limit > 0 ? limit : 0)) return false;
   if (!take(db_conns, db_max)) {
     servers_.fetch_sub(1);
     return false;
@@ -321,6 +321,12 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   if (!dc) dc = std::make_unique<std::atomic<int>>(0);
   p->db_conns = dc.get();
   p->db_max = def->max_db_connections >= 0 ? def->max_db_connections : cfg.max_db_connections;
+  auto& dcc = db_client_counts_[db];
+  if (!dcc) dcc = std::make_unique<std::atomic<int>>(0);
+  p->db_clients = dcc.get();
+  auto& ucc = user_client_counts_[pool_user];
+  if (!ucc) ucc = std::make_unique<std::atomic<int>>(0);
+  p->user_clients = ucc.get();
   auto& uc = user_counts_[pool_user];
   if (!uc) uc = std::make_unique<std::atomic<int>>(0);
   p->user_conns = uc.get();
@@ -362,6 +368,25 @@ int Registry::user_server_count(const std::string& user) {
   std::lock_guard<std::mutex> g(mu_);
   auto it = user_counts_.find(user);
   return it == user_counts_.end() ? 0 : it->second->load();
+}
+
+std::atomic<int>* Registry::user_client_counter(const std::string& user) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto& c = user_client_counts_[user];
+  if (!c) c = std::make_unique<std::atomic<int>>(0);
+  return c.get();
+}
+
+int Registry::db_client_count(const std::string& db) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = db_client_counts_.find(db);
+  return it == db_client_counts_.end() ? 0 : it->second->load();
+}
+
+int Registry::user_client_count(const std::string& user) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = user_client_counts_.find(user);
+  return it == user_client_counts_.end() ? 0 : it->second->load();
 }
 
 }  // namespace pgsluice

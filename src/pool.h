@@ -63,7 +63,10 @@ class Pool {
 
   // Server slots, global across workers: every server connection holds one, from
   // connect to close. Limits: pool_size, max_db_connections, max_user_connections.
-  bool try_reserve();
+  bool try_reserve() { return try_reserve_within(pool_size); }
+  // The same while fewer than `limit` servers are held (0: pool_size does not bound):
+  // reserve_pool_size lets a pool go past pool_size, min_pool_size fills up to its value.
+  bool try_reserve_within(int limit);
   void unreserve();
   int server_count() const { return servers_.load(); }
 
@@ -95,6 +98,14 @@ class Pool {
   bool scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) const;
 
   DbState* state = nullptr;  // this database's operator state (never null once registered)
+
+  // Logged-in clients of this pool, every worker together (min_pool_size applies to a pool
+  // with at least one, or with a forced user). Written by Worker::count_client/uncount_client.
+  std::atomic<int> clients{0};
+  std::atomic<int>* db_clients = nullptr;  // shared per-database client count
+  // The client count of the login user named user_name (Registry::user_client_counter), so
+  // that a login without a forced user finds its counter without the registry's lock.
+  std::atomic<int>* user_clients = nullptr;
 
   std::atomic<int>* db_conns = nullptr;  // shared per-database server count
   int db_max = 0;
@@ -143,6 +154,12 @@ class Registry {
   std::vector<std::string> db_names();
   // Current per-user server connection count (SHOW USERS).
   int user_server_count(const std::string& user);
+  // The logged-in client count of a login user (max_user_client_connections), shared by all
+  // workers; created on first use, never freed.
+  std::atomic<int>* user_client_counter(const std::string& user);
+  // Current client counts (SHOW DATABASES, SHOW USERS); 0 when never counted.
+  int db_client_count(const std::string& db);
+  int user_client_count(const std::string& user);
 
   // Called on the resolver thread after a pool's address left Pending (Ready or Failed), so
   // the workers serve its waiting clients. Set before the first lookup; must not block.
@@ -169,6 +186,8 @@ class Registry {
   std::map<std::pair<std::string, std::string>, std::unique_ptr<Pool>> pools_;
   std::map<std::string, std::unique_ptr<std::atomic<int>>> db_counts_;
   std::map<std::string, std::unique_ptr<std::atomic<int>>> user_counts_;
+  std::map<std::string, std::unique_ptr<std::atomic<int>>> db_client_counts_;
+  std::map<std::string, std::unique_ptr<std::atomic<int>>> user_client_counts_;
   std::map<std::string, std::unique_ptr<DbState>> db_states_;
   DbState* db_state_locked(const std::string& db);
   // Resolves p's address at once when that cannot block; false when it must wait for the

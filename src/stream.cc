@@ -19,6 +19,7 @@
 #include <mutex>
 #include <string>
 
+#include "config.h"
 #include "log.h"
 #include "tls.h"
 #include "worker.h"
@@ -433,10 +434,24 @@ bool set_nonblocking(int fd) {
   return fl >= 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
 }
 
-void tune_tcp_socket(int fd, bool keepalive) {
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (keepalive) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+void tune_tcp_socket(int fd, const Config& c) {
+  auto set = [fd](int level, int opt, int v, const char* name) {
+    if (setsockopt(fd, level, opt, &v, sizeof v) != 0)
+      LOG_WARN("setsockopt(%s = %d) failed: %s", name, v, strerror(errno));
+  };
+  set(IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
+  set(SOL_SOCKET, SO_KEEPALIVE, c.tcp_keepalive ? 1 : 0, "SO_KEEPALIVE");
+  if (c.tcp_keepalive) {
+    if (c.tcp_keepidle > 0) set(IPPROTO_TCP, TCP_KEEPIDLE, c.tcp_keepidle, "TCP_KEEPIDLE");
+    if (c.tcp_keepintvl > 0) set(IPPROTO_TCP, TCP_KEEPINTVL, c.tcp_keepintvl, "TCP_KEEPINTVL");
+    if (c.tcp_keepcnt > 0) set(IPPROTO_TCP, TCP_KEEPCNT, c.tcp_keepcnt, "TCP_KEEPCNT");
+  }
+  if (c.tcp_user_timeout > 0)
+    set(IPPROTO_TCP, TCP_USER_TIMEOUT, c.tcp_user_timeout, "TCP_USER_TIMEOUT");
+  if (c.tcp_socket_buffer > 0) {
+    set(SOL_SOCKET, SO_SNDBUF, c.tcp_socket_buffer, "SO_SNDBUF");
+    set(SOL_SOCKET, SO_RCVBUF, c.tcp_socket_buffer, "SO_RCVBUF");
+  }
 }
 
 std::string unix_peer_user(int fd) {

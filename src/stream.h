@@ -131,7 +131,11 @@ class Conn {
 
 // Socket helpers.
 bool set_nonblocking(int fd);
-void tune_tcp_socket(int fd, bool keepalive);
+struct Config;
+// The TCP options of a client or server socket (PgBouncer's tune_socket): TCP_NODELAY,
+// tcp_keepalive (on or off) with tcp_keepidle/tcp_keepintvl/tcp_keepcnt when set,
+// tcp_user_timeout and tcp_socket_buffer. A refused option is logged, not fatal.
+void tune_tcp_socket(int fd, const Config& c);
 PeerAddr peer_of(int fd);
 // The OS user name of a Unix socket's peer (SO_PEERCRED and the password database); empty
 // when it cannot be told. May consult NSS (a blocking lookup when that is remote).

@@ -216,7 +216,7 @@ void Worker::new_client(int fd, bool is_unix) {
     return;
   }
   set_nonblocking(fd);
-  if (!is_unix) tune_tcp_socket(fd, cfg_->tcp_keepalive);
+  if (!is_unix) tune_tcp_socket(fd, *cfg_);
   auto* c = new Client(this, Fd(fd), is_unix);
   c->counted_ = true;  // counted by the listener; close_client gives it back
   c->connect_time_ = now_seconds();
@@ -258,7 +258,7 @@ void Worker::launch_server(LocalPool* lp) {
     LOG_ERROR("socket() failed: %s", strerror(errno));
     return;
   }
-  if (p->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, cfg_->tcp_keepalive);
+  if (p->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, *cfg_);
   auto* s = new Server(this, Fd(fd), p, lp);
   s->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   s->gen_ = p->state->generation.load(std::memory_order_relaxed);
@@ -584,6 +584,7 @@ void Worker::close_client(Client* c, std::string_view reason) {
     }
   }
   set_state(c, ClientState::Closed);
+  uncount_client(c);
   unregister_cancel_key(c);
   if (c->counted_) {
     rt_->clients--;
@@ -840,16 +841,24 @@ void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) + checks &&
          may_connect(p) && p->try_reserve())
     launch_server(lp);
+  while (reserve_extra(p, lp)) {
+    int before = lp->connecting;
+    launch_server(lp);
+    if (lp->connecting <= before) break;  // it could not even start: try at the next tick
+  }
   if (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) + checks)
     kick(p);
 }
 
-// The most recently idle server, after closing any that is no longer clean: PostgreSQL
-// sent part of a message to it while idle (an asynchronous FATAL split across reads).
+// The most recently idle server (server_round_robin: the longest idle), after closing any
+// that is no longer clean: PostgreSQL sent part of a message to it while idle (an
+// asynchronous FATAL split across reads).
 Server* Worker::take_idle(LocalPool* lp) {
-  while (!lp->idle.empty() && (!lp->idle.back()->clean() || stale(lp->idle.back())))
-    close_server(lp->idle.back(), lp->idle.back()->clean() ? "reconnect" : "idle server not clean");
-  return lp->idle.empty() ? nullptr : lp->idle.back();
+  bool fifo = cfg_->server_round_robin;
+  auto next = [lp, fifo] { return fifo ? lp->idle.front() : lp->idle.back(); };
+  while (!lp->idle.empty() && (!next()->clean() || stale(next())))
+    close_server(next(), next()->clean() ? "reconnect" : "idle server not clean");
+  return lp->idle.empty() ? nullptr : next();
 }
 
 // server_check_prepared. pgsluice prepares its statements through Parse messages, and a

@@ -180,6 +180,23 @@ class Worker {
   // password, a database): the waiting clients get its error at once, as PgBouncer does.
   void server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg,
                            bool unreachable = false);
+  // ---- pool limits (pool_limits.cc) ----
+  // An authenticated client joins its pool's, database's and user's client counts. False:
+  // max_db_client_connections or max_user_client_connections is exceeded and the client was
+  // failed with PgBouncer's message (08P01).
+  bool count_client(Client* c);
+  // The client leaves those counts (close_client); idempotent.
+  void uncount_client(Client* c);
+  // reserve_pool_size: a server slot beyond pool_size for p's first waiter when it has waited
+  // reserve_pool_timeout. True when one was reserved (the caller launches the server).
+  bool reserve_extra(Pool* p, LocalPool* lp);
+  // The pool's min_pool_size now (its database's value, else the global one; at most
+  // pool_size); 0 when min_pool_size does not apply to it (no logged-in client and no forced
+  // user). server_idle_timeout should spare p's servers while server_count() <= this.
+  int min_pool_size(const Pool* p) const;
+  // Janitor tick: min_pool_size (servers opened ahead of need), server_fast_close and the
+  // listening sockets' tcp_defer_accept after a reload.
+  void tend_pools();
   // No server of p failed to log in within the last server_login_retry seconds.
   bool may_connect(const Pool* p) const;
   // RECONNECT asked for it to close, or the server_tls_* settings changed since it connected

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "auth_cache.h"
 #include "client.h"
 #include "config.h"
 #include "log.h"
@@ -31,7 +32,6 @@
 #include "server.h"
 #include "varcache.h"
 #include "wire.h"
-#include "auth_cache.h"
 #include "worker.h"
 
 namespace {

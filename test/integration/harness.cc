@@ -434,6 +434,10 @@ Pooler::Pooler(Options o) {
       << "logfile = " << dir_ << "/pgsluice.log\n"
       << "pidfile = " << dir_ << "/pgsluice.pid\n"
       << "admin_users = md5user\n"
+      // Connections that send nothing reach accept() at once, as the tests of the paths
+      // before login expect; the default (1, TCP_DEFER_ACCEPT) would hold them in the
+      // kernel. extra_pgbouncer may set it again (a later line wins).
+      << "tcp_defer_accept = 0\n"
       << o.extra_pgbouncer;
   std::string ini_path = dir_ + "/pgsluice.ini";
   write_file(ini_path, ini.str(), 0600);
