@@ -17,6 +17,7 @@
 namespace pgsluice {
 
 class Pool;
+struct Target;
 struct LocalPool;
 class Client;
 class ScramClientSession;
@@ -152,6 +153,9 @@ class Server final : public Conn, public ReplyBook {
   bool clean() const;
   Pool* pool_;
   LocalPool* lp_;
+  // The target it was made for (the pool's current one at launch; never null): its address,
+  // startup parameters and connect_query. Older than the pool's: it closes (Worker::stale).
+  Target* target_;
   Client* client_ = nullptr;
   VarCache vars_;
   int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due

@@ -236,34 +236,36 @@ LocalPool* Worker::local_pool(Pool* p) {
 
 void Worker::launch_server(LocalPool* lp) {
   Pool* p = lp->pool;
-  Pool::AddrState as = p->addr_state();
-  if (as == Pool::AddrState::Pending) {  // waiters stay queued; the resolver kicks every worker
+  Target* t = p->target();
+  Target::AddrState as = t->addr_state();
+  if (as == Target::AddrState::Pending) {  // waiters stay queued; the resolver kicks every worker
     p->unreserve();
     return;
   }
-  if (as == Pool::AddrState::Failed) {
+  if (as == Target::AddrState::Failed) {
     p->unreserve();
     std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
     for (Client* c : w) {
-      fail_client(c, "08006", p->resolve_error, "server address");
+      fail_client(c, "08006", t->resolve_error, "server address");
     }
     return;
   }
-  int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     p->unreserve();
     LOG_ERROR("socket() failed: %s", strerror(errno));
     return;
   }
-  if (p->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, cfg_->tcp_keepalive);
-  auto* s = new Server(this, Fd(fd), p, lp);
+  if (t->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, cfg_->tcp_keepalive);
+  auto* s = new Server(this, Fd(fd), p, lp);  // made for t: RELOAD may publish another meanwhile
+  s->target_ = t;
   s->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   s->gen_ = p->state->generation.load(std::memory_order_relaxed);
   if (cfg_->tls) s->tls_ctx_ = cfg_->tls->server;
   track_server(s);
   set_state(s, ServerState::Connecting);
   s->attach(this);
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&p->addr), p->addrlen);
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&t->addr), t->addrlen);
   if (rc == 0) {
     s->start_login();
   } else if (errno == EINPROGRESS || errno == EAGAIN) {
@@ -388,7 +390,7 @@ bool Worker::acquire(Client* c) {
   set_state(c, c->welcomed_ ? ClientState::Waiting : ClientState::Login);
   if (hold) return false;  // RESUME serves it (sweep)
   // Its host name is still being resolved: the resolver's kick serves it.
-  if (p->addr_state() == Pool::AddrState::Pending) return false;
+  if (p->target()->addr_state() == Target::AddrState::Pending) return false;
   while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
          may_connect(p) && p->try_reserve())
     launch_server(lp);
@@ -538,7 +540,7 @@ void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::stri
   if (others == 0 && !lp->lookups.empty()) fail_lookups(lp, sqlstate, msg);
   // Refused with pass-through keys (no secret of ours): the verifier they were proven
   // against is out of date (a password change); the next login asks PostgreSQL again.
-  if (sqlstate == "28P01" && s->pool_->secret.empty())
+  if (sqlstate == "28P01" && s->pool_->config_secret().empty())
     rt_->auth_cache->invalidate_user(s->pool_->user_name);
   close_server(s, "login failed");
 }
@@ -840,15 +842,15 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
               static_cast<void*>(s));
     return;
   }
-  Pool* p = s->pool_;
-  int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const Target* t = s->target_;  // the host this server is on, whatever RELOAD did since
+  int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return;
   auto* cc = new CancelConn(this, Fd(fd), s);
   cancel_conns_.push_back(cc);
   cc->attach(this);
   s->cancels_.push_back(cc);
   s->cancels_pending_++;
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&p->addr), p->addrlen);
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&t->addr), t->addrlen);
   if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN) {
     cc->want_write(true);
   } else {
@@ -862,14 +864,15 @@ bool Worker::stale(const Server* s) const {
   // A new server_tls_* context (settings or file bytes changed) renews every server, as
   // PgBouncer's tls_change_requires_reconnect: old, maybe weaker TLS does not linger.
   const TlsContext* now = cfg_->tls ? cfg_->tls->server.get() : nullptr;
+  // RELOAD gave the pool a new target: servers of the old one go (idle now, busy at release).
   return s->gen_ != s->pool_->state->generation.load(std::memory_order_relaxed) ||
-         s->tls_ctx_.get() != now;
+         s->target_->gen != s->pool_->target_gen() || s->tls_ctx_.get() != now;
 }
 
 // Links waiting clients to idle servers, connects new ones, or asks other workers.
 void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   if (paused(p)) return;
-  if (p->addr_state() == Pool::AddrState::Pending) return;  // the resolver kicks when done
+  if (p->target()->addr_state() == Target::AddrState::Pending) return;  // resolver kicks when done
   if (!lp->lookups.empty()) serve_lookups(lp);  // logins waiting for a secret come first
   size_t checks = 0;  // server_check_prepared: at most one check started per waiter
   while (!lp->waiting.empty()) {

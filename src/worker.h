@@ -175,8 +175,8 @@ class Worker {
                            bool unreachable = false);
   // No server of p failed to log in within the last server_login_retry seconds.
   bool may_connect(const Pool* p) const;
-  // RECONNECT asked for it to close, or the server_tls_* settings changed since it connected
-  // (SHOW SERVERS close_needed).
+  // RECONNECT asked for it to close, RELOAD gave its pool a new target, or the server_tls_*
+  // settings changed since it connected (SHOW SERVERS close_needed).
   bool stale(const Server* s) const;
 
   void register_cancel_key(Client* c);
