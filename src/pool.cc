@@ -143,7 +143,7 @@ void resolver_loop(std::shared_ptr<Registry::Resolver> r) {
     lk.lock();
     if (r->stopped) return;
     if (err.empty()) r->cache.emplace(key, std::make_pair(a, len));  // failures are not cached
-    std::vector<std::pair<Pool*, Target*>> waiting;
+    std::vector<std::pair<Pool*, TargetHost*>> waiting;
     if (auto node = r->pending.extract(key); !node.empty()) waiting = std::move(node.mapped());
     for (auto& [p, t] : waiting) {
       if (err.empty())
@@ -179,11 +179,16 @@ void Registry::stop_resolver() {
   res_->cv.notify_all();
 }
 
-// Fills t's address at once when that cannot block: a Unix socket (host starting with '/'), a
-// cached (host, port), a numeric address, or `localhost`. False: t stays Pending for the
-// resolver thread.
-bool Registry::resolve_now(Target& t, const Config& cfg) {
-  (void)cfg;
+// Fills a host's address at once when that cannot block: a Unix socket (host starting with
+// '/'), a cached (host, port), a numeric address, or `localhost`. False: it stays Pending for
+// the resolver thread.
+bool Registry::resolve_now(Target& target) {
+  bool all = true;
+  for (auto& h : target.hosts) all = resolve_now(*h) && all;
+  return all;
+}
+
+bool Registry::resolve_now(TargetHost& t) {
   const std::string& host = t.host;
   if (host.empty() || host[0] == '/') {
     std::string path = host + "/.s.PGSQL." + std::to_string(t.port);
@@ -232,7 +237,12 @@ bool Registry::resolve_now(Target& t, const Config& cfg) {
 
 // Queues t's host name for the resolver thread (one lookup per (host, port) in flight; targets
 // made meanwhile join it). p and t must be published: t is written from the resolver thread.
-void Registry::start_lookup(Pool* p, Target* t) {
+void Registry::start_lookup(Pool* p, Target* target) {
+  for (auto& h : target->hosts)
+    if (h->addr_state() == AddrState::Pending) start_lookup(p, h.get());
+}
+
+void Registry::start_lookup(Pool* p, TargetHost* t) {
   std::shared_ptr<Resolver> r = res_;
   std::lock_guard<std::mutex> g(r->mu);
   auto key = std::make_pair(t->host, t->port);
@@ -268,25 +278,6 @@ const DatabaseDef* find_def(const Config& cfg, const std::string& db) {
 
 std::string pool_user_of(const DatabaseDef& def, const std::string& user) {
   return def.user.empty() ? user : def.user;
-}
-
-// The target of (db, pool_user) under cfg, address not resolved yet.
-std::unique_ptr<Target> make_target(const Config& cfg, const DatabaseDef& def,
-                                    const std::string& db, const std::string& pool_user) {
-  auto t = std::make_unique<Target>();
-  t->host = def.host.empty() ? cfg.unix_socket_dir : def.host;
-  t->port = def.port;
-  t->server_db = def.dbname.empty() ? db : def.dbname;
-  t->startup_params.emplace_back("user", pool_user);
-  t->startup_params.emplace_back("database", t->server_db);
-  if (!def.client_encoding.empty())
-    t->startup_params.emplace_back("client_encoding", def.client_encoding);
-  if (!def.datestyle.empty()) t->startup_params.emplace_back("datestyle", def.datestyle);
-  if (!def.timezone.empty()) t->startup_params.emplace_back("timezone", def.timezone);
-  if (!def.application_name.empty())
-    t->startup_params.emplace_back("application_name", def.application_name);
-  t->connect_query = def.connect_query;
-  return t;
 }
 
 // The settings RELOAD changes in place: secret, pool_mode, pool_size.
@@ -345,8 +336,8 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   // A new pool, built without the registry lock.
   auto p = std::make_unique<Pool>(db, pool_user, nworkers_);
   apply_settings(*p, cfg, *def, pool_user);
-  std::unique_ptr<Target> t = make_target(cfg, *def, db, pool_user);
-  bool ready = resolve_now(*t, cfg);
+  std::unique_ptr<Target> t = Target::from_config(cfg, *def, db, pool_user);
+  bool ready = resolve_now(*t);
   Target* target = t.get();
   p->set_target(std::move(t));
 
@@ -379,14 +370,14 @@ int Registry::retarget(const Config& cfg) {
     if (def == nullptr) continue;  // removed from the config: the pool keeps what it had
     std::string login_user = pool_user_of(*def, p->user_name);
     apply_settings(*p, cfg, *def, login_user);
-    std::unique_ptr<Target> t = make_target(cfg, *def, p->db_name, login_user);
+    std::unique_ptr<Target> t = Target::from_config(cfg, *def, p->db_name, login_user);
     Target* cur = p->target();
     if (t->same_as(*cur)) continue;
     t->gen = cur->gen + 1;
-    LOG_INFO("pool %s/%s: target changed by RELOAD: %s:%d dbname=%s -> %s:%d dbname=%s",
-             p->db_name.c_str(), p->user_name.c_str(), cur->host.c_str(), cur->port,
-             cur->server_db.c_str(), t->host.c_str(), t->port, t->server_db.c_str());
-    bool ready = resolve_now(*t, cfg);
+    LOG_INFO("pool %s/%s: target changed by RELOAD: %s dbname=%s -> %s dbname=%s",
+             p->db_name.c_str(), p->user_name.c_str(), cur->describe().c_str(),
+             cur->server_db.c_str(), t->describe().c_str(), t->server_db.c_str());
+    bool ready = resolve_now(*t);
     Target* raw = t.get();
     p->set_target(std::move(t));
     if (!ready) start_lookup(p, raw);

@@ -161,7 +161,7 @@ class Registry {
     bool running = false;                           // the thread has been started
     std::deque<std::pair<std::string, int>> queue;  // (host, port) to look up, in order
     // Who waits for a key: the pool (kicked) and the target whose address it fills.
-    std::map<std::pair<std::string, int>, std::vector<std::pair<Pool*, Target*>>> pending;
+    std::map<std::pair<std::string, int>, std::vector<std::pair<Pool*, TargetHost*>>> pending;
     std::map<std::pair<std::string, int>, std::pair<sockaddr_storage, socklen_t>> cache;
     std::function<void(Pool*)> on_resolved;
   };
@@ -174,10 +174,12 @@ class Registry {
   std::map<std::string, std::unique_ptr<std::atomic<int>>> user_counts_;
   std::map<std::string, std::unique_ptr<DbState>> db_states_;
   DbState* db_state_locked(const std::string& db);
-  // Resolves t's address at once when that cannot block; false when it must wait for the
-  // resolver thread (then start_lookup once p and t are published).
-  bool resolve_now(Target& t, const Config& cfg);
+  // Resolves every host's address that can be without blocking; false when some must wait
+  // for the resolver thread (then start_lookup once p and t are published).
+  bool resolve_now(Target& t);
+  bool resolve_now(TargetHost& h);
   void start_lookup(Pool* p, Target* t);
+  void start_lookup(Pool* p, TargetHost* h);
   std::shared_ptr<Resolver> res_;
 };
 

@@ -21,11 +21,18 @@ constexpr size_t kMaxBackendMessage = size_t{1} << 30;
 }  // namespace
 
 Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
-    : Conn(w, std::move(fd)), pool_(pool), lp_(lp), target_(pool->target()) {
+    : Conn(w, std::move(fd)), pool_(pool), lp_(lp) {
   pool_uid_ = pool->uid;
   vars_.resize(w->rt()->tracked->size());
-  addr_ = PeerAddr{target_->host.empty() ? "unix" : target_->host, target_->port};
+  Target* t = pool->target();
+  set_target(t, t->hosts.front().get());
   connect_time_ = now_seconds();
+}
+
+void Server::set_target(Target* t, TargetHost* h) {
+  target_ = t;
+  thost_ = h;
+  addr_ = PeerAddr{h->addr.ss_family == AF_UNIX ? "unix" : h->host, h->port};
 }
 
 Server::~Server() = default;
@@ -87,12 +94,12 @@ void Server::send_prepared_check() {
 // over a Unix socket; server_tls_direct opens with the TLS ClientHello instead.
 void Server::start_login() {
   const TlsContext* ctx = tls_ctx_.get();
-  if (ctx == nullptr || target_->addr.ss_family == AF_UNIX) {
+  if (ctx == nullptr || thost_->addr.ss_family == AF_UNIX) {
     send_startup();
     return;
   }
   if (ctx->settings().direct) {
-    if (!start_tls(ctx->get(), false, {}, target_->host,
+    if (!start_tls(ctx->get(), false, {}, thost_->host,
                    ctx->settings().mode == SslMode::VerifyFull)) {
       worker_->server_login_failed(this, "08006", "could not start TLS towards server");
       return;
@@ -143,7 +150,7 @@ void Server::on_ssl_answer() {
     send_startup();
     return;
   }
-  if (!start_tls(ctx->get(), false, {}, target_->host, mode == SslMode::VerifyFull)) {
+  if (!start_tls(ctx->get(), false, {}, thost_->host, mode == SslMode::VerifyFull)) {
     worker_->server_login_failed(this, "08006", "could not start TLS towards server");
     return;
   }

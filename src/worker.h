@@ -230,7 +230,9 @@ class Worker {
 
  private:
   void run();
-  void launch_server(LocalPool* lp);
+  // Connects one new server (a slot is reserved); false when none was started (no address
+  // yet or none usable: the slot is given back).
+  bool launch_server(LocalPool* lp);
   void adopt_server(Server* s, Pool* p);
   void kick(Pool* p);
   void drain_inbox();

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "integration/harness.h"
 
@@ -125,6 +126,77 @@ TEST_CASE("switchover: RELOAD alone moves idle servers at once and busy ones at 
        i++)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   CHECK(scalar(su.get(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'md5user'") == "0");
+}
+
+}  // namespace it
+
+namespace it {
+
+TEST_CASE("multi-host: round-robin spreads new servers over both hosts") {
+  if (skip_in_direct_mode("host lists are a pooler feature")) return;
+  Cluster a = log_cluster("rra");
+  Cluster b = log_cluster("rrb");
+  Options o;
+  o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(a.port) + "," +
+                std::to_string(b.port) + " dbname=testdb\n";
+  o.default_pool_size = 8;
+  Pooler p(o);
+  std::vector<Conn> held;
+  for (int i = 0; i < 8; i++) {
+    held.push_back(connect(p.conninfo()));
+    exec_ok(held.back().get(), "BEGIN");
+    exec_ok(held.back().get(), "INSERT INTO sw VALUES (1)");  // each holds its own server
+  }
+  for (Conn& c : held) exec_ok(c.get(), "COMMIT");
+  long long on_a = rows(a), on_b = rows(b);
+  MESSAGE("round-robin: " << on_a << " servers' transactions on A, " << on_b << " on B");
+  CHECK(on_a + on_b == 8);
+  CHECK(on_a >= 3);
+  CHECK(on_b >= 3);
+  // SHOW SERVERS names the host each server is on.
+  Conn admin = connect(admin_conninfo(p));
+  Result sv = exec_ok(admin.get(), "SHOW SERVERS");
+  int port_col = PQfnumber(sv.get(), "port");
+  int seen_a = 0, seen_b = 0;
+  for (int i = 0; i < PQntuples(sv.get()); i++) {
+    std::string port = PQgetvalue(sv.get(), i, port_col);
+    seen_a += port == std::to_string(a.port);
+    seen_b += port == std::to_string(b.port);
+  }
+  CHECK(seen_a + seen_b == PQntuples(sv.get()));
+  CHECK(seen_a >= 3);
+  CHECK(seen_b >= 3);
+}
+
+TEST_CASE("multi-host: a host that refuses connections is skipped while the other serves") {
+  if (skip_in_direct_mode("host lists are a pooler feature")) return;
+  Cluster b = log_cluster("rfb");
+  int dead = free_port();  // nothing listens there: connect is refused
+  for (const char* lb : {"round-robin", "disable"}) {
+    CAPTURE(lb);
+    Options o;
+    o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(dead) + "," +
+                  std::to_string(b.port) + " dbname=testdb load_balance_hosts=" + lb + "\n";
+    o.default_pool_size = 6;
+    o.extra_pgbouncer = "server_login_retry = 30\n";
+    Pooler p(o);
+    std::vector<Conn> held;
+    for (int i = 0; i < 6; i++) {
+      held.push_back(connect(p.conninfo()));
+      exec_ok(held.back().get(), "BEGIN");
+      CHECK(scalar(held.back().get(), "SELECT 1") == "1");  // no client sees the dead host
+    }
+    for (Conn& c : held) exec_ok(c.get(), "COMMIT");
+    std::string log = p.log();
+    // One failed connect to the dead host; then it is skipped for server_login_retry.
+    size_t failures = 0;
+    std::string needle = "127.0.0.1:" + std::to_string(dead) + " server login failed";
+    for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1))
+      failures++;
+    CHECK(failures == 1);
+    if (std::string(lb) == "disable")
+      CHECK(log.find("moving to host 127.0.0.1:" + std::to_string(b.port)) != std::string::npos);
+  }
 }
 
 }  // namespace it
