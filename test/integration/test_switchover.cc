@@ -4,7 +4,10 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -197,6 +200,124 @@ TEST_CASE("multi-host: a host that refuses connections is skipped while the othe
     if (std::string(lb) == "disable")
       CHECK(log.find("moving to host 127.0.0.1:" + std::to_string(b.port)) != std::string::npos);
   }
+}
+
+}  // namespace it
+
+namespace it {
+
+TEST_CASE(
+    "failover: read-write over primary and standby follows a promotion, no write on the "
+    "standby") {
+  if (skip_in_direct_mode("failover is a pooler feature")) return;
+  Cluster primary = log_cluster("fop");
+  Cluster standby = start_standby(primary, "fos");
+  Options o;
+  o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(primary.port) + "," +
+                std::to_string(standby.port) + " dbname=testdb target_session_attrs=read-write\n";
+  o.default_pool_size = 8;
+  o.extra_pgbouncer = "server_login_retry = 1\nserver_connect_timeout = 2\n";
+  Pooler p(o);
+
+  using SteadyClock = std::chrono::steady_clock;
+  std::atomic<bool> stop{false};
+  std::atomic<long long> ok{0}, failed{0}, read_only_errors{0};
+  std::atomic<int64_t> stopped_at{0};   // ns since epoch of the steady clock, 0: not yet
+  std::atomic<int64_t> first_after{0};  // first successful write after stopped_at
+  std::mutex err_mu;
+  std::string first_errors;
+  std::vector<int64_t> successes;  // when each write succeeded (err_mu)
+  auto now_ns = [] { return SteadyClock::now().time_since_epoch().count(); };
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 8; w++)
+    writers.emplace_back([&] {
+      std::string err;
+      Conn c = try_connect(p.conninfo(), &err);
+      while (!stop) {
+        if (!c || PQstatus(c.get()) != CONNECTION_OK) {
+          c = try_connect(p.conninfo(), &err);
+          if (!c) {
+            failed++;
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            continue;
+          }
+        }
+        Result r(PQexec(c.get(), "INSERT INTO sw VALUES (1)"));
+        if (PQresultStatus(r.get()) == PGRES_COMMAND_OK) {
+          ok++;
+          int64_t t = now_ns(), s = stopped_at.load();
+          {
+            std::lock_guard<std::mutex> g(err_mu);
+            successes.push_back(t);
+          }
+          int64_t zero = 0;
+          if (s != 0 && t > s) first_after.compare_exchange_strong(zero, t);
+        } else {
+          failed++;
+          const char* st = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
+          if (st && std::string(st) == "25006") read_only_errors++;
+          std::lock_guard<std::mutex> g(err_mu);
+          if (first_errors.size() < 600)
+            first_errors += std::string(st ? st : "-") + " " + PQerrorMessage(c.get()) + "; ";
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    });
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  long long before = ok.load();
+  {
+    Conn su = connect(superuser_conninfo(standby));
+    CHECK(scalar(su.get(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'md5user'") ==
+          "0");  // read-write: no server stays on the standby
+  }
+  // The primary goes (a fast shutdown: its sessions end, its WAL reaches the standby), then
+  // the standby is promoted, as a failover manager does.
+  auto stop_begin = SteadyClock::now();
+  int64_t stop_begin_ns = now_ns();
+  CmdResult st = pg_ctl(primary, "stop -m fast -w -t 60");
+  REQUIRE_MESSAGE(st.exit_code == 0, st.output);
+  CmdResult pr = pg_ctl(standby, "promote -w -t 60");
+  REQUIRE_MESSAGE(pr.exit_code == 0, pr.output);
+  stopped_at = now_ns();
+  double stop_ms =
+      std::chrono::duration<double, std::milli>(SteadyClock::now() - stop_begin).count();
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  stop = true;
+  for (auto& t : writers) t.join();
+
+  long long on_new = rows(standby);
+  // The client-visible outage: the longest time without any successful write, from the
+  // old primary's stop on.
+  std::sort(successes.begin(), successes.end());
+  int64_t prev = stop_begin_ns, gap = 0;
+  for (int64_t t : successes)
+    if (t > stop_begin_ns) {
+      gap = std::max(gap, t - prev);
+      prev = t;
+    }
+  double gap_ms = static_cast<double>(gap) / 1e6;
+  double outage_ms = first_after.load() == 0
+                         ? -1
+                         : static_cast<double>(first_after.load() - stopped_at.load()) / 1e6;
+  MESSAGE("failover: " << before << " writes before, " << ok.load() << " in all; failed "
+                       << failed.load() << " (25006 read-only: " << read_only_errors.load()
+                       << "); old primary stop took " << stop_ms
+                       << " ms (with the promotion); first write after the promotion returned "
+                       << outage_ms
+                       << " ms later; longest time without a successful write from the stop "
+                          "command on "
+                       << gap_ms << " ms; rows on the new primary " << on_new);
+  if (failed.load() > 0) MESSAGE("first errors: " << first_errors);
+  CHECK(before > 0);
+  CHECK(read_only_errors.load() == 0);
+  CHECK(first_after.load() != 0);
+  CHECK(outage_ms >= 0);
+  CHECK(outage_ms < 5000);
+  CHECK(on_new > before);      // the standby had every row before; then new ones arrived
+  CHECK(on_new == ok.load());  // every acknowledged write is on the new primary
+  CHECK(gap_ms < 5000);
+  // The standby was refused at first (read-only), and the old primary's failure is logged.
+  CHECK(p.log().find("does not suit target_session_attrs: a standby") != std::string::npos);
 }
 
 }  // namespace it
