@@ -32,7 +32,7 @@ Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
 void Server::set_target(Target* t, TargetHost* h) {
   target_ = t;
   thost_ = h;
-  addr_ = PeerAddr{h->addr.ss_family == AF_UNIX ? "unix" : h->host, h->port};
+  addr_ = PeerAddr{h->host, h->port};  // a Unix socket: its directory
 }
 
 Server::~Server() = default;

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -352,9 +353,15 @@ Cluster start_standby(const Cluster& primary, const std::string& tag) {
 }
 
 CmdResult pg_ctl(const Cluster& c, const std::string& args, int timeout_s) {
-  return run_shell(as_postgres() + pg_bindir() + "/pg_ctl " + args + " -D " +
-                       shell_quote(c.dir + "/data") + " 2>&1",
-                   timeout_s);
+  std::string data = c.dir + "/data";
+  CmdResult r = run_shell(
+      as_postgres() + pg_bindir() + "/pg_ctl " + args + " -D " + shell_quote(data) + " 2>&1",
+      timeout_s);
+  if (r.exit_code == 0 && args.rfind("stop", 0) == 0) {  // nothing left to stop at exit
+    std::lock_guard<std::mutex> lk(g_reg_mu);
+    g_pg_data.erase(std::remove(g_pg_data.begin(), g_pg_data.end(), data), g_pg_data.end());
+  }
+  return r;
 }
 
 std::string checkout_root() {

@@ -113,9 +113,16 @@ TEST_CASE("switchover: RELOAD alone moves idle servers at once and busy ones at 
   Conn admin = connect(admin_conninfo(p));
   rewrite_databases(p, db_line(b));
   exec_ok(admin.get(), "RELOAD");
+  // The busy server is marked close_needed (the idle one is gone already).
+  Result sv = exec_ok(admin.get(), "SHOW SERVERS");
+  REQUIRE(PQntuples(sv.get()) == 1);
+  CHECK(std::string(PQgetvalue(sv.get(), 0, PQfnumber(sv.get(), "close_needed"))) == "1");
+  CHECK(std::string(PQgetvalue(sv.get(), 0, PQfnumber(sv.get(), "port"))) ==
+        std::to_string(a.port));
   // The transaction goes on where it started; the client stays connected.
   exec_ok(busy.get(), "INSERT INTO sw VALUES (1)");
   exec_ok(busy.get(), "COMMIT");
+  exec_ok(admin.get(), "WAIT_CLOSE testdb");  // returns: the old server closed at release
   CHECK(rows(a) == 3);
   exec_ok(busy.get(), "INSERT INTO sw VALUES (1)");
   exec_ok(idle.get(), "INSERT INTO sw VALUES (1)");
