@@ -32,6 +32,14 @@
 #   BENCH_IDLE_WARM  clients logged in (and kept) before the baseline of that measure
 #                  (default 100), so that one-time first-use costs are not counted
 #                  per client; the growth from the fresh start is printed too
+#   BENCH_LOGIN    1 (default): a login-rate step, pgbench -C -S with 8 clients as a
+#                  user that is in no auth_file: both poolers look its secret up
+#                  with auth_user/auth_query (a SECURITY DEFINER function). Rows:
+#                  direct, pgbouncer (which queries at every login), pgsluice-cold
+#                  (freshly started, empty auth cache, first BENCH_LOGIN_COLD
+#                  seconds, default 3) and pgsluice-warm (the next run, cache warm);
+#                  skipped for pgsluice with a message when it does not serve such
+#                  users. 0: no login step
 #   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
@@ -60,6 +68,7 @@ TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1${BASE:+ pgsluice
 TLS=${BENCH_TLS:-1}
 command -v openssl >/dev/null 2>&1 || TLS=0
 IDLE=${BENCH_IDLE:-1000}
+LOGIN=${BENCH_LOGIN:-1}
 CASES=${BENCH_CASES:-"1:simple 1:extended 1:prepared 32:simple 32:extended 32:prepared"}
 [ "$TLS" = 1 ] && [ -z "${BENCH_CASES:-}" ] && CASES="$CASES 32:simple:tls 8:churn:tls"
 
@@ -83,6 +92,8 @@ cleanup() {
   kill_pidfile "$WORK/pgsluice.pid" "$WORK"
   kill_pidfile "$WORK/pgsluice-w1.pid" "$WORK"
   kill_pidfile "$WORK/pgsluice-base.pid" "$WORK"
+  kill_pidfile "$WORK/pgbouncer-aq.pid" "$WORK"
+  kill_pidfile "$WORK/pgsluice-aq.pid" "$WORK"
   stop_cluster "$WORK/pgdata" immediate "$WORK"
   rm -rf "$WORK"
 }
@@ -103,6 +114,8 @@ BPORT=$(free_port 26432 "$PGPORT")
 SPORT=$(free_port 27432 "$PGPORT" "$BPORT")
 S1PORT=$(free_port 28432 "$PGPORT" "$BPORT" "$SPORT")
 S2PORT=$(free_port 29432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT")
+LBPORT=$(free_port 30432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT")
+LSPORT=$(free_port 31432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT")
 
 say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT and $S1PORT ($WORK)"
 PGTLS=""
@@ -346,6 +359,156 @@ if [ "$IDLE" -gt 0 ]; then
   done
 fi
 
+# Login rate with users from auth_query (issue 11): pgbench -C -S as aqbench, a role that
+# is in no auth_file. Both poolers run auth_query as aqauth (a SECURITY DEFINER function
+# that also counts its calls in the sequence aq_lookups). PgBouncer runs the query at every
+# login; pgsluice keeps the verifier in its auth cache: pgsluice-cold is a fresh start with
+# an empty cache (the first LOGIN_COLD seconds), pgsluice-warm the next run of the same
+# instance. One line per run in login.tsv.
+LOGIN_CLIENTS=8
+LOGIN_COLD=${BENCH_LOGIN_COLD:-3}
+[ "$LOGIN_COLD" -gt "$TIME" ] && LOGIN_COLD=$TIME
+LOGIN_NOTE=""
+LOGIN_TARGETS=""
+: >"$WORK/login.tsv"
+aq_lookups() {
+  "$PGBIN/psql" -X -q -A -t -h "$WORK" -p "$PGPORT" -U postgres -d bench \
+    -c "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.aq_lookups" 2>/dev/null ||
+    echo 0
+}
+# write_login_ini NAME PORT: the same auth_query settings for both poolers.
+write_login_ini() {
+  cat >"$WORK/$1.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PGPORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $2
+unix_socket_dir = $WORK
+auth_type = md5
+auth_file = $WORK/userlist-aq.txt
+auth_user = aqauth
+auth_query = SELECT * FROM public.pgsluice_lookup(\$1)
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 100
+logfile = $WORK/$1.log
+pidfile = $WORK/$1.pid
+EOF
+}
+# start_login_pooler NAME BINARY PORT: as start_pooler, but returns 1 when it does not come up.
+start_login_pooler() {
+  rm -f "$WORK/$1.pid"
+  if is_pgbouncer "$2"; then
+    as_pg "$2" -d "$WORK/$1.ini" >"$WORK/$1.out" 2>&1 || true
+  else
+    "$2" -d "$WORK/$1.ini" >"$WORK/$1.out" 2>&1 || true
+  fi
+  i=0
+  until port_in_use "$3" && [ -s "$WORK/$1.pid" ]; do
+    i=$((i + 1))
+    [ $i -gt 100 ] && return 1
+    sleep 0.1
+  done
+}
+# A fresh pgsluice-aq with an empty auth cache.
+restart_sluice_aq() {
+  kill_pidfile "$WORK/pgsluice-aq.pid" "$WORK"
+  rm -f "$WORK/auth_cache.db" "$WORK/auth_cache.db-wal" "$WORK/auth_cache.db-shm"
+  start_login_pooler pgsluice-aq "$SLUICE" "$LSPORT"
+}
+# login_run ROUND TARGET PORT PID SECONDS: one pgbench -C run, one line in login.tsv.
+login_run() {
+  out="$WORK/login-$1-$2.log"
+  c0=0
+  [ -n "$4" ] && c0=$(cpu_ticks "$4")
+  q0=$(aq_lookups)
+  rc=0
+  PGPASSWORD=aqbench PGSSLMODE=disable "$PGBIN/pgbench" -h 127.0.0.1 -p "$3" -U aqbench -n -S \
+    -C -M simple -c "$LOGIN_CLIENTS" -j 2 -T "$5" bench >"$out" 2>&1 || rc=$?
+  c1=0
+  [ -n "$4" ] && c1=$(cpu_ticks "$4")
+  q1=$(aq_lookups)
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1)
+  xacts=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -n 1)
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -n 1)
+  aborted=$(grep -c 'client [0-9]* .*aborted' "$out" || true)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "${tps:-0}" "${xacts:-0}" \
+    "${failed:-0}" "${aborted:-0}" "$((c1 - c0))" "$((q1 - q0))" "$rc" >>"$WORK/login.tsv"
+  say "login round $1 $2: logins/s ${tps:-0}, auth queries $((q1 - q0)), failed ${failed:-0} aborted ${aborted:-0} (exit $rc)"
+  if [ "$rc" -ne 0 ] && [ "${aborted:-0}" -eq 0 ]; then
+    tail -n 3 "$out" | sed 's/^/bench:   /' >&2
+  fi
+}
+if [ "$LOGIN" = 1 ]; then
+  say "login rate: pgbench -C -S, $LOGIN_CLIENTS clients, a user from auth_query"
+  "$PGBIN/psql" -X -q -h "$WORK" -p "$PGPORT" -U postgres -d bench -v ON_ERROR_STOP=1 \
+    >"$WORK/login-setup.log" 2>&1 <<'EOF' || { cat "$WORK/login-setup.log" >&2; die "login step: setup failed"; }
+CREATE ROLE aqauth LOGIN PASSWORD 'aqauth';
+SET password_encryption = 'md5';
+CREATE ROLE aqbench LOGIN PASSWORD 'aqbench';
+RESET password_encryption;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO aqbench;
+CREATE SEQUENCE public.aq_lookups;
+CREATE FUNCTION public.pgsluice_lookup(uname text, OUT usename name, OUT passwd text)
+  RETURNS SETOF record LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  PERFORM nextval('public.aq_lookups');
+  RETURN QUERY SELECT r.rolname,
+      CASE WHEN r.rolvaliduntil < now() THEN NULL ELSE r.rolpassword END
+    FROM pg_authid r WHERE r.rolname = uname AND r.rolcanlogin;
+END $$;
+REVOKE ALL ON FUNCTION public.pgsluice_lookup(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.pgsluice_lookup(text) TO aqauth;
+EOF
+  # aqbench's secret is md5, so that the client's side of a login costs pgbench little
+  # and the poolers' own work per login is what the rate shows (a SCRAM secret makes
+  # pgbench's PBKDF2 the bound: about 120 logins/s here whatever the pooler). PostgreSQL's
+  # host lines are scram-sha-256: one md5 line for this role, first.
+  as_pg sh -c "sed -i '1i host bench aqbench 127.0.0.1/32 md5' '$WORK/pgdata/pg_hba.conf'"
+  "$PGBIN/psql" -X -q -h "$WORK" -p "$PGPORT" -U postgres -d bench -c 'select pg_reload_conf()' \
+    >/dev/null
+  (umask 077 && printf '"aqauth" "aqauth"\n' >"$WORK/userlist-aq.txt")
+  write_login_ini pgbouncer-aq "$LBPORT"
+  write_login_ini pgsluice-aq "$LSPORT"
+  is_pgbouncer "$SLUICE" ||
+    printf 'workers = 2\nauth_cache_file = %s/auth_cache.db\n' "$WORK" >>"$WORK/pgsluice-aq.ini"
+  is_root && chown -R postgres: "$WORK"
+  start_login_pooler pgbouncer-aq "$BOUNCER" "$LBPORT" ||
+    die "pgbouncer-aq is not listening on port $LBPORT"
+  LOGIN_TARGETS="direct pgbouncer"
+  # pgsluice must accept the settings and log aqbench in; otherwise its rows are skipped.
+  if ! restart_sluice_aq; then
+    LOGIN_NOTE="pgsluice rows skipped: pgsluice refused the auth_query configuration: $(tail -n 2 "$WORK/pgsluice-aq.out" 2>/dev/null | tr '\n' ' ')"
+  elif ! probe=$(PGPASSWORD=aqbench "$PGBIN/psql" -X -q -A -t -c 'select 1' \
+    "host=127.0.0.1 port=$LSPORT user=aqbench dbname=bench sslmode=disable connect_timeout=10" 2>&1); then
+    LOGIN_NOTE="pgsluice rows skipped: pgsluice did not log in a user from auth_query: $(echo "$probe" | head -n 1)"
+  else
+    LOGIN_TARGETS="direct pgbouncer pgsluice-cold pgsluice-warm"
+  fi
+  [ -n "$LOGIN_NOTE" ] && say "login: $LOGIN_NOTE"
+  BLPID=$(cat "$WORK/pgbouncer-aq.pid")
+  r=1
+  while [ "$r" -le "$ROUNDS" ]; do
+    login_run "$r" direct "$PGPORT" "" "$TIME"
+    login_run "$r" pgbouncer "$LBPORT" "$BLPID" "$TIME"
+    if [ -z "$LOGIN_NOTE" ]; then
+      if restart_sluice_aq; then
+        SLPID=$(cat "$WORK/pgsluice-aq.pid")
+        login_run "$r" pgsluice-cold "$LSPORT" "$SLPID" "$LOGIN_COLD"
+        login_run "$r" pgsluice-warm "$LSPORT" "$SLPID" "$TIME"
+      else
+        say "login round $r: pgsluice-aq did not restart"
+      fi
+    fi
+    r=$((r + 1))
+  done
+  kill_pidfile "$WORK/pgbouncer-aq.pid" "$WORK"
+  kill_pidfile "$WORK/pgsluice-aq.pid" "$WORK"
+fi
+
 CLK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 mkdir -p "$ROOT/build"
 OUT="$ROOT/build/bench-last.txt"
@@ -399,6 +562,38 @@ OUT="$ROOT/build/bench-last.txt"
         }
       }
     }' "$RES"
+  if [ -s "$WORK/login.tsv" ]; then
+    echo
+    echo "login rate: pgbench -C -S -M simple, $LOGIN_CLIENTS clients, -T $TIME (pgsluice-cold: the first"
+    echo "${LOGIN_COLD}s after a fresh start with an empty auth cache; pgsluice-warm: the next run), as"
+    echo "aqbench, a role with an md5 secret in no auth_file that both poolers look up with"
+    echo "auth_user/auth_query (auth_type md5). tps: logins/s; ratio: to"
+    echo "pgbouncer; auth queries: runs of the lookup function, summed over rounds."
+    [ -n "$LOGIN_NOTE" ] && echo "$LOGIN_NOTE"
+    awk -F '\t' -v clk="$CLK" -v targets="$LOGIN_TARGETS" '
+      function median(list,   a, n, i, j, t) {
+        n = split(list, a, " ")
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        if (n == 0) return 0
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+      }
+      {
+        k = $2
+        tps[k] = tps[k] " " sprintf("%.0f", $3); xacts[k] += $4; failed[k] += $5; aborted[k] += $6; cpu[k] += $7; q[k] += $8
+      }
+      END {
+        printf "%-14s %11s %6s %13s %12s %7s %8s  %s\n", "target", "median tps", "ratio", "CPU us/login", "auth queries", "failed", "aborted", "tps per round"
+        nt = split(targets, ts, " ")
+        base = median(tps["pgbouncer"])
+        for (j = 1; j <= nt; j++) {
+          k = ts[j]
+          m = median(tps[k])
+          ratio = base > 0 ? sprintf("%.2f", m / base) : "-"
+          us = (k == "direct") ? "-" : (xacts[k] > 0 ? sprintf("%.1f", cpu[k] / clk * 1e6 / xacts[k]) : "-")
+          printf "%-14s %11.0f %6s %13s %12d %7d %8d %s\n", k, m, ratio, us, q[k], failed[k], aborted[k], tps[k]
+        }
+      }' "$WORK/login.tsv"
+  fi
   if [ -s "$WORK/idle.tsv" ]; then
     echo
     echo "memory per idle logged-in client, bytes: RSS growth over $IDLE clients opened after"

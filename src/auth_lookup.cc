@@ -30,6 +30,9 @@ void Worker::run_lookup(const LookupScope& scope, const std::string& user) {
     return;
   }
   lp->lookups.push_back(std::move(job));
+  // Published as a waiter, so that a worker holding an idle server of this pool hands it
+  // over (release_idle, kick) when this one cannot open another.
+  p->waiting_on(index_).fetch_add(1);
   serve_later(lp);  // from the end of this loop turn, as every hand-out
 }
 
@@ -39,6 +42,7 @@ void Worker::serve_lookups(LocalPool* lp) {
     if (s == nullptr) return;
     auto run = std::make_unique<LookupRun>(std::move(lp->lookups.front()));
     lp->lookups.pop_front();
+    lp->pool->waiting_on(index_).fetch_sub(1);
     LOG_DEBUG("S-%p: %s/%s running auth_query", static_cast<void*>(s), s->pool_->db_name.c_str(),
               s->pool_->user_name.c_str());
     s->send_lookup(std::move(run));
@@ -109,6 +113,7 @@ void Worker::fail_lookups(LocalPool* lp, std::string_view sqlstate, std::string_
     if (older_than < 0 || it->since < older_than) {
       doomed.push_back(std::move(*it));
       it = lp->lookups.erase(it);
+      lp->pool->waiting_on(index_).fetch_sub(1);
     } else {
       ++it;
     }

@@ -176,7 +176,7 @@ void Worker::drain_inbox() {
         LocalPool* lp = local_pool(m.pool);
         if (paused(m.pool)) break;
         serve_waiters(m.pool, lp);
-        if (lp->waiting.empty() && !lp->idle.empty() && m.fd >= 0 &&
+        if (lp->waiting.empty() && lp->lookups.empty() && !lp->idle.empty() && m.fd >= 0 &&
             static_cast<size_t>(m.fd) != index_ &&
             m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0)
           hand_over(lp->idle.back(), static_cast<size_t>(m.fd));
@@ -404,7 +404,7 @@ bool Worker::acquire(Client* c) {
   while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
          may_connect(p) && p->try_reserve())
     if (!launch_server(lp)) break;
-  if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+  if (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting)) kick(p);
   return false;
 }
 
@@ -921,7 +921,7 @@ void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
          may_connect(p) && p->try_reserve())
     if (!launch_server(lp)) break;
-  if (lp->waiting.size() > static_cast<size_t>(lp->connecting)) kick(p);
+  if (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting)) kick(p);
 }
 
 // The most recently idle server, after closing any that is no longer clean: PostgreSQL

@@ -352,7 +352,7 @@ Cluster start_standby(const Cluster& primary, const std::string& tag) {
   return c;
 }
 
-CmdResult pg_ctl(const Cluster& c, const std::string& args, int timeout_s) {
+CmdResult run_pg_ctl(const Cluster& c, const std::string& args, int timeout_s) {
   std::string data = c.dir + "/data";
   CmdResult r = run_shell(
       as_postgres() + pg_bindir() + "/pg_ctl " + args + " -D " + shell_quote(data) + " 2>&1",
@@ -532,7 +532,7 @@ Pooler::Pooler(Options o) {
   bool up = false;
   while (seconds_since(t0) < 10) {
     if (!alive()) break;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port_));
@@ -898,7 +898,7 @@ CmdResult run_shell(const std::string& cmd, int timeout_s) {
 }
 
 int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -995,7 +995,7 @@ void Raw::shutdown_write() {
 }
 
 Raw Raw::tcp(int port, double) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -1015,7 +1015,7 @@ Raw Raw::tcp(int port, double) {
 Raw Raw::from_libpq(PGconn* conn, double) {
   REQUIRE(PQstatus(conn) == CONNECTION_OK);
   REQUIRE_MESSAGE(PQsslInUse(conn) == 0, "raw protocol needs sslmode=disable");
-  int fd = dup(PQsocket(conn));
+  int fd = fcntl(PQsocket(conn), F_DUPFD_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   return Raw(fd);
 }

@@ -55,7 +55,7 @@ Cluster start_standby(const Cluster& primary, const std::string& tag);
 
 struct CmdResult;
 // pg_ctl <args> on c's data dir as the postgres OS user ("promote -w", "stop -m fast -w").
-CmdResult pg_ctl(const Cluster& c, const std::string& args, int timeout_s = 60);
+CmdResult run_pg_ctl(const Cluster& c, const std::string& args, int timeout_s = 60);
 
 // True when PGSLUICE_TARGET=direct: tests talk straight to PostgreSQL.
 bool direct_mode();

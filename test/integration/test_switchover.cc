@@ -281,9 +281,9 @@ TEST_CASE(
   // the standby is promoted, as a failover manager does.
   auto stop_begin = SteadyClock::now();
   int64_t stop_begin_ns = now_ns();
-  CmdResult st = pg_ctl(primary, "stop -m fast -w -t 60");
+  CmdResult st = run_pg_ctl(primary, "stop -m fast -w -t 60");
   REQUIRE_MESSAGE(st.exit_code == 0, st.output);
-  CmdResult pr = pg_ctl(standby, "promote -w -t 60");
+  CmdResult pr = run_pg_ctl(standby, "promote -w -t 60");
   REQUIRE_MESSAGE(pr.exit_code == 0, pr.output);
   stopped_at = now_ns();
   double stop_ms =

@@ -554,7 +554,8 @@ TEST_CASE("auth: a check failing against a cached secret asks for a refresh once
   }
   SUBCASE("md5: a wrong password still fails after the refresh, with the same 28P01") {
     AuthExchange a = make_cached(AuthMethod::Md5, md5_secret("old", kUser));
-    wire::AuthRequest req = request_of(a.start().send);
+    AuthReply first = a.start();  // req.salt points into first.send
+    wire::AuthRequest req = request_of(first.send);
     std::string resp = md5_response(md5_secret("guess", kUser), kUser, req.salt.data());
     CHECK(a.on_message(bytes(password_body(resp))).outcome == Outcome::Refresh);
     check_password_failure(a.recheck(found(md5_secret("new", kUser))));
