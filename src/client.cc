@@ -570,7 +570,7 @@ void Client::finish_auth() {
     // server holding the same secret (only when no forced user changes who logs in).
     if (login_->auth != nullptr && pool_->user_name == user_) {
       // A secret from auth_query logs the pool's servers in (as PgBouncer's dynamic users).
-      if (!login_->scope.dbname.empty() && pool_->secret.empty())
+      if (!login_->scope.dbname.empty() && pool_->config_secret().empty())
         pool_->set_looked_up_secret(login_->auth->secret());
       if (auto keys = login_->auth->pass_through())
         pool_->set_scram_keys(keys->client_key, keys->server_key);

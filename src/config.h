@@ -23,12 +23,13 @@ std::optional<AuthType> parse_auth_type(std::string_view s);
 
 // One [databases] entry. Numeric overrides are -1 when the entry does not set them.
 struct DatabaseDef {
-  std::string name;  // key in [databases] ("*" for the fallback)
-  std::string host;  // empty: Unix socket in unix_socket_dir; "/dir": Unix socket dir
-  int port = 5432;
-  std::string dbname;    // empty: same as the client's database name
-  std::string user;      // forced user; empty when none
-  std::string password;  // password for the forced user (or any user); empty when none
+  std::string name;        // key in [databases] ("*" for the fallback)
+  std::string host;        // empty: Unix socket in unix_socket_dir; "/dir": Unix socket dir
+  int port = 5432;         // the first of `ports`
+  std::vector<int> ports;  // port=p1,p2,...: one per host (host=a,b,...); empty: one port
+  std::string dbname;      // empty: same as the client's database name
+  std::string user;        // forced user; empty when none
+  std::string password;    // password for the forced user (or any user); empty when none
   std::string auth_user;
   int pool_size = -1;
   int min_pool_size = -1;
@@ -46,6 +47,9 @@ struct DatabaseDef {
   std::string auth_query;          // per-db auth_query override; empty: the global one
   std::string auth_dbname;         // per-db auth_dbname override; empty: the global one
   std::string load_balance_hosts;  // "round-robin" or "disable"; empty: not set (round-robin)
+  // libpq's target_session_attrs: any, read-write, read-only, primary, standby,
+  // prefer-standby; empty: not set (any).
+  std::string target_session_attrs;
   double query_wait_timeout = -1;  // per-db override; -1: not set
 
   bool operator==(const DatabaseDef&) const = default;  // RELOAD: changed entry?

@@ -134,7 +134,23 @@ Status apply_database_connstr(DatabaseDef& d, std::string_view s,
     if (iequals(k, "host")) {
       d.host = value;
     } else if (iequals(k, "port")) {
-      st = set_int(d.port, k, value, 1, 65535);
+      d.ports.clear();
+      if (value.find(',') == std::string::npos) {
+        st = set_int(d.port, k, value, 1, 65535);
+      } else {
+        size_t from = 0;
+        for (;;) {
+          size_t at = value.find(',', from);
+          int one = 0;
+          st = set_int(one, k, value.substr(from, at == std::string::npos ? at : at - from), 1,
+                       65535);
+          if (!st) break;
+          d.ports.push_back(one);
+          if (at == std::string::npos) break;
+          from = at + 1;
+        }
+        if (st) d.port = d.ports.front();
+      }
     } else if (iequals(k, "dbname")) {
       d.dbname = value;
     } else if (iequals(k, "user")) {
@@ -171,6 +187,15 @@ Status apply_database_connstr(DatabaseDef& d, std::string_view s,
       } else {
         st = bad_value(k, value, "expected round-robin or disable");
       }
+    } else if (iequals(k, "target_session_attrs")) {
+      st = bad_value(k, value,
+                     "expected any, read-write, read-only, primary, standby or prefer-standby");
+      for (const char* v :
+           {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"})
+        if (iequals(value, v)) {
+          d.target_session_attrs = v;
+          st = Status();
+        }
     } else if (iequals(k, "client_encoding")) {
       d.client_encoding = value;
     } else if (iequals(k, "datestyle")) {
@@ -185,6 +210,13 @@ Status apply_database_connstr(DatabaseDef& d, std::string_view s,
       warn_unknown(warnings, k);
     }
     if (!st) return st;
+  }
+  if (!d.ports.empty()) {  // PgBouncer 1.24: one port for every host, or one per host
+    size_t hosts = 1;
+    for (char ch : d.host) hosts += ch == ',' ? 1 : 0;
+    if (d.ports.size() != hosts)
+      return Status::error("port: " + std::to_string(d.ports.size()) + " ports for " +
+                           std::to_string(hosts) + " hosts; give one port, or one per host");
   }
   return Status();
 }

@@ -190,7 +190,14 @@ Status commit_config(Main* m, std::shared_ptr<Config> next, bool reopen_log) {
     LogSettings ls = log_settings(*next);
     if (!log_configure(ls)) LOG_ERROR("cannot open logfile %s", ls.logfile.c_str());
   }
-  for (auto& w : m->rt.workers) w->post_call([](Worker& self) { self.refresh_config(); });
+  // Existing pools adopt the new [databases] entries (new targets, pool_size, pool_mode);
+  // each worker then closes its idle servers of an old target and serves its waiters.
+  int moved = m->rt.registry ? m->rt.registry->retarget(*next) : 0;
+  for (auto& w : m->rt.workers)
+    w->post_call([moved](Worker& self) {
+      self.refresh_config();
+      if (moved > 0) self.sweep();
+    });
   return Status();
 }
 

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <thread>
 
+#include "log.h"
+
 namespace pgsluice {
 
 namespace {
@@ -60,9 +62,8 @@ void Pool::set_welcome(std::vector<std::pair<std::string, std::string>> params) 
 }
 
 std::string Pool::login_secret() const {
-  if (!secret.empty()) return secret;
   std::lock_guard<std::mutex> g(mu_);
-  return looked_up_secret_;
+  return config_secret_.empty() ? looked_up_secret_ : config_secret_;
 }
 
 void Pool::set_looked_up_secret(const std::string& s) {
@@ -85,15 +86,20 @@ bool Pool::scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) 
   return true;
 }
 
-void Pool::set_addr(const sockaddr_storage& a, socklen_t len) {
-  addr = a;
-  addrlen = len;
-  addr_state_.store(AddrState::Ready, std::memory_order_release);
+void Pool::set_target(std::unique_ptr<Target> t) {
+  std::lock_guard<std::mutex> g(mu_);
+  targets_.push_back(std::move(t));
+  target_.store(targets_.back().get(), std::memory_order_release);
 }
 
-void Pool::set_resolve_error(std::string err) {
-  resolve_error = std::move(err);
-  addr_state_.store(AddrState::Failed, std::memory_order_release);
+std::string Pool::config_secret() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return config_secret_;
+}
+
+void Pool::set_config_secret(const std::string& s) {
+  std::lock_guard<std::mutex> g(mu_);
+  config_secret_ = s;
 }
 
 namespace {
@@ -136,17 +142,17 @@ void resolver_loop(std::shared_ptr<Registry::Resolver> r) {
     lk.lock();
     if (r->stopped) return;
     if (err.empty()) r->cache.emplace(key, std::make_pair(a, len));  // failures are not cached
-    std::vector<Pool*> waiting;
+    std::vector<std::pair<Pool*, TargetHost*>> waiting;
     if (auto node = r->pending.extract(key); !node.empty()) waiting = std::move(node.mapped());
-    for (Pool* p : waiting) {
+    for (auto& [p, t] : waiting) {
       if (err.empty())
-        p->set_addr(a, len);
+        t->set_addr(a, len);
       else
-        p->set_resolve_error(err);
+        t->set_resolve_error(err);
     }
     // Under the lock: stop_resolver() waits for this, so no worker is kicked once it returned.
     if (r->on_resolved)
-      for (Pool* p : waiting) r->on_resolved(p);
+      for (auto& [p, t] : waiting) r->on_resolved(p);
   }
 }
 
@@ -172,73 +178,84 @@ void Registry::stop_resolver() {
   res_->cv.notify_all();
 }
 
-// Fills p's address at once when that cannot block: a Unix socket (host empty or starting
-// with '/'), a cached (host, port), a numeric address, or `localhost`. False: p stays
-// Pending for the resolver thread.
-bool Registry::resolve_now(Pool& p, const Config& cfg, const std::string& host) {
+// Fills a host's address at once when that cannot block: a Unix socket (host starting with
+// '/'), a cached (host, port), a numeric address, or `localhost`. False: it stays Pending for
+// the resolver thread.
+bool Registry::resolve_now(Target& target) {
+  bool all = true;
+  for (auto& h : target.hosts) all = resolve_now(*h) && all;
+  return all;
+}
+
+bool Registry::resolve_now(TargetHost& t) {
+  const std::string& host = t.host;
   if (host.empty() || host[0] == '/') {
-    std::string dir = host.empty() ? cfg.unix_socket_dir : host;
-    std::string path = dir + "/.s.PGSQL." + std::to_string(p.port);
-    p.host = dir;
+    std::string path = host + "/.s.PGSQL." + std::to_string(t.port);
     sockaddr_un un{};
     un.sun_family = AF_UNIX;
     if (path.size() >= sizeof un.sun_path) {
-      p.set_resolve_error("unix socket path too long");
+      t.set_resolve_error("unix socket path too long");
       return true;
     }
     std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
     sockaddr_storage a{};
     std::memcpy(&a, &un, sizeof un);
-    p.set_addr(a, sizeof un);
+    t.set_addr(a, sizeof un);
     return true;
   }
-  auto key = std::make_pair(host, p.port);
+  auto key = std::make_pair(host, t.port);
   {
     std::lock_guard<std::mutex> g(res_->mu);
     auto it = res_->cache.find(key);
     if (it != res_->cache.end()) {
-      p.set_addr(it->second.first, it->second.second);
+      t.set_addr(it->second.first, it->second.second);
       return true;
     }
   }
   sockaddr_storage a{};
   socklen_t len = 0;
-  if (lookup(host, p.port, AI_NUMERICHOST, &a, &len).empty()) {
-    p.set_addr(a, len);
+  if (lookup(host, t.port, AI_NUMERICHOST, &a, &len).empty()) {
+    t.set_addr(a, len);
     return true;
   }
   if (host == "localhost") {  // /etc/hosts, as everywhere: kept synchronous
-    std::string err = lookup(host, p.port, 0, &a, &len);
+    std::string err = lookup(host, t.port, 0, &a, &len);
     if (!err.empty()) {
-      p.set_resolve_error(std::move(err));
+      t.set_resolve_error(std::move(err));
       return true;
     }
     {
       std::lock_guard<std::mutex> g(res_->mu);
       res_->cache.emplace(key, std::make_pair(a, len));
     }
-    p.set_addr(a, len);
+    t.set_addr(a, len);
     return true;
   }
   return false;
 }
 
-// Queues p's host name for the resolver thread (one lookup per (host, port) in flight; pools
-// created meanwhile join it). p must be registered: it is written from the resolver thread.
-void Registry::start_lookup(Pool* p) {
+// Queues t's host name for the resolver thread (one lookup per (host, port) in flight; targets
+// made meanwhile join it). p and t must be published: t is written from the resolver thread.
+void Registry::start_lookup(Pool* p, Target* target) {
+  for (auto& h : target->hosts)
+    if (h->addr_state() == AddrState::Pending) start_lookup(p, h.get());
+}
+
+void Registry::start_lookup(Pool* p, TargetHost* t) {
   std::shared_ptr<Resolver> r = res_;
   std::lock_guard<std::mutex> g(r->mu);
-  auto key = std::make_pair(p->host, p->port);
+  auto key = std::make_pair(t->host, t->port);
   if (auto it = r->cache.find(key); it != r->cache.end()) {  // resolved since resolve_now
-    p->set_addr(it->second.first, it->second.second);
+    t->set_addr(it->second.first, it->second.second);
+    if (r->on_resolved) r->on_resolved(p);
     return;
   }
   if (r->stopped) {
-    p->set_resolve_error("could not resolve host \"" + p->host + "\": shutting down");
+    t->set_resolve_error("could not resolve host \"" + t->host + "\": shutting down");
     return;
   }
   auto& waiting = r->pending[key];
-  waiting.push_back(p);
+  waiting.emplace_back(p, t);
   if (waiting.size() > 1) return;  // a lookup for this key is already queued or running
   r->queue.push_back(key);
   if (!r->running) {
@@ -248,20 +265,58 @@ void Registry::start_lookup(Pool* p) {
   r->cv.notify_one();
 }
 
+namespace {
+
+// The [databases] entry a database name uses: its own, else `*`'s; null when neither.
+const DatabaseDef* find_def(const Config& cfg, const std::string& db) {
+  auto it = cfg.databases.find(db);
+  if (it != cfg.databases.end()) return &it->second;
+  if (cfg.fallback_db) return &*cfg.fallback_db;
+  return nullptr;
+}
+
+std::string pool_user_of(const DatabaseDef& def, const std::string& user) {
+  return def.user.empty() ? user : def.user;
+}
+
+// The settings RELOAD changes in place: secret, pool_mode, pool_size.
+// `login_user`: the user servers log in as (the pool's, or the entry's user= after RELOAD).
+void apply_settings(Pool& p, const Config& cfg, const DatabaseDef& def,
+                    const std::string& login_user) {
+  const UserDef* udef = nullptr;
+  if (auto u = cfg.users.find(login_user); u != cfg.users.end()) udef = &u->second;
+  if (!def.password.empty()) {
+    p.set_config_secret(def.password);
+  } else if (const std::string* s = cfg.userlist.find(login_user)) {
+    p.set_config_secret(*s);
+  } else {
+    p.set_config_secret({});
+  }
+  if (udef && udef->pool_mode)
+    p.mode = *udef->pool_mode;
+  else if (def.pool_mode)
+    p.mode = *def.pool_mode;
+  else
+    p.mode = cfg.pool_mode;
+  if (def.pool_size >= 0)
+    p.pool_size = def.pool_size;
+  else if (udef && udef->pool_size >= 0)
+    p.pool_size = udef->pool_size;
+  else
+    p.pool_size = cfg.default_pool_size;
+}
+
+}  // namespace
+
 Pool* Registry::get(const Config& cfg, const std::string& db, const std::string& user,
                     std::string* err, std::string* sqlstate) {
-  const DatabaseDef* def = nullptr;
-  auto it = cfg.databases.find(db);
-  if (it != cfg.databases.end())
-    def = &it->second;
-  else if (cfg.fallback_db)
-    def = &*cfg.fallback_db;
+  const DatabaseDef* def = find_def(cfg, db);
   if (def == nullptr) {
     *err = "no such database: " + db;
     *sqlstate = "3D000";
     return nullptr;
   }
-  std::string pool_user = def->user.empty() ? user : def->user;
+  std::string pool_user = pool_user_of(*def, user);
   auto key = std::make_pair(db, pool_user);
   auto disabled = [&]() {
     auto st = db_states_.find(db);
@@ -279,38 +334,11 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
 
   // A new pool, built without the registry lock.
   auto p = std::make_unique<Pool>(db, pool_user, nworkers_);
-  p->port = def->port;
-  p->server_db = def->dbname.empty() ? db : def->dbname;
-  const UserDef* udef = nullptr;
-  if (auto u = cfg.users.find(pool_user); u != cfg.users.end()) udef = &u->second;
-  if (!def->password.empty()) {
-    p->secret = def->password;
-  } else if (const std::string* s = cfg.userlist.find(pool_user)) {
-    p->secret = *s;
-  }
-  if (udef && udef->pool_mode)
-    p->mode = *udef->pool_mode;
-  else if (def->pool_mode)
-    p->mode = *def->pool_mode;
-  else
-    p->mode = cfg.pool_mode;
-  if (def->pool_size >= 0)
-    p->pool_size = def->pool_size;
-  else if (udef && udef->pool_size >= 0)
-    p->pool_size = udef->pool_size;
-  else
-    p->pool_size = cfg.default_pool_size;
-  p->startup_params.emplace_back("user", pool_user);
-  p->startup_params.emplace_back("database", p->server_db);
-  if (!def->client_encoding.empty())
-    p->startup_params.emplace_back("client_encoding", def->client_encoding);
-  if (!def->datestyle.empty()) p->startup_params.emplace_back("datestyle", def->datestyle);
-  if (!def->timezone.empty()) p->startup_params.emplace_back("timezone", def->timezone);
-  if (!def->application_name.empty())
-    p->startup_params.emplace_back("application_name", def->application_name);
-  p->connect_query = def->connect_query;
-  p->host = def->host;
-  bool ready = resolve_now(*p, cfg, def->host);
+  apply_settings(*p, cfg, *def, pool_user);
+  std::unique_ptr<Target> t = Target::from_config(cfg, *def, db, pool_user);
+  bool ready = resolve_now(*t);
+  Target* target = t.get();
+  p->set_target(std::move(t));
 
   std::lock_guard<std::mutex> g(mu_);
   if (disabled()) return nullptr;
@@ -327,6 +355,8 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   auto& ucc = user_client_counts_[pool_user];
   if (!ucc) ucc = std::make_unique<std::atomic<int>>(0);
   p->user_clients = ucc.get();
+  const UserDef* udef = nullptr;
+  if (auto u = cfg.users.find(pool_user); u != cfg.users.end()) udef = &u->second;
   auto& uc = user_counts_[pool_user];
   if (!uc) uc = std::make_unique<std::atomic<int>>(0);
   p->user_conns = uc.get();
@@ -334,8 +364,31 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
                                                           : cfg.max_user_connections;
   Pool* raw = p.get();
   pools_.emplace(key, std::move(p));
-  if (!ready) start_lookup(raw);  // registered now: the resolver may write it
+  if (!ready) start_lookup(raw, target);  // registered now: the resolver may write it
   return raw;
+}
+
+int Registry::retarget(const Config& cfg) {
+  int moved = 0;
+  for (Pool* p : pools()) {
+    const DatabaseDef* def = find_def(cfg, p->db_name);
+    if (def == nullptr) continue;  // removed from the config: the pool keeps what it had
+    std::string login_user = pool_user_of(*def, p->user_name);
+    apply_settings(*p, cfg, *def, login_user);
+    std::unique_ptr<Target> t = Target::from_config(cfg, *def, p->db_name, login_user);
+    Target* cur = p->target();
+    if (t->same_as(*cur)) continue;
+    t->gen = cur->gen + 1;
+    LOG_INFO("pool %s/%s: target changed by RELOAD: %s dbname=%s -> %s dbname=%s",
+             p->db_name.c_str(), p->user_name.c_str(), cur->describe().c_str(),
+             cur->server_db.c_str(), t->describe().c_str(), t->server_db.c_str());
+    bool ready = resolve_now(*t);
+    Target* raw = t.get();
+    p->set_target(std::move(t));
+    if (!ready) start_lookup(p, raw);
+    moved++;
+  }
+  return moved;
 }
 
 DbState* Registry::db_state_locked(const std::string& db) {

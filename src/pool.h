@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "config.h"
+#include "target.h"
 
 namespace pgsluice {
 
@@ -28,8 +29,8 @@ struct DbState {
   std::atomic<uint32_t> generation{0};  // RECONNECT: servers of an older generation close
 };
 
-// One (database, user) pool. Settings are fixed at creation; the counters are atomics
-// that any worker may touch; everything else is behind mu_.
+// One (database, user) pool. Its target and settings are re-applied at RELOAD (retarget);
+// the counters are atomics that any worker may touch; everything else is behind mu_.
 class Pool {
  public:
   Pool(std::string db_name, std::string user_name, size_t nworkers);
@@ -39,27 +40,20 @@ class Pool {
   // Process-wide unique, never reused: whose acceptance a StmtEntry records.
   const uint64_t uid;
 
-  // Resolved from the config at creation.
-  std::string host;  // for logs, and the name resolved (addr_state)
-  int port = 5432;
-  std::string server_db;  // database name on the server
-  std::string secret;     // password / md5 / SCRAM secret used to log in; may be empty
-  PoolMode mode = PoolMode::Session;
-  int pool_size = 20;
-  std::vector<std::pair<std::string, std::string>> startup_params;  // sent to the server
-  std::string connect_query;
+  // Where servers connect and what they log in to (target.h): the current target, replaced
+  // whole by retarget (RELOAD changed the database's entry). A published Target lives as long
+  // as the pool (servers keep pointing at theirs), so readers need no reference count.
+  Target* target() const { return target_.load(std::memory_order_acquire); }
+  uint32_t target_gen() const { return target()->gen; }
+  // Publishes t (its gen set by the caller). Registry only.
+  void set_target(std::unique_ptr<Target> t);
 
-  // The server address. A host name is resolved off the event loops (Registry's resolver
-  // thread): until then the state is Pending and no server is connected. addr/addrlen
-  // (Ready) and resolve_error (Failed) are written once, before the state is published with
-  // release; read them only after addr_state() (acquire) says Ready or Failed.
-  enum class AddrState : uint8_t { Pending, Ready, Failed };
-  AddrState addr_state() const { return addr_state_.load(std::memory_order_acquire); }
-  void set_addr(const sockaddr_storage& a, socklen_t len);  // Pending -> Ready, once
-  void set_resolve_error(std::string err);                  // Pending -> Failed, once
-  sockaddr_storage addr{};
-  socklen_t addrlen = 0;
-  std::string resolve_error;  // non-empty when the address could not be resolved
+  // Settings RELOAD may change in place: the next acquire, release and slot count use them.
+  std::atomic<PoolMode> mode{PoolMode::Session};
+  std::atomic<int> pool_size{20};
+  // The password / md5 / SCRAM secret from the config (password= or auth_file); may be empty.
+  std::string config_secret() const;
+  void set_config_secret(const std::string& s);
 
   // Server slots, global across workers: every server connection holds one, from
   // connect to close. Limits: pool_size, max_db_connections, max_user_connections.
@@ -88,7 +82,7 @@ class Pool {
   double login_failed_at() const { return login_failed_at_.load(std::memory_order_relaxed); }
   void set_login_failed_at(double t) { login_failed_at_.store(t, std::memory_order_relaxed); }
 
-  // The secret server logins use: `secret` (auth_file or password=), else the one auth_query
+  // The secret server logins use: config_secret() (auth_file or password=), else the one auth_query
   // found for this user and a client proved (set_looked_up_secret). A copy: another worker
   // may replace it meanwhile.
   std::string login_secret() const;
@@ -123,7 +117,9 @@ class Pool {
   };
   std::unique_ptr<PerWorker[]> per_worker_;
   mutable std::mutex mu_;
-  std::atomic<AddrState> addr_state_{AddrState::Pending};
+  std::atomic<Target*> target_{nullptr};
+  std::vector<std::unique_ptr<Target>> targets_;  // every target published (mu_)
+  std::string config_secret_;
   std::atomic<bool> welcome_ready_{false};
   std::atomic<double> login_failed_at_{0};
   std::vector<std::pair<std::string, std::string>> welcome_;
@@ -146,6 +142,12 @@ class Registry {
   // (host, port) for the process (successes are cached, failures are not).
   Pool* get(const Config& cfg, const std::string& db, const std::string& user, std::string* err,
             std::string* sqlstate);
+  // RELOAD: re-applies `cfg` to every existing pool whose database is still configured. A
+  // pool whose target (host, port, dbname, user, startup parameters, connect_query) changed
+  // gets a new Target of the next generation, resolved as get() does; mode, pool_size and the
+  // config secret are updated in place. Main thread (the config door); returns how many
+  // pools moved.
+  int retarget(const Config& cfg);
   // Every pool so far, ordered by (database, user). Pools are never freed.
   std::vector<Pool*> pools();
   // The operator state of a database name, created on first use.
@@ -175,7 +177,8 @@ class Registry {
     bool stopped = false;
     bool running = false;                           // the thread has been started
     std::deque<std::pair<std::string, int>> queue;  // (host, port) to look up, in order
-    std::map<std::pair<std::string, int>, std::vector<Pool*>> pending;  // who waits for a key
+    // Who waits for a key: the pool (kicked) and the target whose address it fills.
+    std::map<std::pair<std::string, int>, std::vector<std::pair<Pool*, TargetHost*>>> pending;
     std::map<std::pair<std::string, int>, std::pair<sockaddr_storage, socklen_t>> cache;
     std::function<void(Pool*)> on_resolved;
   };
@@ -190,10 +193,12 @@ class Registry {
   std::map<std::string, std::unique_ptr<std::atomic<int>>> user_client_counts_;
   std::map<std::string, std::unique_ptr<DbState>> db_states_;
   DbState* db_state_locked(const std::string& db);
-  // Resolves p's address at once when that cannot block; false when it must wait for the
-  // resolver thread (then start_lookup once p is registered).
-  bool resolve_now(Pool& p, const Config& cfg, const std::string& host);
-  void start_lookup(Pool* p);
+  // Resolves every host's address that can be without blocking; false when some must wait
+  // for the resolver thread (then start_lookup once p and t are published).
+  bool resolve_now(Target& t);
+  bool resolve_now(TargetHost& h);
+  void start_lookup(Pool* p, Target* t);
+  void start_lookup(Pool* p, TargetHost* h);
   std::shared_ptr<Resolver> res_;
 };
 

@@ -103,7 +103,7 @@ int Worker::min_pool_size(const Pool* p) const {
   const DatabaseDef* d = database_def(cf, p->db_name);
   if (d == nullptr) return 0;  // removed by a reload
   int want = d->min_pool_size >= 0 ? d->min_pool_size : cf.min_pool_size;
-  if (p->pool_size > 0) want = std::min(want, p->pool_size);
+  if (p->pool_size > 0) want = std::min(want, p->pool_size.load(std::memory_order_relaxed));
   if (want <= 0 || (p->clients.load() == 0 && d->user.empty())) return 0;
   return want;
 }
@@ -148,7 +148,7 @@ void Worker::tend_pools() {
     if (n == 0 || p->uid % n != index_) continue;
     int want = min_pool_size(p);
     if (want <= 0 || p->server_count() >= want) continue;
-    if (paused(p) || p->addr_state() != Pool::AddrState::Ready || !may_connect(p)) continue;
+    if (paused(p) || p->target()->addr_state() != AddrState::Ready || !may_connect(p)) continue;
     LocalPool* lp = local_pool(p);
     for (int i = 0; i < want && p->try_reserve_within(want); i++) launch_server(lp);
   }

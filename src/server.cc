@@ -24,8 +24,15 @@ Server::Server(Worker* w, Fd fd, Pool* pool, LocalPool* lp)
     : Conn(w, std::move(fd)), pool_(pool), lp_(lp) {
   pool_uid_ = pool->uid;
   vars_.resize(w->rt()->tracked->size());
-  addr_ = PeerAddr{pool->host.empty() ? "unix" : pool->host, pool->port};
+  Target* t = pool->target();
+  set_target(t, t->hosts.front().get());
   connect_time_ = now_seconds();
+}
+
+void Server::set_target(Target* t, TargetHost* h) {
+  target_ = t;
+  thost_ = h;
+  addr_ = PeerAddr{h->host, h->port};  // a Unix socket: its directory
 }
 
 Server::~Server() = default;
@@ -87,12 +94,12 @@ void Server::send_prepared_check() {
 // over a Unix socket; server_tls_direct opens with the TLS ClientHello instead.
 void Server::start_login() {
   const TlsContext* ctx = tls_ctx_.get();
-  if (ctx == nullptr || pool_->addr.ss_family == AF_UNIX) {
+  if (ctx == nullptr || thost_->addr.ss_family == AF_UNIX) {
     send_startup();
     return;
   }
   if (ctx->settings().direct) {
-    if (!start_tls(ctx->get(), false, {}, pool_->host,
+    if (!start_tls(ctx->get(), false, {}, thost_->host,
                    ctx->settings().mode == SslMode::VerifyFull)) {
       worker_->server_login_failed(this, "08006", "could not start TLS towards server");
       return;
@@ -143,7 +150,7 @@ void Server::on_ssl_answer() {
     send_startup();
     return;
   }
-  if (!start_tls(ctx->get(), false, {}, pool_->host, mode == SslMode::VerifyFull)) {
+  if (!start_tls(ctx->get(), false, {}, thost_->host, mode == SslMode::VerifyFull)) {
     worker_->server_login_failed(this, "08006", "could not start TLS towards server");
     return;
   }
@@ -186,7 +193,7 @@ void Server::continue_tls() {
 void Server::send_startup() {
   worker_->set_state(this, ServerState::Login);
   std::string m;
-  wire::startup_message(m, pool_->startup_params);
+  wire::startup_message(m, target_->startup_params);
   worker_->bufs().append(out_, m.data(), m.size());
   want_read(true);
   flush();
@@ -458,10 +465,10 @@ bool Server::handle_login_message(uint8_t type, std::span<const uint8_t> body) {
       uint8_t st = 0;
       r.u8(st);
       tx_ = static_cast<char>(st);
-      if (!login_done_query_ && !pool_->connect_query.empty()) {
+      if (!login_done_query_ && !target_->connect_query.empty()) {
         login_done_query_ = true;
         std::string m;
-        wire::query(m, pool_->connect_query);
+        wire::query(m, target_->connect_query);
         worker_->bufs().append(out_, m.data(), m.size());
         flush();
         return !dead_;

@@ -17,6 +17,8 @@
 namespace pgsluice {
 
 class Pool;
+struct Target;
+struct TargetHost;
 struct LocalPool;
 class Client;
 class ScramClientSession;
@@ -152,6 +154,12 @@ class Server final : public Conn, public ReplyBook {
   bool clean() const;
   Pool* pool_;
   LocalPool* lp_;
+  // The target it was made for (the pool's current one at launch; never null): startup
+  // parameters and connect_query; older than the pool's: it closes (Worker::stale). thost_:
+  // the host of that target it is on (its address, where its cancels go; SHOW SERVERS).
+  Target* target_;
+  TargetHost* thost_;
+  void set_target(Target* t, TargetHost* h);
   Client* client_ = nullptr;
   VarCache vars_;
   int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due

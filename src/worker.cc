@@ -237,36 +237,47 @@ LocalPool* Worker::local_pool(Pool* p) {
   return raw;
 }
 
-void Worker::launch_server(LocalPool* lp) {
+bool Worker::launch_server(LocalPool* lp) {
   Pool* p = lp->pool;
-  Pool::AddrState as = p->addr_state();
-  if (as == Pool::AddrState::Pending) {  // waiters stay queued; the resolver kicks every worker
+  Target* t = p->target();
+  AddrState as = t->addr_state();
+  if (as == AddrState::Pending) {  // waiters stay queued; the resolver kicks every worker
     p->unreserve();
-    return;
+    return false;
   }
-  if (as == Pool::AddrState::Failed) {
+  if (as == AddrState::Failed) {
     p->unreserve();
     std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
     for (Client* c : w) {
-      fail_client(c, "08006", p->resolve_error, "server address");
+      fail_client(c, "08006", t->resolve_error(), "server address");
     }
-    return;
+    return false;
   }
-  int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const TargetHost* left = nullptr;
+  TargetHost* h = t->pick(now_seconds(), cfg_->server_login_retry, &left);
+  if (h == nullptr) {  // every host failed within server_login_retry (may_connect said so)
+    p->unreserve();
+    return false;
+  }
+  if (left != nullptr)
+    LOG_WARN("pool %s/%s: moving to host %s:%d: %s:%d could not be reached", p->db_name.c_str(),
+             p->user_name.c_str(), h->host.c_str(), h->port, left->host.c_str(), left->port);
+  int fd = socket(h->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     p->unreserve();
     LOG_ERROR("socket() failed: %s", strerror(errno));
-    return;
+    return false;
   }
-  if (p->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, *cfg_);
+  if (h->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, *cfg_);
   auto* s = new Server(this, Fd(fd), p, lp);
+  s->set_target(t, h);  // made for t: RELOAD may publish another meanwhile
   s->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   s->gen_ = p->state->generation.load(std::memory_order_relaxed);
   if (cfg_->tls) s->tls_ctx_ = cfg_->tls->server;
   track_server(s);
   set_state(s, ServerState::Connecting);
   s->attach(this);
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&p->addr), p->addrlen);
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&h->addr), h->addrlen);
   if (rc == 0) {
     s->start_login();
   } else if (errno == EINPROGRESS || errno == EAGAIN) {
@@ -275,6 +286,7 @@ void Worker::launch_server(LocalPool* lp) {
     server_login_failed(s, "08006", std::string("could not connect to server: ") + strerror(errno),
                         true);
   }
+  return true;
 }
 
 // ---------------------------------------------------------------- the state doors
@@ -395,10 +407,10 @@ bool Worker::acquire(Client* c) {
   set_state(c, c->welcomed_ ? ClientState::Waiting : ClientState::Login);
   if (hold || checking) return false;  // RESUME serves it (sweep); or the check's end
   // Its host name is still being resolved: the resolver's kick serves it.
-  if (p->addr_state() == Pool::AddrState::Pending) return false;
+  if (p->target()->addr_state() == AddrState::Pending) return false;
   while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
          may_connect(p) && p->try_reserve())
-    launch_server(lp);
+    if (!launch_server(lp)) break;
   if (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting)) kick(p);
   return false;
 }
@@ -507,10 +519,24 @@ void Worker::adopt_server(Server* s, Pool* p) {
 }
 
 void Worker::server_login_done(Server* s) {
+  // target_session_attrs: a server of the wrong kind is closed and its host skipped for
+  // server_login_retry, so new servers go to the others (a failover's new primary).
+  std::string why;
+  double now = now_seconds();
+  if (!s->target_->accepts(s->login_params(),
+                           s->target_->usable(now, cfg_->server_login_retry, s->thost_), &why)) {
+    LOG_WARN("S-%p: %s/%s@%s:%d does not suit target_session_attrs: %s; skipped for %.0f s",
+             static_cast<void*>(s), s->pool_->db_name.c_str(), s->pool_->user_name.c_str(),
+             s->addr_.host.c_str(), s->addr_.port, why.c_str(), cfg_->server_login_retry);
+    s->thost_->failed_at.store(now, std::memory_order_relaxed);
+    close_server(s, "target_session_attrs");
+    return;
+  }
   s->ready_at_ = now_seconds();
   s->fresh_ = true;
   s->pool_->set_welcome(s->login_params());
   s->pool_->set_login_failed_at(0);
+  s->thost_->failed_at.store(0, std::memory_order_relaxed);
   if (cfg_->log_connections)
     LOG_INFO("S-%p: %s/%s@%s:%d new connection to server", static_cast<void*>(s),
              s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
@@ -520,7 +546,11 @@ void Worker::server_login_done(Server* s) {
 
 bool Worker::may_connect(const Pool* p) const {
   double t = p->login_failed_at();
-  return t == 0 || now_seconds() - t >= cfg_->server_login_retry;
+  double now = now_seconds();
+  if (t != 0 && now - t < cfg_->server_login_retry) return false;
+  // No address yet (or none at all): launch_server says so. Else some host must be tryable.
+  const Target* tg = p->target();
+  return tg->addr_state() != AddrState::Ready || tg->usable(now, cfg_->server_login_retry);
 }
 
 void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg,
@@ -529,7 +559,12 @@ void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::stri
   LOG_WARN("S-%p: %s/%s@%s:%d server login failed: %s", static_cast<void*>(s),
            s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
            s->addr_.port, std::string(msg).c_str());
-  s->pool_->set_login_failed_at(now_seconds());
+  // A host that cannot be reached is skipped for server_login_retry while the target's
+  // other hosts serve; a refused login (any host would refuse it) holds the whole pool.
+  if (unreachable)
+    s->thost_->failed_at.store(now_seconds(), std::memory_order_relaxed);
+  else
+    s->pool_->set_login_failed_at(now_seconds());
   size_t others = static_cast<size_t>(lp->connecting - 1);
   if (!unreachable) {
     // Clients waiting for this pool fail fast with the server's error, as PgBouncer does.
@@ -547,7 +582,7 @@ void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::stri
   if (others == 0 && !lp->lookups.empty()) fail_lookups(lp, sqlstate, msg);
   // Refused with pass-through keys (no secret of ours): the verifier they were proven
   // against is out of date (a password change); the next login asks PostgreSQL again.
-  if (sqlstate == "28P01" && s->pool_->secret.empty() && rt_->auth_cache != nullptr)
+  if (sqlstate == "28P01" && s->pool_->config_secret().empty() && rt_->auth_cache != nullptr)
     rt_->auth_cache->invalidate_user(s->pool_->user_name);
   close_server(s, "login failed");
 }
@@ -642,7 +677,7 @@ void Worker::close_server(Server* s, std::string_view reason) {
   if (!stopping_ && !paused(p)) {
     while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&
            may_connect(p) && p->try_reserve())
-      launch_server(lp);
+      if (!launch_server(lp)) break;
     for (size_t v = 0; v < rt_->workers.size(); v++)
       if (v != index_ && p->waiting_on(v).load() > 0)
         rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, -1, false, nullptr, p, 0, {}, {}});
@@ -794,8 +829,8 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
               static_cast<void*>(s));
     return;
   }
-  Pool* p = s->pool_;
-  int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const TargetHost* t = s->thost_;  // the host this server is on, whatever RELOAD did since
+  int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return;
   auto* cc = new CancelConn(this, Fd(fd), s);
   cc->started_ = now_seconds();
@@ -803,7 +838,7 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
   cc->attach(this);
   s->cancels_.push_back(cc);
   s->cancels_pending_++;
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&p->addr), p->addrlen);
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&t->addr), t->addrlen);
   if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN) {
     cc->want_write(true);
   } else {
@@ -817,14 +852,15 @@ bool Worker::stale(const Server* s) const {
   // A new server_tls_* context (settings or file bytes changed) renews every server, as
   // PgBouncer's tls_change_requires_reconnect: old, maybe weaker TLS does not linger.
   const TlsContext* now = cfg_->tls ? cfg_->tls->server.get() : nullptr;
+  // RELOAD gave the pool a new target: servers of the old one go (idle now, busy at release).
   return s->gen_ != s->pool_->state->generation.load(std::memory_order_relaxed) ||
-         s->tls_ctx_.get() != now;
+         s->target_->gen != s->pool_->target_gen() || s->tls_ctx_.get() != now;
 }
 
 // Links waiting clients to idle servers, connects new ones, or asks other workers.
 void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   if (paused(p)) return;
-  if (p->addr_state() == Pool::AddrState::Pending) return;  // the resolver kicks when done
+  if (p->target()->addr_state() == AddrState::Pending) return;  // resolver kicks when done
   if (!lp->lookups.empty()) serve_lookups(lp);  // logins waiting for a secret come first
   size_t checks = 0;  // server_check_prepared: at most one check started per waiter
   while (!lp->waiting.empty()) {
@@ -840,11 +876,10 @@ void Worker::serve_waiters(Pool* p, LocalPool* lp) {
   // Waiters whose server is being checked wait for it, not for a new one.
   while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) + checks &&
          may_connect(p) && p->try_reserve())
-    launch_server(lp);
+    if (!launch_server(lp)) break;
   while (reserve_extra(p, lp)) {
     int before = lp->connecting;
-    launch_server(lp);
-    if (lp->connecting <= before) break;  // it could not even start: try at the next tick
+    if (!launch_server(lp) || lp->connecting <= before) break;  // try at the next tick
   }
   if (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) + checks)
     kick(p);

@@ -199,8 +199,8 @@ class Worker {
   void tend_pools();
   // No server of p failed to log in within the last server_login_retry seconds.
   bool may_connect(const Pool* p) const;
-  // RECONNECT asked for it to close, or the server_tls_* settings changed since it connected
-  // (SHOW SERVERS close_needed).
+  // RECONNECT asked for it to close, RELOAD gave its pool a new target, or the server_tls_*
+  // settings changed since it connected (SHOW SERVERS close_needed).
   bool stale(const Server* s) const;
 
   void register_cancel_key(Client* c);
@@ -254,7 +254,9 @@ class Worker {
 
  private:
   void run();
-  void launch_server(LocalPool* lp);
+  // Connects one new server (a slot is reserved); false when none was started (no address
+  // yet or none usable: the slot is given back).
+  bool launch_server(LocalPool* lp);
   void adopt_server(Server* s, Pool* p);
   void kick(Pool* p);
   void drain_inbox();

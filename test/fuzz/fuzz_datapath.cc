@@ -154,7 +154,9 @@ struct Harness {
     std::string err, state;
     pool = rt.registry->get(w.cfg(), db, "u", &err, &state);
     if (pool == nullptr) __builtin_trap();
-    pool->resolve_error = "fuzz: no server to connect to";  // launch_server never connects
+    // The harness makes its servers itself: pgsluice never connects one (may_connect is
+    // false while a login failure is "recent", and this one stays recent).
+    pool->set_login_failed_at(1e18);
     lp = w.local_pool(pool);
   }
 
@@ -241,6 +243,7 @@ struct Harness {
     msg(m, 'Z', "I");
     put(sfar, reinterpret_cast<const uint8_t*>(m.data()), m.size());
     pump();
+    pool->set_login_failed_at(1e18);  // its login success cleared it: no real connect, ever
     // Idle, or linked at once to a client that waited (an unreachable server before this
     // one left its clients waiting for the next).
     if (server_live() && server->state() != ServerState::Idle &&

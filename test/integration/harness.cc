@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -220,16 +221,40 @@ std::string initdb_template() {
 
 // Makes c->dir with a copy of the template data dir, appends `conf` to postgresql.conf,
 // replaces pg_hba.conf by `hba` when non-empty, and starts PostgreSQL on a free port.
-void start_postgres(Cluster* c, const char* tag, const std::string& conf, const std::string& hba) {
-  std::string tmpl = initdb_template();
-  c->dir = make_temp_dir(tag);
+// Starts PostgreSQL on c->port in data dir `data` (server log in c->dir); REQUIREs success.
+void pg_start(const Cluster& c, const std::string& data) {
+  std::string opts = "-p " + std::to_string(c.port) + " -k " + c.dir +
+                     " -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off"
+                     " -c shared_buffers=64MB -c synchronous_commit=off"
+                     " -c full_page_writes=off -c log_min_messages=warning";
+  auto r =
+      run_shell(as_postgres() + pg_bindir() + "/pg_ctl start -w -t 60 -D " + shell_quote(data) +
+                    " -l " + shell_quote(c.dir + "/postgres.log") + " -o " + shell_quote(opts),
+                90);
+  if (r.exit_code != 0) {
+    std::string log = read_file(c.dir + "/postgres.log");
+    REQUIRE_MESSAGE(false, "pg_ctl start failed:\n" << r.output << "\n" << log);
+  }
+  std::lock_guard<std::mutex> lk(g_reg_mu);
+  g_pg_data.push_back(data);
+}
+
+// A temp dir the postgres OS user owns, for a cluster's data, socket and log.
+std::string cluster_dir(const char* tag) {
+  std::string dir = make_temp_dir(tag);
   if (is_root()) {
     uid_t uid = 0;
     gid_t gid = 0;
     REQUIRE_MESSAGE(postgres_ids(&uid, &gid), "no postgres OS user");
-    REQUIRE(chown(c->dir.c_str(), uid, gid) == 0);
+    REQUIRE(chown(dir.c_str(), uid, gid) == 0);
   }
-  REQUIRE(chmod(c->dir.c_str(), 0755) == 0);
+  REQUIRE(chmod(dir.c_str(), 0755) == 0);
+  return dir;
+}
+
+void start_postgres(Cluster* c, const char* tag, const std::string& conf, const std::string& hba) {
+  std::string tmpl = initdb_template();
+  c->dir = cluster_dir(tag);
   c->port = free_port();
   std::string data = c->dir + "/data";
   auto r = run_shell(as_postgres() + "cp -a " + shell_quote(tmpl) + " " + shell_quote(data), 60);
@@ -239,19 +264,7 @@ void start_postgres(Cluster* c, const char* tag, const std::string& conf, const 
     write_file(data + "/postgresql.conf", read_file(data + "/postgresql.conf") + "\n" + conf + "\n",
                0600);
   if (!hba.empty()) write_file(data + "/pg_hba.conf", hba, 0600);
-  std::string opts = "-p " + std::to_string(c->port) + " -k " + c->dir +
-                     " -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off"
-                     " -c shared_buffers=64MB -c synchronous_commit=off"
-                     " -c full_page_writes=off -c log_min_messages=warning";
-  r = run_shell(as_postgres() + pg_bindir() + "/pg_ctl start -w -t 60 -D " + shell_quote(data) +
-                    " -l " + shell_quote(c->dir + "/postgres.log") + " -o " + shell_quote(opts),
-                90);
-  if (r.exit_code != 0) {
-    std::string log = read_file(c->dir + "/postgres.log");
-    REQUIRE_MESSAGE(false, "pg_ctl start failed:\n" << r.output << "\n" << log);
-  }
-  std::lock_guard<std::mutex> lk(g_reg_mu);
-  g_pg_data.push_back(data);
+  pg_start(*c, data);
 }
 
 std::string cluster_su(const Cluster& c, const std::string& db) {
@@ -320,6 +333,35 @@ Cluster start_cluster(const ClusterSetup& s) {
   fprintf(stderr, "[it] PostgreSQL cluster %s in %s on port %d (%.1f s)\n", s.tag.c_str(),
           c.dir.c_str(), c.port, seconds_since(t0));
   return c;
+}
+
+Cluster start_standby(const Cluster& primary, const std::string& tag) {
+  auto t0 = Clock::now();
+  Cluster c = primary;
+  c.dir = cluster_dir(tag.c_str());
+  c.port = free_port();
+  std::string data = c.dir + "/data";
+  auto r = run_shell(as_postgres() + pg_bindir() + "/pg_basebackup -R -X stream -c fast -D " +
+                         shell_quote(data) + " -h " + shell_quote(primary.dir) + " -p " +
+                         std::to_string(primary.port) + " -U postgres",
+                     120);
+  REQUIRE_MESSAGE(r.exit_code == 0, "pg_basebackup failed:\n" << r.output);
+  pg_start(c, data);
+  fprintf(stderr, "[it] PostgreSQL standby %s of port %d in %s on port %d (%.1f s)\n", tag.c_str(),
+          primary.port, c.dir.c_str(), c.port, seconds_since(t0));
+  return c;
+}
+
+CmdResult run_pg_ctl(const Cluster& c, const std::string& args, int timeout_s) {
+  std::string data = c.dir + "/data";
+  CmdResult r = run_shell(
+      as_postgres() + pg_bindir() + "/pg_ctl " + args + " -D " + shell_quote(data) + " 2>&1",
+      timeout_s);
+  if (r.exit_code == 0 && args.rfind("stop", 0) == 0) {  // nothing left to stop at exit
+    std::lock_guard<std::mutex> lk(g_reg_mu);
+    g_pg_data.erase(std::remove(g_pg_data.begin(), g_pg_data.end(), data), g_pg_data.end());
+  }
+  return r;
 }
 
 std::string checkout_root() {

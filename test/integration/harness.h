@@ -49,6 +49,14 @@ struct ClusterSetup {
 };
 Cluster start_cluster(const ClusterSetup& setup);
 
+// A streaming-replication standby of `primary` (pg_basebackup -R: its roles, databases and
+// secrets), started at once on its own port, stopped and removed at exit; REQUIREs success.
+Cluster start_standby(const Cluster& primary, const std::string& tag);
+
+struct CmdResult;
+// pg_ctl <args> on c's data dir as the postgres OS user ("promote -w", "stop -m fast -w").
+CmdResult run_pg_ctl(const Cluster& c, const std::string& args, int timeout_s = 60);
+
 // True when PGSLUICE_TARGET=direct: tests talk straight to PostgreSQL.
 bool direct_mode();
 

@@ -160,4 +160,22 @@ TEST_CASE("connstr: peer entry") {
   CHECK(w.size() == 1);
 }
 
+TEST_CASE("connstr: host lists take one port for all hosts or one per host") {
+  DatabaseDef d;
+  REQUIRE(apply_database_connstr(d, "host=a,b,c port=6432", nullptr));
+  CHECK(d.host == "a,b,c");
+  CHECK(d.port == 6432);
+  CHECK(d.ports.empty());
+  DatabaseDef e;
+  REQUIRE(apply_database_connstr(e, "host=a,b port=5433,5434", nullptr));
+  CHECK(e.port == 5433);
+  CHECK(e.ports == std::vector<int>{5433, 5434});
+  DatabaseDef f;
+  Status st = apply_database_connstr(f, "host=a,b,c port=5433,5434", nullptr);
+  CHECK(!st);
+  CHECK(st.message().find("one per host") != std::string::npos);
+  DatabaseDef g;
+  CHECK(!apply_database_connstr(g, "host=a,b port=5433,x", nullptr));
+}
+
 }  // namespace pgsluice

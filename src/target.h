@@ -1,0 +1,93 @@
+// A pool's target: where its servers connect and what they log in to, built from the
+// database's [databases] entry: a list of hosts (host=a,b,c port=p or port=p1,p2,p3, as
+// PgBouncer 1.24+), chosen per new server by load_balance_hosts, a host that could not be
+// reached skipped for server_login_retry. Never edited once published, except the per-host
+// address (written once) and failure times: RELOAD that changes the entry publishes a new
+// Target with the next generation (Registry::retarget), and servers made for an older one
+// close (idle ones at once, busy ones at release: Worker::stale).
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pgsluice {
+
+struct Config;
+struct DatabaseDef;
+
+enum class AddrState : uint8_t { Pending, Ready, Failed };
+
+// One host of a target.
+struct TargetHost {
+  std::string host;  // name or address; for a Unix socket its directory
+  int port = 5432;
+
+  // The address. A host name is resolved off the event loops (Registry's resolver thread):
+  // until then the state is Pending. addr/addrlen (Ready) and resolve_error (Failed) are
+  // written once, before the state is published with release; read them only after
+  // addr_state() (acquire) says Ready or Failed.
+  AddrState addr_state() const { return addr_state_.load(std::memory_order_acquire); }
+  void set_addr(const sockaddr_storage& a, socklen_t len);  // Pending -> Ready, once
+  void set_resolve_error(std::string err);                  // Pending -> Failed, once
+  sockaddr_storage addr{};
+  socklen_t addrlen = 0;
+  std::string resolve_error;
+
+  // When a server could last not reach it (monotonic seconds; 0: the last try succeeded).
+  std::atomic<double> failed_at{0};
+
+ private:
+  std::atomic<AddrState> addr_state_{AddrState::Pending};
+};
+
+// libpq's target_session_attrs.
+enum class SessionAttrs : uint8_t { Any, ReadWrite, ReadOnly, Primary, Standby, PreferStandby };
+
+struct Target {
+  uint32_t gen = 0;                                // the pool's target generation it is
+  SessionAttrs attrs = SessionAttrs::Any;          // what a server must be to be kept
+  std::vector<std::unique_ptr<TargetHost>> hosts;  // config order; never empty
+  bool round_robin = true;                         // load_balance_hosts (false: disable)
+  std::string server_db;                           // database name on the server
+  std::vector<std::pair<std::string, std::string>> startup_params;  // sent to the server
+  std::string connect_query;
+
+  // The target of a database entry for `db` as `login_user` (addresses not resolved yet).
+  static std::unique_ptr<Target> from_config(const Config& cfg, const DatabaseDef& def,
+                                             const std::string& db, const std::string& login_user);
+  // Same hosts, ports, balancing and login (gen, addresses and failures aside).
+  bool same_as(const Target& o) const;
+
+  // Ready when some host has an address; Pending when none has one yet and some lookup is
+  // still running; Failed when every host's lookup failed (resolve_error(): the first's).
+  AddrState addr_state() const;
+  std::string resolve_error() const;
+
+  // The host for a new server: round-robin over the hosts, or (disable) the current host
+  // until it fails; a host without an address or that failed within `retry` seconds is
+  // skipped. Null when no host may be tried now. `moved_from`: in disable mode, the host
+  // that was current when the choice moved away from it (else null).
+  TargetHost* pick(double now, double retry, const TargetHost** moved_from = nullptr);
+  // True when pick() would find a host now (`except`: not counting that one).
+  bool usable(double now, double retry, const TargetHost* except = nullptr) const;
+  // Whether a server that logged in with these ParameterStatus values suits `attrs`, as
+  // libpq decides from PostgreSQL 14's reported in_hot_standby and
+  // default_transaction_read_only. `others`: another host may be tried now (prefer-standby
+  // takes a primary only when none may). False: *why says what the server is.
+  bool accepts(const std::vector<std::pair<std::string, std::string>>& params, bool others,
+               std::string* why) const;
+  // "a:5432,b:5433": every host, for logs.
+  std::string describe() const;
+
+ private:
+  bool usable_host(const TargetHost& h, double now, double retry) const;
+  std::atomic<uint32_t> next_{0};  // round-robin: the next start; disable: the current host
+};
+
+}  // namespace pgsluice

@@ -1,0 +1,330 @@
+// Targets that change under load. PgBouncer's switchover (PAUSE db, point [databases] at
+// another server, RELOAD, RESUME db) moves the existing pools: their clients stay connected,
+// no transaction fails, and the new transactions land on the new server.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "integration/harness.h"
+
+namespace it {
+namespace {
+
+std::string admin_conninfo(const Pooler& p) {
+  return p.conninfo("md5user", "md5pass", "pgbouncer");
+}
+
+// A cluster whose testdb has the table the test's pgbench script writes to.
+Cluster log_cluster(const char* tag) {
+  ClusterSetup s;
+  s.tag = tag;
+  s.setup_sql = "CREATE TABLE sw (x int); GRANT SELECT, INSERT ON sw TO md5user;";
+  return start_cluster(s);
+}
+
+long long rows(const Cluster& c) {
+  Conn su = connect(superuser_conninfo(c));
+  return std::stoll(scalar(su.get(), "SELECT count(*) FROM sw"));
+}
+
+std::string db_line(const Cluster& c) {
+  return "testdb = host=127.0.0.1 port=" + std::to_string(c.port) + " dbname=testdb\n";
+}
+
+// Replaces the [databases] body of p's ini with `body`.
+void rewrite_databases(const Pooler& p, const std::string& body) {
+  std::string path = p.dir() + "/pgsluice.ini";
+  std::string ini = read_file(path);
+  size_t from = ini.find("[databases]\n");
+  size_t to = ini.find("[pgbouncer]");
+  REQUIRE(from != std::string::npos);
+  REQUIRE(to != std::string::npos);
+  from += 12;
+  ini.replace(from, to - from, body + "\n");
+  write_file(path, ini, 0600);
+}
+
+}  // namespace
+
+TEST_CASE("switchover: PAUSE, [databases] to another cluster, RELOAD, RESUME under pgbench") {
+  if (skip_in_direct_mode("switchover is a pooler feature")) return;
+  Cluster a = log_cluster("swa");
+  Cluster b = log_cluster("swb");
+  Options o;
+  o.databases = db_line(a);
+  o.default_pool_size = 8;
+  Pooler p(o);
+  std::string dir = make_temp_dir("swbench");
+  write_file(dir + "/tx.sql", "INSERT INTO sw VALUES (1);\n");
+
+  PgbenchRun run;
+  std::thread bench([&] { run = run_pgbench(p, "-c 16 -j 4 -T 20 -f " + dir + "/tx.sql", 90); });
+  std::this_thread::sleep_for(std::chrono::seconds(6));
+  Conn admin = connect(admin_conninfo(p));
+  auto t0 = std::chrono::steady_clock::now();
+  exec_ok(admin.get(), "PAUSE testdb");
+  rewrite_databases(p, db_line(b));
+  exec_ok(admin.get(), "RELOAD");
+  long long a_at_switch = rows(a);
+  exec_ok(admin.get(), "RESUME testdb");
+  double paused_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  bench.join();
+
+  long long a_rows = rows(a), b_rows = rows(b);
+  MESSAGE("switchover: pgbench processed "
+          << run.processed << ", failed " << run.failed << "; cluster A " << a_rows
+          << " rows, cluster B " << b_rows << " rows; PAUSE..RESUME took " << paused_ms << " ms");
+  CHECK_MESSAGE(run.exit_code == 0, run.output);
+  CHECK(run.failed <= 0);  // pgbench prints no failure line when nothing failed
+  CHECK(run.processed > 0);
+  CHECK(a_rows > 0);
+  CHECK(a_rows == a_at_switch);  // nothing reached the old cluster after RELOAD
+  CHECK(b_rows > 0);
+  CHECK(a_rows + b_rows == run.processed);
+  // Servers are on the new cluster only.
+  Result sv = exec_ok(admin.get(), "SHOW SERVERS");
+  int port_col = PQfnumber(sv.get(), "port");
+  REQUIRE(port_col >= 0);
+  for (int i = 0; i < PQntuples(sv.get()); i++)
+    CHECK(std::string(PQgetvalue(sv.get(), i, port_col)) == std::to_string(b.port));
+  CHECK(p.log().find("target changed by RELOAD") != std::string::npos);
+}
+
+TEST_CASE("switchover: RELOAD alone moves idle servers at once and busy ones at release") {
+  if (skip_in_direct_mode("switchover is a pooler feature")) return;
+  Cluster a = log_cluster("swa");
+  Cluster b = log_cluster("swb");
+  Options o;
+  o.databases = db_line(a);
+  Pooler p(o);
+  Conn busy = connect(p.conninfo());
+  Conn idle = connect(p.conninfo());
+  exec_ok(idle.get(), "INSERT INTO sw VALUES (1)");  // leaves an idle server on A
+  exec_ok(busy.get(), "BEGIN");
+  exec_ok(busy.get(), "INSERT INTO sw VALUES (1)");  // holds a server on A
+  Conn admin = connect(admin_conninfo(p));
+  rewrite_databases(p, db_line(b));
+  exec_ok(admin.get(), "RELOAD");
+  // The busy server is marked close_needed (the idle one is gone already).
+  Result sv = exec_ok(admin.get(), "SHOW SERVERS");
+  REQUIRE(PQntuples(sv.get()) == 1);
+  CHECK(std::string(PQgetvalue(sv.get(), 0, PQfnumber(sv.get(), "close_needed"))) == "1");
+  CHECK(std::string(PQgetvalue(sv.get(), 0, PQfnumber(sv.get(), "port"))) ==
+        std::to_string(a.port));
+  // The transaction goes on where it started; the client stays connected.
+  exec_ok(busy.get(), "INSERT INTO sw VALUES (1)");
+  exec_ok(busy.get(), "COMMIT");
+  exec_ok(admin.get(), "WAIT_CLOSE testdb");  // returns: the old server closed at release
+  CHECK(rows(a) == 3);
+  exec_ok(busy.get(), "INSERT INTO sw VALUES (1)");
+  exec_ok(idle.get(), "INSERT INTO sw VALUES (1)");
+  CHECK(rows(a) == 3);
+  CHECK(rows(b) == 2);
+  // No server of the pool is left on A.
+  Conn su = connect(superuser_conninfo(a));
+  for (int i = 0; i < 50 && scalar(su.get(),
+                                   "SELECT count(*) FROM pg_stat_activity WHERE usename = "
+                                   "'md5user'") != "0";
+       i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(scalar(su.get(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'md5user'") == "0");
+}
+
+}  // namespace it
+
+namespace it {
+
+TEST_CASE("multi-host: round-robin spreads new servers over both hosts") {
+  if (skip_in_direct_mode("host lists are a pooler feature")) return;
+  Cluster a = log_cluster("rra");
+  Cluster b = log_cluster("rrb");
+  Options o;
+  o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(a.port) + "," +
+                std::to_string(b.port) + " dbname=testdb\n";
+  o.default_pool_size = 8;
+  Pooler p(o);
+  std::vector<Conn> held;
+  for (int i = 0; i < 8; i++) {
+    held.push_back(connect(p.conninfo()));
+    exec_ok(held.back().get(), "BEGIN");
+    exec_ok(held.back().get(), "INSERT INTO sw VALUES (1)");  // each holds its own server
+  }
+  for (Conn& c : held) exec_ok(c.get(), "COMMIT");
+  long long on_a = rows(a), on_b = rows(b);
+  MESSAGE("round-robin: " << on_a << " servers' transactions on A, " << on_b << " on B");
+  CHECK(on_a + on_b == 8);
+  CHECK(on_a >= 3);
+  CHECK(on_b >= 3);
+  // SHOW SERVERS names the host each server is on.
+  Conn admin = connect(admin_conninfo(p));
+  Result sv = exec_ok(admin.get(), "SHOW SERVERS");
+  int port_col = PQfnumber(sv.get(), "port");
+  int seen_a = 0, seen_b = 0;
+  for (int i = 0; i < PQntuples(sv.get()); i++) {
+    std::string port = PQgetvalue(sv.get(), i, port_col);
+    seen_a += port == std::to_string(a.port);
+    seen_b += port == std::to_string(b.port);
+  }
+  CHECK(seen_a + seen_b == PQntuples(sv.get()));
+  CHECK(seen_a >= 3);
+  CHECK(seen_b >= 3);
+}
+
+TEST_CASE("multi-host: a host that refuses connections is skipped while the other serves") {
+  if (skip_in_direct_mode("host lists are a pooler feature")) return;
+  Cluster b = log_cluster("rfb");
+  int dead = free_port();  // nothing listens there: connect is refused
+  for (const char* lb : {"round-robin", "disable"}) {
+    CAPTURE(lb);
+    Options o;
+    o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(dead) + "," +
+                  std::to_string(b.port) + " dbname=testdb load_balance_hosts=" + lb + "\n";
+    o.default_pool_size = 6;
+    o.extra_pgbouncer = "server_login_retry = 30\n";
+    Pooler p(o);
+    std::vector<Conn> held;
+    for (int i = 0; i < 6; i++) {
+      held.push_back(connect(p.conninfo()));
+      exec_ok(held.back().get(), "BEGIN");
+      CHECK(scalar(held.back().get(), "SELECT 1") == "1");  // no client sees the dead host
+    }
+    for (Conn& c : held) exec_ok(c.get(), "COMMIT");
+    std::string log = p.log();
+    // One failed connect to the dead host; then it is skipped for server_login_retry.
+    size_t failures = 0;
+    std::string needle = "127.0.0.1:" + std::to_string(dead) + " server login failed";
+    for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1))
+      failures++;
+    CHECK(failures == 1);
+    if (std::string(lb) == "disable")
+      CHECK(log.find("moving to host 127.0.0.1:" + std::to_string(b.port)) != std::string::npos);
+  }
+}
+
+}  // namespace it
+
+namespace it {
+
+TEST_CASE(
+    "failover: read-write over primary and standby follows a promotion, no write on the "
+    "standby") {
+  if (skip_in_direct_mode("failover is a pooler feature")) return;
+  Cluster primary = log_cluster("fop");
+  Cluster standby = start_standby(primary, "fos");
+  Options o;
+  o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(primary.port) + "," +
+                std::to_string(standby.port) + " dbname=testdb target_session_attrs=read-write\n";
+  o.default_pool_size = 8;
+  o.extra_pgbouncer = "server_login_retry = 1\nserver_connect_timeout = 2\n";
+  Pooler p(o);
+
+  using SteadyClock = std::chrono::steady_clock;
+  std::atomic<bool> stop{false};
+  std::atomic<long long> ok{0}, failed{0}, read_only_errors{0};
+  std::atomic<int64_t> stopped_at{0};   // ns since epoch of the steady clock, 0: not yet
+  std::atomic<int64_t> first_after{0};  // first successful write after stopped_at
+  std::mutex err_mu;
+  std::string first_errors;
+  std::vector<int64_t> successes;  // when each write succeeded (err_mu)
+  auto now_ns = [] { return SteadyClock::now().time_since_epoch().count(); };
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 8; w++)
+    writers.emplace_back([&] {
+      std::string err;
+      Conn c = try_connect(p.conninfo(), &err);
+      while (!stop) {
+        if (!c || PQstatus(c.get()) != CONNECTION_OK) {
+          c = try_connect(p.conninfo(), &err);
+          if (!c) {
+            failed++;
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            continue;
+          }
+        }
+        Result r(PQexec(c.get(), "INSERT INTO sw VALUES (1)"));
+        if (PQresultStatus(r.get()) == PGRES_COMMAND_OK) {
+          ok++;
+          int64_t t = now_ns(), s = stopped_at.load();
+          {
+            std::lock_guard<std::mutex> g(err_mu);
+            successes.push_back(t);
+          }
+          int64_t zero = 0;
+          if (s != 0 && t > s) first_after.compare_exchange_strong(zero, t);
+        } else {
+          failed++;
+          const char* st = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
+          if (st && std::string(st) == "25006") read_only_errors++;
+          std::lock_guard<std::mutex> g(err_mu);
+          if (first_errors.size() < 600)
+            first_errors += std::string(st ? st : "-") + " " + PQerrorMessage(c.get()) + "; ";
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    });
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  long long before = ok.load();
+  {
+    Conn su = connect(superuser_conninfo(standby));
+    CHECK(scalar(su.get(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'md5user'") ==
+          "0");  // read-write: no server stays on the standby
+  }
+  // The primary goes (a fast shutdown: its sessions end, its WAL reaches the standby), then
+  // the standby is promoted, as a failover manager does.
+  auto stop_begin = SteadyClock::now();
+  int64_t stop_begin_ns = now_ns();
+  CmdResult st = run_pg_ctl(primary, "stop -m fast -w -t 60");
+  REQUIRE_MESSAGE(st.exit_code == 0, st.output);
+  CmdResult pr = run_pg_ctl(standby, "promote -w -t 60");
+  REQUIRE_MESSAGE(pr.exit_code == 0, pr.output);
+  stopped_at = now_ns();
+  double stop_ms =
+      std::chrono::duration<double, std::milli>(SteadyClock::now() - stop_begin).count();
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  stop = true;
+  for (auto& t : writers) t.join();
+
+  long long on_new = rows(standby);
+  // The client-visible outage: the longest time without any successful write, from the
+  // old primary's stop on.
+  std::sort(successes.begin(), successes.end());
+  int64_t prev = stop_begin_ns, gap = 0;
+  for (int64_t t : successes)
+    if (t > stop_begin_ns) {
+      gap = std::max(gap, t - prev);
+      prev = t;
+    }
+  double gap_ms = static_cast<double>(gap) / 1e6;
+  double outage_ms = first_after.load() == 0
+                         ? -1
+                         : static_cast<double>(first_after.load() - stopped_at.load()) / 1e6;
+  MESSAGE("failover: " << before << " writes before, " << ok.load() << " in all; failed "
+                       << failed.load() << " (25006 read-only: " << read_only_errors.load()
+                       << "); old primary stop took " << stop_ms
+                       << " ms (with the promotion); first write after the promotion returned "
+                       << outage_ms
+                       << " ms later; longest time without a successful write from the stop "
+                          "command on "
+                       << gap_ms << " ms; rows on the new primary " << on_new);
+  if (failed.load() > 0) MESSAGE("first errors: " << first_errors);
+  CHECK(before > 0);
+  CHECK(read_only_errors.load() == 0);
+  CHECK(first_after.load() != 0);
+  CHECK(outage_ms >= 0);
+  CHECK(outage_ms < 5000);
+  CHECK(on_new > before);      // the standby had every row before; then new ones arrived
+  CHECK(on_new == ok.load());  // every acknowledged write is on the new primary
+  CHECK(gap_ms < 5000);
+  // The standby was refused at first (read-only), and the old primary's failure is logged.
+  CHECK(p.log().find("does not suit target_session_attrs: a standby") != std::string::npos);
+}
+
+}  // namespace it
