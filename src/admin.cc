@@ -314,13 +314,6 @@ void on_all_workers(Runtime* rt, const std::function<void(Worker&)>& fn) {
 
 // ---------------------------------------------------------------- SHOW helpers
 
-const DatabaseDef* find_db_def(const Config& cfg, const std::string& name) {
-  auto it = cfg.databases.find(name);
-  if (it != cfg.databases.end()) return &it->second;
-  if (cfg.fallback_db) return &*cfg.fallback_db;
-  return nullptr;
-}
-
 // Databases SHOW DATABASES lists: the configured ones, those auto-created from "*".
 std::vector<std::string> database_names(Runtime* rt, const Config& cfg) {
   std::set<std::string> names;
@@ -392,7 +385,7 @@ void show_databases(Client* c, Snapshot& snap) {
               cell(snap.admin_clients), "0", "0"});
       continue;
     }
-    const DatabaseDef* d = find_db_def(*cfg, name);
+    const DatabaseDef* d = cfg->database(name);
     if (d == nullptr) continue;
     DbState* st = rt->registry->db_state(name);
     double life = d->server_lifetime > 0 ? d->server_lifetime : cfg->server_lifetime;

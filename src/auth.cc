@@ -117,11 +117,7 @@ SecretLookup lookup_secret(const Config& cfg, std::string_view user) {
 }
 
 std::optional<LookupScope> lookup_scope(const Config& cfg, std::string_view db) {
-  const DatabaseDef* def = nullptr;
-  if (auto it = cfg.databases.find(std::string(db)); it != cfg.databases.end())
-    def = &it->second;
-  else if (cfg.fallback_db)
-    def = &*cfg.fallback_db;
+  const DatabaseDef* def = cfg.database(std::string(db));
   if (def == nullptr) return std::nullopt;
   LookupScope s;
   s.auth_user = !def->auth_user.empty() ? def->auth_user : cfg.auth_user;

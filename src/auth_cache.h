@@ -46,6 +46,9 @@ class AuthCache {
     std::string secret;
     bool refresh = false;  // Found, stale: the caller runs a background lookup, then complete()
   };
+  // The one key of a (scope, user) lookup: the cache's, and the one waiting logins are
+  // listed under (Worker::auth_waiters_).
+  static std::string entry_key(const std::string& scope_key, const std::string& user);
   // The answer for (scope, user) now. `force`: a cached secret is not good enough (a proof
   // failed against it): Run or Wait. Thread-safe.
   Answer get(const LookupScope& scope, const std::string& user, size_t worker, double ttl,
@@ -100,7 +103,6 @@ class AuthCache {
     bool must_refresh = false;  // invalidated: a cached secret is not good enough
     std::vector<size_t> waiters;
   };
-  static std::string entry_key(const std::string& scope_key, const std::string& user);
   void sweep_negatives(double now, double negative_ttl);
 
   mutable std::mutex mu_;

@@ -85,7 +85,7 @@ void Worker::lookup_done(Server* s) {
 void Worker::finish_lookup(const LookupJob& job, const AuthCache::Outcome& out) {
   std::vector<size_t> workers = rt_->auth_cache->complete(job.scope, job.user, out);
   if (workers.empty()) return;
-  std::string key = job.scope.key() + '\0' + job.user;
+  std::string key = AuthCache::entry_key(job.scope.key(), job.user);
   // Every worker is told at its next loop turn (this one too): no login goes on from the
   // stack of a server's reply.
   for (size_t w : workers) {

@@ -446,7 +446,7 @@ bool Client::ask_auth_cache(bool force) {
   using K = AuthCache::Answer::Kind;
   if (a.kind == K::Run || a.refresh) worker_->run_lookup(login_->scope, user_);
   if (a.kind == K::Run || a.kind == K::Wait) {
-    login_->lookup_key = login_->scope.key() + '\0' + user_;
+    login_->lookup_key = AuthCache::entry_key(login_->scope.key(), user_);
     worker_->set_state(this, ClientState::AuthWait);
     return true;
   }

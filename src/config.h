@@ -212,6 +212,12 @@ struct Config {
   // sections
   std::map<std::string, DatabaseDef> databases;  // without "*"
   std::optional<DatabaseDef> fallback_db;        // the "*" entry
+  // The [databases] entry a database name uses: its own, else "*"'s; null when neither.
+  const DatabaseDef* database(const std::string& name) const {
+    auto it = databases.find(name);
+    if (it != databases.end()) return &it->second;
+    return fallback_db ? &*fallback_db : nullptr;
+  }
   std::map<std::string, UserDef> users;
   std::map<int, PeerDef> peers;
 

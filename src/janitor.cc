@@ -20,12 +20,8 @@ double per_user(const Config& cf, const std::string& user, double UserDef::*fiel
 // query_wait_timeout: the user's, else the database's, else the global value (PgBouncer).
 double wait_limit(const Config& cf, const Client* c) {
   double v = cf.query_wait_timeout;
-  auto d = cf.databases.find(c->db_);
-  if (d != cf.databases.end()) {
-    if (d->second.query_wait_timeout >= 0) v = d->second.query_wait_timeout;
-  } else if (cf.fallback_db && cf.fallback_db->query_wait_timeout >= 0) {
-    v = cf.fallback_db->query_wait_timeout;
-  }
+  if (const DatabaseDef* d = cf.database(c->db_); d != nullptr && d->query_wait_timeout >= 0)
+    v = d->query_wait_timeout;
   return per_user(cf, c->user_, &UserDef::query_wait_timeout, v);
 }
 

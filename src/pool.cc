@@ -267,14 +267,6 @@ void Registry::start_lookup(Pool* p, TargetHost* t) {
 
 namespace {
 
-// The [databases] entry a database name uses: its own, else `*`'s; null when neither.
-const DatabaseDef* find_def(const Config& cfg, const std::string& db) {
-  auto it = cfg.databases.find(db);
-  if (it != cfg.databases.end()) return &it->second;
-  if (cfg.fallback_db) return &*cfg.fallback_db;
-  return nullptr;
-}
-
 std::string pool_user_of(const DatabaseDef& def, const std::string& user) {
   return def.user.empty() ? user : def.user;
 }
@@ -310,7 +302,7 @@ void apply_settings(Pool& p, const Config& cfg, const DatabaseDef& def,
 
 Pool* Registry::get(const Config& cfg, const std::string& db, const std::string& user,
                     std::string* err, std::string* sqlstate) {
-  const DatabaseDef* def = find_def(cfg, db);
+  const DatabaseDef* def = cfg.database(db);
   if (def == nullptr) {
     *err = "no such database: " + db;
     *sqlstate = "3D000";
@@ -371,7 +363,7 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
 int Registry::retarget(const Config& cfg) {
   int moved = 0;
   for (Pool* p : pools()) {
-    const DatabaseDef* def = find_def(cfg, p->db_name);
+    const DatabaseDef* def = cfg.database(p->db_name);
     if (def == nullptr) continue;  // removed from the config: the pool keeps what it had
     std::string login_user = pool_user_of(*def, p->user_name);
     apply_settings(*p, cfg, *def, login_user);

@@ -13,13 +13,6 @@ namespace pgsluice {
 
 namespace {
 
-// The [databases] entry a pool of database `db` was made from ("*" when none is named).
-const DatabaseDef* database_def(const Config& cf, const std::string& db) {
-  auto it = cf.databases.find(db);
-  if (it != cf.databases.end()) return &it->second;
-  return cf.fallback_db ? &*cf.fallback_db : nullptr;
-}
-
 const UserDef* user_def(const Config& cf, const std::string& user) {
   auto it = cf.users.find(user);
   return it == cf.users.end() ? nullptr : &it->second;
@@ -43,7 +36,7 @@ bool Worker::count_client(Client* c) {
   int of_user = c->user_clients_->fetch_add(1) + 1;
   const Config& cf = *cfg_;
   // A database's or user's own value when positive, else the global one (as PgBouncer).
-  const DatabaseDef* d = database_def(cf, c->db_);
+  const DatabaseDef* d = cf.database(c->db_);
   int db_max = d && d->max_db_client_connections > 0 ? d->max_db_client_connections
                                                      : cf.max_db_client_connections;
   if (db_max > 0 && in_db > db_max) {
@@ -86,7 +79,7 @@ bool Worker::reserve_extra(Pool* p, LocalPool* lp) {
   Client* c = lp->waiting[next];
   if (now_seconds() - c->wait_since_ < cf.reserve_pool_timeout) return false;
   const UserDef* u = user_def(cf, p->user_name);
-  const DatabaseDef* d = database_def(cf, p->db_name);
+  const DatabaseDef* d = cf.database(p->db_name);
   int extra = cf.reserve_pool_size;
   if (u && u->reserve_pool_size >= 0)
     extra = u->reserve_pool_size;
@@ -100,7 +93,7 @@ bool Worker::reserve_extra(Pool* p, LocalPool* lp) {
 
 int Worker::min_pool_size(const Pool* p) const {
   const Config& cf = *cfg_;
-  const DatabaseDef* d = database_def(cf, p->db_name);
+  const DatabaseDef* d = cf.database(p->db_name);
   if (d == nullptr) return 0;  // removed by a reload
   int want = d->min_pool_size >= 0 ? d->min_pool_size : cf.min_pool_size;
   if (p->pool_size > 0) want = std::min(want, p->pool_size.load(std::memory_order_relaxed));
