@@ -222,9 +222,10 @@ std::string initdb_template() {
 // Makes c->dir with a copy of the template data dir, appends `conf` to postgresql.conf,
 // replaces pg_hba.conf by `hba` when non-empty, and starts PostgreSQL on a free port.
 // Starts PostgreSQL on c->port in data dir `data` (server log in c->dir); REQUIREs success.
-void pg_start(const Cluster& c, const std::string& data) {
+void pg_start(const Cluster& c, const std::string& data, const std::string& listen = "127.0.0.1") {
   std::string opts = "-p " + std::to_string(c.port) + " -k " + c.dir +
-                     " -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off"
+                     " -c listen_addresses=" + listen +
+                     " -c max_connections=300 -c fsync=off"
                      " -c shared_buffers=64MB -c synchronous_commit=off"
                      " -c full_page_writes=off -c log_min_messages=warning";
   auto r =
@@ -252,7 +253,8 @@ std::string cluster_dir(const char* tag) {
   return dir;
 }
 
-void start_postgres(Cluster* c, const char* tag, const std::string& conf, const std::string& hba) {
+void start_postgres(Cluster* c, const char* tag, const std::string& conf, const std::string& hba,
+                    const std::string& listen = "127.0.0.1") {
   std::string tmpl = initdb_template();
   c->dir = cluster_dir(tag);
   c->port = free_port();
@@ -264,7 +266,7 @@ void start_postgres(Cluster* c, const char* tag, const std::string& conf, const 
     write_file(data + "/postgresql.conf", read_file(data + "/postgresql.conf") + "\n" + conf + "\n",
                0600);
   if (!hba.empty()) write_file(data + "/pg_hba.conf", hba, 0600);
-  pg_start(*c, data);
+  pg_start(*c, data, listen);
 }
 
 std::string cluster_su(const Cluster& c, const std::string& db) {
@@ -307,7 +309,7 @@ Cluster start_cluster(const ClusterSetup& s) {
   const Cluster& main = cluster();
   auto t0 = Clock::now();
   Cluster c;
-  start_postgres(&c, s.tag.c_str(), s.conf, s.hba);
+  start_postgres(&c, s.tag.c_str(), s.conf, s.hba, s.listen_addresses);
   c.md5_secret = main.md5_secret;
   c.scram_secret = main.scram_secret;
   {

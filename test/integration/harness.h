@@ -41,11 +41,12 @@ std::string superuser_conninfo(const Cluster& c, const std::string& db = "testdb
 // default userlist works), an empty testdb owned by md5user (no pgbench tables), and
 // `databases` created too. Started at once, stopped and removed at exit; REQUIREs success.
 struct ClusterSetup {
-  std::string tag = "pg2";             // part of the temp dir's name
-  std::string conf;                    // lines appended to postgresql.conf
-  std::string hba;                     // replaces pg_hba.conf when non-empty
-  std::vector<std::string> databases;  // more databases (owner md5user)
-  std::string setup_sql;               // run as postgres in testdb at the end
+  std::string tag = "pg2";                     // part of the temp dir's name
+  std::string conf;                            // lines appended to postgresql.conf
+  std::string hba;                             // replaces pg_hba.conf when non-empty
+  std::vector<std::string> databases;          // more databases (owner md5user)
+  std::string setup_sql;                       // run as postgres in testdb at the end
+  std::string listen_addresses = "127.0.0.1";  // PostgreSQL's listen_addresses
 };
 Cluster start_cluster(const ClusterSetup& setup);
 
