@@ -626,7 +626,11 @@ void show_lists(Client* c, Snapshot& snap) {
   rs.row({"login_clients", cell(snap.login_clients)});
   rs.row({"free_servers", "0"});
   rs.row({"used_servers", cell(snap.used_servers)});
-  for (const char* n : {"dns_names", "dns_zones", "dns_queries", "dns_pending"}) rs.row({n, "0"});
+  Resolver::Counts dns = rt->registry->resolver().counts();
+  rs.row({"dns_names", cell(static_cast<long long>(dns.names))});
+  rs.row({"dns_zones", "0"});  // dns_zone_check_period is not implemented
+  rs.row({"dns_queries", cell(static_cast<long long>(dns.queries))});
+  rs.row({"dns_pending", cell(static_cast<long long>(dns.pending))});
   reply_rows(c, rs);
 }
 
@@ -1089,7 +1093,12 @@ void run_statement(Client* c, const std::string& q) {
     if (what == "state") return show_state(c);
     if (what == "auth_cache") return show_auth_cache(c);
     if (what == "users") return show_users(c);  // the client counts are shared atomics
-    if (what == "dns_hosts") return reply_rows(c, RowSet("sqs", {"hostname", "ttl", "addrs"}));
+    if (what == "dns_hosts") {
+      RowSet rs("sqs", {"hostname", "ttl", "addrs"});
+      for (const auto& h : c->worker()->rt()->registry->resolver().hosts(now_seconds()))
+        rs.row({h.host, cell(h.ttl), h.addrs});
+      return reply_rows(c, rs);
+    }
     if (what == "dns_zones") return reply_rows(c, RowSet("sqi", {"zonename", "serial", "count"}));
     using Fn = void (*)(Client*, Snapshot&);
     struct Entry {

@@ -6,7 +6,6 @@
 #include <sys/un.h>
 
 #include <cstring>
-#include <thread>
 
 #include "log.h"
 
@@ -102,167 +101,69 @@ void Pool::set_config_secret(const std::string& s) {
   config_secret_ = s;
 }
 
-namespace {
-
-// getaddrinfo for (host, port): "" and *out on success, else the error text for clients.
-std::string lookup(const std::string& host, int port, int flags, sockaddr_storage* out,
-                   socklen_t* len) {
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_flags = flags;
-  addrinfo* res = nullptr;
-  std::string service = std::to_string(port);
-  int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
-  if (rc != 0 || res == nullptr) {
-    if (res) freeaddrinfo(res);
-    return std::string("could not resolve host \"") + host +
-           "\": " + (rc != 0 ? gai_strerror(rc) : "no address");
-  }
-  *out = sockaddr_storage{};
-  std::memcpy(out, res->ai_addr, res->ai_addrlen);
-  *len = res->ai_addrlen;
-  freeaddrinfo(res);
-  return {};
-}
-
-// The resolver thread: one lookup at a time, off every event loop. It holds the shared
-// state, so a lookup that outlives the Registry only finds `stopped` and returns.
-void resolver_loop(std::shared_ptr<Registry::Resolver> r) {
-  std::unique_lock<std::mutex> lk(r->mu);
-  for (;;) {
-    r->cv.wait(lk, [&] { return r->stopped || !r->queue.empty(); });
-    if (r->stopped) return;
-    auto key = r->queue.front();
-    r->queue.pop_front();
-    lk.unlock();
-    sockaddr_storage a{};
-    socklen_t len = 0;
-    std::string err = lookup(key.first, key.second, 0, &a, &len);
-    lk.lock();
-    if (r->stopped) return;
-    if (err.empty()) r->cache.emplace(key, std::make_pair(a, len));  // failures are not cached
-    std::vector<std::pair<Pool*, TargetHost*>> waiting;
-    if (auto node = r->pending.extract(key); !node.empty()) waiting = std::move(node.mapped());
-    for (auto& [p, t] : waiting) {
-      if (err.empty())
-        t->set_addr(a, len);
-      else
-        t->set_resolve_error(err);
-    }
-    // Under the lock: stop_resolver() waits for this, so no worker is kicked once it returned.
-    if (r->on_resolved)
-      for (auto& [p, t] : waiting) r->on_resolved(p);
-  }
-}
-
-}  // namespace
-
-Registry::Registry(size_t nworkers) : nworkers_(nworkers), res_(std::make_shared<Resolver>()) {}
+Registry::Registry(size_t nworkers) : nworkers_(nworkers), dns_(std::make_unique<Resolver>()) {}
 
 Registry::~Registry() {
   stop_resolver();
 }
 
-void Registry::set_on_resolved(std::function<void(Pool*)> fn) {
-  std::lock_guard<std::mutex> g(res_->mu);
-  res_->on_resolved = std::move(fn);
-}
-
-void Registry::stop_resolver() {
-  std::lock_guard<std::mutex> g(res_->mu);
-  res_->stopped = true;
-  res_->queue.clear();
-  res_->pending.clear();
-  res_->on_resolved = nullptr;
-  res_->cv.notify_all();
-}
-
-// Fills a host's address at once when that cannot block: a Unix socket (host starting with
-// '/'), a cached (host, port), a numeric address, or `localhost`. False: it stays Pending for
-// the resolver thread.
 bool Registry::resolve_now(Target& target) {
   bool all = true;
-  for (auto& h : target.hosts) all = resolve_now(*h) && all;
+  for (auto& hp : target.hosts) {
+    TargetHost& t = *hp;
+    const std::string& host = t.host;
+    if (host.empty() || host[0] == '/') {
+      std::string path = host + "/.s.PGSQL." + std::to_string(t.port);
+      sockaddr_un un{};
+      un.sun_family = AF_UNIX;
+      if (path.size() >= sizeof un.sun_path) {
+        t.set_resolve_error("unix socket path too long");
+        continue;
+      }
+      std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
+      sockaddr_storage a{};
+      std::memcpy(&a, &un, sizeof un);
+      t.set_addr(a, sizeof un);
+      continue;
+    }
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST;  // never a lookup: numeric or nothing
+    addrinfo* res = nullptr;
+    if (getaddrinfo(host.c_str(), nullptr, &hints, &res) == 0 && res &&
+        res->ai_addrlen <= sizeof(sockaddr_storage)) {
+      sockaddr_storage a{};
+      std::memcpy(&a, res->ai_addr, res->ai_addrlen);
+      t.set_addr(a, res->ai_addrlen);
+      freeaddrinfo(res);
+      continue;
+    }
+    if (res) freeaddrinfo(res);
+    t.set_name(dns_->name(host));  // looked up (and refreshed) by the resolver
+    if (t.addr() == nullptr) all = false;
+  }
   return all;
 }
 
-bool Registry::resolve_now(TargetHost& t) {
-  const std::string& host = t.host;
-  if (host.empty() || host[0] == '/') {
-    std::string path = host + "/.s.PGSQL." + std::to_string(t.port);
-    sockaddr_un un{};
-    un.sun_family = AF_UNIX;
-    if (path.size() >= sizeof un.sun_path) {
-      t.set_resolve_error("unix socket path too long");
-      return true;
-    }
-    std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
-    sockaddr_storage a{};
-    std::memcpy(&a, &un, sizeof un);
-    t.set_addr(a, sizeof un);
-    return true;
-  }
-  auto key = std::make_pair(host, t.port);
-  {
-    std::lock_guard<std::mutex> g(res_->mu);
-    auto it = res_->cache.find(key);
-    if (it != res_->cache.end()) {
-      t.set_addr(it->second.first, it->second.second);
-      return true;
-    }
-  }
-  sockaddr_storage a{};
-  socklen_t len = 0;
-  if (lookup(host, t.port, AI_NUMERICHOST, &a, &len).empty()) {
-    t.set_addr(a, len);
-    return true;
-  }
-  if (host == "localhost") {  // /etc/hosts, as everywhere: kept synchronous
-    std::string err = lookup(host, t.port, 0, &a, &len);
-    if (!err.empty()) {
-      t.set_resolve_error(std::move(err));
-      return true;
-    }
-    {
-      std::lock_guard<std::mutex> g(res_->mu);
-      res_->cache.emplace(key, std::make_pair(a, len));
-    }
-    t.set_addr(a, len);
-    return true;
-  }
-  return false;
-}
-
-// Queues t's host name for the resolver thread (one lookup per (host, port) in flight; targets
-// made meanwhile join it). p and t must be published: t is written from the resolver thread.
-void Registry::start_lookup(Pool* p, Target* target) {
+// Asks for the names of t that were never answered; p is kicked when they are. p and t must
+// be published (the kick serves p's waiters).
+void Registry::start_lookup(Pool* p, Target* target, const Config& cfg) {
   for (auto& h : target->hosts)
-    if (h->addr_state() == AddrState::Pending) start_lookup(p, h.get());
+    if (h->name() && h->addr() == nullptr)
+      dns_->lookup(h->name(), p, cfg.dns_max_ttl, cfg.dns_nxdomain_ttl);
 }
 
-void Registry::start_lookup(Pool* p, TargetHost* t) {
-  std::shared_ptr<Resolver> r = res_;
-  std::lock_guard<std::mutex> g(r->mu);
-  auto key = std::make_pair(t->host, t->port);
-  if (auto it = r->cache.find(key); it != r->cache.end()) {  // resolved since resolve_now
-    t->set_addr(it->second.first, it->second.second);
-    if (r->on_resolved) r->on_resolved(p);
-    return;
+bool Registry::refresh(Pool* p, Target& t, const Config& cfg, double now) {
+  bool waiting = false;
+  for (auto& h : t.hosts) {
+    DnsName* n = h->name();
+    if (n == nullptr || !n->expired(now)) continue;
+    const AddrRecord* cur = n->current();
+    bool none = cur == nullptr || cur->failed();
+    dns_->lookup(n, none ? p : nullptr, cfg.dns_max_ttl, cfg.dns_nxdomain_ttl);
+    waiting = waiting || none;
   }
-  if (r->stopped) {
-    t->set_resolve_error("could not resolve host \"" + t->host + "\": shutting down");
-    return;
-  }
-  auto& waiting = r->pending[key];
-  waiting.emplace_back(p, t);
-  if (waiting.size() > 1) return;  // a lookup for this key is already queued or running
-  r->queue.push_back(key);
-  if (!r->running) {
-    r->running = true;
-    std::thread([r] { resolver_loop(r); }).detach();
-  }
-  r->cv.notify_one();
+  return waiting;
 }
 
 namespace {
@@ -356,7 +257,7 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
                                                           : cfg.max_user_connections;
   Pool* raw = p.get();
   pools_.emplace(key, std::move(p));
-  if (!ready) start_lookup(raw, target);  // registered now: the resolver may write it
+  if (!ready) start_lookup(raw, target, cfg);  // registered now: its kick finds it
   return raw;
 }
 
@@ -377,7 +278,7 @@ int Registry::retarget(const Config& cfg) {
     bool ready = resolve_now(*t);
     Target* raw = t.get();
     p->set_target(std::move(t));
-    if (!ready) start_lookup(p, raw);
+    if (!ready) start_lookup(p, raw, cfg);
     moved++;
   }
   return moved;

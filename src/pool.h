@@ -6,8 +6,6 @@
 
 #include <array>
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -17,6 +15,7 @@
 #include <vector>
 
 #include "config.h"
+#include "dns.h"
 #include "target.h"
 
 namespace pgsluice {
@@ -137,9 +136,9 @@ class Registry {
   ~Registry();  // stop_resolver()
   // The pool for an authenticated client's (database, user) under `cfg`; nullptr and `err`
   // set when the database is unknown or disabled. Never blocks on DNS: a new pool whose host
-  // is a name (not numeric, not `localhost`, not a Unix socket) and not yet in the address
-  // cache is returned with its address Pending and resolved on the resolver thread, once per
-  // (host, port) for the process (successes are cached, failures are not).
+  // is a name (not numeric, not a Unix socket) that was never answered yet is returned with
+  // its address Pending and looked up on the resolver thread (dns.h: one lookup per name in
+  // flight, answers shared by every pool naming it).
   Pool* get(const Config& cfg, const std::string& db, const std::string& user, std::string* err,
             std::string* sqlstate);
   // RELOAD: re-applies `cfg` to every existing pool whose database is still configured. A
@@ -163,25 +162,17 @@ class Registry {
   int db_client_count(const std::string& db);
   int user_client_count(const std::string& user);
 
-  // Called on the resolver thread after a pool's address left Pending (Ready or Failed), so
-  // the workers serve its waiting clients. Set before the first lookup; must not block.
-  void set_on_resolved(std::function<void(Pool*)> fn);
-  // No pool is written and on_resolved is not called after this returns (a lookup still
-  // inside getaddrinfo finishes on its own, detached thread). Idempotent.
-  void stop_resolver();
-
-  // The lookup state shared with the resolver thread (which may outlive the Registry).
-  struct Resolver {
-    std::mutex mu;  // everything below; never held across getaddrinfo
-    std::condition_variable cv;
-    bool stopped = false;
-    bool running = false;                           // the thread has been started
-    std::deque<std::pair<std::string, int>> queue;  // (host, port) to look up, in order
-    // Who waits for a key: the pool (kicked) and the target whose address it fills.
-    std::map<std::pair<std::string, int>, std::vector<std::pair<Pool*, TargetHost*>>> pending;
-    std::map<std::pair<std::string, int>, std::pair<sockaddr_storage, socklen_t>> cache;
-    std::function<void(Pool*)> on_resolved;
-  };
+  // Called on the resolver thread after a lookup a pool waited for ended (Ready or Failed),
+  // so the workers serve its waiting clients. Set before the first lookup; must not block.
+  void set_on_resolved(std::function<void(Pool*)> fn) { dns_->set_on_resolved(std::move(fn)); }
+  // No pool is written and on_resolved is not called after this returns. Idempotent.
+  void stop_resolver() { dns_->stop(); }
+  // Before a new server of p: asks again for every host name of t whose answer is older than
+  // dns_max_ttl (a failure: dns_nxdomain_ttl); the current address keeps being used
+  // meanwhile. True when some host has no address and a lookup for it is on its way: p's
+  // waiters wait for it (p is kicked when it ends) instead of failing.
+  bool refresh(Pool* p, Target& t, const Config& cfg, double now);
+  Resolver& resolver() { return *dns_; }
 
  private:
   std::mutex mu_;
@@ -193,13 +184,12 @@ class Registry {
   std::map<std::string, std::unique_ptr<std::atomic<int>>> user_client_counts_;
   std::map<std::string, std::unique_ptr<DbState>> db_states_;
   DbState* db_state_locked(const std::string& db);
-  // Resolves every host's address that can be without blocking; false when some must wait
-  // for the resolver thread (then start_lookup once p and t are published).
+  // Gives every host its address when that needs no lookup (a Unix socket, a numeric
+  // address, a name already answered); false when some name has no answer yet (then
+  // start_lookup once p and t are published).
   bool resolve_now(Target& t);
-  bool resolve_now(TargetHost& h);
-  void start_lookup(Pool* p, Target* t);
-  void start_lookup(Pool* p, TargetHost* h);
-  std::shared_ptr<Resolver> res_;
+  void start_lookup(Pool* p, Target* t, const Config& cfg);
+  std::unique_ptr<Resolver> dns_;
 };
 
 }  // namespace pgsluice

@@ -94,7 +94,7 @@ void Server::send_prepared_check() {
 // over a Unix socket; server_tls_direct opens with the TLS ClientHello instead.
 void Server::start_login() {
   const TlsContext* ctx = tls_ctx_.get();
-  if (ctx == nullptr || thost_->addr.ss_family == AF_UNIX) {
+  if (ctx == nullptr || peer_.ss_family == AF_UNIX) {
     send_startup();
     return;
   }

@@ -1,6 +1,8 @@
 // A server connection: connect, log in to PostgreSQL, and the server half of the data path.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <memory>
 #include <span>
 #include <string>
@@ -19,6 +21,7 @@ namespace pgsluice {
 class Pool;
 struct Target;
 struct TargetHost;
+struct AddrRecord;
 struct LocalPool;
 class Client;
 class ScramClientSession;
@@ -160,6 +163,11 @@ class Server final : public Conn, public ReplyBook {
   Target* target_;
   TargetHost* thost_;
   void set_target(Target* t, TargetHost* h);
+  // The address it connected to (where its cancels go) and the DNS answer it came from
+  // (null: none yet); a name that no longer resolves to it closes it (Worker::stale).
+  const AddrRecord* addr_rec_ = nullptr;
+  sockaddr_storage peer_{};
+  socklen_t peer_len_ = 0;
   Client* client_ = nullptr;
   VarCache vars_;
   int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due

@@ -1,19 +1,47 @@
 // A pool's target: its hosts, how a new server picks one, and what servers log in with.
 #include "target.h"
 
+#include <netinet/in.h>
+
 #include "config.h"
 
 namespace pgsluice {
 
 void TargetHost::set_addr(const sockaddr_storage& a, socklen_t len) {
-  addr = a;
-  addrlen = len;
-  addr_state_.store(AddrState::Ready, std::memory_order_release);
+  own_ = std::make_unique<AddrRecord>();
+  own_->addrs.push_back(a);
+  own_->lens.push_back(len);
 }
 
 void TargetHost::set_resolve_error(std::string err) {
-  resolve_error = std::move(err);
-  addr_state_.store(AddrState::Failed, std::memory_order_release);
+  own_ = std::make_unique<AddrRecord>();
+  own_->error = std::move(err);
+}
+
+AddrState TargetHost::addr_state() const {
+  const AddrRecord* r = addr();
+  return r == nullptr ? AddrState::Pending : r->failed() ? AddrState::Failed : AddrState::Ready;
+}
+
+std::string TargetHost::resolve_error() const {
+  const AddrRecord* r = addr();
+  return r ? r->error : std::string();
+}
+
+socklen_t TargetHost::next_addr(const AddrRecord& r, sockaddr_storage* out) const {
+  size_t i =
+      r.addrs.size() == 1 ? 0 : r.next.fetch_add(1, std::memory_order_relaxed) % r.addrs.size();
+  *out = r.addrs[i];
+  auto p = htons(static_cast<uint16_t>(port));
+  if (out->ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(out)->sin_port = p;
+  if (out->ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(out)->sin6_port = p;
+  return r.lens[i];
+}
+
+bool TargetHost::moved_away(const AddrRecord* r, const sockaddr_storage& peer) const {
+  if (name_ == nullptr || r == nullptr) return false;
+  const AddrRecord* cur = name_->current();
+  return cur != r && cur != nullptr && !cur->failed() && !cur->has(peer);
 }
 
 namespace {
@@ -81,14 +109,15 @@ AddrState Target::addr_state() const {
 
 std::string Target::resolve_error() const {
   for (const auto& h : hosts)
-    if (h->addr_state() == AddrState::Failed) return h->resolve_error;
+    if (h->addr_state() == AddrState::Failed) return h->resolve_error();
   return {};
 }
 
-bool Target::usable_host(const TargetHost& h, double now, double retry) const {
-  if (h.addr_state() != AddrState::Ready) return false;
+const AddrRecord* Target::usable_host(const TargetHost& h, double now, double retry) const {
+  const AddrRecord* r = h.addr();
+  if (r == nullptr || r->failed()) return nullptr;
   double f = h.failed_at.load(std::memory_order_relaxed);
-  return f == 0 || now - f >= retry;
+  return f == 0 || now - f >= retry ? r : nullptr;
 }
 
 bool Target::usable(double now, double retry, const TargetHost* except) const {
@@ -136,15 +165,18 @@ bool Target::accepts(const std::vector<std::pair<std::string, std::string>>& par
   return ok;
 }
 
-TargetHost* Target::pick(double now, double retry, const TargetHost** moved_from) {
+TargetHost* Target::pick(double now, double retry, const TargetHost** moved_from,
+                         const AddrRecord** rec) {
   if (moved_from) *moved_from = nullptr;
+  const AddrRecord* dummy = nullptr;
+  if (rec == nullptr) rec = &dummy;
   const auto n = static_cast<uint32_t>(hosts.size());
-  if (n == 1) return usable_host(*hosts[0], now, retry) ? hosts[0].get() : nullptr;
+  if (n == 1) return (*rec = usable_host(*hosts[0], now, retry)) ? hosts[0].get() : nullptr;
   uint32_t start = round_robin ? next_.fetch_add(1, std::memory_order_relaxed) % n
                                : next_.load(std::memory_order_relaxed) % n;
   for (uint32_t i = 0; i < n; i++) {
     uint32_t k = (start + i) % n;
-    if (!usable_host(*hosts[k], now, retry)) continue;
+    if (!(*rec = usable_host(*hosts[k], now, retry))) continue;
     if (!round_robin && k != start) {
       // disable: the first usable host after the current one becomes current.
       uint32_t expect = start;

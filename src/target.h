@@ -1,10 +1,11 @@
 // A pool's target: where its servers connect and what they log in to, built from the
 // database's [databases] entry: a list of hosts (host=a,b,c port=p or port=p1,p2,p3, as
 // PgBouncer 1.24+), chosen per new server by load_balance_hosts, a host that could not be
-// reached skipped for server_login_retry. Never edited once published, except the per-host
-// address (written once) and failure times: RELOAD that changes the entry publishes a new
-// Target with the next generation (Registry::retarget), and servers made for an older one
-// close (idle ones at once, busy ones at release: Worker::stale).
+// reached skipped for server_login_retry. Never edited once published, except failure
+// times (a host name's address is its DnsName's: it follows DNS, dns.h): RELOAD that changes
+// the entry publishes a new Target with the next generation (Registry::retarget), and
+// servers made for an older one close (idle ones at once, busy ones at release:
+// Worker::stale).
 #pragma once
 
 #include <sys/socket.h>
@@ -15,6 +16,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "dns.h"
 
 namespace pgsluice {
 
@@ -28,22 +31,29 @@ struct TargetHost {
   std::string host;  // name or address; for a Unix socket its directory
   int port = 5432;
 
-  // The address. A host name is resolved off the event loops (Registry's resolver thread):
-  // until then the state is Pending. addr/addrlen (Ready) and resolve_error (Failed) are
-  // written once, before the state is published with release; read them only after
-  // addr_state() (acquire) says Ready or Failed.
-  AddrState addr_state() const { return addr_state_.load(std::memory_order_acquire); }
-  void set_addr(const sockaddr_storage& a, socklen_t len);  // Pending -> Ready, once
-  void set_resolve_error(std::string err);                  // Pending -> Failed, once
-  sockaddr_storage addr{};
-  socklen_t addrlen = 0;
-  std::string resolve_error;
+  // Its addresses: the host's own record (a Unix socket, a numeric address: set_addr or
+  // set_resolve_error before the Target is published), or its name's latest answer
+  // (set_name before publication; the Resolver replaces the answer when it changes and
+  // keeps every record it published alive). Null while the name's first lookup runs.
+  const AddrRecord* addr() const { return own_ ? own_.get() : name_ ? name_->current() : nullptr; }
+  AddrState addr_state() const;  // Pending: addr() null; Failed: addr() failed()
+  std::string resolve_error() const;
+  void set_addr(const sockaddr_storage& a, socklen_t len);
+  void set_resolve_error(std::string err);
+  void set_name(DnsName* n) { name_ = n; }
+  DnsName* name() const { return name_; }  // null: not a host name
+  // The next address of r (round-robin) with this host's port, for a new server.
+  socklen_t next_addr(const AddrRecord& r, sockaddr_storage* out) const;
+  // True when a server that connected to `peer` through record r must go: the name now
+  // resolves to addresses among which `peer` is not. A failed lookup moves nobody.
+  bool moved_away(const AddrRecord* r, const sockaddr_storage& peer) const;
 
   // When a server could last not reach it (monotonic seconds; 0: the last try succeeded).
   std::atomic<double> failed_at{0};
 
  private:
-  std::atomic<AddrState> addr_state_{AddrState::Pending};
+  std::unique_ptr<AddrRecord> own_;
+  DnsName* name_ = nullptr;
 };
 
 // libpq's target_session_attrs.
@@ -66,6 +76,7 @@ struct Target {
 
   // Ready when some host has an address; Pending when none has one yet and some lookup is
   // still running; Failed when every host's lookup failed (resolve_error(): the first's).
+  // A name's state may go from Ready to Failed and back as its answers come (dns.h).
   AddrState addr_state() const;
   std::string resolve_error() const;
 
@@ -73,7 +84,9 @@ struct Target {
   // until it fails; a host without an address or that failed within `retry` seconds is
   // skipped. Null when no host may be tried now. `moved_from`: in disable mode, the host
   // that was current when the choice moved away from it (else null).
-  TargetHost* pick(double now, double retry, const TargetHost** moved_from = nullptr);
+  // `rec`: the host's address record that made it usable (Ready), for the connect.
+  TargetHost* pick(double now, double retry, const TargetHost** moved_from = nullptr,
+                   const AddrRecord** rec = nullptr);
   // True when pick() would find a host now (`except`: not counting that one).
   bool usable(double now, double retry, const TargetHost* except = nullptr) const;
   // Whether a server that logged in with these ParameterStatus values suits `attrs`, as
@@ -86,7 +99,7 @@ struct Target {
   std::string describe() const;
 
  private:
-  bool usable_host(const TargetHost& h, double now, double retry) const;
+  const AddrRecord* usable_host(const TargetHost& h, double now, double retry) const;
   std::atomic<uint32_t> next_{0};  // round-robin: the next start; disable: the current host
 };
 

@@ -240,6 +240,10 @@ LocalPool* Worker::local_pool(Pool* p) {
 bool Worker::launch_server(LocalPool* lp) {
   Pool* p = lp->pool;
   Target* t = p->target();
+  double now = now_seconds();
+  // DNS answers older than their TTL are asked for again (the current address serves
+  // meanwhile); a failure that expired makes the waiters wait for the new answer.
+  bool relooking = rt_->registry->refresh(p, *t, *cfg_, now);
   AddrState as = t->addr_state();
   if (as == AddrState::Pending) {  // waiters stay queued; the resolver kicks every worker
     p->unreserve();
@@ -247,6 +251,7 @@ bool Worker::launch_server(LocalPool* lp) {
   }
   if (as == AddrState::Failed) {
     p->unreserve();
+    if (relooking) return false;
     std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
     for (Client* c : w) {
       fail_client(c, "08006", t->resolve_error(), "server address");
@@ -254,7 +259,8 @@ bool Worker::launch_server(LocalPool* lp) {
     return false;
   }
   const TargetHost* left = nullptr;
-  TargetHost* h = t->pick(now_seconds(), cfg_->server_login_retry, &left);
+  const AddrRecord* rec = nullptr;
+  TargetHost* h = t->pick(now, cfg_->server_login_retry, &left, &rec);
   if (h == nullptr) {  // every host failed within server_login_retry (may_connect said so)
     p->unreserve();
     return false;
@@ -262,22 +268,27 @@ bool Worker::launch_server(LocalPool* lp) {
   if (left != nullptr)
     LOG_WARN("pool %s/%s: moving to host %s:%d: %s:%d could not be reached", p->db_name.c_str(),
              p->user_name.c_str(), h->host.c_str(), h->port, left->host.c_str(), left->port);
-  int fd = socket(h->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  sockaddr_storage peer{};
+  socklen_t peer_len = h->next_addr(*rec, &peer);
+  int fd = socket(peer.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     p->unreserve();
     LOG_ERROR("socket() failed: %s", strerror(errno));
     return false;
   }
-  if (h->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, *cfg_);
+  if (peer.ss_family != AF_UNIX) tune_tcp_socket(fd, *cfg_);
   auto* s = new Server(this, Fd(fd), p, lp);
   s->set_target(t, h);  // made for t: RELOAD may publish another meanwhile
+  s->addr_rec_ = rec;   // and this answer of its name: one without peer closes it (stale)
+  s->peer_ = peer;
+  s->peer_len_ = peer_len;
   s->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   s->gen_ = p->state->generation.load(std::memory_order_relaxed);
   if (cfg_->tls) s->tls_ctx_ = cfg_->tls->server;
   track_server(s);
   set_state(s, ServerState::Connecting);
   s->attach(this);
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&h->addr), h->addrlen);
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&s->peer_), s->peer_len_);
   if (rc == 0) {
     s->start_login();
   } else if (errno == EINPROGRESS || errno == EAGAIN) {
@@ -829,8 +840,8 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
               static_cast<void*>(s));
     return;
   }
-  const TargetHost* t = s->thost_;  // the host this server is on, whatever RELOAD did since
-  int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  // The address this server is on, whatever RELOAD or DNS did since.
+  int fd = socket(s->peer_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return;
   auto* cc = new CancelConn(this, Fd(fd), s);
   cc->started_ = now_seconds();
@@ -838,7 +849,7 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
   cc->attach(this);
   s->cancels_.push_back(cc);
   s->cancels_pending_++;
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&t->addr), t->addrlen);
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&s->peer_), s->peer_len_);
   if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN) {
     cc->want_write(true);
   } else {
@@ -853,8 +864,10 @@ bool Worker::stale(const Server* s) const {
   // PgBouncer's tls_change_requires_reconnect: old, maybe weaker TLS does not linger.
   const TlsContext* now = cfg_->tls ? cfg_->tls->server.get() : nullptr;
   // RELOAD gave the pool a new target: servers of the old one go (idle now, busy at release).
+  // Its host name now resolves elsewhere: new servers go there, this one closes too.
   return s->gen_ != s->pool_->state->generation.load(std::memory_order_relaxed) ||
-         s->target_->gen != s->pool_->target_gen() || s->tls_ctx_.get() != now;
+         s->target_->gen != s->pool_->target_gen() || s->tls_ctx_.get() != now ||
+         s->thost_->moved_away(s->addr_rec_, s->peer_);
 }
 
 // Links waiting clients to idle servers, connects new ones, or asks other workers.

@@ -1,7 +1,13 @@
 // Target: host lists from [databases] entries, host choice, target_session_attrs.
 #include "target.h"
 
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 
 #include "config.h"
 #include "connstr.h"
@@ -91,6 +97,124 @@ TEST_CASE("target: target_session_attrs as libpq reads in_hot_standby and read-o
   CHECK(!rw->accepts({}, true, &why));  // PostgreSQL < 14 does not say: refused, not guessed
   DatabaseDef d;
   CHECK(!apply_database_connstr(d, "target_session_attrs=writable", nullptr));
+}
+
+}  // namespace pgsluice
+
+namespace pgsluice {
+namespace {
+sockaddr_storage v4(const char* ip) {
+  sockaddr_storage a{};
+  auto* in = reinterpret_cast<sockaddr_in*>(&a);
+  in->sin_family = AF_INET;
+  REQUIRE(inet_pton(AF_INET, ip, &in->sin_addr) == 1);
+  return a;
+}
+std::unique_ptr<AddrRecord> answer(std::vector<const char*> ips) {
+  auto r = std::make_unique<AddrRecord>();
+  for (const char* ip : ips) {
+    r->addrs.push_back(v4(ip));
+    r->lens.push_back(sizeof(sockaddr_in));
+  }
+  if (ips.empty()) r->error = "could not resolve host \"h\": no address";
+  return r;
+}
+int port_of(const sockaddr_storage& a) {
+  return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+}
+}  // namespace
+
+TEST_CASE("target: a host name's answers: TTL, changes, servers left on an old address") {
+  DnsName n("db.example");
+  TargetHost h;
+  h.host = "db.example";
+  h.port = 6432;
+  h.set_name(&n);
+  CHECK(h.addr_state() == AddrState::Pending);
+  CHECK(n.expired(0));
+  // First answer: two addresses, good for 15 s; new servers take them in turn, with the port.
+  CHECK(n.take(answer({"10.0.0.1", "10.0.0.2"}), 100, 15) == nullptr);
+  const AddrRecord* a = h.addr();
+  REQUIRE(a != nullptr);
+  CHECK(h.addr_state() == AddrState::Ready);
+  CHECK(a->describe() == "10.0.0.1,10.0.0.2");
+  CHECK(!n.expired(114.9));
+  CHECK(n.expired(115));
+  sockaddr_storage s1{}, s2{}, s3{};
+  CHECK(h.next_addr(*a, &s1) == sizeof(sockaddr_in));
+  h.next_addr(*a, &s2);
+  h.next_addr(*a, &s3);
+  CHECK(port_of(s1) == 6432);
+  CHECK(addr_text(s1) != addr_text(s2));
+  CHECK(addr_text(s1) == addr_text(s3));
+  // The same addresses in another order: the same record (round-robin DNS moves nobody).
+  CHECK(n.take(answer({"10.0.0.2", "10.0.0.1"}), 115, 15) == a);
+  CHECK(h.addr() == a);
+  CHECK(!n.expired(129));
+  CHECK(!h.moved_away(a, s1));
+  // 10.0.0.2 went: servers on it must go, those on 10.0.0.1 stay.
+  n.take(answer({"10.0.0.1", "10.0.0.3"}), 130, 15);
+  const AddrRecord* b = h.addr();
+  CHECK(b != a);
+  sockaddr_storage on1 = v4("10.0.0.1"), on2 = v4("10.0.0.2");
+  CHECK(!h.moved_away(a, on1));
+  CHECK(h.moved_away(a, on2));
+  CHECK(!h.moved_away(b, on2));  // connected through the current answer: kept
+  CHECK(!h.moved_away(nullptr, on2));
+  // A failure (cached for its own TTL) moves nobody, and new servers fail meanwhile.
+  n.take(answer({}), 145, 5);
+  CHECK(h.addr_state() == AddrState::Failed);
+  CHECK(h.resolve_error() == "could not resolve host \"h\": no address");
+  CHECK(!h.moved_away(a, on2));
+  CHECK(n.expired(150));
+  // Back to an earlier answer: its record again (records are kept, not piled up).
+  n.take(answer({"10.0.0.2", "10.0.0.1"}), 150, 15);
+  CHECK(h.addr() == a);
+  // A host of its own (numeric): never moves, never expires.
+  TargetHost num;
+  num.port = 5432;
+  num.set_addr(v4("127.0.0.1"), sizeof(sockaddr_in));
+  CHECK(num.name() == nullptr);
+  CHECK(!num.moved_away(num.addr(), on2));
+}
+
+TEST_CASE("target: the resolver answers /etc/hosts names, reuses answers, stops cleanly") {
+  Resolver r;
+  std::mutex mu;
+  std::condition_variable cv;
+  int kicks = 0;
+  r.set_on_resolved([&](Pool*) {
+    std::lock_guard<std::mutex> g(mu);
+    kicks++;
+    cv.notify_all();
+  });
+  auto* waiter = reinterpret_cast<Pool*>(uintptr_t{16});  // only handed back
+  DnsName* n = r.name("localhost");
+  CHECK(r.name("localhost") == n);
+  r.lookup(n, waiter, 15, 15);
+  {
+    std::unique_lock<std::mutex> lk(mu);
+    REQUIRE(cv.wait_for(lk, std::chrono::seconds(10), [&] { return kicks == 1; }));
+  }
+  const AddrRecord* a = n->current();
+  REQUIRE(a != nullptr);
+  CHECK_MESSAGE(!a->failed(), a->error);
+  CHECK((a->has(v4("127.0.0.1")) || a->describe().find("::1") != std::string::npos));
+  // Answered and not expired: a new waiter is kicked at once, nothing is asked.
+  r.lookup(n, waiter, 15, 15);
+  CHECK(kicks == 2);
+  CHECK(r.counts().names == 1);
+  auto rows = r.hosts(0);
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0].host == "localhost");
+  CHECK(rows[0].addrs == a->describe());
+  r.stop();
+  // After stop: a name never answered fails at once (its waiters would wait for nobody).
+  DnsName* m = r.name("other.invalid");
+  r.lookup(m, waiter, 15, 15);
+  REQUIRE(m->current() != nullptr);
+  CHECK(m->current()->failed());
+  CHECK(kicks == 2);  // and nobody is kicked any more
 }
 
 }  // namespace pgsluice
