@@ -74,6 +74,7 @@ std::string AddrRecord::describe() const {
 struct Resolver::Query {
   Resolver* r;
   DnsName* n;
+  evdns_getaddrinfo_request* req = nullptr;  // set once evdns did not answer at once
 };
 
 Resolver::Resolver() {
@@ -203,7 +204,11 @@ void Resolver::run() {
   event* wake_ev = event_new(base_, wake_fd_, EV_READ | EV_PERSIST, &Resolver::wake_cb, this);
   event_add(wake_ev, nullptr);
   event_base_dispatch(base_);  // until wake_cb sees stopped_
-  evdns_base_free(dns_, 1);    // lookups still out end with EVUTIL_EAI_CANCEL: nothing written
+  // Lookups still out: cancelled, their callbacks run (EVUTIL_EAI_CANCEL; nothing written)
+  // while evdns is still there, so nothing of theirs is left behind.
+  for (Query* q : std::vector<Query*>(live_)) evdns_getaddrinfo_cancel(q->req);
+  for (int i = 0; i < 10 && !live_.empty(); i++) event_base_loop(base_, EVLOOP_NONBLOCK);
+  evdns_base_free(dns_, 1);
   event_free(wake_ev);
   event_base_free(base_);
   dns_ = nullptr;
@@ -234,12 +239,19 @@ void Resolver::start(DnsName* n) {
   hints.ai_protocol = IPPROTO_TCP;
   auto* q = new Query{this, n};
   // Null when it answered at once (/etc/hosts, a numeric name) or failed at once: the
-  // callback has run then.
-  evdns_getaddrinfo(dns_, n->host.c_str(), nullptr, &hints, &Resolver::answer_cb, q);
+  // callback has run (and freed q) then.
+  evdns_getaddrinfo_request* req =
+      evdns_getaddrinfo(dns_, n->host.c_str(), nullptr, &hints, &Resolver::answer_cb, q);
+  if (req) {
+    q->req = req;
+    live_.push_back(q);
+  }
 }
 
 void Resolver::answer_cb(int err, addrinfo* res, void* arg) {
   std::unique_ptr<Query> q(static_cast<Query*>(arg));
+  auto& live = q->r->live_;
+  live.erase(std::remove(live.begin(), live.end(), q.get()), live.end());
   auto rec = std::make_unique<AddrRecord>();
   if (err == 0) {
     for (const evutil_addrinfo* ai = res; ai; ai = ai->ai_next) {

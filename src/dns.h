@@ -18,6 +18,7 @@
 struct event_base;
 struct evdns_base;
 struct event;
+struct evdns_getaddrinfo_request;
 
 namespace pgsluice {
 
@@ -127,6 +128,7 @@ class Resolver {
   // The thread's own.
   event_base* base_ = nullptr;
   evdns_base* dns_ = nullptr;
+  std::vector<Query*> live_;  // lookups evdns has not answered yet (cancelled at stop)
 };
 
 }  // namespace pgsluice

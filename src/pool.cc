@@ -101,7 +101,7 @@ void Pool::set_config_secret(const std::string& s) {
   config_secret_ = s;
 }
 
-Registry::Registry(size_t nworkers) : nworkers_(nworkers), dns_(std::make_unique<Resolver>()) {}
+Registry::Registry(size_t nworkers) : dns_(std::make_unique<Resolver>()), nworkers_(nworkers) {}
 
 Registry::~Registry() {
   stop_resolver();

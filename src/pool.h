@@ -175,6 +175,8 @@ class Registry {
   Resolver& resolver() { return *dns_; }
 
  private:
+  // First: destroyed last, after the pools whose targets point at its names.
+  std::unique_ptr<Resolver> dns_;
   std::mutex mu_;
   size_t nworkers_;
   std::map<std::pair<std::string, std::string>, std::unique_ptr<Pool>> pools_;
@@ -189,7 +191,6 @@ class Registry {
   // start_lookup once p and t are published).
   bool resolve_now(Target& t);
   void start_lookup(Pool* p, Target* t, const Config& cfg);
-  std::unique_ptr<Resolver> dns_;
 };
 
 }  // namespace pgsluice
