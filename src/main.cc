@@ -208,6 +208,7 @@ Status reload(Main* m) {
   auto cur = m->rt.config();
   auto next = load_config(cur->config_file);
   if (!next) {
+    m->rt.reload_failures.fetch_add(1, std::memory_order_relaxed);
     sd_notify_msg("READY=1");
     return next.status();
   }
@@ -216,6 +217,7 @@ Status reload(Main* m) {
   for (const std::string& k : settings_needing_restart(*cur, *next.value()))
     LOG_WARN("setting %s changed in the config file: it needs a restart, ignored", k.c_str());
   Status st = commit_config(m, next.value(), true);
+  (st ? m->rt.reloads : m->rt.reload_failures).fetch_add(1, std::memory_order_relaxed);
   sd_notify_msg("READY=1");
   return st;
 }

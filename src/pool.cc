@@ -36,11 +36,11 @@ static bool take(std::atomic<int>* c, int max) {
 
 bool Pool::try_reserve_within(int limit) {
   if (!take(&servers_, limit > 0 ? limit : 0)) return false;
-  if (!take(db_conns, db_max)) {
+  if (!take(db_conns, db_max.load(std::memory_order_relaxed))) {
     servers_.fetch_sub(1);
     return false;
   }
-  if (!take(user_conns, user_max)) {
+  if (!take(user_conns, user_max.load(std::memory_order_relaxed))) {
     servers_.fetch_sub(1);
     if (db_conns) db_conns->fetch_sub(1);
     return false;
@@ -271,7 +271,8 @@ std::string pool_user_of(const DatabaseDef& def, const std::string& user) {
   return def.user.empty() ? user : def.user;
 }
 
-// The settings RELOAD changes in place: secret, pool_mode, pool_size.
+// The settings RELOAD changes in place: secret, pool_mode, pool_size, max_db_connections,
+// max_user_connections.
 // `login_user`: the user servers log in as (the pool's, or the entry's user= after RELOAD).
 void apply_settings(Pool& p, const Config& cfg, const DatabaseDef& def,
                     const std::string& login_user) {
@@ -296,6 +297,9 @@ void apply_settings(Pool& p, const Config& cfg, const DatabaseDef& def,
     p.pool_size = udef->pool_size;
   else
     p.pool_size = cfg.default_pool_size;
+  p.db_max = def.max_db_connections >= 0 ? def.max_db_connections : cfg.max_db_connections;
+  p.user_max = (udef && udef->max_user_connections >= 0) ? udef->max_user_connections
+                                                         : cfg.max_user_connections;
 }
 
 }  // namespace
@@ -340,20 +344,15 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   auto& dc = db_counts_[def->name];
   if (!dc) dc = std::make_unique<std::atomic<int>>(0);
   p->db_conns = dc.get();
-  p->db_max = def->max_db_connections >= 0 ? def->max_db_connections : cfg.max_db_connections;
   auto& dcc = db_client_counts_[db];
   if (!dcc) dcc = std::make_unique<std::atomic<int>>(0);
   p->db_clients = dcc.get();
   auto& ucc = user_client_counts_[pool_user];
   if (!ucc) ucc = std::make_unique<std::atomic<int>>(0);
   p->user_clients = ucc.get();
-  const UserDef* udef = nullptr;
-  if (auto u = cfg.users.find(pool_user); u != cfg.users.end()) udef = &u->second;
   auto& uc = user_counts_[pool_user];
   if (!uc) uc = std::make_unique<std::atomic<int>>(0);
   p->user_conns = uc.get();
-  p->user_max = (udef && udef->max_user_connections >= 0) ? udef->max_user_connections
-                                                          : cfg.max_user_connections;
   Pool* raw = p.get();
   pools_.emplace(key, std::move(p));
   if (!ready) start_lookup(raw, target);  // registered now: the resolver may write it

@@ -101,10 +101,12 @@ class Pool {
   // that a login without a forced user finds its counter without the registry's lock.
   std::atomic<int>* user_clients = nullptr;
 
-  std::atomic<int>* db_conns = nullptr;  // shared per-database server count
-  int db_max = 0;
-  std::atomic<int>* user_conns = nullptr;  // shared per-user server count
-  int user_max = 0;
+  // Shared per-database and per-user server counts, and their limits (0: none), which
+  // RELOAD re-applies (apply_settings in pool.cc).
+  std::atomic<int>* db_conns = nullptr;
+  std::atomic<int> db_max{0};
+  std::atomic<int>* user_conns = nullptr;
+  std::atomic<int> user_max{0};
 
  private:
   std::atomic<int> servers_{0};

@@ -16,6 +16,28 @@ void TargetHost::set_resolve_error(std::string err) {
   addr_state_.store(AddrState::Failed, std::memory_order_release);
 }
 
+void TargetHost::hold(double until, HostDown why) {
+  held_until.store(until, std::memory_order_relaxed);
+  down.store(why, std::memory_order_relaxed);
+}
+
+void TargetHost::serving() {
+  held_until.store(0, std::memory_order_relaxed);
+  down.store(HostDown::No, std::memory_order_relaxed);
+}
+
+const char* host_down_name(HostDown d) {
+  switch (d) {
+    case HostDown::No:
+      return "up";
+    case HostDown::Unreachable:
+      return "could not be reached";
+    case HostDown::WrongRole:
+      return "does not suit target_session_attrs";
+  }
+  return "?";
+}
+
 namespace {
 std::vector<std::string> split_commas(const std::string& s) {
   std::vector<std::string> out;
@@ -85,15 +107,15 @@ std::string Target::resolve_error() const {
   return {};
 }
 
-bool Target::usable_host(const TargetHost& h, double now, double retry) const {
+bool Target::usable_host(const TargetHost& h, double now) const {
   if (h.addr_state() != AddrState::Ready) return false;
-  double f = h.failed_at.load(std::memory_order_relaxed);
-  return f == 0 || now - f >= retry;
+  double until = h.held_until.load(std::memory_order_relaxed);
+  return until == 0 || now >= until;
 }
 
-bool Target::usable(double now, double retry, const TargetHost* except) const {
+bool Target::usable(double now, const TargetHost* except) const {
   for (const auto& h : hosts)
-    if (h.get() != except && usable_host(*h, now, retry)) return true;
+    if (h.get() != except && usable_host(*h, now)) return true;
   return false;
 }
 
@@ -136,15 +158,15 @@ bool Target::accepts(const std::vector<std::pair<std::string, std::string>>& par
   return ok;
 }
 
-TargetHost* Target::pick(double now, double retry, const TargetHost** moved_from) {
+TargetHost* Target::pick(double now, const TargetHost** moved_from) {
   if (moved_from) *moved_from = nullptr;
   const auto n = static_cast<uint32_t>(hosts.size());
-  if (n == 1) return usable_host(*hosts[0], now, retry) ? hosts[0].get() : nullptr;
+  if (n == 1) return usable_host(*hosts[0], now) ? hosts[0].get() : nullptr;
   uint32_t start = round_robin ? next_.fetch_add(1, std::memory_order_relaxed) % n
                                : next_.load(std::memory_order_relaxed) % n;
   for (uint32_t i = 0; i < n; i++) {
     uint32_t k = (start + i) % n;
-    if (!usable_host(*hosts[k], now, retry)) continue;
+    if (!usable_host(*hosts[k], now)) continue;
     if (!round_robin && k != start) {
       // disable: the first usable host after the current one becomes current.
       uint32_t expect = start;

@@ -22,6 +22,8 @@ struct Config;
 struct DatabaseDef;
 
 enum class AddrState : uint8_t { Pending, Ready, Failed };
+enum class HostDown : uint8_t { No, Unreachable, WrongRole };
+const char* host_down_name(HostDown d);  // "unreachable", "wrong role for target_session_attrs"
 
 // One host of a target.
 struct TargetHost {
@@ -39,8 +41,14 @@ struct TargetHost {
   socklen_t addrlen = 0;
   std::string resolve_error;
 
-  // When a server could last not reach it (monotonic seconds; 0: the last try succeeded).
-  std::atomic<double> failed_at{0};
+  // Held out of pick() until `held_until` (monotonic seconds; 0: not held): a host that
+  // could not be reached for server_login_retry, one whose server did not suit
+  // target_session_attrs for server_check_delay. `down` says why (No: its last login
+  // succeeded, or none was tried).
+  void hold(double until, HostDown why);
+  void serving();  // a login on it succeeded
+  std::atomic<double> held_until{0};
+  std::atomic<HostDown> down{HostDown::No};
 
  private:
   std::atomic<AddrState> addr_state_{AddrState::Pending};
@@ -70,12 +78,14 @@ struct Target {
   std::string resolve_error() const;
 
   // The host for a new server: round-robin over the hosts, or (disable) the current host
-  // until it fails; a host without an address or that failed within `retry` seconds is
-  // skipped. Null when no host may be tried now. `moved_from`: in disable mode, the host
-  // that was current when the choice moved away from it (else null).
-  TargetHost* pick(double now, double retry, const TargetHost** moved_from = nullptr);
+  // until it fails; a host without an address or held (TargetHost::hold) is skipped. Null
+  // when no host may be tried now. `moved_from`: in disable mode, the host that was current
+  // when the choice moved away from it (else null).
+  TargetHost* pick(double now, const TargetHost** moved_from = nullptr);
   // True when pick() would find a host now (`except`: not counting that one).
-  bool usable(double now, double retry, const TargetHost* except = nullptr) const;
+  bool usable(double now, const TargetHost* except = nullptr) const;
+  // The host of the last server that logged in (null: none yet); SHOW DATABASES/POOLS.
+  std::atomic<const TargetHost*> current{nullptr};
   // Whether a server that logged in with these ParameterStatus values suits `attrs`, as
   // libpq decides from PostgreSQL 14's reported in_hot_standby and
   // default_transaction_read_only. `others`: another host may be tried now (prefer-standby
@@ -86,7 +96,7 @@ struct Target {
   std::string describe() const;
 
  private:
-  bool usable_host(const TargetHost& h, double now, double retry) const;
+  bool usable_host(const TargetHost& h, double now) const;
   std::atomic<uint32_t> next_{0};  // round-robin: the next start; disable: the current host
 };
 

@@ -254,14 +254,15 @@ bool Worker::launch_server(LocalPool* lp) {
     return false;
   }
   const TargetHost* left = nullptr;
-  TargetHost* h = t->pick(now_seconds(), cfg_->server_login_retry, &left);
-  if (h == nullptr) {  // every host failed within server_login_retry (may_connect said so)
+  TargetHost* h = t->pick(now_seconds(), &left);
+  if (h == nullptr) {  // every host is held (may_connect said so)
     p->unreserve();
     return false;
   }
   if (left != nullptr)
-    LOG_WARN("pool %s/%s: moving to host %s:%d: %s:%d could not be reached", p->db_name.c_str(),
-             p->user_name.c_str(), h->host.c_str(), h->port, left->host.c_str(), left->port);
+    LOG_WARN("pool %s/%s: moving to host %s:%d: %s:%d %s", p->db_name.c_str(), p->user_name.c_str(),
+             h->host.c_str(), h->port, left->host.c_str(), left->port,
+             host_down_name(left->down.load(std::memory_order_relaxed)));
   int fd = socket(h->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     p->unreserve();
@@ -519,16 +520,17 @@ void Worker::adopt_server(Server* s, Pool* p) {
 }
 
 void Worker::server_login_done(Server* s) {
-  // target_session_attrs: a server of the wrong kind is closed and its host skipped for
-  // server_login_retry, so new servers go to the others (a failover's new primary).
+  // target_session_attrs: a server of the wrong kind is closed and its host held for
+  // server_check_delay, so new servers go to the others (a failover's new primary), and the
+  // host is asked again that long after (a standby promoted meanwhile is found then).
   std::string why;
   double now = now_seconds();
-  if (!s->target_->accepts(s->login_params(),
-                           s->target_->usable(now, cfg_->server_login_retry, s->thost_), &why)) {
+  if (!s->target_->accepts(s->login_params(), s->target_->usable(now, s->thost_), &why)) {
+    double hold = std::max(cfg_->server_check_delay, 1.0);
     LOG_WARN("S-%p: %s/%s@%s:%d does not suit target_session_attrs: %s; skipped for %.0f s",
              static_cast<void*>(s), s->pool_->db_name.c_str(), s->pool_->user_name.c_str(),
-             s->addr_.host.c_str(), s->addr_.port, why.c_str(), cfg_->server_login_retry);
-    s->thost_->failed_at.store(now, std::memory_order_relaxed);
+             s->addr_.host.c_str(), s->addr_.port, why.c_str(), hold);
+    s->thost_->hold(now + hold, HostDown::WrongRole);
     close_server(s, "target_session_attrs");
     return;
   }
@@ -536,12 +538,27 @@ void Worker::server_login_done(Server* s) {
   s->fresh_ = true;
   s->pool_->set_welcome(s->login_params());
   s->pool_->set_login_failed_at(0);
-  s->thost_->failed_at.store(0, std::memory_order_relaxed);
+  s->thost_->serving();
+  note_current_host(s);
   if (cfg_->log_connections)
     LOG_INFO("S-%p: %s/%s@%s:%d new connection to server", static_cast<void*>(s),
              s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
              s->addr_.port);
   release_idle(s);
+}
+
+// The pool's current host is the one its last server logged in to. When that moves off a
+// host that is held (unreachable, or no longer the kind target_session_attrs asks for), the
+// pool has failed over: counted and logged with the reason, once per move.
+void Worker::note_current_host(Server* s) {
+  const TargetHost* was = s->target_->current.exchange(s->thost_, std::memory_order_relaxed);
+  if (was == nullptr || was == s->thost_) return;
+  HostDown why = was->down.load(std::memory_order_relaxed);
+  if (why == HostDown::No) return;  // round-robin between healthy hosts
+  rt_->failovers.fetch_add(1, std::memory_order_relaxed);
+  LOG_WARN("pool %s/%s: now on host %s:%d (was %s:%d, which %s)", s->pool_->db_name.c_str(),
+           s->pool_->user_name.c_str(), s->thost_->host.c_str(), s->thost_->port, was->host.c_str(),
+           was->port, host_down_name(why));
 }
 
 bool Worker::may_connect(const Pool* p) const {
@@ -550,7 +567,7 @@ bool Worker::may_connect(const Pool* p) const {
   if (t != 0 && now - t < cfg_->server_login_retry) return false;
   // No address yet (or none at all): launch_server says so. Else some host must be tryable.
   const Target* tg = p->target();
-  return tg->addr_state() != AddrState::Ready || tg->usable(now, cfg_->server_login_retry);
+  return tg->addr_state() != AddrState::Ready || tg->usable(now);
 }
 
 void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg,
@@ -562,7 +579,7 @@ void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::stri
   // A host that cannot be reached is skipped for server_login_retry while the target's
   // other hosts serve; a refused login (any host would refuse it) holds the whole pool.
   if (unreachable)
-    s->thost_->failed_at.store(now_seconds(), std::memory_order_relaxed);
+    s->thost_->hold(now_seconds() + cfg_->server_login_retry, HostDown::Unreachable);
   else
     s->pool_->set_login_failed_at(now_seconds());
   size_t others = static_cast<size_t>(lp->connecting - 1);

@@ -64,7 +64,10 @@ struct Runtime {
   // server_check_query checks started, and those that failed (the server was closed).
   std::atomic<uint64_t> server_checks{0};
   std::atomic<uint64_t> server_checks_failed{0};
-  double start_time = 0;  // monotonic seconds at start
+  std::atomic<uint64_t> failovers{0};        // a pool's servers moved off a held host
+  std::atomic<uint64_t> reloads{0};          // configurations committed by RELOAD/SIGHUP
+  std::atomic<uint64_t> reload_failures{0};  // RELOAD/SIGHUP refused (the running one stays)
+  double start_time = 0;                     // monotonic seconds at start
   // Set by main before the workers start; callable from any thread.
   std::function<void(int mode)> request_shutdown;  // ShutdownMode
   std::function<Status()> reload;                  // RELOAD: re-read the config (main thread)
@@ -173,6 +176,7 @@ class Worker {
   void close_server(Server* s, std::string_view reason);
   void close_cancel(CancelConn* c);
   void server_login_done(Server* s);
+  void note_current_host(Server* s);
   // A server's login ended without success. `unreachable`: PostgreSQL could not be reached
   // or is not accepting connections yet (connect refused or timed out, closed before any
   // answer, 57P03): the pool's waiting clients stay queued (query_wait_timeout) and a new

@@ -223,8 +223,28 @@ TEST_CASE(
   o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(primary.port) + "," +
                 std::to_string(standby.port) + " dbname=testdb target_session_attrs=read-write\n";
   o.default_pool_size = 8;
-  o.extra_pgbouncer = "server_login_retry = 1\nserver_connect_timeout = 2\n";
+  // server_login_retry stays at its default (15 s): the new primary is found through
+  // server_check_delay, for which a host refused as a standby is held.
+  int mport = free_port();
+  o.extra_pgbouncer = "server_check_delay = 1\nserver_connect_timeout = 2\nmetrics_port = " +
+                      std::to_string(mport) + "\n";
   Pooler p(o);
+  auto metric = [&](const std::string& name) {
+    CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
+    size_t at = r.output.find("\n" + name + " ");
+    if (at == std::string::npos) return std::string();
+    size_t b = at + name.size() + 2, e = r.output.find('\n', b);
+    return r.output.substr(b, e - b);
+  };
+  auto pool_host = [&] {
+    Conn admin = connect(admin_conninfo(p));
+    Result r(PQexec(admin.get(), "SHOW POOLS"));
+    int col = PQfnumber(r.get(), "current_host");
+    for (int i = 0; i < PQntuples(r.get()); i++)
+      if (std::string(PQgetvalue(r.get(), i, 0)) == "testdb")
+        return std::string(PQgetvalue(r.get(), i, col));
+    return std::string("(no pool)");
+  };
 
   using SteadyClock = std::chrono::steady_clock;
   std::atomic<bool> stop{false};
@@ -277,6 +297,10 @@ TEST_CASE(
     CHECK(scalar(su.get(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'md5user'") ==
           "0");  // read-write: no server stays on the standby
   }
+  const std::string on_primary = "127.0.0.1:" + std::to_string(primary.port);
+  const std::string on_standby = "127.0.0.1:" + std::to_string(standby.port);
+  CHECK(pool_host() == on_primary);
+  CHECK(metric("pgsluice_failovers_total") == "0");
   // The primary goes (a fast shutdown: its sessions end, its WAL reaches the standby), then
   // the standby is promoted, as a failover manager does.
   auto stop_begin = SteadyClock::now();
@@ -325,6 +349,80 @@ TEST_CASE(
   CHECK(gap_ms < 5000);
   // The standby was refused at first (read-only), and the old primary's failure is logged.
   CHECK(p.log().find("does not suit target_session_attrs: a standby") != std::string::npos);
+  // Visible: the pool's current host, the failover counted once, and the log says where the
+  // pool went and why.
+  CHECK(pool_host() == on_standby);
+  CHECK(metric("pgsluice_failovers_total") == "1");
+  CHECK(p.log().find("now on host " + on_standby + " (was " + on_primary +
+                     ", which could not "
+                     "be reached)") != std::string::npos);
+}
+
+}  // namespace it
+
+namespace it {
+
+TEST_CASE(
+    "RELOAD re-applies max_db_connections and max_user_connections to existing pools; "
+    "reloads are counted") {
+  if (skip_in_direct_mode("RELOAD is a pooler feature")) return;
+  Cluster a = log_cluster("rla");
+  int mport = free_port();
+  Options o;
+  o.databases = db_line(a);
+  o.workers = 2;
+  o.extra_pgbouncer = "metrics_port = " + std::to_string(mport) + "\n";
+  Pooler p(o);
+  auto metric = [&](const std::string& name) {
+    CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
+    size_t at = r.output.find("\n" + name + " ");
+    if (at == std::string::npos) return std::string();
+    size_t b = at + name.size() + 2, e = r.output.find('\n', b);
+    return r.output.substr(b, e - b);
+  };
+  Conn admin = connect(admin_conninfo(p));
+  // Holds one server in a transaction, then has a second client try while the limit is 1:
+  // the second waits until the first commits. `limit` is the [databases]/[users] body.
+  // Servers made before stay (as PgBouncer): RECONNECT closes the idle ones first.
+  auto second_waits = [&](const std::string& body) {
+    rewrite_databases(p, body);
+    exec_ok(admin.get(), "RELOAD");
+    exec_ok(admin.get(), "RECONNECT testdb");
+    Conn c1 = connect(p.conninfo());
+    exec_ok(c1.get(), "BEGIN");
+    exec_ok(c1.get(), "INSERT INTO sw VALUES (1)");
+    Conn c2 = connect(p.conninfo());
+    REQUIRE(PQsendQuery(c2.get(), "INSERT INTO sw VALUES (2)") == 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    REQUIRE(PQconsumeInput(c2.get()) == 1);
+    CHECK(PQisBusy(c2.get()) == 1);  // waiting for the one server the limit allows
+    exec_ok(c1.get(), "COMMIT");
+    Result r(PQgetResult(c2.get()));
+    CHECK(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
+    while (PGresult* more = PQgetResult(c2.get())) PQclear(more);
+    rewrite_databases(p, db_line(a));  // back to no limit for the next round
+    exec_ok(admin.get(), "RELOAD");
+  };
+  // Without a limit both run at once.
+  {
+    Conn c1 = connect(p.conninfo()), c2 = connect(p.conninfo());
+    exec_ok(c1.get(), "BEGIN");
+    exec_ok(c1.get(), "INSERT INTO sw VALUES (1)");
+    exec_ok(c2.get(), "INSERT INTO sw VALUES (1)");
+    exec_ok(c1.get(), "COMMIT");
+  }
+  CHECK(metric("pgsluice_reloads_total") == "0");
+  std::string limited_db = db_line(a);
+  limited_db.insert(limited_db.size() - 1, " max_db_connections=1");
+  second_waits(limited_db);
+  second_waits(db_line(a) + "[users]\nmd5user = max_user_connections=1\n");
+  CHECK(metric("pgsluice_reloads_total") == "4");
+  // A file that cannot be read keeps the running config and is counted as refused.
+  rewrite_databases(p, db_line(a) + "[pgbouncer]\npool_mode = nonsense\n");
+  Result bad(PQexec(admin.get(), "RELOAD"));
+  CHECK(PQresultStatus(bad.get()) == PGRES_FATAL_ERROR);
+  CHECK(metric("pgsluice_reload_failures_total") == "1");
+  CHECK(metric("pgsluice_reloads_total") == "4");
 }
 
 }  // namespace it
