@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -423,6 +424,88 @@ TEST_CASE(
   CHECK(PQresultStatus(bad.get()) == PGRES_FATAL_ERROR);
   CHECK(metric("pgsluice_reload_failures_total") == "1");
   CHECK(metric("pgsluice_reloads_total") == "4");
+}
+
+}  // namespace it
+
+namespace it {
+
+// The README's failover figures: pgbench writes through pgsluice while the primary stops and
+// the standby is promoted. pgbench (15) ends a client at its first error other than a
+// serialization failure or deadlock, so its failed transactions are the aborted clients;
+// the per-transaction log (-l) gives when each successful transaction ended.
+TEST_CASE("failover under pgbench: client-visible outage and failed transactions, measured") {
+  if (skip_in_direct_mode("failover is a pooler feature")) return;
+  Cluster primary = log_cluster("fbp");
+  Cluster standby = start_standby(primary, "fbs");
+  Options o;
+  o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(primary.port) + "," +
+                std::to_string(standby.port) + " dbname=testdb target_session_attrs=read-write\n";
+  o.default_pool_size = 8;
+  o.extra_pgbouncer = "server_check_delay = 1\nserver_connect_timeout = 2\n";
+  Pooler p(o);
+  std::string dir = make_temp_dir("fobench");
+  write_file(dir + "/tx.sql", "INSERT INTO sw VALUES (1);\n");
+  PgbenchRun run;
+  std::thread bench([&] {
+    run = run_pgbench(p, "-c 16 -j 2 -T 14 -l --log-prefix=" + dir + "/tx -f " + dir + "/tx.sql",
+                      120);
+  });
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  auto epoch_us = [] {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  int64_t stop_at = epoch_us();
+  CmdResult st = run_pg_ctl(primary, "stop -m fast -w -t 60");
+  REQUIRE_MESSAGE(st.exit_code == 0, st.output);
+  CmdResult pr = run_pg_ctl(standby, "promote -w -t 60");
+  REQUIRE_MESSAGE(pr.exit_code == 0, pr.output);
+  int64_t promoted_at = epoch_us();
+  bench.join();
+
+  // Every successful transaction's end (time_epoch, time_us are the 5th and 6th fields).
+  std::vector<int64_t> ends;
+  CmdResult logs = run_shell("cat " + dir + "/tx.*", 10);
+  std::istringstream in(logs.output);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string client, no, lat, script;
+    long long sec = 0, usec = 0;
+    if (f >> client >> no >> lat >> script >> sec >> usec && lat != "failed" && lat != "skipped")
+      ends.push_back(sec * 1000000 + usec);
+  }
+  std::sort(ends.begin(), ends.end());
+  int64_t prev = stop_at, gap = 0, first_after_promotion = 0;
+  for (int64_t t : ends) {
+    if (t <= stop_at) continue;
+    gap = std::max(gap, t - prev);
+    prev = t;
+    if (first_after_promotion == 0 && t > promoted_at) first_after_promotion = t;
+  }
+  size_t aborted = 0;
+  for (size_t at = run.output.find(" aborted in command"); at != std::string::npos;
+       at = run.output.find(" aborted in command", at + 1))
+    aborted++;
+  long long on_new = rows(standby);
+  MESSAGE("failover under pgbench -c 16, pool 8: "
+          << ends.size() << " transactions, " << aborted
+          << " clients aborted (failed transactions); stop + promotion took "
+          << (promoted_at - stop_at) / 1000 << " ms; first transaction after the promotion "
+          << (first_after_promotion - promoted_at) / 1000
+          << " ms later; longest time without a committed transaction from the stop command on "
+          << gap / 1000 << " ms; rows on the new primary " << on_new);
+  CHECK(run.processed > 0);
+  CHECK(static_cast<long long>(ends.size()) == run.processed);
+  CHECK(run.output.find("25006") == std::string::npos);  // never a write on the standby
+  CHECK(run.output.find("read-only") == std::string::npos);
+  CHECK(aborted <= 8);  // only transactions on a server of the old primary can fail
+  CHECK(aborted < 16);  // clients that were waiting or idle go on
+  CHECK(first_after_promotion != 0);
+  CHECK(gap < 5000000);
+  CHECK(on_new == run.processed);  // every committed transaction is on the new primary
 }
 
 }  // namespace it
