@@ -134,7 +134,7 @@ ssl_key_file = '$WORK/tls.key'"
 fi
 start_cluster "$WORK" "$PGPORT" "\
 # pgsluice benchmark: loopback only, everything in memory, durability not needed.
-max_connections = 100
+max_connections = 250
 shared_buffers = 512MB
 fsync = off
 synchronous_commit = off
