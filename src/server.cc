@@ -33,6 +33,8 @@ void Server::set_target(Target* t, TargetHost* h) {
   target_ = t;
   thost_ = h;
   addr_ = PeerAddr{h->host, h->port};  // a Unix socket: its directory
+  peer_ = h->addr;                     // pick() returns only a host whose address is Ready
+  peer_len_ = h->addrlen;
 }
 
 Server::~Server() = default;

@@ -160,6 +160,10 @@ class Server final : public Conn, public ReplyBook {
   Target* target_;
   TargetHost* thost_;
   void set_target(Target* t, TargetHost* h);
+  // The address it connected to: its cancel requests go there, whatever DNS or RELOAD did
+  // to its host since.
+  sockaddr_storage peer_{};
+  socklen_t peer_len_ = 0;
   Client* client_ = nullptr;
   VarCache vars_;
   int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due

@@ -1,7 +1,11 @@
 // A pool's target: its hosts, how a new server picks one, and what servers log in with.
 #include "target.h"
 
+#include <errno.h>
+#include <unistd.h>
+
 #include "config.h"
+#include "stream.h"
 
 namespace pgsluice {
 
@@ -184,6 +188,21 @@ std::string Target::describe() const {
     out += h->host + ":" + std::to_string(h->port);
   }
   return out;
+}
+
+Dial dial(const sockaddr_storage& addr, socklen_t len, const Config& tune) {
+  Dial d;
+  d.fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (d.fd < 0) {
+    d.err = errno;
+    return d;
+  }
+  if (addr.ss_family != AF_UNIX) tune_tcp_socket(d.fd, tune);
+  if (::connect(d.fd, reinterpret_cast<const sockaddr*>(&addr), len) == 0)
+    d.done = true;
+  else if (errno != EINPROGRESS && errno != EAGAIN)
+    d.err = errno;
+  return d;
 }
 
 }  // namespace pgsluice

@@ -100,4 +100,15 @@ struct Target {
   std::atomic<uint32_t> next_{0};  // round-robin: the next start; disable: the current host
 };
 
+// The one connect from pgsluice to PostgreSQL, for server logins and cancel requests alike:
+// a non-blocking socket to `addr`, with the TCP options of `tune` on a TCP socket. fd -1:
+// no socket (err: errno). Else the caller owns fd; err is connect's errno when it failed at
+// once (0: connected at once, `done`, or in progress).
+struct Dial {
+  int fd = -1;
+  int err = 0;
+  bool done = false;
+};
+Dial dial(const sockaddr_storage& addr, socklen_t len, const Config& tune);
+
 }  // namespace pgsluice

@@ -263,14 +263,13 @@ bool Worker::launch_server(LocalPool* lp) {
     LOG_WARN("pool %s/%s: moving to host %s:%d: %s:%d %s", p->db_name.c_str(), p->user_name.c_str(),
              h->host.c_str(), h->port, left->host.c_str(), left->port,
              host_down_name(left->down.load(std::memory_order_relaxed)));
-  int fd = socket(h->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
+  Dial d = dial(h->addr, h->addrlen, *cfg_);
+  if (d.fd < 0) {
     p->unreserve();
-    LOG_ERROR("socket() failed: %s", strerror(errno));
+    LOG_ERROR("socket() failed: %s", strerror(d.err));
     return false;
   }
-  if (h->addr.ss_family != AF_UNIX) tune_tcp_socket(fd, *cfg_);
-  auto* s = new Server(this, Fd(fd), p, lp);
+  auto* s = new Server(this, Fd(d.fd), p, lp);
   s->set_target(t, h);  // made for t: RELOAD may publish another meanwhile
   s->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);
   s->gen_ = p->state->generation.load(std::memory_order_relaxed);
@@ -278,13 +277,12 @@ bool Worker::launch_server(LocalPool* lp) {
   track_server(s);
   set_state(s, ServerState::Connecting);
   s->attach(this);
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&h->addr), h->addrlen);
-  if (rc == 0) {
+  if (d.done) {
     s->start_login();
-  } else if (errno == EINPROGRESS || errno == EAGAIN) {
+  } else if (d.err == 0) {
     s->want_write(true);
   } else {
-    server_login_failed(s, "08006", std::string("could not connect to server: ") + strerror(errno),
+    server_login_failed(s, "08006", std::string("could not connect to server: ") + strerror(d.err),
                         true);
   }
   return true;
@@ -846,21 +844,18 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
               static_cast<void*>(s));
     return;
   }
-  const TargetHost* t = s->thost_;  // the host this server is on, whatever RELOAD did since
-  int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return;
-  auto* cc = new CancelConn(this, Fd(fd), s);
+  Dial d = dial(s->peer_, s->peer_len_, *cfg_);  // where this server is, whatever came since
+  if (d.fd < 0) return;
+  auto* cc = new CancelConn(this, Fd(d.fd), s);
   cc->started_ = now_seconds();
   cancel_conns_.push_back(cc);
   cc->attach(this);
   s->cancels_.push_back(cc);
   s->cancels_pending_++;
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&t->addr), t->addrlen);
-  if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN) {
+  if (d.err == 0)
     cc->want_write(true);
-  } else {
+  else
     close_cancel(cc);
-  }
 }
 
 // ---------------------------------------------------------------- operator commands
