@@ -350,6 +350,21 @@ TEST_SUITE("server loss") {
     CHECK(scalar(c.get(), "SELECT 42") == "42");
   }
 
+  TEST_CASE("psycopg 3: the connection survives, the transaction does not") {
+    if (skip_in_direct_mode("pooler behaviour")) return;
+    Options o;
+    o.workers = 1;
+    Pooler p(o);
+    CmdResult r =
+        run_shell("/usr/bin/python3 " +
+                      shell_quote(checkout_root() + "/test/integration/psycopg_server_loss.py") +
+                      " " + shell_quote(p.conninfo()) + " " + shell_quote(superuser_conninfo()),
+                  120);
+    INFO(r.output);
+    CHECK(r.exit_code == 0);
+    CHECK(r.output.find("all checks passed") != std::string::npos);
+  }
+
   TEST_CASE("PostgreSQL restarted (pg_ctl restart -m fast): clients keep their connections") {
     if (skip_in_direct_mode("pooler behaviour")) return;
     ClusterSetup s;
