@@ -18,6 +18,7 @@ constexpr const char* kLost = "server connection was lost";
 // Messages up to this size are read whole in the emulated block; a larger one cannot be a
 // transaction-exit statement (nor its Bind, Describe, Execute or Close).
 constexpr size_t kLostWhole = 8 * 1024;
+constexpr size_t kLostNames = 64;  // Client::lost_names_ (no remapping)
 
 bool blank(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
@@ -389,14 +390,22 @@ int Client::lost_message(uint8_t type, size_t len) {
         lost_answer("42P05", quoted("prepared statement", name_s, "already exists"), type);
         return 1;
       }
-      std::erase_if(lost_names_, [&](const auto& p) { return p.first == name_s; });
-      lost_names_.emplace_back(name_s, std::string(text));
       if (remap_ && (!name_s.empty() || cache_unnamed_)) {
         stmts_.set(name_s, stmt_registry().get(body));  // prepared on its next server
       } else if (remap_) {
         unnamed_body_.assign(body);
         stmts_.has_unnamed = true;
         ++unnamed_gen_;
+      } else {
+        // Without remapping the names live on servers: kept here until the block ends,
+        // a few at most (a scan per message).
+        std::erase_if(lost_names_, [&](const auto& p) { return p.first == name_s; });
+        if (lost_names_.size() >= kLostNames) {
+          lost_answer("54000", "too many statements prepared after the server connection was lost",
+                      type);
+          return 1;
+        }
+        lost_names_.emplace_back(name_s, std::string(text));
       }
       wire::Writer(m).begin('1').end();
       break;

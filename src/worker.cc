@@ -691,9 +691,16 @@ void Worker::server_lost(Server* s, std::string_view reason) {
     close_server(s, reason);
     return;
   }
-  if (s->pool_->mode == PoolMode::Session || s->fwd_remaining_ > 0) {
-    // The client's session was this server's (or its stream is cut mid-message): it gets
-    // PostgreSQL's error, or 08006, and is closed.
+  if (s->fwd_remaining_ > 0) {
+    // The client's stream is cut mid-message: nothing more can be framed for it.
+    unlink(c, s);
+    close_client(c, "server connection lost mid-message");
+    close_server(s, reason);
+    return;
+  }
+  if (s->pool_->mode == PoolMode::Session) {
+    // The client's session was this server's: it gets PostgreSQL's error, or 08006, and is
+    // closed.
     unlink(c, s);
     if (s->fatal_.empty()) {
       fail_client(c, "08006", "server conn crashed?", "server connection closed");
