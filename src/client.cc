@@ -651,11 +651,12 @@ bool Client::forward_messages() {
 bool Client::forward_pass() {
   const Config& cfg = worker_->cfg();
   while (!dead_) {
-    if (lost_drop_ > 0) {  // the rest of a message answered after a lost server
-      size_t n = in_.size() < lost_drop_ ? in_.size() : static_cast<size_t>(lost_drop_);
+    if (lost_ != nullptr && lost_->drop > 0) {  // the rest of a message already answered
+      size_t n = in_.size() < lost_->drop ? in_.size() : static_cast<size_t>(lost_->drop);
       if (n == 0) break;
       in_.rpos += n;
-      lost_drop_ -= n;
+      lost_->drop -= n;
+      lost_settle();
       continue;
     }
     if (fwd_remaining_ > 0) {

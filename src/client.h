@@ -174,29 +174,19 @@ class Client final : public Conn {
     return !name.empty() || (cache_unnamed_ && stmts_.find(name) != nullptr);
   }
   bool must_wait(uint8_t type, size_t len) const;
-  // After a lost server (lost_server.cc): the error owed to the next request, the emulated
-  // transaction state (0: none; 'E': an aborted block, answered without a server; 'I': it
-  // was rolled back by an Execute, until the Sync), skipping to a Sync, the client's COPY
-  // data dropped, bytes of the current message still to drop, and the statements and the
-  // portal made meanwhile.
-  bool lost_active() const {
-    return lost_tx_ != 0 || lost_skip_ || lost_copy_ || !lost_error_.empty();
-  }
-  // Handles one message in those states: 1 done, 0 go on as usual, -1 wait for more bytes.
+  // After a lost server (lost_server.cc): what the client still owes or emulates; null
+  // otherwise (freed when done, so a client carries one pointer).
+  std::unique_ptr<LostState> lost_;
+  bool lost_active() const { return lost_ != nullptr; }
+  // Handles one message in that state: 1 done, 0 go on as usual, -1 wait for more bytes.
   int lost_message(uint8_t type, size_t len);
+  int lost_step(uint8_t type, size_t len);
+  void lost_settle() {
+    if (lost_ != nullptr && lost_->done()) lost_.reset();
+  }
   void lost_drop(size_t total);
   void lost_answer(std::string_view sqlstate, std::string_view msg, uint8_t type);
   const std::string* lost_stmt_text(std::string_view name, std::string* buf) const;
-  std::string lost_error_;
-  char lost_tx_ = 0;
-  bool lost_skip_ = false;
-  bool lost_copy_ = false;
-  bool lost_portal_set_ = false;
-  uint64_t lost_drop_ = 0;
-  std::vector<std::pair<std::string, std::string>> lost_names_;  // name, text
-  std::string lost_portal_;
-  TxExit lost_portal_kind_ = TxExit::Other;
-  std::string lost_portal_savepoint_;
   void parse_entry(Server* s, const std::shared_ptr<const StmtEntry>& entry, int undo, size_t max);
   int remap(uint8_t type, size_t len);
   bool answer_parses();

@@ -18,7 +18,7 @@ constexpr const char* kLost = "server connection was lost";
 // Messages up to this size are read whole in the emulated block; a larger one cannot be a
 // transaction-exit statement (nor its Bind, Describe, Execute or Close).
 constexpr size_t kLostWhole = 8 * 1024;
-constexpr size_t kLostNames = 64;  // Client::lost_names_ (no remapping)
+constexpr size_t kLostNames = 64;  // LostState::names (no remapping)
 
 bool blank(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
@@ -197,6 +197,7 @@ void Client::server_lost(const LostServer& l) {
   std::string later;
   add_error(later, block ? "25P02" : "08006", block ? kAborted : kLost);
   const char z = block ? 'E' : 'I';
+  lost_ = std::make_unique<LostState>();
   std::string m;
   // Each cycle already sent gets one error and its ReadyForQuery; a segment whose Sync has
   // not been sent gets its error now, and the rest of it is skipped up to that Sync.
@@ -206,17 +207,15 @@ void Client::server_lost(const LostServer& l) {
   }
   if (l.tail) {
     if (l.cycles > 0 || !l.answered) m += l.cycles == 0 ? first : later;
-    lost_skip_ = true;
+    lost_->skip = true;
   }
   // Idle in a transaction block: the next request learns it.
-  if (l.cycles == 0 && !l.tail && block) lost_error_ = std::move(first);
-  lost_tx_ = block ? 'E' : 0;
-  lost_copy_ = copy_in_;  // the rest of its COPY data is dropped, as PostgreSQL does
+  if (l.cycles == 0 && !l.tail && block) lost_->error = std::move(first);
+  lost_->tx = block ? 'E' : 0;
+  lost_->copy = copy_in_;  // the rest of its COPY data is dropped, as PostgreSQL does
   copy_in_ = false;
-  lost_drop_ = fwd_remaining_;  // the rest of a message half sent to the dead server
+  lost_->drop = fwd_remaining_;  // the rest of a message half sent to the dead server
   fwd_remaining_ = 0;
-  lost_names_.clear();
-  lost_portal_set_ = false;
   qscan_active_ = false;
   stalled_ = false;
   seg_fresh_ = true;
@@ -226,6 +225,7 @@ void Client::server_lost(const LostServer& l) {
   LOG_WARN("C-%p: %s/%s@%s:%d server connection lost; the client stays connected%s",
            static_cast<void*>(this), db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port,
            block ? " in an aborted transaction block" : "");
+  lost_settle();  // nothing owed (autocommit, every cycle answered): back to normal
   worker_->bufs().append(out_, m.data(), m.size());
   want_read(true);
   flush();
@@ -239,21 +239,21 @@ void Client::server_lost(const LostServer& l) {
 void Client::lost_drop(size_t total) {
   size_t n = in_.size() < total ? in_.size() : total;
   in_.rpos += n;
-  lost_drop_ = total - n;
+  lost_->drop = total - n;
 }
 
 void Client::lost_answer(std::string_view sqlstate, std::string_view msg, uint8_t type) {
   std::string m;
   add_error(m, sqlstate, msg);
   if (type == 'Q' || type == 'F' || type == 'S')
-    wire::ready_for_query(m, lost_tx_ == 'E' ? 'E' : 'I');
+    wire::ready_for_query(m, lost_->tx == 'E' ? 'E' : 'I');
   else
-    lost_skip_ = true;  // extended protocol: skip to the Sync
+    lost_->skip = true;  // extended protocol: skip to the Sync
   worker_->bufs().append(out_, m.data(), m.size());
 }
 
 const std::string* Client::lost_stmt_text(std::string_view name, std::string* buf) const {
-  for (const auto& [n, text] : lost_names_)
+  for (const auto& [n, text] : lost_->names)
     if (n == name) return &text;
   if (!remap_) return nullptr;
   if (name.empty() && !cache_unnamed_) {
@@ -268,54 +268,60 @@ const std::string* Client::lost_stmt_text(std::string_view name, std::string* bu
 }
 
 int Client::lost_message(uint8_t type, size_t len) {
+  int r = lost_step(type, len);
+  if (r >= 0) lost_settle();
+  return r;
+}
+
+int Client::lost_step(uint8_t type, size_t len) {
   const size_t total = len + 1;
   if (type == 'd' || type == 'c' || type == 'f') {
     // COPY data with no COPY running: PostgreSQL drops it (after a failed COPY above all).
-    if (type != 'd') lost_copy_ = false;
+    if (type != 'd') lost_->copy = false;
     lost_drop(total);
     return 1;
   }
-  lost_copy_ = false;
-  if (lost_skip_) {
+  lost_->copy = false;
+  if (lost_->skip) {
     lost_drop(total);
     if (type == 'S') {
-      lost_skip_ = false;
+      lost_->skip = false;
       std::string m;
-      wire::ready_for_query(m, lost_tx_ == 'E' ? 'E' : 'I');
+      wire::ready_for_query(m, lost_->tx == 'E' ? 'E' : 'I');
       worker_->bufs().append(out_, m.data(), m.size());
-      if (lost_tx_ == 'I') lost_tx_ = 0;
+      if (lost_->tx == 'I') lost_->tx = 0;
     }
     return 1;
   }
-  if (!lost_error_.empty()) {
+  if (!lost_->error.empty()) {
     if (type == 'H') {
       lost_drop(total);
       return 1;
     }
-    worker_->bufs().append(out_, lost_error_.data(), lost_error_.size());
-    lost_error_.clear();
+    worker_->bufs().append(out_, lost_->error.data(), lost_->error.size());
+    lost_->error.clear();
     lost_drop(total);
     if (type == 'Q' || type == 'F' || type == 'S') {
       std::string m;
-      wire::ready_for_query(m, lost_tx_ == 'E' ? 'E' : 'I');
+      wire::ready_for_query(m, lost_->tx == 'E' ? 'E' : 'I');
       worker_->bufs().append(out_, m.data(), m.size());
     } else {
-      lost_skip_ = true;
+      lost_->skip = true;
     }
     return 1;
   }
-  if (lost_tx_ == 0) return 0;
-  if (lost_tx_ == 'I') {
+  if (lost_->tx == 0) return 0;
+  if (lost_->tx == 'I') {
     // Rolled back by an Execute in this segment: its Sync says so; anything else goes on
     // to a server as usual.
     if (type != 'S') {
-      lost_tx_ = 0;
-      lost_names_.clear();
+      lost_->tx = 0;
+      lost_->names.clear();
       return 0;
     }
     lost_drop(total);
-    lost_tx_ = 0;
-    lost_names_.clear();
+    lost_->tx = 0;
+    lost_->names.clear();
     std::string m;
     wire::ready_for_query(m, 'I');
     worker_->bufs().append(out_, m.data(), m.size());
@@ -343,15 +349,15 @@ int Client::lost_message(uint8_t type, size_t len) {
         stmts_.has_unnamed = false;
         ++unnamed_gen_;
       }
-      std::erase_if(lost_names_, [](const auto& p) { return p.first.empty(); });
+      std::erase_if(lost_->names, [](const auto& p) { return p.first.empty(); });
       in_.rpos += total;
       std::string sp;
       switch (classify_tx_exit(text, &sp)) {
         case TxExit::End:
           wire::Writer(m).begin('C').cstr("ROLLBACK").end();
           wire::ready_for_query(m, 'I');
-          lost_tx_ = 0;
-          lost_names_.clear();
+          lost_->tx = 0;
+          lost_->names.clear();
           worker_->bufs().append(out_, m.data(), m.size());
           return 1;
         case TxExit::Empty:
@@ -399,13 +405,13 @@ int Client::lost_message(uint8_t type, size_t len) {
       } else {
         // Without remapping the names live on servers: kept here until the block ends,
         // a few at most (a scan per message).
-        std::erase_if(lost_names_, [&](const auto& p) { return p.first == name_s; });
-        if (lost_names_.size() >= kLostNames) {
+        std::erase_if(lost_->names, [&](const auto& p) { return p.first == name_s; });
+        if (lost_->names.size() >= kLostNames) {
           lost_answer("54000", "too many statements prepared after the server connection was lost",
                       type);
           return 1;
         }
-        lost_names_.emplace_back(name_s, std::string(text));
+        lost_->names.emplace_back(name_s, std::string(text));
       }
       wire::Writer(m).begin('1').end();
       break;
@@ -430,10 +436,10 @@ int Client::lost_message(uint8_t type, size_t len) {
         lost_answer("25P02", kAborted, type);
         return 1;
       }
-      lost_portal_set_ = true;
-      lost_portal_ = portal_s;
-      lost_portal_kind_ = k;
-      lost_portal_savepoint_ = sp;
+      lost_->portal_set = true;
+      lost_->portal = portal_s;
+      lost_->portal_kind = k;
+      lost_->portal_savepoint = sp;
       wire::Writer(m).begin('2').end();
       break;
     }
@@ -441,21 +447,22 @@ int Client::lost_message(uint8_t type, size_t len) {
       std::string_view portal;
       (void)r.cstr(portal);
       in_.rpos += total;
-      if (!lost_portal_set_ || lost_portal_ != portal) {
+      if (!lost_->portal_set || lost_->portal != portal) {
         lost_answer("34000", quoted("portal", portal, "does not exist"), type);
         return 1;
       }
-      lost_portal_set_ = false;
-      switch (lost_portal_kind_) {
+      lost_->portal_set = false;
+      switch (lost_->portal_kind) {
         case TxExit::End:
           wire::Writer(m).begin('C').cstr("ROLLBACK").end();
-          lost_tx_ = 'I';  // until the Sync
+          lost_->tx = 'I';  // until the Sync
           break;
         case TxExit::Empty:
           wire::Writer(m).begin('I').end();
           break;
         case TxExit::ToSavepoint:
-          lost_answer("3B001", quoted("savepoint", lost_portal_savepoint_, "does not exist"), type);
+          lost_answer("3B001", quoted("savepoint", lost_->portal_savepoint, "does not exist"),
+                      type);
           return 1;
         default:
           lost_answer("0A000",
@@ -474,7 +481,7 @@ int Client::lost_message(uint8_t type, size_t len) {
       std::string name_s(name);
       in_.rpos += total;
       if (kind == 'P') {
-        if (!lost_portal_set_ || lost_portal_ != name_s) {
+        if (!lost_->portal_set || lost_->portal != name_s) {
           lost_answer("34000", quoted("portal", name_s, "does not exist"), type);
           return 1;
         }
@@ -505,9 +512,9 @@ int Client::lost_message(uint8_t type, size_t len) {
       std::string name_s(name);
       in_.rpos += total;
       if (kind == 'P') {
-        if (lost_portal_set_ && lost_portal_ == name_s) lost_portal_set_ = false;
+        if (lost_->portal_set && lost_->portal == name_s) lost_->portal_set = false;
       } else {
-        std::erase_if(lost_names_, [&](const auto& p) { return p.first == name_s; });
+        std::erase_if(lost_->names, [&](const auto& p) { return p.first == name_s; });
         if (remap_ && (!name_s.empty() || cache_unnamed_))
           stmts_.erase(name_s);
         else if (remap_)

@@ -8,6 +8,8 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace pgsluice {
 
@@ -30,6 +32,23 @@ enum class TxExit : uint8_t {
                 // PREPARE TRANSACTION 'gid': the block ends, tag "ROLLBACK"
   Chain,        // the same with AND CHAIN: a new block would begin (refused after a loss)
   ToSavepoint,  // ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name: 3B001 after a loss
+};
+
+// What a client keeps after its server was lost (Client::lost_), until the messages it
+// owes are done and its emulated block has ended.
+struct LostState {
+  std::string error;        // ErrorResponse owed to the next request (idle in a block)
+  char tx = 0;              // 0: no block; 'E': aborted block; 'I': rolled back, until the Sync
+  bool skip = false;        // skipping to a Sync after an error (extended protocol)
+  bool copy = false;        // dropping the client's COPY data
+  bool portal_set = false;  // `portal` was bound to an exit statement
+  uint64_t drop = 0;        // bytes of the current message still to drop
+  // Without remapping: the statements prepared meanwhile (name, text), a few at most.
+  std::vector<std::pair<std::string, std::string>> names;
+  std::string portal;
+  TxExit portal_kind = TxExit::Other;
+  std::string portal_savepoint;
+  bool done() const { return tx == 0 && !skip && !copy && error.empty() && drop == 0; }
 };
 
 // Classifies one SQL text (a whole simple Query or a Parse's text). `savepoint` receives the
