@@ -717,7 +717,18 @@ void Worker::server_lost(Server* s, std::string_view reason) {
         reinterpret_cast<const uint8_t*>(s->fatal_.data()) + wire::kHeaderLen,
         s->fatal_.size() - wire::kHeaderLen));
   l.tx = s->tx_;
-  l.cycles = s->queue_.syncs() + s->queue_.flushes();
+  // Cycles owed an answer: each Sync, and each Query/FunctionCall PostgreSQL would not
+  // have ignored (those sent while it skips to a Sync after an error get nothing).
+  bool skipping = s->skip_to_sync_;
+  for (size_t i = 0; i < s->queue_.size(); i++) {
+    uint8_t t = s->queue_.at(i).type;
+    if (t == 'S') {
+      l.cycles++;
+      skipping = false;
+    } else if ((t == 'Q' || t == 'F') && !skipping) {
+      l.cycles++;
+    }
+  }
   l.tail = s->unsynced_;
   l.answered = s->skip_to_sync_;
   unlink(c, s);

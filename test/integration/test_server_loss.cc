@@ -300,6 +300,24 @@ TEST_SUITE("server loss") {
     CHECK(first_value(got) == "42");
   }
 
+  TEST_CASE("after an error PostgreSQL ignores a Query before the Sync: so does the answer") {
+    if (skip_in_direct_mode("pooler behaviour")) return;
+    Pooler p(pool_of_one());
+    Raw r = raw_login(p);
+    std::string pid = backend_pid(r, false);
+    REQUIRE(r.send_bytes(parse("", "SELECT 1/0") + bind("", "") + execute("") + q("SELECT 2") +
+                         msg('H', "")));
+    auto got = r.read_until('E');
+    CHECK(types(got) == "1E");  // 1/0 fails when the Bind plans it
+    CHECK(error_in(got)->field('C') == "22012");
+    terminate_backend(pid);
+    got = ask(r, sync());
+    CHECK(types(got) == "Z");  // the segment's error was given; the Query was skipped
+    CHECK(status(got) == 'I');
+    got = ask(r, q("SELECT 42"));
+    CHECK(first_value(got) == "42");
+  }
+
   TEST_CASE("COPY FROM STDIN in flight: the rest of the data dropped, the error, no rows") {
     if (skip_in_direct_mode("pooler behaviour")) return;
     Pooler p(pool_of_one());
