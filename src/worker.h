@@ -174,6 +174,12 @@ class Worker {
                    std::string_view reason);
   void close_client(Client* c, std::string_view reason);
   void close_server(Server* s, std::string_view reason);
+  // The server's session ended under it (EOF, a socket error, a FATAL from PostgreSQL: its
+  // message in Server::fatal_). In transaction and statement pooling its linked client is
+  // told what was lost (Client::server_lost) and stays connected; in session pooling, or
+  // when half a message had reached the client, the client gets the error and is closed.
+  // Then close_server.
+  void server_lost(Server* s, std::string_view reason);
   void close_cancel(CancelConn* c);
   void server_login_done(Server* s);
   void note_current_host(Server* s);
