@@ -43,9 +43,12 @@ struct ConnRow {
            send_avail = 0;
 };
 
-// One pool's list sizes and statistics (summed over workers when merged).
+// One pool's list sizes and statistics (summed over workers when merged). The pool is
+// named by copies: it may be freed (pool_idle_timeout) before the snapshot is read.
 struct PoolRow {
-  Pool* pool = nullptr;
+  uint64_t uid = 0;  // Pool::uid, never reused
+  std::string db, user;
+  const char* mode = "";  // pool_mode_name()
   int cl_active = 0, cl_waiting = 0, sv_active = 0, sv_active_cancel = 0, sv_being_canceled = 0,
       sv_idle = 0, sv_used = 0, sv_tested = 0, sv_login = 0;
   uint64_t maxwait_us = 0;
