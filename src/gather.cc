@@ -191,6 +191,7 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
   double now = now_seconds();
   std::map<Pool*, PoolRow> rows;
   for (const auto& [p, lp] : w.local_pools()) {
+    if (p->retired()) continue;  // freed soon: its statistics are forgotten
     PoolRow& r = row_of(rows, p);
     r.stats = lp->stats;
     r.sv_idle = static_cast<int>(lp->idle.size());
