@@ -540,7 +540,10 @@ void Registry::reclaim() {
   uint64_t all = epoch_;
   for (size_t w = 0; w < nworkers_; w++)
     all = std::min(all, passed_[w].load(std::memory_order_acquire));
-  std::erase_if(retired_, [all](const Retired& r) { return r.epoch <= all; });
+  // A lookup started on a pool between a snapshot and its retirement would still write it.
+  std::erase_if(retired_, [&](const Retired& r) {
+    return r.epoch <= all && !lookup_pending(r.pool.get());
+  });
   has_retired_.store(!retired_.empty());
 }
 
