@@ -474,12 +474,14 @@ int Registry::retire_idle(const Config& cfg, double now) {
   std::lock_guard<std::mutex> g(mu_);
   // Databases made from "*": the last use of any of their pools; -1 while one is held
   // (PgBouncer: an auto-database is active while a pool has a client or a server).
+  // holds_ is read before last_used_: the load sees the unhold that stamped it.
   std::map<std::string, double> auto_used;
   if (autodb_idle > 0)
     for (auto& [k, p] : pools_) {
       if (cfg.databases.count(p->db_name) != 0) continue;
-      auto [a, fresh] = auto_used.emplace(p->db_name, p->last_used());
-      if (p->holds_.load() != 0)
+      bool held = p->holds_.load() != 0;
+      auto [a, fresh] = auto_used.emplace(p->db_name, held ? -1 : p->last_used());
+      if (held)
         a->second = -1;
       else if (a->second >= 0)
         a->second = std::max(a->second, p->last_used());
@@ -487,6 +489,10 @@ int Registry::retire_idle(const Config& cfg, double now) {
   int n = 0;
   for (auto it = pools_.begin(); it != pools_.end();) {
     Pool* p = it->second.get();
+    if (p->holds_.load() != 0) {
+      ++it;
+      continue;
+    }
     const char* why = nullptr;
     double age = now - p->last_used();
     const DatabaseDef* def = cfg.database(p->db_name);
@@ -504,7 +510,7 @@ int Registry::retire_idle(const Config& cfg, double now) {
         why = "autodb_idle_timeout";
     }
     int zero = 0;
-    if (why == nullptr || p->holds_.load() != 0 || lookup_pending(p) ||
+    if (why == nullptr || lookup_pending(p) ||
         !p->holds_.compare_exchange_strong(zero, Pool::kRetired)) {
       ++it;
       continue;
@@ -541,9 +547,8 @@ void Registry::reclaim() {
   for (size_t w = 0; w < nworkers_; w++)
     all = std::min(all, passed_[w].load(std::memory_order_acquire));
   // A lookup started on a pool between a snapshot and its retirement would still write it.
-  std::erase_if(retired_, [&](const Retired& r) {
-    return r.epoch <= all && !lookup_pending(r.pool.get());
-  });
+  std::erase_if(retired_,
+                [&](const Retired& r) { return r.epoch <= all && !lookup_pending(r.pool.get()); });
   has_retired_.store(!retired_.empty());
 }
 
