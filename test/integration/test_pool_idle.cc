@@ -159,12 +159,13 @@ TEST_SUITE("pool idle") {
     o.extra_pgbouncer =
         "pool_idle_timeout = 1\nautodb_idle_timeout = 1\nserver_idle_timeout = 0.5\n";
     Pooler p(o);
-    const std::vector<std::string> dbs = {"db1", "db2", "db3", "postgres"};
+    // Bursts on six pools that are freed between them; db2 is kept busy all along.
+    const std::vector<std::string> dbs = {"db1", "db3", "postgres"};
     const std::vector<std::pair<std::string, std::string>> users = {{"md5user", "md5pass"},
                                                                     {"plainuser", "plainpass"}};
     std::atomic<long> ok{0}, failed{0};
     std::atomic<bool> stop{false};
-    std::vector<std::string> errors(8);
+    std::vector<std::string> errors(10);
     std::vector<std::thread> threads;
     for (int t = 0; t < 8; t++)
       threads.emplace_back([&, t] {
@@ -187,6 +188,20 @@ TEST_SUITE("pool idle") {
           sleep_ms(static_cast<int>(rng() % 2200));
         }
       });
+    for (int t = 0; t < 2; t++)
+      threads.emplace_back([&, t] {
+        const auto& [user, pass] = users[static_cast<size_t>(t)];
+        while (!stop.load()) {
+          std::string err, v;
+          Conn c = try_connect(p.conninfo(user, pass, "db2"), &err);
+          if (c && exec_nothrow(c.get(), "SELECT 1", &err, &v) && v == "1") {
+            ok++;
+          } else {
+            failed++;
+            errors[static_cast<size_t>(8 + t)] = "db2/" + user + ": " + err;
+          }
+        }
+      });
     sleep_ms(10000);
     stop = true;
     for (auto& th : threads) th.join();
@@ -203,7 +218,7 @@ TEST_SUITE("pool idle") {
     CHECK(p.alive());
     // Everything idle goes in the end, and comes back.
     CHECK(eventually([&] { return show_pools(p).empty(); }, 6));
-    for (const std::string& db : dbs) CHECK(one_query(p, db) != "");
+    for (const char* db : {"db1", "db2", "db3", "postgres"}) CHECK(one_query(p, db) != "");
   }
 }
 
