@@ -176,12 +176,16 @@ void Worker::drain_inbox() {
         adopt_server(m.server, m.pool);
         break;
       case InboxMsg::Kind::Kick: {
-        LocalPool* lp = local_pool(m.pool);
-        if (paused(m.pool)) break;
-        serve_waiters(m.pool, lp);
+        // Found by address alone: a kick may outlive its pool (pool_idle_timeout), and a
+        // worker without a LocalPool holds neither waiters nor idle servers of it.
+        auto it = pools_.find(m.pool);
+        if (it == pools_.end()) break;
+        LocalPool* lp = it->second.get();
+        Pool* p = lp->pool;
+        if (paused(p)) break;
+        serve_waiters(p, lp);
         if (lp->waiting.empty() && lp->lookups.empty() && !lp->idle.empty() && m.fd >= 0 &&
-            static_cast<size_t>(m.fd) != index_ &&
-            m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0)
+            static_cast<size_t>(m.fd) != index_ && p->waiting_on(static_cast<size_t>(m.fd)) > 0)
           hand_over(lp->idle.back(), static_cast<size_t>(m.fd));
         break;
       }

@@ -277,6 +277,9 @@ class Worker {
   static void flush_cb(evutil_socket_t, short, void* arg);
   // ---- the janitor (janitor.cc): every timeout, on the maintenance timer ----
   void janitor();
+  // pool_idle_timeout, autodb_idle_timeout (pool_idle.cc): worker 0 retires idle pools;
+  // every worker drops its LocalPools of retired ones; worker 0 frees those all passed.
+  void reap_pools(double now);
   void waiter_timeouts(LocalPool* lp, double now);
   void linked_timeouts(double now);
   void idle_client_timeouts(double now);
