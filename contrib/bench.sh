@@ -40,6 +40,8 @@
 #                  seconds, default 3) and pgsluice-warm (the next run, cache warm);
 #                  skipped for pgsluice with a message when it does not serve such
 #                  users. 0: no login step
+#   BENCH_POOL_SIZE  default_pool_size of both poolers (default 8; 20 for the
+#                  "200 clients over 20 servers" row: BENCH_CASES=200:simple)
 #   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
@@ -62,7 +64,7 @@ TIME=${BENCH_TIME:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 SCALE=${BENCH_SCALE:-10}
 AUTH=${BENCH_AUTH:-md5}
-POOL_SIZE=8
+POOL_SIZE=${BENCH_POOL_SIZE:-8}
 BASE=${BENCH_BASE_BIN:-}
 TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1${BASE:+ pgsluice-base}"}
 TLS=${BENCH_TLS:-1}
@@ -132,7 +134,7 @@ ssl_key_file = '$WORK/tls.key'"
 fi
 start_cluster "$WORK" "$PGPORT" "\
 # pgsluice benchmark: loopback only, everything in memory, durability not needed.
-max_connections = 100
+max_connections = 250
 shared_buffers = 512MB
 fsync = off
 synchronous_commit = off

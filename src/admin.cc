@@ -20,6 +20,7 @@
 #include "pool.h"
 #include "rowset.h"
 #include "server.h"
+#include "target.h"
 #include "trace.h"
 #include "wire.h"
 #include "worker.h"
@@ -371,18 +372,23 @@ void show_databases(Client* c, Snapshot& snap) {
   Runtime* rt = c->worker()->rt();
   auto cfg = rt->config();
   std::map<std::string, int> servers;
-  for (Pool* p : rt->registry->pools()) servers[p->db_name] += p->server_count();
-  RowSet rs("ssissiiiissiiiiii",
+  std::map<std::string, std::optional<std::string>> now_on;  // the first pool's current host
+  for (Pool* p : rt->registry->pools()) {
+    servers[p->db_name] += p->server_count();
+    auto& h = now_on[p->db_name];
+    if (!h) h = current_host(*p);
+  }
+  RowSet rs("ssissiiiissiiiiiis",
             {"name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
              "reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts",
              "max_connections", "current_connections", "max_client_connections",
-             "current_client_connections", "paused", "disabled"});
+             "current_client_connections", "paused", "disabled", "current_host"});
   for (const std::string& name : database_names(rt, *cfg)) {
     if (name == "pgbouncer") {
       rs.row({"pgbouncer", std::nullopt, cell(cfg->listen_port), "pgbouncer", "pgbouncer", "2", "0",
               "0", cell(static_cast<long long>(cfg->server_lifetime)), "statement", std::nullopt,
               cell(cfg->max_db_connections), "0", cell(cfg->max_db_client_connections),
-              cell(snap.admin_clients), "0", "0"});
+              cell(snap.admin_clients), "0", "0", std::nullopt});
       continue;
     }
     const DatabaseDef* d = cfg->database(name);
@@ -403,31 +409,30 @@ void show_databases(Client* c, Snapshot& snap) {
             cell(d->max_db_client_connections > 0 ? d->max_db_client_connections
                                                   : cfg->max_db_client_connections),
             cell(rt->registry->db_client_count(name)), cell(st->paused.load() ? 1 : 0),
-            cell(st->disabled.load() ? 1 : 0)});
+            cell(st->disabled.load() ? 1 : 0), now_on[name]});
   }
   reply_rows(c, rs);
 }
 
 void show_pools(Client* c, Snapshot& snap) {
-  RowSet rs("ssiiiiiiiiiiiiiss",
+  RowSet rs("ssiiiiiiiiiiiiisss",
             {"database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
              "cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled",
              "sv_idle", "sv_used", "sv_tested", "sv_login", "maxwait", "maxwait_us", "pool_mode",
-             "load_balance_hosts"});
+             "load_balance_hosts", "current_host"});
   bool admin_done = false;
   auto admin_row = [&] {
     rs.row({"pgbouncer", "pgbouncer", cell(snap.admin_clients), "0", "0", "0", "0", "0", "0", "0",
-            "0", "0", "0", "0", "0", "statement", std::nullopt});
+            "0", "0", "0", "0", "0", "statement", std::nullopt, std::nullopt});
     admin_done = true;
   };
   for (const PoolRow& r : snap.pools) {
-    if (!admin_done && r.pool->db_name > "pgbouncer") admin_row();
-    rs.row({r.pool->db_name, r.pool->user_name, cell(r.cl_active), cell(r.cl_waiting), "0", "0",
-            cell(r.sv_active), cell(r.sv_active_cancel), cell(r.sv_being_canceled), cell(r.sv_idle),
-            cell(r.sv_used), cell(r.sv_tested), cell(r.sv_login),
+    if (!admin_done && r.db > "pgbouncer") admin_row();
+    rs.row({r.db, r.user, cell(r.cl_active), cell(r.cl_waiting), "0", "0", cell(r.sv_active),
+            cell(r.sv_active_cancel), cell(r.sv_being_canceled), cell(r.sv_idle), cell(r.sv_used),
+            cell(r.sv_tested), cell(r.sv_login),
             cell(static_cast<long long>(r.maxwait_us / 1000000)),
-            cell(static_cast<long long>(r.maxwait_us % 1000000)), pool_mode_name(r.pool->mode),
-            std::nullopt});
+            cell(static_cast<long long>(r.maxwait_us % 1000000)), r.mode, std::nullopt, r.host});
   }
   if (!admin_done) admin_row();
   reply_rows(c, rs);
@@ -760,8 +765,7 @@ void show_histograms(Client* c, Snapshot& snap) {
       for (size_t i = 0; i < h->buckets.size(); i++) {
         cum += h->buckets[i];
         std::string le = i < Histogram::kBoundsUs.size() ? cell_u(Histogram::kBoundsUs[i]) : "+Inf";
-        rs.row({r.pool->db_name, r.pool->user_name, name, le, cell_u(h->buckets[i]), cell_u(cum),
-                cell_u(h->sum_us)});
+        rs.row({r.db, r.user, name, le, cell_u(h->buckets[i]), cell_u(cum), cell_u(h->sum_us)});
       }
     }
   }

@@ -148,6 +148,13 @@ void Resolver::lookup(DnsName* n, Pool* waiter, double max_ttl, double nxdomain_
   wake();
 }
 
+bool Resolver::waits_for(const Pool* p) {
+  std::lock_guard<std::mutex> g(mu_);
+  for (const auto& [k, n] : names_)
+    if (std::find(n->waiters_.begin(), n->waiters_.end(), p) != n->waiters_.end()) return true;
+  return false;
+}
+
 Resolver::Counts Resolver::counts() {
   std::lock_guard<std::mutex> g(mu_);
   Counts c;

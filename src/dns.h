@@ -94,6 +94,9 @@ class Resolver {
   // when that lookup ends, or at once when n has an unexpired answer already. The TTLs are
   // those of the caller's config snapshot; the answer is then good for them.
   void lookup(DnsName* n, Pool* waiter, double max_ttl, double nxdomain_ttl);
+  // Whether a lookup on its way will kick p: such a pool is not freed (pool_idle_timeout),
+  // as the resolver keeps no other Pool* and kicks under its lock.
+  bool waits_for(const Pool* p);
 
   // SHOW LISTS: names known, lookups running, lookups queued but not yet started.
   struct Counts {

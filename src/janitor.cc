@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "target.h"
 #include "wire.h"
 #include "worker.h"
 
@@ -35,6 +36,7 @@ void Worker::janitor() {
   cfg_ = rt_->config();  // adopt a reloaded snapshot at a loop turn
   double now = now_seconds();
   const Config& cf = *cfg_;
+  reap_pools(now);  // first: a quiescent point (pool_idle.cc)
   // Servers: connect/login timeout, idle timeout, lifetime.
   std::vector<Server*> expired;
   for (Server* s : servers_) {
@@ -154,19 +156,15 @@ void Worker::linked_timeouts(double now) {
 
 void Worker::cancel_backend(Server* s) {
   if (s->backend_key_.empty()) return;
-  sockaddr_storage addr{};
-  socklen_t len = sizeof addr;
-  if (getpeername(s->fd(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) return;
-  int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return;
-  auto* cc = new CancelConn(this, Fd(fd), s);
+  Dial d = dial(s->peer_, s->peer_len_, *cfg_);
+  if (d.fd < 0) return;
+  auto* cc = new CancelConn(this, Fd(d.fd), s);
   cc->target_ = nullptr;
   cc->orphan_ = true;
   cc->started_ = now_seconds();
   cancel_conns_.push_back(cc);
   cc->attach(this);
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), len);
-  if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN)
+  if (d.err == 0)
     cc->want_write(true);
   else
     close_cancel(cc);

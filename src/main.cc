@@ -208,6 +208,7 @@ Status reload(Main* m) {
   auto cur = m->rt.config();
   auto next = load_config(cur->config_file);
   if (!next) {
+    m->rt.reload_failures.fetch_add(1, std::memory_order_relaxed);
     sd_notify_msg("READY=1");
     return next.status();
   }
@@ -216,6 +217,7 @@ Status reload(Main* m) {
   for (const std::string& k : settings_needing_restart(*cur, *next.value()))
     LOG_WARN("setting %s changed in the config file: it needs a restart, ignored", k.c_str());
   Status st = commit_config(m, next.value(), true);
+  (st ? m->rt.reloads : m->rt.reload_failures).fetch_add(1, std::memory_order_relaxed);
   sd_notify_msg("READY=1");
   return st;
 }
@@ -246,9 +248,7 @@ void watch_cb(evutil_socket_t, short, void* arg) {
   auto* m = static_cast<Main*>(arg);
   auto mode = static_cast<ShutdownMode>(m->rt.shutdown_mode.load());
   if (mode == ShutdownMode::WaitForServers) {
-    int n = 0;
-    for (Pool* p : m->rt.registry->pools()) n += p->server_count();
-    if (n == 0) return watch_done(m);
+    if (m->rt.registry->server_total() == 0) return watch_done(m);
   } else if (mode == ShutdownMode::WaitForClients) {
     // Non-admin clients still connected, gathered without blocking the main loop.
     gather_on_main(m->rt, kSnapPools, 2.0, [m](Snapshot& s, bool complete) {

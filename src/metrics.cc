@@ -62,7 +62,7 @@ class Out {
 };
 
 std::string pool_labels(const PoolRow& r) {
-  return "database=\"" + esc(r.pool->db_name) + "\",user=\"" + esc(r.pool->user_name) + "\"";
+  return "database=\"" + esc(r.db) + "\",user=\"" + esc(r.user) + "\"";
 }
 
 void histogram(Out& o, const Snapshot& s, const char* name, const char* help,
@@ -119,6 +119,15 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
   o.head("pgsluice_server_checks_failed_total", "counter",
          "server_check_query health checks that failed (the server was closed).");
   o.line_u("pgsluice_server_checks_failed_total", "", extra.server_checks_failed);
+  o.head("pgsluice_failovers_total", "counter",
+         "Times a pool's new servers moved off a host that could not be reached or no longer "
+         "suited target_session_attrs (the log names both hosts).");
+  o.line_u("pgsluice_failovers_total", "", extra.failovers);
+  o.head("pgsluice_reloads_total", "counter", "Configurations applied by RELOAD or SIGHUP.");
+  o.line_u("pgsluice_reloads_total", "", extra.reloads);
+  o.head("pgsluice_reload_failures_total", "counter",
+         "RELOAD or SIGHUP refused (the running configuration stayed; the log says why).");
+  o.line_u("pgsluice_reload_failures_total", "", extra.reload_failures);
   o.head("pgbouncer_used_clients", "gauge", "Client connections open.");
   o.line("pgbouncer_used_clients", "", s.used_clients);
   o.head("pgbouncer_login_clients", "gauge", "Clients still logging in.");
@@ -317,6 +326,9 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
             rt->server_tls_handshake_failures.load(std::memory_order_relaxed);
         ex.server_checks = rt->server_checks.load(std::memory_order_relaxed);
         ex.server_checks_failed = rt->server_checks_failed.load(std::memory_order_relaxed);
+        ex.failovers = rt->failovers.load(std::memory_order_relaxed);
+        ex.reloads = rt->reloads.load(std::memory_order_relaxed);
+        ex.reload_failures = rt->reload_failures.load(std::memory_order_relaxed);
         std::string body = render_metrics(s, *rt->config(), ex);
         self->answer_all(&body);
       });

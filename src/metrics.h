@@ -34,6 +34,9 @@ struct MetricsExtra {
   uint64_t server_tls_handshake_failures = 0;  // Runtime::server_tls_handshake_failures
   uint64_t server_checks = 0;                  // Runtime::server_checks
   uint64_t server_checks_failed = 0;           // Runtime::server_checks_failed
+  uint64_t failovers = 0;                      // Runtime::failovers
+  uint64_t reloads = 0;                        // Runtime::reloads
+  uint64_t reload_failures = 0;                // Runtime::reload_failures
 };
 
 // The exposition text for a merged snapshot (pure; unit-tested).

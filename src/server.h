@@ -163,8 +163,9 @@ class Server final : public Conn, public ReplyBook {
   Target* target_;
   TargetHost* thost_;
   void set_target(Target* t, TargetHost* h);
-  // The address it connected to (where its cancels go) and the DNS answer it came from
-  // (null: none yet); a name that no longer resolves to it closes it (Worker::stale).
+  // The address it connected to (its cancel requests go there, whatever DNS or RELOAD did
+  // to its host since) and the DNS answer it came from (null: none); a name that no longer
+  // resolves to it closes it at release (Worker::stale).
   const AddrRecord* addr_rec_ = nullptr;
   sockaddr_storage peer_{};
   socklen_t peer_len_ = 0;
@@ -195,6 +196,9 @@ class Server final : public Conn, public ReplyBook {
   uint64_t check_client_ = 0;
   bool checking_ = false;  // the internal query due is that check (its tag is read)
   uint32_t gen_ = 0;       // DbState::generation when connected; older means close_needed
+  // The FATAL ErrorResponse PostgreSQL sent before closing this session while linked (the
+  // whole message; empty: none): Worker::server_lost hands it to the client.
+  std::string fatal_;
   std::string login_error_;
   std::string login_sqlstate_;
   // The server_tls_* context current when this server was made (null: TLS disabled). A

@@ -1,9 +1,12 @@
 // A pool's target: its hosts, how a new server picks one, and what servers log in with.
 #include "target.h"
 
+#include <errno.h>
 #include <netinet/in.h>
+#include <unistd.h>
 
 #include "config.h"
+#include "stream.h"
 
 namespace pgsluice {
 
@@ -42,6 +45,28 @@ bool TargetHost::moved_away(const AddrRecord* r, const sockaddr_storage& peer) c
   if (name_ == nullptr || r == nullptr) return false;
   const AddrRecord* cur = name_->current();
   return cur != r && cur != nullptr && !cur->failed() && !cur->has(peer);
+}
+
+void TargetHost::hold(double until, HostDown why) {
+  held_until.store(until, std::memory_order_relaxed);
+  down.store(why, std::memory_order_relaxed);
+}
+
+void TargetHost::serving() {
+  held_until.store(0, std::memory_order_relaxed);
+  down.store(HostDown::No, std::memory_order_relaxed);
+}
+
+const char* host_down_name(HostDown d) {
+  switch (d) {
+    case HostDown::No:
+      return "up";
+    case HostDown::Unreachable:
+      return "could not be reached";
+    case HostDown::WrongRole:
+      return "does not suit target_session_attrs";
+  }
+  return "?";
 }
 
 namespace {
@@ -113,16 +138,16 @@ std::string Target::resolve_error() const {
   return {};
 }
 
-const AddrRecord* Target::usable_host(const TargetHost& h, double now, double retry) const {
+const AddrRecord* Target::usable_host(const TargetHost& h, double now) const {
   const AddrRecord* r = h.addr();
   if (r == nullptr || r->failed()) return nullptr;
-  double f = h.failed_at.load(std::memory_order_relaxed);
-  return f == 0 || now - f >= retry ? r : nullptr;
+  double until = h.held_until.load(std::memory_order_relaxed);
+  return until == 0 || now >= until ? r : nullptr;
 }
 
-bool Target::usable(double now, double retry, const TargetHost* except) const {
+bool Target::usable(double now, const TargetHost* except) const {
   for (const auto& h : hosts)
-    if (h.get() != except && usable_host(*h, now, retry)) return true;
+    if (h.get() != except && usable_host(*h, now)) return true;
   return false;
 }
 
@@ -165,18 +190,17 @@ bool Target::accepts(const std::vector<std::pair<std::string, std::string>>& par
   return ok;
 }
 
-TargetHost* Target::pick(double now, double retry, const TargetHost** moved_from,
-                         const AddrRecord** rec) {
+TargetHost* Target::pick(double now, const TargetHost** moved_from, const AddrRecord** rec) {
   if (moved_from) *moved_from = nullptr;
   const AddrRecord* dummy = nullptr;
   if (rec == nullptr) rec = &dummy;
   const auto n = static_cast<uint32_t>(hosts.size());
-  if (n == 1) return (*rec = usable_host(*hosts[0], now, retry)) ? hosts[0].get() : nullptr;
+  if (n == 1) return (*rec = usable_host(*hosts[0], now)) ? hosts[0].get() : nullptr;
   uint32_t start = round_robin ? next_.fetch_add(1, std::memory_order_relaxed) % n
                                : next_.load(std::memory_order_relaxed) % n;
   for (uint32_t i = 0; i < n; i++) {
     uint32_t k = (start + i) % n;
-    if (!(*rec = usable_host(*hosts[k], now, retry))) continue;
+    if (!(*rec = usable_host(*hosts[k], now))) continue;
     if (!round_robin && k != start) {
       // disable: the first usable host after the current one becomes current.
       uint32_t expect = start;
@@ -194,6 +218,21 @@ std::string Target::describe() const {
     out += h->host + ":" + std::to_string(h->port);
   }
   return out;
+}
+
+Dial dial(const sockaddr_storage& addr, socklen_t len, const Config& tune) {
+  Dial d;
+  d.fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (d.fd < 0) {
+    d.err = errno;
+    return d;
+  }
+  if (addr.ss_family != AF_UNIX) tune_tcp_socket(d.fd, tune);
+  if (::connect(d.fd, reinterpret_cast<const sockaddr*>(&addr), len) == 0)
+    d.done = true;
+  else if (errno != EINPROGRESS && errno != EAGAIN)
+    d.err = errno;
+  return d;
 }
 
 }  // namespace pgsluice

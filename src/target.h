@@ -25,6 +25,8 @@ struct Config;
 struct DatabaseDef;
 
 enum class AddrState : uint8_t { Pending, Ready, Failed };
+enum class HostDown : uint8_t { No, Unreachable, WrongRole };
+const char* host_down_name(HostDown d);  // "unreachable", "wrong role for target_session_attrs"
 
 // One host of a target.
 struct TargetHost {
@@ -48,8 +50,14 @@ struct TargetHost {
   // resolves to addresses among which `peer` is not. A failed lookup moves nobody.
   bool moved_away(const AddrRecord* r, const sockaddr_storage& peer) const;
 
-  // When a server could last not reach it (monotonic seconds; 0: the last try succeeded).
-  std::atomic<double> failed_at{0};
+  // Held out of pick() until `held_until` (monotonic seconds; 0: not held): a host that
+  // could not be reached for server_login_retry, one whose server did not suit
+  // target_session_attrs for server_check_delay. `down` says why (No: its last login
+  // succeeded, or none was tried).
+  void hold(double until, HostDown why);
+  void serving();  // a login on it succeeded
+  std::atomic<double> held_until{0};
+  std::atomic<HostDown> down{HostDown::No};
 
  private:
   std::unique_ptr<AddrRecord> own_;
@@ -81,14 +89,16 @@ struct Target {
   std::string resolve_error() const;
 
   // The host for a new server: round-robin over the hosts, or (disable) the current host
-  // until it fails; a host without an address or that failed within `retry` seconds is
-  // skipped. Null when no host may be tried now. `moved_from`: in disable mode, the host
-  // that was current when the choice moved away from it (else null).
-  // `rec`: the host's address record that made it usable (Ready), for the connect.
-  TargetHost* pick(double now, double retry, const TargetHost** moved_from = nullptr,
+  // until it fails; a host without an address or held (TargetHost::hold) is skipped. Null
+  // when no host may be tried now. `moved_from`: in disable mode, the host that was current
+  // when the choice moved away from it (else null). `rec`: the host's address record that
+  // made it usable (Ready), for the connect.
+  TargetHost* pick(double now, const TargetHost** moved_from = nullptr,
                    const AddrRecord** rec = nullptr);
   // True when pick() would find a host now (`except`: not counting that one).
-  bool usable(double now, double retry, const TargetHost* except = nullptr) const;
+  bool usable(double now, const TargetHost* except = nullptr) const;
+  // The host of the last server that logged in (null: none yet); SHOW DATABASES/POOLS.
+  std::atomic<const TargetHost*> current{nullptr};
   // Whether a server that logged in with these ParameterStatus values suits `attrs`, as
   // libpq decides from PostgreSQL 14's reported in_hot_standby and
   // default_transaction_read_only. `others`: another host may be tried now (prefer-standby
@@ -99,8 +109,19 @@ struct Target {
   std::string describe() const;
 
  private:
-  const AddrRecord* usable_host(const TargetHost& h, double now, double retry) const;
+  const AddrRecord* usable_host(const TargetHost& h, double now) const;
   std::atomic<uint32_t> next_{0};  // round-robin: the next start; disable: the current host
 };
+
+// The one connect from pgsluice to PostgreSQL, for server logins and cancel requests alike:
+// a non-blocking socket to `addr`, with the TCP options of `tune` on a TCP socket. fd -1:
+// no socket (err: errno). Else the caller owns fd; err is connect's errno when it failed at
+// once (0: connected at once, `done`, or in progress).
+struct Dial {
+  int fd = -1;
+  int err = 0;
+  bool done = false;
+};
+Dial dial(const sockaddr_storage& addr, socklen_t len, const Config& tune);
 
 }  // namespace pgsluice

@@ -176,12 +176,16 @@ void Worker::drain_inbox() {
         adopt_server(m.server, m.pool);
         break;
       case InboxMsg::Kind::Kick: {
-        LocalPool* lp = local_pool(m.pool);
-        if (paused(m.pool)) break;
-        serve_waiters(m.pool, lp);
+        // Found by address alone: a kick may outlive its pool (pool_idle_timeout), and a
+        // worker without a LocalPool holds neither waiters nor idle servers of it.
+        auto it = pools_.find(m.pool);
+        if (it == pools_.end()) break;
+        LocalPool* lp = it->second.get();
+        Pool* p = lp->pool;
+        if (paused(p)) break;
+        serve_waiters(p, lp);
         if (lp->waiting.empty() && lp->lookups.empty() && !lp->idle.empty() && m.fd >= 0 &&
-            static_cast<size_t>(m.fd) != index_ &&
-            m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0)
+            static_cast<size_t>(m.fd) != index_ && p->waiting_on(static_cast<size_t>(m.fd)) > 0)
           hand_over(lp->idle.back(), static_cast<size_t>(m.fd));
         break;
       }
@@ -260,24 +264,24 @@ bool Worker::launch_server(LocalPool* lp) {
   }
   const TargetHost* left = nullptr;
   const AddrRecord* rec = nullptr;
-  TargetHost* h = t->pick(now, cfg_->server_login_retry, &left, &rec);
-  if (h == nullptr) {  // every host failed within server_login_retry (may_connect said so)
+  TargetHost* h = t->pick(now, &left, &rec);
+  if (h == nullptr) {  // every host is held (may_connect said so)
     p->unreserve();
     return false;
   }
   if (left != nullptr)
-    LOG_WARN("pool %s/%s: moving to host %s:%d: %s:%d could not be reached", p->db_name.c_str(),
-             p->user_name.c_str(), h->host.c_str(), h->port, left->host.c_str(), left->port);
+    LOG_WARN("pool %s/%s: moving to host %s:%d: %s:%d %s", p->db_name.c_str(), p->user_name.c_str(),
+             h->host.c_str(), h->port, left->host.c_str(), left->port,
+             host_down_name(left->down.load(std::memory_order_relaxed)));
   sockaddr_storage peer{};
   socklen_t peer_len = h->next_addr(*rec, &peer);
-  int fd = socket(peer.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
+  Dial d = dial(peer, peer_len, *cfg_);
+  if (d.fd < 0) {
     p->unreserve();
-    LOG_ERROR("socket() failed: %s", strerror(errno));
+    LOG_ERROR("socket() failed: %s", strerror(d.err));
     return false;
   }
-  if (peer.ss_family != AF_UNIX) tune_tcp_socket(fd, *cfg_);
-  auto* s = new Server(this, Fd(fd), p, lp);
+  auto* s = new Server(this, Fd(d.fd), p, lp);
   s->set_target(t, h);  // made for t: RELOAD may publish another meanwhile
   s->addr_rec_ = rec;   // and this answer of its name: one without peer closes it (stale)
   s->peer_ = peer;
@@ -288,13 +292,12 @@ bool Worker::launch_server(LocalPool* lp) {
   track_server(s);
   set_state(s, ServerState::Connecting);
   s->attach(this);
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&s->peer_), s->peer_len_);
-  if (rc == 0) {
+  if (d.done) {
     s->start_login();
-  } else if (errno == EINPROGRESS || errno == EAGAIN) {
+  } else if (d.err == 0) {
     s->want_write(true);
   } else {
-    server_login_failed(s, "08006", std::string("could not connect to server: ") + strerror(errno),
+    server_login_failed(s, "08006", std::string("could not connect to server: ") + strerror(d.err),
                         true);
   }
   return true;
@@ -530,16 +533,17 @@ void Worker::adopt_server(Server* s, Pool* p) {
 }
 
 void Worker::server_login_done(Server* s) {
-  // target_session_attrs: a server of the wrong kind is closed and its host skipped for
-  // server_login_retry, so new servers go to the others (a failover's new primary).
+  // target_session_attrs: a server of the wrong kind is closed and its host held for
+  // server_check_delay, so new servers go to the others (a failover's new primary), and the
+  // host is asked again that long after (a standby promoted meanwhile is found then).
   std::string why;
   double now = now_seconds();
-  if (!s->target_->accepts(s->login_params(),
-                           s->target_->usable(now, cfg_->server_login_retry, s->thost_), &why)) {
+  if (!s->target_->accepts(s->login_params(), s->target_->usable(now, s->thost_), &why)) {
+    double hold = std::max(cfg_->server_check_delay, 1.0);
     LOG_WARN("S-%p: %s/%s@%s:%d does not suit target_session_attrs: %s; skipped for %.0f s",
              static_cast<void*>(s), s->pool_->db_name.c_str(), s->pool_->user_name.c_str(),
-             s->addr_.host.c_str(), s->addr_.port, why.c_str(), cfg_->server_login_retry);
-    s->thost_->failed_at.store(now, std::memory_order_relaxed);
+             s->addr_.host.c_str(), s->addr_.port, why.c_str(), hold);
+    s->thost_->hold(now + hold, HostDown::WrongRole);
     close_server(s, "target_session_attrs");
     return;
   }
@@ -547,12 +551,27 @@ void Worker::server_login_done(Server* s) {
   s->fresh_ = true;
   s->pool_->set_welcome(s->login_params());
   s->pool_->set_login_failed_at(0);
-  s->thost_->failed_at.store(0, std::memory_order_relaxed);
+  s->thost_->serving();
+  note_current_host(s);
   if (cfg_->log_connections)
     LOG_INFO("S-%p: %s/%s@%s:%d new connection to server", static_cast<void*>(s),
              s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
              s->addr_.port);
   release_idle(s);
+}
+
+// The pool's current host is the one its last server logged in to. When that moves off a
+// host that is held (unreachable, or no longer the kind target_session_attrs asks for), the
+// pool has failed over: counted and logged with the reason, once per move.
+void Worker::note_current_host(Server* s) {
+  const TargetHost* was = s->target_->current.exchange(s->thost_, std::memory_order_relaxed);
+  if (was == nullptr || was == s->thost_) return;
+  HostDown why = was->down.load(std::memory_order_relaxed);
+  if (why == HostDown::No) return;  // round-robin between healthy hosts
+  rt_->failovers.fetch_add(1, std::memory_order_relaxed);
+  LOG_WARN("pool %s/%s: now on host %s:%d (was %s:%d, which %s)", s->pool_->db_name.c_str(),
+           s->pool_->user_name.c_str(), s->thost_->host.c_str(), s->thost_->port, was->host.c_str(),
+           was->port, host_down_name(why));
 }
 
 bool Worker::may_connect(const Pool* p) const {
@@ -561,7 +580,7 @@ bool Worker::may_connect(const Pool* p) const {
   if (t != 0 && now - t < cfg_->server_login_retry) return false;
   // No address yet (or none at all): launch_server says so. Else some host must be tryable.
   const Target* tg = p->target();
-  return tg->addr_state() != AddrState::Ready || tg->usable(now, cfg_->server_login_retry);
+  return tg->addr_state() != AddrState::Ready || tg->usable(now);
 }
 
 void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::string_view msg,
@@ -573,7 +592,7 @@ void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::stri
   // A host that cannot be reached is skipped for server_login_retry while the target's
   // other hosts serve; a refused login (any host would refuse it) holds the whole pool.
   if (unreachable)
-    s->thost_->failed_at.store(now_seconds(), std::memory_order_relaxed);
+    s->thost_->hold(now_seconds() + cfg_->server_login_retry, HostDown::Unreachable);
   else
     s->pool_->set_login_failed_at(now_seconds());
   size_t others = static_cast<size_t>(lp->connecting - 1);
@@ -693,6 +712,58 @@ void Worker::close_server(Server* s, std::string_view reason) {
       if (v != index_ && p->waiting_on(v).load() > 0)
         rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, -1, false, nullptr, p, 0, {}, {}});
   }
+}
+
+void Worker::server_lost(Server* s, std::string_view reason) {
+  if (s->dead_) return;
+  Client* c = s->client_;
+  if (c == nullptr || c->dead_ || s->state() != ServerState::Active) {
+    close_server(s, reason);
+    return;
+  }
+  if (s->fwd_remaining_ > 0) {
+    // The client's stream is cut mid-message: nothing more can be framed for it.
+    unlink(c, s);
+    close_client(c, "server connection lost mid-message");
+    close_server(s, reason);
+    return;
+  }
+  if (s->pool_->mode == PoolMode::Session) {
+    // The client's session was this server's: it gets PostgreSQL's error, or 08006, and is
+    // closed.
+    unlink(c, s);
+    if (s->fatal_.empty()) {
+      fail_client(c, "08006", "server conn crashed?", "server connection closed");
+    } else {
+      bufs().append(c->out_, s->fatal_.data(), s->fatal_.size());
+      close_client(c, "server connection closed");
+    }
+    close_server(s, reason);
+    return;
+  }
+  LostServer l;
+  if (!s->fatal_.empty())
+    l.error = error_as_error(std::span<const uint8_t>(
+        reinterpret_cast<const uint8_t*>(s->fatal_.data()) + wire::kHeaderLen,
+        s->fatal_.size() - wire::kHeaderLen));
+  l.tx = s->tx_;
+  // Cycles owed an answer: each Sync, and each Query/FunctionCall PostgreSQL would not
+  // have ignored (those sent while it skips to a Sync after an error get nothing).
+  bool skipping = s->skip_to_sync_;
+  for (size_t i = 0; i < s->queue_.size(); i++) {
+    uint8_t t = s->queue_.at(i).type;
+    if (t == 'S') {
+      l.cycles++;
+      skipping = false;
+    } else if ((t == 'Q' || t == 'F') && !skipping) {
+      l.cycles++;
+    }
+  }
+  l.tail = s->unsynced_;
+  l.answered = s->skip_to_sync_;
+  unlink(c, s);
+  close_server(s, reason);  // its slot is free, waiters are served
+  c->server_lost(l);
 }
 
 void Worker::close_cancel(CancelConn* cc) {
@@ -840,21 +911,18 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
               static_cast<void*>(s));
     return;
   }
-  // The address this server is on, whatever RELOAD or DNS did since.
-  int fd = socket(s->peer_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return;
-  auto* cc = new CancelConn(this, Fd(fd), s);
+  Dial d = dial(s->peer_, s->peer_len_, *cfg_);  // where this server is, whatever came since
+  if (d.fd < 0) return;
+  auto* cc = new CancelConn(this, Fd(d.fd), s);
   cc->started_ = now_seconds();
   cancel_conns_.push_back(cc);
   cc->attach(this);
   s->cancels_.push_back(cc);
   s->cancels_pending_++;
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&s->peer_), s->peer_len_);
-  if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN) {
+  if (d.err == 0)
     cc->want_write(true);
-  } else {
+  else
     close_cancel(cc);
-  }
 }
 
 // ---------------------------------------------------------------- operator commands

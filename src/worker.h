@@ -64,7 +64,10 @@ struct Runtime {
   // server_check_query checks started, and those that failed (the server was closed).
   std::atomic<uint64_t> server_checks{0};
   std::atomic<uint64_t> server_checks_failed{0};
-  double start_time = 0;  // monotonic seconds at start
+  std::atomic<uint64_t> failovers{0};        // a pool's servers moved off a held host
+  std::atomic<uint64_t> reloads{0};          // configurations committed by RELOAD/SIGHUP
+  std::atomic<uint64_t> reload_failures{0};  // RELOAD/SIGHUP refused (the running one stays)
+  double start_time = 0;                     // monotonic seconds at start
   // Set by main before the workers start; callable from any thread.
   std::function<void(int mode)> request_shutdown;  // ShutdownMode
   std::function<Status()> reload;                  // RELOAD: re-read the config (main thread)
@@ -171,8 +174,15 @@ class Worker {
                    std::string_view reason);
   void close_client(Client* c, std::string_view reason);
   void close_server(Server* s, std::string_view reason);
+  // The server's session ended under it (EOF, a socket error, a FATAL from PostgreSQL: its
+  // message in Server::fatal_). In transaction and statement pooling its linked client is
+  // told what was lost (Client::server_lost) and stays connected; in session pooling, or
+  // when half a message had reached the client, the client gets the error and is closed.
+  // Then close_server.
+  void server_lost(Server* s, std::string_view reason);
   void close_cancel(CancelConn* c);
   void server_login_done(Server* s);
+  void note_current_host(Server* s);
   // A server's login ended without success. `unreachable`: PostgreSQL could not be reached
   // or is not accepting connections yet (connect refused or timed out, closed before any
   // answer, 57P03): the pool's waiting clients stay queued (query_wait_timeout) and a new
@@ -267,6 +277,9 @@ class Worker {
   static void flush_cb(evutil_socket_t, short, void* arg);
   // ---- the janitor (janitor.cc): every timeout, on the maintenance timer ----
   void janitor();
+  // pool_idle_timeout, autodb_idle_timeout (pool_idle.cc): worker 0 retires idle pools;
+  // every worker drops its LocalPools of retired ones; worker 0 frees those all passed.
+  void reap_pools(double now);
   void waiter_timeouts(LocalPool* lp, double now);
   void linked_timeouts(double now);
   void idle_client_timeouts(double now);

@@ -156,8 +156,8 @@ std::vector<Shape> shapes() {
        {"database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
         "cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle",
         "sv_used", "sv_tested", "sv_login", "maxwait", "maxwait_us", "pool_mode",
-        "load_balance_hosts"},
-       "ssiiiiiiiiiiiiiss"},
+        "load_balance_hosts", "current_host"},
+       "ssiiiiiiiiiiiiisss"},
       {"SHOW CLIENTS", kSocketCols, "ssssssisissiiississii"},
       {"SHOW SERVERS", kSocketCols, "ssssssisissiiississii"},
       {"SHOW SOCKETS", with_debug(kSocketCols), "ssssssisissiiississiiiiiiiii"},
@@ -166,8 +166,8 @@ std::vector<Shape> shapes() {
        {"name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
         "reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts",
         "max_connections", "current_connections", "max_client_connections",
-        "current_client_connections", "paused", "disabled"},
-       "ssissiiiissiiiiii"},
+        "current_client_connections", "paused", "disabled", "current_host"},
+       "ssissiiiissiiiiiis"},
       {"SHOW USERS",
        {"name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
         "current_connections", "max_user_client_connections", "current_client_connections"},
@@ -220,7 +220,7 @@ TEST_CASE("admin console: every SHOW has PgBouncer's column names, order and typ
   }
   // SELECT is an alias of SHOW; lower case and a trailing ';' are fine.
   Result r = exec_ok(admin.get(), "select pools;");
-  CHECK(PQnfields(r.get()) == 17);
+  CHECK(PQnfields(r.get()) == 18);  // PgBouncer's 17 and current_host
   Result st = exec_ok(admin.get(), "SHOW STATE");
   CHECK(cell(st.get(), "key", "active", "value") == "yes");
   CHECK(cell(st.get(), "key", "paused", "value") == "no");

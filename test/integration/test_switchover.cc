@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -223,8 +224,28 @@ TEST_CASE(
   o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(primary.port) + "," +
                 std::to_string(standby.port) + " dbname=testdb target_session_attrs=read-write\n";
   o.default_pool_size = 8;
-  o.extra_pgbouncer = "server_login_retry = 1\nserver_connect_timeout = 2\n";
+  // server_login_retry stays at its default (15 s): the new primary is found through
+  // server_check_delay, for which a host refused as a standby is held.
+  int mport = free_port();
+  o.extra_pgbouncer = "server_check_delay = 1\nserver_connect_timeout = 2\nmetrics_port = " +
+                      std::to_string(mport) + "\n";
   Pooler p(o);
+  auto metric = [&](const std::string& name) {
+    CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
+    size_t at = r.output.find("\n" + name + " ");
+    if (at == std::string::npos) return std::string();
+    size_t b = at + name.size() + 2, e = r.output.find('\n', b);
+    return r.output.substr(b, e - b);
+  };
+  auto pool_host = [&] {
+    Conn admin = connect(admin_conninfo(p));
+    Result r(PQexec(admin.get(), "SHOW POOLS"));
+    int col = PQfnumber(r.get(), "current_host");
+    for (int i = 0; i < PQntuples(r.get()); i++)
+      if (std::string(PQgetvalue(r.get(), i, 0)) == "testdb")
+        return std::string(PQgetvalue(r.get(), i, col));
+    return std::string("(no pool)");
+  };
 
   using SteadyClock = std::chrono::steady_clock;
   std::atomic<bool> stop{false};
@@ -270,6 +291,12 @@ TEST_CASE(
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
       }
     });
+  // Clients that stay idle through the failover (each ran one write before it).
+  std::vector<Conn> idle;
+  for (int i = 0; i < 4; i++) {
+    idle.push_back(connect(p.conninfo()));
+    exec_ok(idle.back().get(), "INSERT INTO sw VALUES (1)");
+  }
   std::this_thread::sleep_for(std::chrono::seconds(3));
   long long before = ok.load();
   {
@@ -277,6 +304,10 @@ TEST_CASE(
     CHECK(scalar(su.get(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'md5user'") ==
           "0");  // read-write: no server stays on the standby
   }
+  const std::string on_primary = "127.0.0.1:" + std::to_string(primary.port);
+  const std::string on_standby = "127.0.0.1:" + std::to_string(standby.port);
+  CHECK(pool_host() == on_primary);
+  CHECK(metric("pgsluice_failovers_total") == "0");
   // The primary goes (a fast shutdown: its sessions end, its WAL reaches the standby), then
   // the standby is promoted, as a failover manager does.
   auto stop_begin = SteadyClock::now();
@@ -292,7 +323,9 @@ TEST_CASE(
   stop = true;
   for (auto& t : writers) t.join();
 
-  long long on_new = rows(standby);
+  // The idle clients see no error: their connections work, on the new primary.
+  for (Conn& c : idle) exec_ok(c.get(), "INSERT INTO sw VALUES (1)");
+  long long on_new = rows(standby) - 8;  // the idle clients' writes
   // The client-visible outage: the longest time without any successful write, from the
   // old primary's stop on.
   std::sort(successes.begin(), successes.end());
@@ -325,6 +358,162 @@ TEST_CASE(
   CHECK(gap_ms < 5000);
   // The standby was refused at first (read-only), and the old primary's failure is logged.
   CHECK(p.log().find("does not suit target_session_attrs: a standby") != std::string::npos);
+  // Visible: the pool's current host, the failover counted once, and the log says where the
+  // pool went and why.
+  CHECK(pool_host() == on_standby);
+  CHECK(metric("pgsluice_failovers_total") == "1");
+  CHECK(p.log().find("now on host " + on_standby + " (was " + on_primary +
+                     ", which could not "
+                     "be reached)") != std::string::npos);
+}
+
+}  // namespace it
+
+namespace it {
+
+TEST_CASE(
+    "RELOAD re-applies max_db_connections and max_user_connections to existing pools; "
+    "reloads are counted") {
+  if (skip_in_direct_mode("RELOAD is a pooler feature")) return;
+  Cluster a = log_cluster("rla");
+  int mport = free_port();
+  Options o;
+  o.databases = db_line(a);
+  o.workers = 2;
+  o.extra_pgbouncer = "metrics_port = " + std::to_string(mport) + "\n";
+  Pooler p(o);
+  auto metric = [&](const std::string& name) {
+    CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
+    size_t at = r.output.find("\n" + name + " ");
+    if (at == std::string::npos) return std::string();
+    size_t b = at + name.size() + 2, e = r.output.find('\n', b);
+    return r.output.substr(b, e - b);
+  };
+  Conn admin = connect(admin_conninfo(p));
+  // Holds one server in a transaction, then has a second client try while the limit is 1:
+  // the second waits until the first commits. `limit` is the [databases]/[users] body.
+  // Servers made before stay (as PgBouncer): RECONNECT closes the idle ones first.
+  auto second_waits = [&](const std::string& body) {
+    rewrite_databases(p, body);
+    exec_ok(admin.get(), "RELOAD");
+    exec_ok(admin.get(), "RECONNECT testdb");
+    Conn c1 = connect(p.conninfo());
+    exec_ok(c1.get(), "BEGIN");
+    exec_ok(c1.get(), "INSERT INTO sw VALUES (1)");
+    Conn c2 = connect(p.conninfo());
+    REQUIRE(PQsendQuery(c2.get(), "INSERT INTO sw VALUES (2)") == 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    REQUIRE(PQconsumeInput(c2.get()) == 1);
+    CHECK(PQisBusy(c2.get()) == 1);  // waiting for the one server the limit allows
+    exec_ok(c1.get(), "COMMIT");
+    Result r(PQgetResult(c2.get()));
+    CHECK(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
+    while (PGresult* more = PQgetResult(c2.get())) PQclear(more);
+    rewrite_databases(p, db_line(a));  // back to no limit for the next round
+    exec_ok(admin.get(), "RELOAD");
+  };
+  // Without a limit both run at once.
+  {
+    Conn c1 = connect(p.conninfo()), c2 = connect(p.conninfo());
+    exec_ok(c1.get(), "BEGIN");
+    exec_ok(c1.get(), "INSERT INTO sw VALUES (1)");
+    exec_ok(c2.get(), "INSERT INTO sw VALUES (1)");
+    exec_ok(c1.get(), "COMMIT");
+  }
+  CHECK(metric("pgsluice_reloads_total") == "0");
+  std::string limited_db = db_line(a);
+  limited_db.insert(limited_db.size() - 1, " max_db_connections=1");
+  second_waits(limited_db);
+  second_waits(db_line(a) + "[users]\nmd5user = max_user_connections=1\n");
+  CHECK(metric("pgsluice_reloads_total") == "4");
+  // A file that cannot be read keeps the running config and is counted as refused.
+  rewrite_databases(p, db_line(a) + "[pgbouncer]\npool_mode = nonsense\n");
+  Result bad(PQexec(admin.get(), "RELOAD"));
+  CHECK(PQresultStatus(bad.get()) == PGRES_FATAL_ERROR);
+  CHECK(metric("pgsluice_reload_failures_total") == "1");
+  CHECK(metric("pgsluice_reloads_total") == "4");
+}
+
+}  // namespace it
+
+namespace it {
+
+// The README's failover figures: pgbench writes through pgsluice while the primary stops and
+// the standby is promoted. pgbench (15) ends a client at its first error other than a
+// serialization failure or deadlock, so its failed transactions are the aborted clients;
+// the per-transaction log (-l) gives when each successful transaction ended.
+TEST_CASE("failover under pgbench: client-visible outage and failed transactions, measured") {
+  if (skip_in_direct_mode("failover is a pooler feature")) return;
+  Cluster primary = log_cluster("fbp");
+  Cluster standby = start_standby(primary, "fbs");
+  Options o;
+  o.databases = "testdb = host=127.0.0.1,127.0.0.1 port=" + std::to_string(primary.port) + "," +
+                std::to_string(standby.port) + " dbname=testdb target_session_attrs=read-write\n";
+  o.default_pool_size = 8;
+  o.extra_pgbouncer = "server_check_delay = 1\nserver_connect_timeout = 2\n";
+  Pooler p(o);
+  std::string dir = make_temp_dir("fobench");
+  write_file(dir + "/tx.sql", "INSERT INTO sw VALUES (1);\n");
+  PgbenchRun run;
+  std::thread bench([&] {
+    run = run_pgbench(p, "-c 16 -j 2 -T 14 -l --log-prefix=" + dir + "/tx -f " + dir + "/tx.sql",
+                      120);
+  });
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  auto epoch_us = [] {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  int64_t stop_at = epoch_us();
+  CmdResult st = run_pg_ctl(primary, "stop -m fast -w -t 60");
+  REQUIRE_MESSAGE(st.exit_code == 0, st.output);
+  CmdResult pr = run_pg_ctl(standby, "promote -w -t 60");
+  REQUIRE_MESSAGE(pr.exit_code == 0, pr.output);
+  int64_t promoted_at = epoch_us();
+  bench.join();
+
+  // Every successful transaction's end (time_epoch, time_us are the 5th and 6th fields).
+  std::vector<int64_t> ends;
+  CmdResult logs = run_shell("cat " + dir + "/tx.*", 10);
+  std::istringstream in(logs.output);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string client, no, lat, script;
+    long long sec = 0, usec = 0;
+    if (f >> client >> no >> lat >> script >> sec >> usec && lat != "failed" && lat != "skipped")
+      ends.push_back(sec * 1000000 + usec);
+  }
+  std::sort(ends.begin(), ends.end());
+  int64_t prev = stop_at, gap = 0, first_after_promotion = 0;
+  for (int64_t t : ends) {
+    if (t <= stop_at) continue;
+    gap = std::max(gap, t - prev);
+    prev = t;
+    if (first_after_promotion == 0 && t > promoted_at) first_after_promotion = t;
+  }
+  size_t aborted = 0;
+  for (size_t at = run.output.find(" aborted in command"); at != std::string::npos;
+       at = run.output.find(" aborted in command", at + 1))
+    aborted++;
+  long long on_new = rows(standby);
+  MESSAGE("failover under pgbench -c 16, pool 8: "
+          << ends.size() << " transactions, " << aborted
+          << " clients aborted (failed transactions); stop + promotion took "
+          << (promoted_at - stop_at) / 1000 << " ms; first transaction after the promotion "
+          << (first_after_promotion - promoted_at) / 1000
+          << " ms later; longest time without a committed transaction from the stop command on "
+          << gap / 1000 << " ms; rows on the new primary " << on_new);
+  CHECK(run.processed > 0);
+  CHECK(static_cast<long long>(ends.size()) == run.processed);
+  CHECK(run.output.find("25006") == std::string::npos);  // never a write on the standby
+  CHECK(run.output.find("read-only") == std::string::npos);
+  CHECK(aborted <= 8);  // only transactions on a server of the old primary can fail
+  CHECK(aborted < 16);  // clients that were waiting or idle go on
+  CHECK(first_after_promotion != 0);
+  CHECK(gap < 5000000);
+  CHECK(on_new == run.processed);  // every committed transaction is on the new primary
 }
 
 }  // namespace it

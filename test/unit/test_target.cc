@@ -46,29 +46,29 @@ TEST_CASE("target: hosts and ports from the entry") {
 
 TEST_CASE("target: round-robin alternates; a failed host is skipped for the retry time") {
   auto t = target_of("host=a,b");
-  CHECK(t->pick(100, 15) == nullptr);  // no address yet
+  CHECK(t->pick(100) == nullptr);  // no address yet
   ready(*t);
-  TargetHost* first = t->pick(100, 15);
-  TargetHost* second = t->pick(100, 15);
+  TargetHost* first = t->pick(100);
+  TargetHost* second = t->pick(100);
   CHECK(first != second);
-  t->hosts[0]->failed_at = 100;
-  for (int i = 0; i < 4; i++) CHECK(t->pick(101, 15) == t->hosts[1].get());
-  CHECK(t->usable(101, 15));
-  t->hosts[1]->failed_at = 100;
-  CHECK(!t->usable(101, 15));
-  CHECK(t->pick(101, 15) == nullptr);
-  CHECK(t->usable(116, 15));  // server_login_retry later, both may be tried again
+  t->hosts[0]->hold(115, HostDown::Unreachable);
+  for (int i = 0; i < 4; i++) CHECK(t->pick(101) == t->hosts[1].get());
+  CHECK(t->usable(101));
+  t->hosts[1]->hold(115, HostDown::Unreachable);
+  CHECK(!t->usable(101));
+  CHECK(t->pick(101) == nullptr);
+  CHECK(t->usable(115));  // once held_until has come, both may be tried again
 }
 
 TEST_CASE("target: disable keeps the first host until it fails, then moves") {
   auto t = target_of("host=a,b load_balance_hosts=disable");
   ready(*t);
-  for (int i = 0; i < 3; i++) CHECK(t->pick(100, 15) == t->hosts[0].get());
-  t->hosts[0]->failed_at = 100;
+  for (int i = 0; i < 3; i++) CHECK(t->pick(100) == t->hosts[0].get());
+  t->hosts[0]->hold(115, HostDown::Unreachable);
   const TargetHost* left = nullptr;
-  CHECK(t->pick(101, 15, &left) == t->hosts[1].get());
+  CHECK(t->pick(101, &left) == t->hosts[1].get());
   CHECK(left == t->hosts[0].get());
-  CHECK(t->pick(200, 15, &left) == t->hosts[1].get());  // stays on b even once a may be tried
+  CHECK(t->pick(200, &left) == t->hosts[1].get());  // stays on b even once a may be tried
   CHECK(left == nullptr);
 }
 
