@@ -310,6 +310,30 @@ TEST_CASE("session state: each statement kind follows PostgreSQL's rules") {
     other_is_clean();
     CHECK(show(a.get(), "search_path") == "ext1");
   }
+  SUBCASE("pipelines: an error in a segment undoes its SET; an earlier segment stays") {
+    REQUIRE(PQenterPipelineMode(a.get()) == 1);
+    auto send = [&](const char* sql) {
+      REQUIRE(PQsendQueryParams(a.get(), sql, 0, nullptr, nullptr, nullptr, nullptr, 0) == 1);
+    };
+    send("SET search_path = seg1");
+    REQUIRE(PQpipelineSync(a.get()) == 1);
+    send("SET work_mem = '2MB'");
+    send("SELECT 1/0");
+    send("SET search_path = never");
+    REQUIRE(PQpipelineSync(a.get()) == 1);
+    // Read everything up to the second sync's result.
+    int syncs = 0;
+    for (int guard = 0; syncs < 2 && guard < 100; guard++) {
+      Result r(PQgetResult(a.get()));
+      if (r == nullptr) continue;
+      if (PQresultStatus(r.get()) == PGRES_PIPELINE_SYNC) syncs++;
+    }
+    REQUIRE(syncs == 2);
+    REQUIRE(PQexitPipelineMode(a.get()) == 1);
+    other_is_clean();
+    CHECK(show(a.get(), "search_path") == "seg1");
+    CHECK(show(a.get(), "work_mem") == "4MB");
+  }
   SUBCASE("what pgsluice cannot follow exactly resets the server before another client") {
     exec_ok(a.get(), "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY");
     exec_ok(a.get(), "SET search_path = kept");
@@ -457,6 +481,32 @@ TEST_CASE("session state: 64 tenants over a small pool never read another tenant
   CHECK(wrong.load() == 0);
   CHECK(reads.load() == kClients * kTx);
   MESSAGE("session state: " << reads.load() << " tenant reads, " << wrong.load() << " wrong");
+}
+
+TEST_CASE("session state: pgbench -M prepared, a SET statement per tenant, checked reads") {
+  if (skip_in_direct_mode("pooling")) return;
+  constexpr int kTenants = 8;
+  make_tenants(kTenants);
+  Options o;
+  o.workers = 2;
+  o.default_pool_size = 2;
+  Pooler p(o);
+  // Each script SETs its tenant (a named prepared statement under -M prepared), then reads
+  // in its own transaction, on whichever server comes: a wrong row fails the transaction.
+  std::string dir = make_temp_dir("sess-bench");
+  std::string args = "-M prepared -c 12 -j 2 -t 100";
+  for (int i = 0; i < kTenants; i++) {
+    std::string me = "tenant_" + std::to_string(i);
+    std::string f = dir + "/" + me + ".sql";
+    write_file(f, "SET search_path = " + me + ";\nSELECT name = '" + me +
+                      "' AS ok FROM t \\gset\n\\if :ok\n\\else\nSELECT 1/0;\n\\endif\n");
+    args += " -f " + f;
+  }
+  PgbenchRun r = run_pgbench(p, args, 120);
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(r.processed == 1200);
+  CHECK(r.output.find("aborted") == std::string::npos);
 }
 
 TEST_CASE("session state: round trips (a client that never SETs causes none)") {
