@@ -301,3 +301,14 @@ TEST_CASE("session settings: the restoring SQL") {
   CHECK(pre == "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;");
   CHECK(sql.empty());
 }
+
+TEST_CASE("session settings: the console shows values only for harmless names") {
+  using E = SessionSettings::Entry;
+  CHECK(shown_setting(E{"search_path", "SET search_path TO a, b"}) == "a, b");
+  CHECK(shown_setting(E{"statement_timeout", "SET Statement_Timeout TO '5s'"}) == "'5s'");
+  CHECK(shown_setting(E{"role", "SET ROLE alice"}) == "alice");
+  CHECK(shown_setting(E{"search_path", "SET SCHEMA 'x'"}) == "'x'");
+  CHECK(shown_setting(E{"enable_seqscan", "SET enable_seqscan TO off"}) == "off");
+  CHECK(shown_setting(E{"myapp.api_key", "SET myapp.api_key TO 'hunter2'"}) == "(hidden)");
+  CHECK(shown_setting(E{"pgcrypto.key", "SET pgcrypto.key TO 'k'"}) == "(hidden)");
+}
