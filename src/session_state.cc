@@ -274,13 +274,48 @@ bool read_name(Lexer& lx, Token first, std::string& written, std::string& key, T
   }
 }
 
+// SET SESSION CHARACTERISTICS AS TRANSACTION <one mode>: the default_transaction_* setting
+// it sets. Several modes at once are Unknown (one statement, one setting here).
+void set_characteristics(SessionStmt& st, Lexer& lx) {
+  st.kind = StmtKind::Unknown;
+  if (!is_word(lx.next(), "as") || !is_word(lx.next(), "transaction")) return;
+  std::vector<Token> w;
+  for (Token t = lx.next(); t.kind != Tok::End && t.kind != Tok::Semi; t = lx.next()) {
+    if (t.kind != Tok::Word || w.size() == 4) return;
+    w.push_back(t);
+  }
+  auto set = [&](const char* key, const char* value) {
+    st.kind = StmtKind::Set;
+    st.key = key;
+    st.sql = std::string("SET ") + key + " TO '" + value + "'";
+  };
+  if (w.size() >= 3 && is_word(w[0], "isolation") && is_word(w[1], "level")) {
+    if (w.size() == 3 && is_word(w[2], "serializable"))
+      set("default_transaction_isolation", "serializable");
+    if (w.size() == 4 && is_word(w[2], "repeatable") && is_word(w[3], "read"))
+      set("default_transaction_isolation", "repeatable read");
+    if (w.size() == 4 && is_word(w[2], "read") && is_word(w[3], "committed"))
+      set("default_transaction_isolation", "read committed");
+    if (w.size() == 4 && is_word(w[2], "read") && is_word(w[3], "uncommitted"))
+      set("default_transaction_isolation", "read uncommitted");
+  } else if (w.size() == 2 && is_word(w[0], "read") && is_word(w[1], "only")) {
+    set("default_transaction_read_only", "on");
+  } else if (w.size() == 2 && is_word(w[0], "read") && is_word(w[1], "write")) {
+    set("default_transaction_read_only", "off");
+  } else if (w.size() == 1 && is_word(w[0], "deferrable")) {
+    set("default_transaction_deferrable", "on");
+  } else if (w.size() == 2 && is_word(w[0], "not") && is_word(w[1], "deferrable")) {
+    set("default_transaction_deferrable", "off");
+  }
+}
+
 // SET after its first word (and SESSION, when given).
 void classify_set(SessionStmt& st, Lexer& lx) {
   Token t = lx.next();
   if (is_word(t, "session")) {
     Token u = lx.next();
     if (is_word(u, "characteristics")) {
-      st.kind = StmtKind::Unknown;
+      set_characteristics(st, lx);
       return;
     }
     if (is_word(u, "authorization")) {

@@ -282,6 +282,13 @@ TEST_CASE("session state: each statement kind follows PostgreSQL's rules") {
     CHECK(scalar(a.get(), "SELECT current_user") == "sess_role");
     CHECK(show(a.get(), "search_path") == def);
   }
+  SUBCASE("SET SESSION CHARACTERISTICS with one mode") {
+    exec_ok(a.get(), "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+    other_is_clean();
+    CHECK(show(b.get(), "default_transaction_isolation") == "read committed");
+    CHECK(show(a.get(), "default_transaction_isolation") == "serializable");
+    CHECK(show(a.get(), "transaction_isolation") == "serializable");
+  }
   SUBCASE("DISCARD ALL, SET SCHEMA") {
     exec_ok(a.get(), "SET SCHEMA 'sch'");
     other_is_clean();
@@ -335,10 +342,12 @@ TEST_CASE("session state: each statement kind follows PostgreSQL's rules") {
     CHECK(show(a.get(), "work_mem") == "4MB");
   }
   SUBCASE("what pgsluice cannot follow exactly resets the server before another client") {
-    exec_ok(a.get(), "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY");
+    // Two modes in one statement: not followed (one statement, one setting).
+    exec_ok(a.get(), "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY DEFERRABLE");
     exec_ok(a.get(), "SET search_path = kept");
     other_is_clean();
     CHECK(show(b.get(), "default_transaction_read_only") == "off");
+    CHECK(show(b.get(), "default_transaction_deferrable") == "off");
     CHECK(show(a.get(), "search_path") == "kept");  // what it could follow, it keeps
     other_is_clean();
   }

@@ -99,6 +99,14 @@ TEST_CASE("session lexer: SET forms") {
   v = lex("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
   CHECK(v[0].kind == StmtKind::Local);
   v = lex("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY");
+  CHECK(v[0].kind == StmtKind::Set);
+  CHECK(v[0].sql == "SET default_transaction_read_only TO 'on'");
+  v = lex("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ");
+  CHECK(v[0].key == "default_transaction_isolation");
+  CHECK(v[0].sql == "SET default_transaction_isolation TO 'repeatable read'");
+  v = lex("SET SESSION CHARACTERISTICS AS TRANSACTION NOT DEFERRABLE");
+  CHECK(v[0].sql == "SET default_transaction_deferrable TO 'off'");
+  v = lex("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, DEFERRABLE");
   CHECK(v[0].kind == StmtKind::Unknown);
   v = lex("SET x");  // a syntax error: PostgreSQL refuses it
   CHECK(v[0].kind == StmtKind::Other);
@@ -267,7 +275,7 @@ TEST_CASE("session state: PostgreSQL's transaction rules") {
     CHECK_FALSE(st.note_execute(&portal));
   }
   SUBCASE("what is not read exactly is flagged") {
-    run(st, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", 'I', {"SET"});
+    run(st, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY DEFERRABLE", 'I', {"SET"});
     CHECK(st.take_lost());
     CHECK_FALSE(st.lost());
     run(st, "BEGIN; SET a.b = 1", 'T', {"BEGIN", "SET"});
