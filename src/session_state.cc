@@ -191,7 +191,7 @@ std::string value_text(Lexer& lx, Token first, size_t* ntok = nullptr, Token* la
         tk.text.find('\\') != std::string_view::npos && !unicode_prefix(v)) {
       // A backslash in a plain string means what standard_conforming_strings said when
       // the client sent it; written E'...' it means the same under either (U&'...' stays).
-      if (!v.empty() && word_char(static_cast<unsigned char>(v.back()))) v += ' ';
+      if (!v.empty() && v.back() != ' ') v += ' ';  // an E glued to a word would join it
       v += 'E';
       if (lx.scs()) {
         for (char ch : tk.text) {
