@@ -374,15 +374,6 @@ void show_config(Client* c) {
   reply_rows(c, rs);
 }
 
-// The host the pool's last server logged in to ("host:port", or the socket directory), null
-// before the first (pgsluice's column, after PgBouncer's).
-std::optional<std::string> current_host(const Pool& p) {
-  const TargetHost* h = p.target()->current.load(std::memory_order_relaxed);
-  if (h == nullptr) return std::nullopt;
-  if (!h->host.empty() && h->host.front() == '/') return h->host;  // a Unix socket directory
-  return h->host + ":" + std::to_string(h->port);
-}
-
 void show_databases(Client* c, Snapshot& snap) {
   Runtime* rt = c->worker()->rt();
   auto cfg = rt->config();
@@ -442,13 +433,12 @@ void show_pools(Client* c, Snapshot& snap) {
     admin_done = true;
   };
   for (const PoolRow& r : snap.pools) {
-    if (!admin_done && r.pool->db_name > "pgbouncer") admin_row();
-    rs.row({r.pool->db_name, r.pool->user_name, cell(r.cl_active), cell(r.cl_waiting), "0", "0",
-            cell(r.sv_active), cell(r.sv_active_cancel), cell(r.sv_being_canceled), cell(r.sv_idle),
-            cell(r.sv_used), cell(r.sv_tested), cell(r.sv_login),
+    if (!admin_done && r.db > "pgbouncer") admin_row();
+    rs.row({r.db, r.user, cell(r.cl_active), cell(r.cl_waiting), "0", "0", cell(r.sv_active),
+            cell(r.sv_active_cancel), cell(r.sv_being_canceled), cell(r.sv_idle), cell(r.sv_used),
+            cell(r.sv_tested), cell(r.sv_login),
             cell(static_cast<long long>(r.maxwait_us / 1000000)),
-            cell(static_cast<long long>(r.maxwait_us % 1000000)), pool_mode_name(r.pool->mode),
-            std::nullopt, current_host(*r.pool)});
+            cell(static_cast<long long>(r.maxwait_us % 1000000)), r.mode, std::nullopt, r.host});
   }
   if (!admin_done) admin_row();
   reply_rows(c, rs);
@@ -777,8 +767,7 @@ void show_histograms(Client* c, Snapshot& snap) {
       for (size_t i = 0; i < h->buckets.size(); i++) {
         cum += h->buckets[i];
         std::string le = i < Histogram::kBoundsUs.size() ? cell_u(Histogram::kBoundsUs[i]) : "+Inf";
-        rs.row({r.pool->db_name, r.pool->user_name, name, le, cell_u(h->buckets[i]), cell_u(cum),
-                cell_u(h->sum_us)});
+        rs.row({r.db, r.user, name, le, cell_u(h->buckets[i]), cell_u(cum), cell_u(h->sum_us)});
       }
     }
   }

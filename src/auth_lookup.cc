@@ -21,6 +21,7 @@ void Worker::run_lookup(const LookupScope& scope, const std::string& user) {
   }
   LocalPool* lp = local_pool(p);
   if (!may_connect(p) && lp->idle.empty() && lp->connecting == 0) {
+    p->unhold();
     // Its servers have just failed to log in (an outage): an error now, not after a wait.
     AuthCache::Outcome out;
     out.sqlstate = "08006";
@@ -29,7 +30,7 @@ void Worker::run_lookup(const LookupScope& scope, const std::string& user) {
     finish_lookup(job, out);
     return;
   }
-  lp->lookups.push_back(std::move(job));
+  lp->lookups.push_back(std::move(job));  // holds the pool (get's hold) until it leaves lookups
   // Published as a waiter, so that a worker holding an idle server of this pool hands it
   // over (release_idle, kick) when this one cannot open another.
   p->waiting_on(index_).fetch_add(1);
@@ -43,6 +44,7 @@ void Worker::serve_lookups(LocalPool* lp) {
     auto run = std::make_unique<LookupRun>(std::move(lp->lookups.front()));
     lp->lookups.pop_front();
     lp->pool->waiting_on(index_).fetch_sub(1);
+    lp->pool->unhold();  // s holds the pool now
     LOG_DEBUG("S-%p: %s/%s running auth_query", static_cast<void*>(s), s->pool_->db_name.c_str(),
               s->pool_->user_name.c_str());
     s->send_lookup(std::move(run));
@@ -114,6 +116,7 @@ void Worker::fail_lookups(LocalPool* lp, std::string_view sqlstate, std::string_
       doomed.push_back(std::move(*it));
       it = lp->lookups.erase(it);
       lp->pool->waiting_on(index_).fetch_sub(1);
+      lp->pool->unhold();
     } else {
       ++it;
     }

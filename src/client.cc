@@ -633,11 +633,32 @@ void Client::send_welcome() {
   worker_->bufs().append(out_, m.data(), m.size());
 }
 
+// A lost server's answer may come while this client is forwarding (a failed send):
+// what in_ still holds is then handled when the pass ends (Client::server_lost).
+bool Client::forward_messages() {
+  forwarding_ = true;
+  bool ok = forward_pass();
+  forwarding_ = false;
+  if (ok && !dead_ && reforward_) {
+    reforward_ = false;
+    return forward_messages();
+  }
+  return ok;
+}
+
 // The data path, client to server. Only the type and length of each message are read;
 // the bytes are passed on as they arrive, a large message in pieces.
-bool Client::forward_messages() {
+bool Client::forward_pass() {
   const Config& cfg = worker_->cfg();
   while (!dead_) {
+    if (lost_ != nullptr && lost_->drop > 0) {  // the rest of a message already answered
+      size_t n = in_.size() < lost_->drop ? in_.size() : static_cast<size_t>(lost_->drop);
+      if (n == 0) break;
+      in_.rpos += n;
+      lost_->drop -= n;
+      lost_settle();
+      continue;
+    }
     if (fwd_remaining_ > 0) {
       size_t n = in_.size() < fwd_remaining_ ? in_.size() : static_cast<size_t>(fwd_remaining_);
       if (n == 0) break;
@@ -691,6 +712,11 @@ bool Client::forward_messages() {
       in_.rpos += whole;
       if (!admin_message(this, type, body)) return false;
       continue;
+    }
+    if (server_ == nullptr && lost_active()) {  // its last server was lost (lost_server.cc)
+      int r = lost_message(type, len);
+      if (r < 0) break;
+      if (r > 0) continue;
     }
     if (type == 'P' && remap_ && state_ == ClientState::Idle && answer_parses()) continue;
     // A message whose statement name is remapped is read far enough to rewrite it before
@@ -779,7 +805,8 @@ bool Client::forward_messages() {
     fwd_remaining_ = total - n;
     if (s->out_.size() > kHighWater) {
       s->flush();
-      if (dead_ || server_ == nullptr) return false;
+      if (dead_) return false;
+      if (server_ == nullptr) continue;  // lost: the rest is answered (lost_server.cc)
       if (s->out_.size() > kHighWater) {
         want_read(false);  // resumed by Server::on_writable
         return false;

@@ -6,8 +6,11 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "auth_cache.h"
+#include "lost_server.h"
 #include "prepared.h"
 #include "session_state.h"
 #include "startup.h"
@@ -58,6 +61,10 @@ class Client final : public Conn {
   // PostgreSQL reports it, and COPY IN starting or ending.
   void server_set_parameter(size_t i, std::string_view value) { vars_.set(i, value); }
   void server_copy_in(bool on) { copy_in_ = on; }
+  // The worker's door when the linked server was lost (already unlinked), in transaction
+  // and statement pooling: answers what the client had sent (lost_server.cc) and keeps it
+  // connected, in an emulated aborted block if it was in a transaction.
+  void server_lost(const LostServer& l);
   // The auth_query lookup this client waited for (AuthWait) ended: authentication goes on
   // with the secret, or the session ends with the lookup's error.
   void lookup_answered(const AuthCache::Outcome& out);
@@ -164,6 +171,9 @@ class Client final : public Conn {
   bool apply_auth(AuthReply& r);
   void finish_auth();
   bool forward_messages();
+  bool forward_pass();
+  bool forwarding_ = false;  // inside forward_messages()
+  bool reforward_ = false;   // a lost server's answer asks for one more pass
   size_t remap_need(uint8_t type, size_t len);
   // How far remap_need() has scanned the message at the front of in_, so that a message
   // trickling in is scanned once (offset in the message, and NULs of a Bind seen so far).
@@ -175,6 +185,19 @@ class Client final : public Conn {
     return !name.empty() || (cache_unnamed_ && stmts_.find(name) != nullptr);
   }
   bool must_wait(uint8_t type, size_t len) const;
+  // After a lost server (lost_server.cc): what the client still owes or emulates; null
+  // otherwise (freed when done, so a client carries one pointer).
+  std::unique_ptr<LostState> lost_;
+  bool lost_active() const { return lost_ != nullptr; }
+  // Handles one message in that state: 1 done, 0 go on as usual, -1 wait for more bytes.
+  int lost_message(uint8_t type, size_t len);
+  int lost_step(uint8_t type, size_t len);
+  void lost_settle() {
+    if (lost_ != nullptr && lost_->done()) lost_.reset();
+  }
+  void lost_drop(size_t total);
+  void lost_answer(std::string_view sqlstate, std::string_view msg, uint8_t type);
+  const std::string* lost_stmt_text(std::string_view name, std::string* buf) const;
   void parse_entry(Server* s, const std::shared_ptr<const StmtEntry>& entry, int undo, size_t max);
   int remap(uint8_t type, size_t len);
   bool answer_parses();

@@ -312,6 +312,9 @@ constexpr Row kRows[] = {
     seconds_row("autodb_idle_timeout", "3600", kReload,
                 "free unused databases created from the * entry after this",
                 &Config::autodb_idle_timeout),
+    seconds_row("pool_idle_timeout", "0", kReload,
+                "free a pool without clients and servers for this long; 0 is off",
+                &Config::pool_idle_timeout),
     seconds_row("dns_max_ttl", "15", kReload, "how long DNS answers are cached",
                 &Config::dns_max_ttl),
     seconds_row("dns_nxdomain_ttl", "15", kReload, "how long DNS failures are cached",
@@ -406,8 +409,8 @@ constexpr Row kRows[] = {
 
 // PgBouncer settings that pgsluice knows about but does not implement: a warning of their
 // own instead of "unknown setting".
-constexpr const char* kUnsupported[] = {"service_name", "job_name", "pool_idle_timeout",
-                                        "login_notify_message", "auth_ldap_options"};
+constexpr const char* kUnsupported[] = {"service_name", "job_name", "login_notify_message",
+                                        "auth_ldap_options"};
 
 const Row* find_row(std::string_view name) {
   for (const Row& r : kRows) {

@@ -169,6 +169,7 @@ struct Config {
   double server_login_retry = 15.0;
   double client_login_timeout = 60.0;
   double autodb_idle_timeout = 3600.0;
+  double pool_idle_timeout = 0.0;
   double dns_max_ttl = 15.0;
   double dns_nxdomain_ttl = 15.0;
   double dns_zone_check_period = 0.0;

@@ -166,11 +166,32 @@ ConnRow server_row(Worker& w, Server* s, bool sockets) {
 }
 
 bool pool_less(const PoolRow& a, const PoolRow& b) {
-  if (a.pool->db_name != b.pool->db_name) return a.pool->db_name < b.pool->db_name;
-  return a.pool->user_name < b.pool->user_name;
+  if (a.db != b.db) return a.db < b.db;
+  if (a.user != b.user) return a.user < b.user;
+  return a.uid < b.uid;
+}
+
+// The row of p in `rows`, named on first use.
+PoolRow& row_of(std::map<Pool*, PoolRow>& rows, Pool* p) {
+  PoolRow& r = rows[p];
+  if (r.uid == 0) {
+    r.uid = p->uid;
+    r.db = p->db_name;
+    r.user = p->user_name;
+    r.mode = pool_mode_name(p->mode);
+    r.host = current_host(*p);
+  }
+  return r;
 }
 
 }  // namespace
+
+std::optional<std::string> current_host(const Pool& p) {
+  const TargetHost* h = p.target()->current.load(std::memory_order_relaxed);
+  if (h == nullptr) return std::nullopt;
+  if (!h->host.empty() && h->host.front() == '/') return h->host;  // a Unix socket directory
+  return h->host + ":" + std::to_string(h->port);
+}
 
 Snapshot snapshot_worker(Worker& w, unsigned parts) {
   Snapshot s;
@@ -178,8 +199,8 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
   double now = now_seconds();
   std::map<Pool*, PoolRow> rows;
   for (const auto& [p, lp] : w.local_pools()) {
-    PoolRow& r = rows[p];
-    r.pool = p;
+    if (p->retired()) continue;  // freed soon: its statistics are forgotten
+    PoolRow& r = row_of(rows, p);
     r.stats = lp->stats;
     r.sv_idle = static_cast<int>(lp->idle.size());
     r.cl_waiting = static_cast<int>(lp->waiting.size());
@@ -196,9 +217,7 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
     } else if (c->logging_in()) {
       s.login_clients++;
     } else if ((c->state() == ClientState::Idle || c->state() == ClientState::Active) && c->pool_) {
-      PoolRow& r = rows[c->pool_];
-      r.pool = c->pool_;
-      r.cl_active++;
+      row_of(rows, c->pool_).cl_active++;
     }
     if (parts & (kSnapClients | kSnapSockets))
       s.clients.push_back(client_row(w, c, parts & kSnapSockets, now));
@@ -206,8 +225,7 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
   for (Server* sv : w.servers_) {
     if (sv->dead_) continue;
     s.used_servers++;
-    PoolRow& r = rows[sv->pool_];
-    r.pool = sv->pool_;
+    PoolRow& r = row_of(rows, sv->pool_);
     switch (sv->state()) {
       case ServerState::Connecting:
       case ServerState::SslRequest:
@@ -244,7 +262,7 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
 void merge_snapshot(Snapshot& into, Snapshot&& part) {
   for (PoolRow& r : part.pools) {
     auto it = std::find_if(into.pools.begin(), into.pools.end(),
-                           [&](const PoolRow& x) { return x.pool == r.pool; });
+                           [&](const PoolRow& x) { return x.uid == r.uid; });
     if (it == into.pools.end()) {
       into.pools.push_back(std::move(r));
       continue;
@@ -274,7 +292,7 @@ void merge_snapshot(Snapshot& into, Snapshot&& part) {
 
 std::map<std::string, PoolStats> stats_by_database(const Snapshot& s) {
   std::map<std::string, PoolStats> out;
-  for (const PoolRow& r : s.pools) out[r.pool->db_name].merge(r.stats);
+  for (const PoolRow& r : s.pools) out[r.db].merge(r.stats);
   return out;
 }
 

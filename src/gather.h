@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,12 +44,16 @@ struct ConnRow {
            send_avail = 0;
 };
 
-// One pool's list sizes and statistics (summed over workers when merged).
+// One pool's list sizes and statistics (summed over workers when merged). The pool is
+// named by copies: it may be freed (pool_idle_timeout) before the snapshot is read.
 struct PoolRow {
-  Pool* pool = nullptr;
+  uint64_t uid = 0;  // Pool::uid, never reused
+  std::string db, user;
+  const char* mode = "";  // pool_mode_name()
   int cl_active = 0, cl_waiting = 0, sv_active = 0, sv_active_cancel = 0, sv_being_canceled = 0,
       sv_idle = 0, sv_used = 0, sv_tested = 0, sv_login = 0;
   uint64_t maxwait_us = 0;
+  std::optional<std::string> host;  // current_host() when copied
   PoolStats stats;
 };
 
@@ -61,6 +66,10 @@ struct Snapshot {
   uint64_t free_blocks = 0;  // buffer blocks cached by the workers
   size_t parts = 0;          // workers that answered
 };
+
+// The host the pool's last server logged in to ("host:port", or the socket directory), null
+// before the first (pgsluice's column, after PgBouncer's).
+std::optional<std::string> current_host(const Pool& p);
 
 // Copies one worker's state (runs on that worker's thread).
 Snapshot snapshot_worker(Worker& w, unsigned parts);

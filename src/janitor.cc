@@ -36,6 +36,7 @@ void Worker::janitor() {
   cfg_ = rt_->config();  // adopt a reloaded snapshot at a loop turn
   double now = now_seconds();
   const Config& cf = *cfg_;
+  reap_pools(now);  // first: a quiescent point (pool_idle.cc)
   // Servers: connect/login timeout, idle timeout, lifetime.
   std::vector<Server*> expired;
   for (Server* s : servers_) {

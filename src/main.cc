@@ -248,9 +248,7 @@ void watch_cb(evutil_socket_t, short, void* arg) {
   auto* m = static_cast<Main*>(arg);
   auto mode = static_cast<ShutdownMode>(m->rt.shutdown_mode.load());
   if (mode == ShutdownMode::WaitForServers) {
-    int n = 0;
-    for (Pool* p : m->rt.registry->pools()) n += p->server_count();
-    if (n == 0) return watch_done(m);
+    if (m->rt.registry->server_total() == 0) return watch_done(m);
   } else if (mode == ShutdownMode::WaitForClients) {
     // Non-admin clients still connected, gathered without blocking the main loop.
     gather_on_main(m->rt, kSnapPools, 2.0, [m](Snapshot& s, bool complete) {

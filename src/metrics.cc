@@ -62,7 +62,7 @@ class Out {
 };
 
 std::string pool_labels(const PoolRow& r) {
-  return "database=\"" + esc(r.pool->db_name) + "\",user=\"" + esc(r.pool->user_name) + "\"";
+  return "database=\"" + esc(r.db) + "\",user=\"" + esc(r.user) + "\"";
 }
 
 void histogram(Out& o, const Snapshot& s, const char* name, const char* help,

@@ -5,12 +5,15 @@
 #include <netinet/in.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
 #include "log.h"
 
 namespace pgsluice {
+
+double now_seconds();  // worker.cc: monotonic seconds
 
 namespace {
 std::atomic<uint64_t> next_pool_uid{1};
@@ -20,8 +23,21 @@ Pool::Pool(std::string db, std::string user, size_t nworkers)
     : db_name(std::move(db)),
       user_name(std::move(user)),
       uid(next_pool_uid.fetch_add(1, std::memory_order_relaxed)),
+      last_used_(now_seconds()),
       nworkers_(nworkers),
       per_worker_(new PerWorker[nworkers]) {}
+
+bool Pool::hold() {
+  int cur = holds_.load();
+  while (cur >= 0)
+    if (holds_.compare_exchange_weak(cur, cur + 1)) return true;
+  return false;
+}
+
+void Pool::unhold() {
+  last_used_.store(now_seconds(), std::memory_order_relaxed);  // published by the release below
+  holds_.fetch_sub(1);
+}
 
 static bool take(std::atomic<int>* c, int max) {
   if (c == nullptr || max <= 0) {
@@ -35,14 +51,20 @@ static bool take(std::atomic<int>* c, int max) {
 }
 
 bool Pool::try_reserve_within(int limit) {
-  if (!take(&servers_, limit > 0 ? limit : 0)) return false;
+  if (!hold()) return false;  // retired: its last user is gone, nothing connects for it
+  if (!take(&servers_, limit > 0 ? limit : 0)) {
+    holds_.fetch_sub(1);  // not a use
+    return false;
+  }
   if (!take(db_conns, db_max.load(std::memory_order_relaxed))) {
     servers_.fetch_sub(1);
+    holds_.fetch_sub(1);
     return false;
   }
   if (!take(user_conns, user_max.load(std::memory_order_relaxed))) {
     servers_.fetch_sub(1);
     if (db_conns) db_conns->fetch_sub(1);
+    holds_.fetch_sub(1);
     return false;
   }
   return true;
@@ -52,6 +74,7 @@ void Pool::unreserve() {
   servers_.fetch_sub(1);
   if (db_conns) db_conns->fetch_sub(1);
   if (user_conns) user_conns->fetch_sub(1);
+  unhold();
 }
 
 void Pool::set_welcome(std::vector<std::pair<std::string, std::string>> params) {
@@ -158,7 +181,12 @@ void resolver_loop(std::shared_ptr<Registry::Resolver> r) {
 
 }  // namespace
 
-Registry::Registry(size_t nworkers) : nworkers_(nworkers), res_(std::make_shared<Resolver>()) {}
+Registry::Registry(size_t nworkers)
+    : nworkers_(nworkers),
+      passed_(new std::atomic<uint64_t>[nworkers]),
+      res_(std::make_shared<Resolver>()) {
+  for (size_t i = 0; i < nworkers; i++) passed_[i].store(0);
+}
 
 Registry::~Registry() {
   stop_resolver();
@@ -321,11 +349,16 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
     *sqlstate = "08P01";
     return true;
   };
+  // A pool in the map is not retired (retire_idle unlinks under mu_), so its hold is taken.
+  auto found = [&](Pool* p) {
+    if (!p->hold()) PGS_BUG("a registered pool was retired");
+    return p;
+  };
   {
     std::lock_guard<std::mutex> g(mu_);
     if (disabled()) return nullptr;
     auto pit = pools_.find(key);
-    if (pit != pools_.end()) return pit->second.get();
+    if (pit != pools_.end()) return found(pit->second.get());
   }
 
   // A new pool, built without the registry lock.
@@ -339,7 +372,7 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   std::lock_guard<std::mutex> g(mu_);
   if (disabled()) return nullptr;
   auto pit = pools_.find(key);
-  if (pit != pools_.end()) return pit->second.get();  // another worker made it meanwhile
+  if (pit != pools_.end()) return found(pit->second.get());  // another worker made it meanwhile
   p->state = db_state_locked(db);
   auto& dc = db_counts_[def->name];
   if (!dc) dc = std::make_unique<std::atomic<int>>(0);
@@ -354,6 +387,7 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
   if (!uc) uc = std::make_unique<std::atomic<int>>(0);
   p->user_conns = uc.get();
   Pool* raw = p.get();
+  (void)raw->hold();
   pools_.emplace(key, std::move(p));
   if (!ready) start_lookup(raw, target);  // registered now: the resolver may write it
   return raw;
@@ -361,7 +395,9 @@ Pool* Registry::get(const Config& cfg, const std::string& db, const std::string&
 
 int Registry::retarget(const Config& cfg) {
   int moved = 0;
-  for (Pool* p : pools()) {
+  // Held: the main thread is not a worker, and a held pool is not retired meanwhile.
+  std::vector<Pool*> held = held_pools();
+  for (Pool* p : held) {
     const DatabaseDef* def = cfg.database(p->db_name);
     if (def == nullptr) continue;  // removed from the config: the pool keeps what it had
     std::string login_user = pool_user_of(*def, p->user_name);
@@ -379,6 +415,7 @@ int Registry::retarget(const Config& cfg) {
     if (!ready) start_lookup(p, raw);
     moved++;
   }
+  release_held(held);
   return moved;
 }
 
@@ -399,6 +436,119 @@ std::vector<Pool*> Registry::pools() {
   out.reserve(pools_.size());
   for (auto& [k, p] : pools_) out.push_back(p.get());
   return out;
+}
+
+std::vector<Pool*> Registry::held_pools() {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<Pool*> out;
+  out.reserve(pools_.size());
+  for (auto& [k, p] : pools_)
+    if (p->hold()) out.push_back(p.get());
+  return out;
+}
+
+void Registry::release_held(const std::vector<Pool*>& pools) {
+  for (Pool* p : pools) p->holds_.fetch_sub(1);  // not a use: last_used stays
+}
+
+int Registry::server_total() {
+  std::lock_guard<std::mutex> g(mu_);
+  int n = 0;
+  for (auto& [k, p] : pools_) n += p->server_count();
+  return n;
+}
+
+bool Registry::lookup_pending(const Pool* p) {
+  std::lock_guard<std::mutex> g(res_->mu);
+  for (const auto& [key, waiting] : res_->pending)
+    for (const auto& [wp, host] : waiting)
+      if (wp == p) return true;
+  return false;
+}
+
+int Registry::retire_idle(const Config& cfg, double now) {
+  double pool_idle = cfg.pool_idle_timeout;
+  double autodb_idle = cfg.fallback_db ? cfg.autodb_idle_timeout : 0;
+  if (pool_idle <= 0 && autodb_idle <= 0) return 0;
+  std::lock_guard<std::mutex> g(mu_);
+  // Databases made from "*": the last use of any of their pools; -1 while one is held
+  // (PgBouncer: an auto-database is active while a pool has a client or a server).
+  // holds_ is read before last_used_: the load sees the unhold that stamped it.
+  std::map<std::string, double> auto_used;
+  if (autodb_idle > 0)
+    for (auto& [k, p] : pools_) {
+      if (cfg.databases.count(p->db_name) != 0) continue;
+      bool held = p->holds_.load() != 0;
+      auto [a, fresh] = auto_used.emplace(p->db_name, held ? -1 : p->last_used());
+      if (held)
+        a->second = -1;
+      else if (a->second >= 0)
+        a->second = std::max(a->second, p->last_used());
+    }
+  int n = 0;
+  for (auto it = pools_.begin(); it != pools_.end();) {
+    Pool* p = it->second.get();
+    if (p->holds_.load() != 0) {
+      ++it;
+      continue;
+    }
+    const char* why = nullptr;
+    double age = now - p->last_used();
+    const DatabaseDef* def = cfg.database(p->db_name);
+    int min_size = def == nullptr            ? 0
+                   : def->min_pool_size >= 0 ? def->min_pool_size
+                                             : cfg.min_pool_size;
+    // PgBouncer never frees a forced user's pool kept at min_pool_size: the janitor would
+    // make it again at once (tend_pools).
+    bool kept = def != nullptr && !def->user.empty() && min_size > 0;
+    if (pool_idle > 0 && age > pool_idle && !kept) why = "pool_idle_timeout";
+    if (why == nullptr && autodb_idle > 0) {
+      auto a = auto_used.find(p->db_name);
+      if (a != auto_used.end() && a->second >= 0 && now - a->second > autodb_idle &&
+          !p->state->paused.load())
+        why = "autodb_idle_timeout";
+    }
+    int zero = 0;
+    if (why == nullptr || lookup_pending(p) ||
+        !p->holds_.compare_exchange_strong(zero, Pool::kRetired)) {
+      ++it;
+      continue;
+    }
+    LOG_INFO("pool %s/%s freed: unused for %.0f s (%s)", p->db_name.c_str(), p->user_name.c_str(),
+             age, why);
+    retired_.push_back(Retired{std::move(it->second), epoch_ + 1});
+    it = pools_.erase(it);
+    n++;
+  }
+  if (n > 0) {
+    epoch_++;
+    has_retired_.store(true);
+  }
+  return n;
+}
+
+std::vector<Pool*> Registry::retired(uint64_t* epoch) {
+  std::lock_guard<std::mutex> g(mu_);
+  *epoch = epoch_;
+  std::vector<Pool*> out;
+  for (const Retired& r : retired_) out.push_back(r.pool.get());
+  return out;
+}
+
+void Registry::passed(size_t w, uint64_t epoch) {
+  if (w < nworkers_) passed_[w].store(epoch, std::memory_order_release);
+}
+
+void Registry::reclaim() {
+  if (!has_retired()) return;
+  std::lock_guard<std::mutex> g(mu_);
+  uint64_t all = epoch_;
+  for (size_t w = 0; w < nworkers_; w++)
+    all = std::min(all, passed_[w].load(std::memory_order_acquire));
+  // A lookup started on a pool between a snapshot and its retirement would still write it.
+  std::erase_if(retired_,
+                [&](const Retired& r) { return r.epoch <= all && !lookup_pending(r.pool.get()); });
+  has_retired_.store(!retired_.empty());
 }
 
 std::vector<std::string> Registry::db_names() {

@@ -42,7 +42,8 @@ class Pool {
 
   // Where servers connect and what they log in to (target.h): the current target, replaced
   // whole by retarget (RELOAD changed the database's entry). A published Target lives as long
-  // as the pool (servers keep pointing at theirs), so readers need no reference count.
+  // as the pool (servers keep pointing at theirs, and a pool is freed only once it has none),
+  // so readers need no reference count.
   Target* target() const { return target_.load(std::memory_order_acquire); }
   uint32_t target_gen() const { return target()->gen; }
   // Publishes t (its gen set by the caller). Registry only.
@@ -63,6 +64,17 @@ class Pool {
   bool try_reserve_within(int limit);
   void unreserve();
   int server_count() const { return servers_.load(); }
+
+  // Holds keep a pool registered (pool_idle_timeout, autodb_idle_timeout): every logged-in
+  // client (the hold Registry::get took), every server slot (try_reserve to unreserve) and
+  // every auth_query lookup waiting in a LocalPool holds one. A pool without any can be
+  // retired (Registry::retire_idle); hold() is false then, and the pool is never used again.
+  bool hold();
+  // Gives a hold back; now is the pool's last use (its idle time counts from the last one).
+  void unhold();
+  bool retired() const { return holds_.load(std::memory_order_acquire) < 0; }
+  // Monotonic seconds of the last unhold() (or of the pool's creation).
+  double last_used() const { return last_used_.load(std::memory_order_relaxed); }
 
   // Per-worker idle-server and waiting-client counts, published so that a worker with
   // a waiting client can find a worker holding an idle server, and the reverse.
@@ -109,6 +121,10 @@ class Pool {
   std::atomic<int> user_max{0};
 
  private:
+  friend class Registry;  // retire_idle: holds_ from 0 to kRetired under its lock
+  static constexpr int kRetired = -(1 << 30);
+  std::atomic<int> holds_{0};
+  std::atomic<double> last_used_{0};
   std::atomic<int> servers_{0};
   size_t nworkers_;
   // One cache line per worker: each worker writes only its own counts, on every server
@@ -131,13 +147,23 @@ class Pool {
   std::array<uint8_t, 32> server_key_{};
 };
 
-// Finds or creates pools. Pools live until the process ends, so they are created only for
-// authenticated clients.
+// Finds or creates pools, and frees the idle ones (pool_idle_timeout, autodb_idle_timeout).
+// Pools are created only for authenticated clients.
+//
+// Freeing: a pool without holds (Pool::hold) that has been unused long enough is retired
+// under the registry lock (retire_idle): its holds become kRetired in one compare-and-swap,
+// so no new client, server or lookup can join it, and it leaves the map, so the next login
+// creates a fresh pool. Workers still know its address (their LocalPool, kicks in their
+// inboxes): each worker drops what it kept of the retired pools at its janitor tick and
+// says so (passed); the memory is freed (reclaim) once every worker passed the epoch of
+// the retirement. Worker threads may use the Pool* of pools() during one callback (the
+// pool lives at least until their next tick); other threads use held_pools().
 class Registry {
  public:
   explicit Registry(size_t nworkers);
   ~Registry();  // stop_resolver()
-  // The pool for an authenticated client's (database, user) under `cfg`; nullptr and `err`
+  // The pool for an authenticated client's (database, user) under `cfg`, with one hold taken
+  // for the caller (give it back with Pool::unhold); nullptr and `err`
   // set when the database is unknown or disabled. Never blocks on DNS: a new pool whose host
   // is a name (not numeric, not `localhost`, not a Unix socket) and not yet in the address
   // cache is returned with its address Pending and resolved on the resolver thread, once per
@@ -150,8 +176,28 @@ class Registry {
   // config secret are updated in place. Main thread (the config door); returns how many
   // pools moved.
   int retarget(const Config& cfg);
-  // Every pool so far, ordered by (database, user). Pools are never freed.
+  // Every registered pool, ordered by (database, user). Worker threads only (see above).
   std::vector<Pool*> pools();
+  // The same with a hold on each (a retired pool is left out), for threads that are not
+  // workers; give them back with release_held (which is not a use of the pools).
+  std::vector<Pool*> held_pools();
+  static void release_held(const std::vector<Pool*>& pools);
+  // Server connections of every pool (graceful shutdown's wait).
+  int server_total();
+
+  // Retires the pools unused (no hold) for pool_idle_timeout, except a forced user's pool
+  // kept at min_pool_size, and every pool of a database made from the "*" entry once all of
+  // them have been unused for autodb_idle_timeout (not while PAUSEd); never a pool whose host
+  // name is being resolved. Worker 0's janitor; returns how many were retired.
+  int retire_idle(const Config& cfg, double now);
+  // True while some retired pool is not freed yet (a relaxed load: the janitor's fast path).
+  bool has_retired() const { return has_retired_.load(std::memory_order_relaxed); }
+  // Worker w's quiescent point: the retired pools not freed yet (the worker drops its
+  // LocalPools of them), and in *epoch what it passes once it did (passed).
+  std::vector<Pool*> retired(uint64_t* epoch);
+  void passed(size_t w, uint64_t epoch);
+  // Frees the retired pools every worker has passed.
+  void reclaim();
   // The operator state of a database name, created on first use.
   DbState* db_state(const std::string& db);
   // Names of the databases that have a DbState (pools, or console commands).
@@ -179,7 +225,9 @@ class Registry {
     bool stopped = false;
     bool running = false;                           // the thread has been started
     std::deque<std::pair<std::string, int>> queue;  // (host, port) to look up, in order
-    // Who waits for a key: the pool (kicked) and the target whose address it fills.
+    // Who waits for a key: the pool (kicked) and the target whose address it fills. A pool
+    // is kept here, under mu, until its kicks are posted: retire_idle never retires a pool
+    // found here (the resolver must hold no other Pool* of its own).
     std::map<std::pair<std::string, int>, std::vector<std::pair<Pool*, TargetHost*>>> pending;
     std::map<std::pair<std::string, int>, std::pair<sockaddr_storage, socklen_t>> cache;
     std::function<void(Pool*)> on_resolved;
@@ -194,7 +242,17 @@ class Registry {
   std::map<std::string, std::unique_ptr<std::atomic<int>>> db_client_counts_;
   std::map<std::string, std::unique_ptr<std::atomic<int>>> user_client_counts_;
   std::map<std::string, std::unique_ptr<DbState>> db_states_;
+  struct Retired {
+    std::unique_ptr<Pool> pool;
+    uint64_t epoch;  // freed once every worker passed it
+  };
+  std::vector<Retired> retired_;  // mu_
+  uint64_t epoch_ = 0;            // mu_: bumped by each retire_idle that retired a pool
+  std::unique_ptr<std::atomic<uint64_t>[]> passed_;  // per worker: the last epoch it passed
+  std::atomic<bool> has_retired_{false};
   DbState* db_state_locked(const std::string& db);
+  // A lookup of the resolver thread will write p's target and kick the workers for it.
+  bool lookup_pending(const Pool* p);
   // Resolves every host's address that can be without blocking; false when some must wait
   // for the resolver thread (then start_lookup once p and t are published).
   bool resolve_now(Target& t);

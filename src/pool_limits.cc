@@ -27,7 +27,7 @@ const UserDef* user_def(const Config& cf, const std::string& user) {
 bool Worker::count_client(Client* c) {
   Pool* p = c->pool_;
   if (c->limits_counted_ || c->is_admin_ || p == nullptr) return true;
-  c->limits_counted_ = true;
+  c->limits_counted_ = true;  // also: c owns the hold Registry::get took for it
   p->clients.fetch_add(1);
   int in_db = p->db_clients != nullptr ? p->db_clients->fetch_add(1) + 1 : 0;
   c->user_clients_ = c->user_ == p->user_name && p->user_clients != nullptr
@@ -62,6 +62,7 @@ void Worker::uncount_client(Client* c) {
   if (c->pool_->db_clients != nullptr) c->pool_->db_clients->fetch_sub(1);
   if (c->user_clients_ != nullptr) c->user_clients_->fetch_sub(1);
   c->user_clients_ = nullptr;
+  c->pool_->unhold();  // last: the pool may be retired from now on (pool_idle_timeout)
 }
 
 // PgBouncer's launch_new_connection(): once the pool is full and has logged in before, a
@@ -135,7 +136,8 @@ void Worker::tend_pools() {
   if (index_ == 0)
     for (const auto& [name, def] : cf.databases)
       if (!def.user.empty() && (def.min_pool_size >= 0 ? def.min_pool_size : cf.min_pool_size) > 0)
-        (void)rt_->registry->get(cf, name, def.user, &err, &sqlstate);
+        if (Pool* p = rt_->registry->get(cf, name, def.user, &err, &sqlstate))
+          Registry::release_held({p});  // not a use
   size_t n = rt_->workers.size();
   for (Pool* p : rt_->registry->pools()) {
     if (n == 0 || p->uid % n != index_) continue;

@@ -5,6 +5,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "lost_server.h"
 #include "password.h"
 #include "pool.h"
 #include "scram.h"
@@ -67,7 +68,7 @@ void Server::on_writable() {
 
 void Server::flush() {
   if (out_.empty()) return;
-  if (flush_out() == Io::Error) worker_->close_server(this, "server send failed");
+  if (flush_out() == Io::Error) worker_->server_lost(this, "server send failed");
 }
 
 void Server::send_internal_query(std::string_view sql) {
@@ -213,8 +214,8 @@ void Server::on_readable() {
       worker_->server_login_failed(this, "08006", "server closed the connection during login",
                                    true);
     else
-      worker_->close_server(this,
-                            r == Io::Eof ? "server closed the connection" : "server read error");
+      worker_->server_lost(this,
+                           r == Io::Eof ? "server closed the connection" : "server read error");
     return;
   }
   if (got == 0) return;
@@ -517,7 +518,8 @@ void Server::process() {
     }
     size_t total = len + 1;
     bool linked = state_ == ServerState::Active && client_ != nullptr;
-    bool need_whole = !linked || internal_ > 0 || needs_whole(type);
+    // Errors are read whole while linked: a FATAL is not forwarded (server_lost).
+    bool need_whole = !linked || internal_ > 0 || type == 'E' || needs_whole(type);
     if (need_whole && len > wire::backend_whole_limit(type)) {
       if (linked && internal_ == 0 && type == 'E') {
         need_whole = false;  // too long to rename: it goes through as PostgreSQL wrote it
@@ -546,6 +548,14 @@ void Server::process() {
       in_.rpos += total;
       if (!handle_login_message(type, body)) return;
       continue;
+    }
+    if (linked && type == 'E' && error_is_fatal(body)) {
+      // PostgreSQL ends this session (shutdown, pg_terminate_backend, a timeout): the
+      // client is told what was lost instead, and may stay (Worker::server_lost).
+      fatal_.assign(reinterpret_cast<const char*>(in_.begin()), total);
+      in_.rpos += total;
+      worker_->server_lost(this, "server sent FATAL: " + wire::parse_error(body).message);
+      return;
     }
     if (!linked || internal_ > 0) {
       // Idle, resetting, or answering an internal query: nothing goes to a client.

@@ -196,6 +196,9 @@ class Server final : public Conn, public ReplyBook {
   uint64_t check_client_ = 0;
   bool checking_ = false;  // the internal query due is that check (its tag is read)
   uint32_t gen_ = 0;       // DbState::generation when connected; older means close_needed
+  // The FATAL ErrorResponse PostgreSQL sent before closing this session while linked (the
+  // whole message; empty: none): Worker::server_lost hands it to the client.
+  std::string fatal_;
   std::string login_error_;
   std::string login_sqlstate_;
   // The server_tls_* context current when this server was made (null: TLS disabled). A

@@ -176,12 +176,16 @@ void Worker::drain_inbox() {
         adopt_server(m.server, m.pool);
         break;
       case InboxMsg::Kind::Kick: {
-        LocalPool* lp = local_pool(m.pool);
-        if (paused(m.pool)) break;
-        serve_waiters(m.pool, lp);
+        // Found by address alone: a kick may outlive its pool (pool_idle_timeout), and a
+        // worker without a LocalPool holds neither waiters nor idle servers of it.
+        auto it = pools_.find(m.pool);
+        if (it == pools_.end()) break;
+        LocalPool* lp = it->second.get();
+        Pool* p = lp->pool;
+        if (paused(p)) break;
+        serve_waiters(p, lp);
         if (lp->waiting.empty() && lp->lookups.empty() && !lp->idle.empty() && m.fd >= 0 &&
-            static_cast<size_t>(m.fd) != index_ &&
-            m.pool->waiting_on(static_cast<size_t>(m.fd)) > 0)
+            static_cast<size_t>(m.fd) != index_ && p->waiting_on(static_cast<size_t>(m.fd)) > 0)
           hand_over(lp->idle.back(), static_cast<size_t>(m.fd));
         break;
       }
@@ -724,6 +728,58 @@ void Worker::close_server(Server* s, std::string_view reason) {
       if (v != index_ && p->waiting_on(v).load() > 0)
         rt_->workers[v]->post(InboxMsg{InboxMsg::Kind::Kick, -1, false, nullptr, p, 0, {}, {}});
   }
+}
+
+void Worker::server_lost(Server* s, std::string_view reason) {
+  if (s->dead_) return;
+  Client* c = s->client_;
+  if (c == nullptr || c->dead_ || s->state() != ServerState::Active) {
+    close_server(s, reason);
+    return;
+  }
+  if (s->fwd_remaining_ > 0) {
+    // The client's stream is cut mid-message: nothing more can be framed for it.
+    unlink(c, s);
+    close_client(c, "server connection lost mid-message");
+    close_server(s, reason);
+    return;
+  }
+  if (s->pool_->mode == PoolMode::Session) {
+    // The client's session was this server's: it gets PostgreSQL's error, or 08006, and is
+    // closed.
+    unlink(c, s);
+    if (s->fatal_.empty()) {
+      fail_client(c, "08006", "server conn crashed?", "server connection closed");
+    } else {
+      bufs().append(c->out_, s->fatal_.data(), s->fatal_.size());
+      close_client(c, "server connection closed");
+    }
+    close_server(s, reason);
+    return;
+  }
+  LostServer l;
+  if (!s->fatal_.empty())
+    l.error = error_as_error(std::span<const uint8_t>(
+        reinterpret_cast<const uint8_t*>(s->fatal_.data()) + wire::kHeaderLen,
+        s->fatal_.size() - wire::kHeaderLen));
+  l.tx = s->tx_;
+  // Cycles owed an answer: each Sync, and each Query/FunctionCall PostgreSQL would not
+  // have ignored (those sent while it skips to a Sync after an error get nothing).
+  bool skipping = s->skip_to_sync_;
+  for (size_t i = 0; i < s->queue_.size(); i++) {
+    uint8_t t = s->queue_.at(i).type;
+    if (t == 'S') {
+      l.cycles++;
+      skipping = false;
+    } else if ((t == 'Q' || t == 'F') && !skipping) {
+      l.cycles++;
+    }
+  }
+  l.tail = s->unsynced_;
+  l.answered = s->skip_to_sync_;
+  unlink(c, s);
+  close_server(s, reason);  // its slot is free, waiters are served
+  c->server_lost(l);
 }
 
 void Worker::close_cancel(CancelConn* cc) {

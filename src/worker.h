@@ -176,6 +176,12 @@ class Worker {
                    std::string_view reason);
   void close_client(Client* c, std::string_view reason);
   void close_server(Server* s, std::string_view reason);
+  // The server's session ended under it (EOF, a socket error, a FATAL from PostgreSQL: its
+  // message in Server::fatal_). In transaction and statement pooling its linked client is
+  // told what was lost (Client::server_lost) and stays connected; in session pooling, or
+  // when half a message had reached the client, the client gets the error and is closed.
+  // Then close_server.
+  void server_lost(Server* s, std::string_view reason);
   void close_cancel(CancelConn* c);
   void server_login_done(Server* s);
   void note_current_host(Server* s);
@@ -273,6 +279,9 @@ class Worker {
   static void flush_cb(evutil_socket_t, short, void* arg);
   // ---- the janitor (janitor.cc): every timeout, on the maintenance timer ----
   void janitor();
+  // pool_idle_timeout, autodb_idle_timeout (pool_idle.cc): worker 0 retires idle pools;
+  // every worker drops its LocalPools of retired ones; worker 0 frees those all passed.
+  void reap_pools(double now);
   void waiter_timeouts(LocalPool* lp, double now);
   void linked_timeouts(double now);
   void idle_client_timeouts(double now);

@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "admin.h"
+#include "lost_server.h"
 #include "prepared.h"
 #include "trace.h"
 
@@ -30,6 +31,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size = text.size();
 
   (void)parse_admin_statement(text);
+  // A lost server's aborted block (lost_server.h): a savepoint name only for ToSavepoint.
+  std::string savepoint;
+  TxExit exit_kind = classify_tx_exit(text, &savepoint);
+  check(exit_kind == TxExit::ToSavepoint || savepoint.empty());
   TraceTarget target;
   (void)parse_trace_target(text, target);  // SET trace = '...' on the console
 

@@ -1048,6 +1048,30 @@ TEST_CASE("auth_query: during an outage cached users authenticate and wait for t
   CHECK(eventually([&] { return waiting("aq_md5") == 0 && waiting("aq_scram") == 0; }));
 }
 
+TEST_CASE("auth_query: pool_idle_timeout frees the auth_user's pool once its lookups ended") {
+  if (skip_in_direct_mode("auth_query is pgsluice's")) return;
+  const Cluster& c = aq_cluster();
+  Pooler p(aq_options(c, "pool_idle_timeout = 1\nserver_idle_timeout = 0.5\n"));
+  auto pools = [&] {
+    Conn admin = admin_console(p);
+    Result r = exec_ok(admin.get(), "SHOW POOLS");
+    std::vector<std::string> out;
+    for (int i = 0; i < PQntuples(r.get()); i++)
+      if (std::string(PQgetvalue(r.get(), i, 0)) != "pgbouncer")
+        out.push_back(std::string(PQgetvalue(r.get(), i, 0)) + "/" + PQgetvalue(r.get(), i, 1));
+    return out;
+  };
+  login_ok(p, "aq_md5", "md5-pw-1");  // the lookup ran on a server of testdb/aq_auth
+  std::vector<std::string> before = pools();
+  CHECK(std::find(before.begin(), before.end(), std::string("testdb/") + kAuthUser) !=
+        before.end());
+  // A lookup that kept its hold would keep the auth_user's pool for ever.
+  CHECK(eventually([&] { return pools().empty(); }, 6));
+  CHECK(has(p.log(), std::string("pool testdb/") + kAuthUser + " freed"));
+  login_ok(p, "aq_md5", "md5-pw-1");
+  login_ok(p, "aq_scram", "scram-pw-1");
+}
+
 TEST_SUITE_END();
 
 }  // namespace

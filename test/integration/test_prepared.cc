@@ -1211,7 +1211,10 @@ TEST_CASE("prepared: servers terminated mid-transaction and while idle; other se
     INFO("b got: " << err);
     CHECK(err.find("terminating connection due to administrator command") != std::string::npos);
   }
-  CHECK(PQstatus(b.get()) == CONNECTION_BAD);  // that session ends
+  // Transaction pooling: b keeps its connection, its transaction aborted (issue 12).
+  CHECK(PQstatus(b.get()) == CONNECTION_OK);
+  CHECK(PQtransactionStatus(b.get()) == PQTRANS_INERROR);
+  exec_ok(b.get(), "ROLLBACK");
 
   // a's statement was prepared on a server that is now killed while idle in the pool.
   CHECK(scalar(killer.get(), "select pg_terminate_backend(" + std::to_string(a_pid) + ")") == "t");

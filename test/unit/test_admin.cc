@@ -166,10 +166,11 @@ TEST_CASE("stats: averages per second and per event; the log line") {
 }
 
 TEST_CASE("metrics: exposition text with pgbouncer_exporter names and cumulative buckets") {
-  Pool pool("appdb", "app", 1);
   Snapshot s;
   PoolRow r;
-  r.pool = &pool;
+  r.uid = 1;
+  r.db = "appdb";
+  r.user = "app";
   r.cl_active = 3;
   r.sv_idle = 2;
   r.stats.query_count = 5;
