@@ -157,6 +157,10 @@ std::optional<AdminStatement> parse_admin_statement(std::string_view q) {
     if (!lx.word(st.arg)) return std::nullopt;
   }
   lx.skip_ws();
+  if ((st.cmd == "show" || st.cmd == "select") && lower(st.arg) == "client_state" && !lx.at_end() &&
+      q[lx.i] != ';') {
+    if (!lx.word(st.arg2)) return std::nullopt;  // SHOW CLIENT_STATE <id>
+  }
   if (st.cmd == "drop" && lower(st.arg) == "auth_cache" && !lx.at_end() && q[lx.i] != ';') {
     if (!lx.word(st.arg2)) return std::nullopt;  // DROP AUTH_CACHE user: the one two-word form
   }
@@ -178,7 +182,8 @@ const std::vector<std::string>& admin_show_commands() {
       "PEERS",          "PEER_POOLS", "FDS",        "SOCKETS",
       "ACTIVE_SOCKETS", "LISTS",      "MEM",        "STATE",
       "DNS_HOSTS",      "DNS_ZONES",  "STATS",      "STATS_TOTALS",
-      "STATS_AVERAGES", "TOTALS",     "HISTOGRAMS", "AUTH_CACHE"};
+      "STATS_AVERAGES", "TOTALS",     "HISTOGRAMS", "AUTH_CACHE",
+      "CLIENT_STATE"};
   return v;
 }
 
@@ -335,6 +340,7 @@ void show_help(Client* c) {
       "\tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE\n"
       "\tSHOW DNS_HOSTS|DNS_ZONES\n"
       "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|HISTOGRAMS\n"
+      "\tSHOW CLIENT_STATE <client_id>\n"
       "\tSET key = arg\n"
       "\tSET trace = off|all|'client <id>'|'db <name>'\n"
       "\tRELOAD\n"
@@ -939,6 +945,50 @@ void cmd_kill_client(Client* c, const std::string& arg) {
   }
 }
 
+// SHOW CLIENT_STATE <id>: the session settings pgsluice follows for that client
+// (session_state.h), values only for harmless names (shown_setting).
+void show_client_state(Client* c, const std::string& arg) {
+  uint64_t id = 0;
+  if (arg.empty() || arg.find_first_not_of("0123456789") != std::string::npos ||
+      std::sscanf(arg.c_str(), "%" SCNu64, &id) != 1)
+    return reply_error(c, "invalid client id supplied");
+  struct State {
+    size_t left;
+    bool found = false;
+    std::vector<std::pair<std::string, std::string>> rows;
+  };
+  Worker* home = c->worker();
+  uint64_t me = c->id_;
+  auto st = std::make_shared<State>(State{home->rt()->workers.size(), false, {}});
+  c->admin_busy_ = true;
+  c->want_read(false);
+  for (auto& w : home->rt()->workers) {
+    w->post_call([st, home, me, id](Worker& self) {
+      std::vector<std::pair<std::string, std::string>> rows;
+      Client* cl = self.find_client(id);
+      bool found = cl != nullptr && !cl->is_admin_;
+      if (found && cl->sess_ != nullptr)
+        for (const auto& e : cl->sess_->settings().entries())
+          rows.emplace_back(e.key, shown_setting(e));
+      home->post_call([st, me, found, rows = std::move(rows)](Worker& h) {
+        st->found = st->found || found;
+        st->rows.insert(st->rows.end(), rows.begin(), rows.end());
+        if (--st->left != 0) return;
+        Client* con = h.find_client(me);
+        if (con == nullptr) return;
+        if (!st->found) {
+          reply_error(con, "client not found");
+        } else {
+          RowSet rs("ss", {"name", "value"});
+          for (const auto& [n, v] : st->rows) rs.row({n, v});
+          reply_rows(con, rs);
+        }
+        resume_client(h, me);
+      });
+    });
+  }
+}
+
 void cmd_shutdown(Client* c, const std::string& arg) {
   Runtime* rt = c->worker()->rt();
   ShutdownMode mode = ShutdownMode::Immediate;
@@ -1096,6 +1146,7 @@ void run_statement(Client* c, const std::string& q) {
     if (what == "peer_pools") return show_peer_pools(c);
     if (what == "state") return show_state(c);
     if (what == "auth_cache") return show_auth_cache(c);
+    if (what == "client_state") return show_client_state(c, st.arg2);
     if (what == "users") return show_users(c);  // the client counts are shared atomics
     if (what == "dns_hosts") {
       RowSet rs("sqs", {"hostname", "ttl", "addrs"});

@@ -759,6 +759,7 @@ bool Client::forward_pass() {
     }
     if (trace_) trace_message(this, true, type, len + 1);
     if (remap_) record_segment(type, len);
+    if (remap_) session_message(type, len, false);
     if (remapped) {
       if (remap(type, len)) continue;
     }
@@ -795,6 +796,7 @@ bool Client::forward_pass() {
         break;
     }
     s->note_request(type, copy_in_);
+    if (remap_) session_message(type, len, true);
     size_t total = len + 1;
     st.bytes_received += total;
     size_t n = in_.size() < total ? in_.size() : total;
@@ -990,6 +992,7 @@ bool Client::answer_parses() {
   PreparedStats& ps = lp_->prepared;
   std::string m;
   for (auto& [name, e] : found) {
+    if (sess_ != nullptr || session_sql_changes(e->body)) note_session_parse(name, e->body);
     if (trace_) trace_message(this, true, 'P', name.size() + 1 + e->body.size() + wire::kHeaderLen);
     stmts_.set(name, std::move(e));
     st.client_parse_count++;

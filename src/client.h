@@ -12,6 +12,7 @@
 #include "auth_cache.h"
 #include "lost_server.h"
 #include "prepared.h"
+#include "session_state.h"
 #include "startup.h"
 #include "stream.h"
 #include "varcache.h"
@@ -114,6 +115,12 @@ class Client final : public Conn {
   void record_segment(uint8_t type, size_t len);
   // Puts the saved segment back in front of what the client sent since, and runs it again.
   void replay_segment();
+  // Tells sess_ of a message about to go to the server: before remapping (`sent` false:
+  // Parse, Bind, Close) and once it went as it is (true: Query, Execute, Sync).
+  void session_message(uint8_t type, size_t len, bool sent);
+  bool session_scs(std::string_view text) const;
+  bool session_sql_changes(std::string_view parse_body) const;
+  void note_session_parse(std::string_view name, std::string_view parse_body);
   bool is_admin_ = false;  // logged in to a virtual database (admin console)
   bool welcomed_ = false;  // the welcome was sent (it must be sent once)
   bool counted_ = false;   // counted in Runtime::clients (from accept to close)
@@ -121,6 +128,10 @@ class Client final : public Conn {
   // authentication to close: Worker::count_client); user_clients_ is the user's counter.
   bool limits_counted_ = false;
   std::atomic<int>* user_clients_ = nullptr;
+  // Session settings it made (SET, RESET, ...), followed in transaction and statement
+  // pooling (session_state.h, client_session.cc); null until its first statement that
+  // changes one.
+  std::unique_ptr<SessionState> sess_;
   double wait_since_ = 0;    // when it started waiting for a server
   double connect_time_ = 0;  // when it was accepted
   size_t pos_ = 0;           // index in Worker::clients_

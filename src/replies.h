@@ -43,6 +43,7 @@ struct Request {
   int32_t tag = -1;          // Q(Fake): index in RequestQueue::renames of the CommandComplete tag;
                              // B/D: name_tag() of the client's statement name
   uint8_t swallow_c = 0;     // Q: CommandCompletes of statements pgsluice prepended
+  bool sess = false;         // Q/E/S: its answers go to the client's SessionState too
 };
 
 // What a client's Parse/PREPARE/Close changed in its name map: the name and what it mapped
@@ -138,6 +139,10 @@ class RequestQueue {
       q_.erase(q_.begin(), q_.begin() + static_cast<std::ptrdiff_t>(head_));
       head_ = 0;
     }
+  }
+  // The request pushed last is followed by the client's SessionState (session_state.h).
+  void flag_back() {
+    if (head_ < q_.size()) q_.back().sess = true;
   }
   // The front request no longer undoes its name change (it was undone already).
   void forget_undo() {

@@ -662,6 +662,10 @@ void Server::process() {
         }
       }
     }
+    if (client_->sess_ != nullptr &&
+        (type == 'C' || type == 'E' || type == 'Z' || type == 'I' || type == 's'))
+      client_->sess_->on_reply(type, body,
+                               !queue_.empty() && queue_.front().sess ? queue_.front().type : 0);
     ReplyVerdict v = on_reply(type, body, client_->stmts_, client_->seg_ok_);
     if (v.copy_in >= 0) client_->server_copy_in(v.copy_in == 1);
     if (v.ready) account_ready();

@@ -12,6 +12,7 @@
 #include "auth_query.h"
 #include "prepared.h"
 #include "replies.h"
+#include "session_state.h"
 #include "stats.h"
 #include "stream.h"
 #include "varcache.h"
@@ -171,6 +172,10 @@ class Server final : public Conn, public ReplyBook {
   socklen_t peer_len_ = 0;
   Client* client_ = nullptr;
   VarCache vars_;
+  // The session settings this server has (session_state.h): those of the client it served
+  // last (null: none); unknown: not known, so the next link resets everything first.
+  std::unique_ptr<SessionSettings> sess_;
+  bool sess_unknown_ = false;
   int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due
   uint64_t query_start_us_ = 0;  // first unanswered request (0: none)
   uint64_t xact_start_us_ = 0;   // first request of the open transaction (0: none)

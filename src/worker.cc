@@ -385,11 +385,37 @@ void Worker::link(Client* c, Server* s) {
   bool was_login = c->state_ == ClientState::Login;
   set_state(c, ClientState::Active);
   if (was_login) c->send_welcome();
-  std::string sql = varcache_diff_sql(*rt_->tracked, c->vars_, s->vars_);
+  // One swallowed query brings the server to the client: its session settings
+  // (session_state.h; reset first when the server's are unknown) and tracked parameters.
+  std::string pre, post;
+  settings_diff_sql(c->sess_ ? &c->sess_->settings() : nullptr, s->sess_.get(), s->sess_unknown_,
+                    pre, post);
+  std::string sql =
+      pre + varcache_diff_sql(*rt_->tracked, c->vars_, s->sess_unknown_ ? VarCache() : s->vars_) +
+      post;
+  note_server_settings(c, s);
   if (!sql.empty()) s->send_internal_query(sql);
 }
 
+// The server now has the client's session settings (at link, and again when they part).
+void Worker::note_server_settings(Client* c, Server* s) {
+  s->sess_unknown_ = false;
+  if (c->sess_ != nullptr && c->sess_->take_lost()) {
+    s->sess_unknown_ = true;  // the next link resets it
+  } else if (c->sess_ == nullptr || c->sess_->settings().empty()) {
+    s->sess_.reset();
+  } else if (s->sess_ == nullptr) {
+    s->sess_ = std::make_unique<SessionSettings>(c->sess_->settings());
+  } else {
+    *s->sess_ = c->sess_->settings();
+  }
+}
+
 void Worker::unlink(Client* c, Server* s) {
+  if (c != nullptr && s != nullptr && c->server_ == s && s->client_ == c && c->sess_ != nullptr) {
+    c->sess_->unlinked();
+    note_server_settings(c, s);
+  }
   if (c != nullptr && c->server_ == s) c->server_ = nullptr;
   if (s != nullptr && s->client_ == c) s->client_ = nullptr;
   if (c != nullptr && c->state_ == ClientState::Active) set_state(c, ClientState::Idle);
@@ -641,6 +667,7 @@ void Worker::close_client(Client* c, std::string_view reason) {
     if (!clean) {
       close_server(s, "client disconnect while server was not ready");
     } else if (want_reset) {
+      if (s->pool_->mode != PoolMode::Session) s->sess_unknown_ = true;  // whatever it resets
       s->send_internal_query(reset);
       set_state(s, ServerState::Resetting);
       s->flush();

@@ -156,6 +156,8 @@ class Worker {
   void set_state(Server* s, ServerState to);
   // Clears the client/server link on both sides (an Active client becomes Idle).
   void unlink(Client* c, Server* s);
+  // The server now has client c's session settings (session_state.h).
+  void note_server_settings(Client* c, Server* s);
   LocalPool* local_pool(Pool* p);
   // The client has a request (or a login) and no server. Returns true when a server was
   // linked at once (the caller goes on forwarding); false when the client was queued.

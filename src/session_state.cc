@@ -1,0 +1,946 @@
+// Session settings: the SET/RESET lexer, PostgreSQL's transaction rules, the restoring SQL.
+#include "session_state.h"
+
+#include <algorithm>
+
+#include "log.h"
+#include "varcache.h"
+
+namespace pgsluice {
+
+namespace {
+
+enum class Tok : uint8_t { End, Semi, Word, Ident, String, Op };
+
+struct Token {
+  Tok kind = Tok::End;
+  std::string_view text;  // as written (quotes included)
+  bool space_before = false;
+  bool open = false;  // a quote not closed before the end of the text
+};
+
+bool word_start(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+}
+bool word_char(unsigned char c) {
+  return word_start(c) || (c >= '0' && c <= '9') || c == '$';
+}
+
+std::string lower(std::string_view s) {
+  std::string r(s);
+  for (char& c : r)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return r;
+}
+
+// Reads SQL tokens as PostgreSQL's scanner splits them, as far as statement boundaries
+// and the shapes of SET/RESET need: whitespace and comments are skipped (remembered as a
+// space), strings, quoted identifiers and dollar quotes are single tokens.
+class Lexer {
+ public:
+  Lexer(std::string_view t, bool scs) : t_(t), scs_(scs) {}
+  Token next() {
+    Token tk;
+    tk.space_before = skip_space();
+    if (p_ >= t_.size()) {
+      done_ = true;
+      return tk;
+    }
+    size_t s = p_;
+    auto c = static_cast<unsigned char>(t_[p_]);
+    if (c == ';') {
+      p_++;
+      tk.kind = Tok::Semi;
+      done_ = true;
+    } else if (c == '\'') {
+      tk.open = !quoted('\'', !scs_);
+      tk.kind = Tok::String;
+    } else if (c == '"') {
+      tk.open = !quoted('"', false);
+      tk.kind = Tok::Ident;
+    } else if (c == '$' && dollar(&tk.open)) {
+      tk.kind = Tok::String;
+    } else if ((c == 'e' || c == 'E') && p_ + 1 < t_.size() && t_[p_ + 1] == '\'') {
+      p_++;
+      tk.open = !quoted('\'', true);
+      tk.kind = Tok::String;
+    } else if (word_start(c)) {
+      while (p_ < t_.size() && word_char(static_cast<unsigned char>(t_[p_]))) p_++;
+      tk.kind = Tok::Word;
+      // B'..', X'..', N'..', U&'..' are strings with a prefix: the prefix word stays apart.
+    } else if (c >= '0' && c <= '9') {
+      while (p_ < t_.size() && (word_char(static_cast<unsigned char>(t_[p_])) || t_[p_] == '.'))
+        p_++;
+      tk.kind = Tok::Word;
+    } else {
+      p_++;
+      tk.kind = Tok::Op;
+    }
+    tk.text = t_.substr(s, p_ - s);
+    return tk;
+  }
+  bool scs() const { return scs_; }
+  // Whether the current statement's ';' (or the text's end) was read.
+  void begin_statement() { done_ = false; }
+  bool statement_done() const { return done_; }
+  // Skips to the end of the statement (past its ';'); false at the end of the text.
+  void skip_statement() {
+    for (;;) {
+      Token tk = next();
+      if (tk.kind == Tok::End || tk.kind == Tok::Semi) return;
+    }
+  }
+
+ private:
+  bool skip_space() {
+    bool any = false;
+    while (p_ < t_.size()) {
+      char c = t_[p_];
+      if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+        p_++;
+      } else if (c == '-' && p_ + 1 < t_.size() && t_[p_ + 1] == '-') {
+        size_t e = t_.find('\n', p_);
+        p_ = e == std::string_view::npos ? t_.size() : e + 1;
+      } else if (c == '/' && p_ + 1 < t_.size() && t_[p_ + 1] == '*') {
+        int depth = 1;  // PostgreSQL's block comments nest
+        p_ += 2;
+        while (p_ < t_.size() && depth > 0) {
+          if (t_[p_] == '/' && p_ + 1 < t_.size() && t_[p_ + 1] == '*') {
+            depth++;
+            p_ += 2;
+          } else if (t_[p_] == '*' && p_ + 1 < t_.size() && t_[p_ + 1] == '/') {
+            depth--;
+            p_ += 2;
+          } else {
+            p_++;
+          }
+        }
+      } else {
+        break;
+      }
+      any = true;
+    }
+    return any;
+  }
+  // From an opening quote to its closing one ('' or "" inside are the quote itself); false
+  // when the text ends first.
+  bool quoted(char q, bool backslash) {
+    p_++;
+    while (p_ < t_.size()) {
+      char c = t_[p_];
+      if (backslash && c == '\\') {
+        p_ += 2;
+        continue;
+      }
+      p_++;
+      if (c == q) {
+        if (p_ < t_.size() && t_[p_] == q) {
+          p_++;
+          continue;
+        }
+        return true;
+      }
+    }
+    p_ = t_.size();
+    return false;
+  }
+  // $tag$ ... $tag$; false (nothing consumed) when the '$' starts no dollar quote; *open
+  // when the text ends before the closing tag.
+  bool dollar(bool* open) {
+    size_t i = p_ + 1;
+    if (i < t_.size() && t_[i] != '$') {
+      if (!word_start(static_cast<unsigned char>(t_[i])) || t_[i] == '$') return false;
+      while (i < t_.size() && t_[i] != '$') {
+        auto c = static_cast<unsigned char>(t_[i]);
+        if (!word_start(c) && !(c >= '0' && c <= '9')) return false;
+        i++;
+      }
+    }
+    if (i >= t_.size()) return false;
+    std::string_view tag = t_.substr(p_, i + 1 - p_);
+    size_t e = t_.find(tag, i + 1);
+    *open = e == std::string_view::npos;
+    p_ = *open ? t_.size() : e + tag.size();
+    return true;
+  }
+  std::string_view t_;
+  bool scs_;
+  size_t p_ = 0;
+  bool done_ = false;
+};
+
+bool is_word(const Token& t, std::string_view w) {
+  return t.kind == Tok::Word && iequals(t.text, w);
+}
+
+// The rest of a statement as one value text: tokens as written, one space where the
+// client had whitespace or a comment. `first` is its first token.
+// v ends with U& (the prefix of a Unicode-escape string, whose backslashes stay as they are).
+bool unicode_prefix(std::string_view v) {
+  if (v.size() < 2 || v.back() != '&' || (v[v.size() - 2] | 0x20) != 'u') return false;
+  return v.size() == 2 || !word_char(static_cast<unsigned char>(v[v.size() - 3]));
+}
+
+std::string value_text(Lexer& lx, Token first, size_t* ntok = nullptr, Token* last = nullptr) {
+  std::string v;
+  size_t n = 0;
+  bool bad = false;
+  for (Token tk = first; tk.kind != Tok::End && tk.kind != Tok::Semi; tk = lx.next()) {
+    if (n > 0 && tk.space_before) v += ' ';
+    if (tk.kind == Tok::String && tk.text[0] == '\'' &&
+        tk.text.find('\\') != std::string_view::npos && !unicode_prefix(v)) {
+      // A backslash in a plain string means what standard_conforming_strings said when
+      // the client sent it; written E'...' it means the same under either (U&'...' stays).
+      if (!v.empty() && v.back() != ' ') v += ' ';  // an E glued to a word would join it
+      v += 'E';
+      if (lx.scs()) {
+        for (char ch : tk.text) {
+          v += ch;
+          if (ch == '\\') v += '\\';
+        }
+      } else {
+        v.append(tk.text);
+      }
+    } else {
+      v.append(tk.text);
+    }
+    n++;
+    if (last != nullptr) *last = tk;
+    if (tk.open) bad = true;
+  }
+  // A quote left open is a syntax error (PostgreSQL refuses the statement): no value.
+  if (ntok != nullptr) *ntok = bad ? 0 : n;
+  return v;
+}
+
+// A savepoint or parameter name token, folded as PostgreSQL folds identifiers (a
+// parameter's name is then lower-cased whole: GUC names are case-insensitive).
+std::string ident_key(const Token& t) {
+  if (t.kind == Tok::Ident) {
+    std::string r;
+    std::string_view in = t.text.substr(1, t.text.size() >= 2 ? t.text.size() - 2 : 0);
+    for (size_t i = 0; i < in.size(); i++) {
+      r += in[i];
+      if (in[i] == '"' && i + 1 < in.size() && in[i + 1] == '"') i++;
+    }
+    return r;
+  }
+  return lower(t.text);
+}
+
+// The value of SET ROLE / SESSION AUTHORIZATION / TIME ZONE / ...: "special" (NONE,
+// DEFAULT, LOCAL, as asked) alone means a reset.
+void set_special(SessionStmt& st, Lexer& lx, std::string_view key, std::string_view prefix,
+                 std::string_view reset_sql, std::string_view reset_word1,
+                 std::string_view reset_word2) {
+  Token first = lx.next();
+  size_t n = 0;
+  Token last;
+  std::string v = value_text(lx, first, &n, &last);
+  st.key = std::string(key);
+  if (n == 0) {
+    st.kind = StmtKind::Other;  // a syntax error: PostgreSQL refuses it
+    return;
+  }
+  if (n == 1 &&
+      (is_word(first, reset_word1) || (!reset_word2.empty() && is_word(first, reset_word2)))) {
+    st.kind = StmtKind::Reset;
+    st.sql = std::string(reset_sql);
+    return;
+  }
+  st.kind = StmtKind::Set;
+  st.sql = std::string(prefix) + " " + v;
+}
+
+// Reads a (possibly dotted) parameter name from `first`; returns it as written and its key.
+// A name PostgreSQL accepts: a word, or a closed, non-empty quoted identifier.
+bool name_token(const Token& t) {
+  return t.kind == Tok::Word || (t.kind == Tok::Ident && !t.open && t.text.size() > 2);
+}
+
+bool read_name(Lexer& lx, Token first, std::string& written, std::string& key, Token& after) {
+  if (!name_token(first)) return false;
+  written.assign(first.text);
+  key = lower(ident_key(first));
+  for (;;) {
+    after = lx.next();
+    if (after.kind != Tok::Op || after.text != "." || after.space_before) return true;
+    Token part = lx.next();
+    if (!name_token(part)) return false;
+    written += '.';
+    written.append(part.text);
+    key += '.';
+    key += lower(ident_key(part));
+  }
+}
+
+// SET SESSION CHARACTERISTICS AS TRANSACTION <one mode>: the default_transaction_* setting
+// it sets. Several modes at once are Unknown (one statement, one setting here).
+void set_characteristics(SessionStmt& st, Lexer& lx) {
+  st.kind = StmtKind::Unknown;
+  if (!is_word(lx.next(), "as") || !is_word(lx.next(), "transaction")) return;
+  std::vector<Token> w;
+  for (Token t = lx.next(); t.kind != Tok::End && t.kind != Tok::Semi; t = lx.next()) {
+    if (t.kind != Tok::Word || w.size() == 4) return;
+    w.push_back(t);
+  }
+  auto set = [&](const char* key, const char* value) {
+    st.kind = StmtKind::Set;
+    st.key = key;
+    st.sql = std::string("SET ") + key + " TO '" + value + "'";
+  };
+  if (w.size() >= 3 && is_word(w[0], "isolation") && is_word(w[1], "level")) {
+    if (w.size() == 3 && is_word(w[2], "serializable"))
+      set("default_transaction_isolation", "serializable");
+    if (w.size() == 4 && is_word(w[2], "repeatable") && is_word(w[3], "read"))
+      set("default_transaction_isolation", "repeatable read");
+    if (w.size() == 4 && is_word(w[2], "read") && is_word(w[3], "committed"))
+      set("default_transaction_isolation", "read committed");
+    if (w.size() == 4 && is_word(w[2], "read") && is_word(w[3], "uncommitted"))
+      set("default_transaction_isolation", "read uncommitted");
+  } else if (w.size() == 2 && is_word(w[0], "read") && is_word(w[1], "only")) {
+    set("default_transaction_read_only", "on");
+  } else if (w.size() == 2 && is_word(w[0], "read") && is_word(w[1], "write")) {
+    set("default_transaction_read_only", "off");
+  } else if (w.size() == 1 && is_word(w[0], "deferrable")) {
+    set("default_transaction_deferrable", "on");
+  } else if (w.size() == 2 && is_word(w[0], "not") && is_word(w[1], "deferrable")) {
+    set("default_transaction_deferrable", "off");
+  }
+}
+
+// SET after its first word (and SESSION, when given).
+void classify_set(SessionStmt& st, Lexer& lx) {
+  Token t = lx.next();
+  if (is_word(t, "session")) {
+    Token u = lx.next();
+    if (is_word(u, "characteristics")) {
+      set_characteristics(st, lx);
+      return;
+    }
+    if (is_word(u, "authorization")) {
+      set_special(st, lx, "session_authorization", "SET SESSION AUTHORIZATION",
+                  "RESET SESSION AUTHORIZATION", "default", "");
+      return;
+    }
+    t = u;                        // SET SESSION name ...
+    if (is_word(t, "session")) {  // SET SESSION SESSION AUTHORIZATION
+      Token w = lx.next();
+      if (!is_word(w, "authorization")) return;
+      set_special(st, lx, "session_authorization", "SET SESSION AUTHORIZATION",
+                  "RESET SESSION AUTHORIZATION", "default", "");
+      return;
+    }
+  } else if (is_word(t, "local") || is_word(t, "transaction") || is_word(t, "constraints")) {
+    st.kind = StmtKind::Local;
+    return;
+  }
+  if (is_word(t, "time")) {
+    Token z = lx.next();
+    if (!is_word(z, "zone")) return;
+    set_special(st, lx, "timezone", "SET TIME ZONE", "RESET TIME ZONE", "default", "local");
+    return;
+  }
+  if (is_word(t, "role")) {
+    set_special(st, lx, "role", "SET ROLE", "RESET ROLE", "none", "");
+    return;
+  }
+  if (is_word(t, "schema")) {
+    set_special(st, lx, "search_path", "SET SCHEMA", "RESET search_path", "", "");
+    return;
+  }
+  if (is_word(t, "names")) {
+    set_special(st, lx, "client_encoding", "SET NAMES", "RESET client_encoding", "default", "");
+    return;
+  }
+  if (is_word(t, "xml")) {
+    Token o = lx.next();
+    if (!is_word(o, "option")) return;
+    set_special(st, lx, "xmloption", "SET XML OPTION", "RESET xmloption", "", "");
+    return;
+  }
+  if (is_word(t, "catalog")) return;  // SET CATALOG: the current database or an error
+  std::string written, key;
+  Token after;
+  if (!read_name(lx, t, written, key, after)) return;
+  if (!(is_word(after, "to") || (after.kind == Tok::Op && after.text == "="))) return;
+  Token first = lx.next();
+  size_t n = 0;
+  std::string v = value_text(lx, first, &n);
+  if (n == 0) return;  // a syntax error
+  st.key = key;
+  if (n == 1 && is_word(first, "default")) {
+    st.kind = StmtKind::Reset;
+    st.sql = "RESET " + written;
+    return;
+  }
+  st.kind = StmtKind::Set;
+  st.sql = "SET " + written + " TO " + v;
+}
+
+void classify_reset(SessionStmt& st, Lexer& lx) {
+  Token t = lx.next();
+  if (is_word(t, "all")) {
+    Token e = lx.next();
+    if (e.kind == Tok::End || e.kind == Tok::Semi) st.kind = StmtKind::ResetAll;
+    return;
+  }
+  if (is_word(t, "time")) {
+    if (is_word(lx.next(), "zone")) {
+      st.kind = StmtKind::Reset;
+      st.key = "timezone";
+      st.sql = "RESET TIME ZONE";
+    }
+    return;
+  }
+  if (is_word(t, "session")) {
+    if (is_word(lx.next(), "authorization")) {
+      st.kind = StmtKind::Reset;
+      st.key = "session_authorization";
+      st.sql = "RESET SESSION AUTHORIZATION";
+    }
+    return;
+  }
+  if (is_word(t, "transaction")) {
+    st.kind = StmtKind::Local;
+    return;
+  }
+  std::string written, key;
+  Token after;
+  if (!read_name(lx, t, written, key, after)) return;
+  if (after.kind != Tok::End && after.kind != Tok::Semi) return;
+  st.kind = StmtKind::Reset;
+  st.key = key;
+  st.sql = "RESET " + written;
+}
+
+// COMMIT/ROLLBACK [WORK|TRANSACTION] [AND [NO] CHAIN]; ROLLBACK ... TO [SAVEPOINT] name.
+void classify_end(SessionStmt& st, Lexer& lx, bool commit) {
+  Token t = lx.next();
+  if (is_word(t, "prepared")) return;  // COMMIT/ROLLBACK PREPARED: outside any block
+  if (is_word(t, "work") || is_word(t, "transaction")) t = lx.next();
+  if (!commit && is_word(t, "to")) {
+    Token n = lx.next();
+    if (is_word(n, "savepoint")) n = lx.next();
+    if (!name_token(n)) return;
+    st.kind = StmtKind::RollbackTo;
+    st.key = ident_key(n);
+    return;
+  }
+  st.kind = commit ? StmtKind::Commit : StmtKind::Rollback;
+  if (is_word(t, "and")) {
+    Token c = lx.next();
+    if (is_word(c, "chain")) st.kind = commit ? StmtKind::CommitChain : StmtKind::RollbackChain;
+  }
+}
+
+SessionStmt classify(Lexer& lx, const Token& first) {
+  SessionStmt st;
+  if (is_word(first, "set")) {
+    classify_set(st, lx);
+  } else if (is_word(first, "reset")) {
+    classify_reset(st, lx);
+  } else if (is_word(first, "discard")) {
+    Token t = lx.next();
+    if (is_word(t, "all")) st.kind = StmtKind::DiscardAll;
+  } else if (is_word(first, "begin")) {
+    st.kind = StmtKind::Begin;
+  } else if (is_word(first, "start")) {
+    if (is_word(lx.next(), "transaction")) st.kind = StmtKind::Begin;
+  } else if (is_word(first, "commit") || is_word(first, "end")) {
+    classify_end(st, lx, true);
+  } else if (is_word(first, "rollback") || is_word(first, "abort")) {
+    classify_end(st, lx, false);
+  } else if (is_word(first, "savepoint") || is_word(first, "release")) {
+    bool sp = is_word(first, "savepoint");
+    Token n = lx.next();
+    if (!sp && is_word(n, "savepoint")) n = lx.next();
+    if (name_token(n)) {
+      st.kind = sp ? StmtKind::Savepoint : StmtKind::Release;
+      st.key = ident_key(n);
+    }
+  } else if (is_word(first, "prepare")) {
+    if (is_word(lx.next(), "transaction")) st.kind = StmtKind::Commit;
+  }
+  return st;
+}
+
+// The first letters of the words that begin a statement classify() looks at.
+bool may_classify(const Token& t) {
+  if (t.kind != Tok::Word) return false;
+  switch (t.text[0] | 0x20) {
+    case 's':
+    case 'r':
+    case 'd':
+    case 'b':
+    case 'c':
+    case 'e':
+    case 'a':
+    case 'p':
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool lex_session_sql(std::string_view text, bool scs, std::vector<SessionStmt>* out) {
+  Lexer lx(text, scs);
+  bool changes = false;
+  for (bool at_start = true;; at_start = false) {
+    lx.begin_statement();
+    Token first = lx.next();
+    if (first.kind == Tok::End) break;
+    if (first.kind == Tok::Semi) continue;  // an empty statement
+    if (out == nullptr && at_start && !is_word(first, "set") && !is_word(first, "reset") &&
+        !is_word(first, "discard")) {
+      // The common case, read without lexing it all: one statement (no ';' but a last one),
+      // which changes nothing.
+      size_t semi = text.find(';');
+      if (semi == std::string_view::npos ||
+          text.find_first_not_of(" \t\r\n\f\v", semi + 1) == std::string_view::npos)
+        return false;
+    }
+    SessionStmt st;
+    if (may_classify(first)) st = classify(lx, first);
+    if (!lx.statement_done()) lx.skip_statement();
+    changes = changes || changes_settings(st.kind);
+    if (out != nullptr) out->push_back(std::move(st));
+  }
+  return changes;
+}
+
+// ---- SessionSettings ----
+
+const SessionSettings::Entry* SessionSettings::find(std::string_view key) const {
+  for (const auto& e : entries_)
+    if (e.key == key) return &e;
+  return nullptr;
+}
+
+void SessionSettings::erase(std::string_view key) {
+  entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                [&](const Entry& e) { return e.key == key; }),
+                 entries_.end());
+}
+
+void SessionSettings::apply(const SessionStmt& s) {
+  switch (s.kind) {
+    case StmtKind::Set:
+    case StmtKind::Reset: {
+      // A new session user resets the role (SetSessionAuthorization: current user = it).
+      if (s.key == "session_authorization") erase("role");
+      erase(s.key);
+      if (s.kind == StmtKind::Set) entries_.push_back(Entry{s.key, s.sql});
+      break;
+    }
+    case StmtKind::ResetAll:
+      entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                    [](const Entry& e) {
+                                      return e.key != "role" && e.key != "session_authorization";
+                                    }),
+                     entries_.end());
+      break;
+    case StmtKind::DiscardAll:
+      entries_.clear();
+      break;
+    default:
+      break;
+  }
+}
+
+bool SessionSettings::operator==(const SessionSettings& o) const {
+  if (entries_.size() != o.entries_.size()) return false;
+  for (const auto& e : entries_) {
+    const Entry* f = o.find(e.key);
+    if (f == nullptr || f->sql != e.sql) return false;
+  }
+  return true;
+}
+
+std::string reset_statement(std::string_view key) {
+  std::string r = "RESET \"";
+  for (char ch : key) {
+    r += ch;
+    if (ch == '"') r += '"';
+  }
+  r += '"';
+  return r;
+}
+
+void settings_diff_sql(const SessionSettings* client, const SessionSettings* server, bool unknown,
+                       std::string& reset_prefix, std::string& sql) {
+  static const SessionSettings none;
+  const SessionSettings& c = client != nullptr ? *client : none;
+  const SessionSettings& s = (server != nullptr && !unknown) ? *server : none;
+  if (unknown) {
+    reset_prefix = "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;";
+  } else if (c == s) {
+    return;
+  }
+  auto put = [&](const std::string& stmt) {
+    sql += stmt;
+    sql += ';';
+  };
+  // The session user first (it resets the role), then the role, then the rest.
+  const auto* csa = c.find("session_authorization");
+  const auto* ssa = s.find("session_authorization");
+  bool sa_changed = (csa == nullptr) != (ssa == nullptr) || (csa && csa->sql != ssa->sql);
+  if (sa_changed) put(csa ? csa->sql : std::string("RESET SESSION AUTHORIZATION"));
+  const auto* cr = c.find("role");
+  const auto* sr = s.find("role");
+  if (sa_changed || (cr == nullptr) != (sr == nullptr) || (cr && cr->sql != sr->sql)) {
+    if (cr != nullptr)
+      put(cr->sql);
+    else if (sr != nullptr && !sa_changed)
+      put("RESET ROLE");
+  }
+  for (const auto& e : s.entries()) {
+    if (e.key == "role" || e.key == "session_authorization") continue;
+    if (c.find(e.key) == nullptr) put(reset_statement(e.key));
+  }
+  for (const auto& e : c.entries()) {
+    if (e.key == "role" || e.key == "session_authorization") continue;
+    const auto* f = s.find(e.key);
+    if (f == nullptr || f->sql != e.sql) put(e.sql);
+  }
+}
+
+std::string shown_setting(const SessionSettings::Entry& e) {
+  static constexpr std::string_view kShown[] = {"search_path",
+                                                "statement_timeout",
+                                                "lock_timeout",
+                                                "idle_in_transaction_session_timeout",
+                                                "idle_session_timeout",
+                                                "work_mem",
+                                                "maintenance_work_mem",
+                                                "temp_buffers",
+                                                "role",
+                                                "session_authorization",
+                                                "timezone",
+                                                "datestyle",
+                                                "intervalstyle",
+                                                "xmloption",
+                                                "extra_float_digits",
+                                                "bytea_output",
+                                                "client_min_messages",
+                                                "synchronous_commit",
+                                                "default_transaction_isolation",
+                                                "default_transaction_read_only",
+                                                "jit",
+                                                "random_page_cost",
+                                                "seq_page_cost",
+                                                "effective_cache_size",
+                                                "constraint_exclusion",
+                                                "max_parallel_workers_per_gather",
+                                                "transaction_timeout"};
+  bool shown = e.key.rfind("enable_", 0) == 0;
+  for (auto k : kShown) shown = shown || e.key == k;
+  if (!shown) return "(hidden)";
+  static constexpr std::string_view kPrefixes[] = {"SET SESSION AUTHORIZATION ", "SET ROLE ",
+                                                   "SET TIME ZONE ", "SET SCHEMA ",
+                                                   "SET XML OPTION "};
+  std::string_view sql = e.sql;
+  for (auto p : kPrefixes)
+    if (sql.rfind(p, 0) == 0) return std::string(sql.substr(p.size()));
+  size_t to = sql.find(" TO ");
+  return to == std::string_view::npos ? std::string(sql) : std::string(sql.substr(to + 4));
+}
+
+bool reported_and_tracked(const TrackedNames* tracked, std::string_view name) {
+  static constexpr std::string_view kReported[] = {"client_encoding",
+                                                   "datestyle",
+                                                   "timezone",
+                                                   "standard_conforming_strings",
+                                                   "application_name",
+                                                   "intervalstyle",
+                                                   "integer_datetimes",
+                                                   "is_superuser",
+                                                   "server_encoding",
+                                                   "server_version",
+                                                   "default_transaction_read_only",
+                                                   "in_hot_standby",
+                                                   "scram_iterations"};
+  bool reported = false;
+  for (auto r : kReported) reported = reported || iequals(r, name);
+  return reported && tracked != nullptr && tracked->find(name) >= 0;
+}
+
+// ---- SessionState ----
+
+const SessionStmt* SessionState::stmt_of(std::string_view portal) const {
+  for (const auto& [n, s] : portals_)
+    if (n == portal) return &s;
+  return nullptr;
+}
+
+void SessionState::note_parse(std::string_view name, const std::vector<SessionStmt>& stmts) {
+  auto it =
+      std::find_if(stmts_.begin(), stmts_.end(), [&](const auto& p) { return p.first == name; });
+  const bool interesting = stmts.size() == 1 && stmts[0].kind != StmtKind::Other;
+  if (it != stmts_.end()) {
+    if (interesting)
+      it->second = stmts[0];
+    else
+      stmts_.erase(it);
+  } else if (interesting) {
+    stmts_.emplace_back(std::string(name), stmts[0]);
+  }
+}
+
+void SessionState::note_bind(std::string_view portal, std::string_view stmt) {
+  auto s =
+      std::find_if(stmts_.begin(), stmts_.end(), [&](const auto& p) { return p.first == stmt; });
+  auto it = std::find_if(portals_.begin(), portals_.end(),
+                         [&](const auto& p) { return p.first == portal; });
+  if (s == stmts_.end()) {
+    if (it != portals_.end()) portals_.erase(it);
+    return;
+  }
+  if (it != portals_.end())
+    it->second = s->second;
+  else
+    portals_.emplace_back(std::string(portal), s->second);
+}
+
+void SessionState::note_close(uint8_t kind, std::string_view name) {
+  auto& v = kind == 'S' ? stmts_ : portals_;
+  v.erase(std::remove_if(v.begin(), v.end(), [&](const auto& p) { return p.first == name; }),
+          v.end());
+}
+
+bool SessionState::busy() const {
+  return !units_.empty() || in_block_ || !implicit_.empty();
+}
+
+void SessionState::note_query(std::vector<SessionStmt> stmts, bool lexed) {
+  Unit u{'Q', lexed, std::move(stmts), 0};
+  units_.push_back(std::move(u));
+}
+
+bool SessionState::note_execute(const std::string_view* portal) {
+  const SessionStmt* s = portal != nullptr ? stmt_of(*portal) : nullptr;
+  if (!busy() && s == nullptr && (portal != nullptr || portals_.empty())) return false;
+  Unit u{'E', portal != nullptr, {}, 0};
+  if (s != nullptr) u.stmts.push_back(*s);
+  units_.push_back(std::move(u));
+  return true;
+}
+
+void SessionState::note_sync() {
+  units_.push_back(Unit{'S', true, {}, 0});
+}
+
+void SessionState::mark_lost(const char* why) {
+  if (!lost_) LOG_DEBUG("session settings not followed exactly: %s", why);
+  lost_ = true;
+}
+
+void SessionState::change(const SessionStmt& s) {
+  if ((s.kind == StmtKind::Set || s.kind == StmtKind::Reset) &&
+      reported_and_tracked(tracked_, s.key))
+    return;  // ParameterStatus tells both sides (varcache.h)
+  if (s.kind == StmtKind::Unknown) {
+    mark_lost("SET SESSION CHARACTERISTICS");
+    return;
+  }
+  (in_block_ ? journal_ : implicit_).push_back(s);
+}
+
+void SessionState::commit_tx() {
+  for (const auto& s : implicit_) committed_.apply(s), changes_++;
+  if (!aborted_)
+    for (const auto& s : journal_) committed_.apply(s), changes_++;
+  implicit_.clear();
+  journal_.clear();
+  savepoints_.clear();
+  in_block_ = false;
+  aborted_ = false;
+}
+
+void SessionState::rollback_tx() {
+  implicit_.clear();
+  journal_.clear();
+  savepoints_.clear();
+  in_block_ = false;
+  aborted_ = false;
+}
+
+void SessionState::completed(const SessionStmt& s, std::string_view tag) {
+  StmtKind k = s.kind;
+  if (k == StmtKind::Other) {
+    // What the lexer did not see (a statement of an unknown portal, an odd shape): the
+    // command tag tells the transaction statements; any other change is not followed.
+    if (tag == "COMMIT" || tag == "PREPARE TRANSACTION")
+      k = StmtKind::Commit;
+    else if (tag == "BEGIN" || tag == "START TRANSACTION")
+      k = StmtKind::Begin;
+    else if (tag == "ROLLBACK") {
+      if (!savepoints_.empty()) mark_lost("a ROLLBACK not read");
+      k = StmtKind::Rollback;
+    } else if (tag == "SET" || tag == "RESET" || tag == "DISCARD ALL" || tag == "SAVEPOINT" ||
+               tag == "RELEASE") {
+      mark_lost("a statement not read");
+      return;
+    }
+  }
+  switch (k) {
+    case StmtKind::Set:
+    case StmtKind::Reset:
+    case StmtKind::ResetAll:
+    case StmtKind::DiscardAll:
+    case StmtKind::Unknown:
+      change(s);
+      break;
+    case StmtKind::Begin:
+      if (!in_block_) {
+        in_block_ = true;
+        journal_ = std::move(implicit_);  // an implicit transaction becomes the block
+        implicit_.clear();
+      }
+      break;
+    case StmtKind::Commit:
+      if (tag == "ROLLBACK") aborted_ = true;  // COMMIT of a failed transaction
+      commit_tx();
+      break;
+    case StmtKind::Rollback:
+      rollback_tx();
+      break;
+    case StmtKind::CommitChain:
+      if (tag == "ROLLBACK") aborted_ = true;
+      commit_tx();
+      in_block_ = true;
+      break;
+    case StmtKind::RollbackChain:
+      rollback_tx();
+      in_block_ = true;
+      break;
+    case StmtKind::Savepoint:
+      if (in_block_) savepoints_.emplace_back(s.key, journal_.size());
+      break;
+    case StmtKind::Release:
+    case StmtKind::RollbackTo: {
+      size_t i = savepoints_.size();
+      while (i > 0 && savepoints_[i - 1].first != s.key) i--;
+      if (i == 0) {  // not known here: a savepoint made before this was followed
+        if (!journal_.empty()) mark_lost("an unknown savepoint");
+        break;
+      }
+      if (k == StmtKind::Release) {
+        savepoints_.resize(i - 1);
+      } else {
+        journal_.resize(savepoints_[i - 1].second);
+        savepoints_.resize(i);
+        aborted_ = false;
+      }
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+void SessionState::unlinked() {
+  units_.clear();
+  portals_.clear();
+  if (in_block_ || !implicit_.empty()) rollback_tx();
+}
+
+void SessionState::error() {
+  if (in_block_)
+    aborted_ = true;
+  else
+    implicit_.clear();  // the implicit transaction rolls back
+}
+
+void SessionState::end_unit(char status) {
+  switch (status) {
+    case 'I':
+      if (in_block_ && !journal_.empty()) mark_lost("a transaction ended unseen");
+      commit_tx();
+      break;
+    case 'T':
+    case 'E':
+      if (!in_block_) {
+        in_block_ = true;
+        journal_.insert(journal_.end(), implicit_.begin(), implicit_.end());
+        implicit_.clear();
+      }
+      if (status == 'E') aborted_ = true;
+      break;
+    default:
+      mark_lost("an unknown transaction status");
+      break;
+  }
+}
+
+void SessionState::on_reply(uint8_t type, std::span<const uint8_t> body, uint8_t front) {
+  switch (type) {
+    case 'C':
+    case 'I':
+    case 's': {
+      if (front == 0) return;
+      std::string_view tag;
+      if (type == 'C' && !body.empty())
+        tag = std::string_view(reinterpret_cast<const char*>(body.data()), body.size() - 1);
+      static const SessionStmt other;
+      if (front == 'E') {
+        while (!units_.empty() && units_.front().type == 'Q') units_.pop_front();
+        if (units_.empty() || units_.front().type != 'E') return mark_lost("answers out of step");
+        Unit u = std::move(units_.front());
+        units_.pop_front();
+        const SessionStmt& s = u.stmts.empty() ? other : u.stmts[0];
+        if (!u.lexed && tag == "SET") mark_lost("an Execute not read");
+        if (type != 'I') completed(s, tag);
+        return;
+      }
+      if (units_.empty() || units_.front().type != 'Q') return mark_lost("answers out of step");
+      if (type != 'C') return;
+      Unit& u = units_.front();
+      if (!u.lexed) {
+        completed(other, tag);
+        return;
+      }
+      if (u.next < u.stmts.size())
+        completed(u.stmts[u.next], tag);
+      else
+        completed(other, tag);
+      u.next++;
+      return;
+    }
+    case 'E':
+      error();
+      if (front == 'E' || front == 'Q') {
+        // PostgreSQL skips the rest of this query, or every Execute up to the Sync.
+        if (front == 'E')
+          while (!units_.empty() && units_.front().type == 'E') units_.pop_front();
+        else if (!units_.empty() && units_.front().type == 'Q')
+          units_.front().next = units_.front().stmts.size() + 1;  // counts no more
+      }
+      return;
+    case 'Z': {
+      char status = body.empty() ? '?' : static_cast<char>(body[0]);
+      if (front == 'Q' || front == 'S') {
+        // Executes before this Sync were skipped after an error; this unit ends here.
+        while (!units_.empty() && units_.front().type != front) units_.pop_front();
+        if (!units_.empty()) {
+          const Unit& u = units_.front();
+          if (u.type == 'Q' && u.lexed && u.next != u.stmts.size() &&
+              u.next != u.stmts.size() + 1) {
+            for (const auto& s : u.stmts)
+              if (s.kind != StmtKind::Other && s.kind != StmtKind::Local)
+                mark_lost("statements and answers differ");
+          }
+          units_.pop_front();
+        }
+      }
+      end_unit(status);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+}  // namespace pgsluice

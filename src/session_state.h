@@ -1,0 +1,175 @@
+// Session settings a client makes with SET and RESET (search_path, statement_timeout, role,
+// ...): the lexer that finds them in SQL text, PostgreSQL's transaction rules that decide
+// which of them persist, and the SQL that brings a server's settings to a client's. Pure.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace pgsluice {
+
+class TrackedNames;
+
+// What one SQL statement does to session settings or to the transaction.
+enum class StmtKind : uint8_t {
+  Other,          // nothing pgsluice follows
+  Set,            // SET [SESSION] name TO value; ROLE, SESSION AUTHORIZATION, SCHEMA, TIME ZONE
+  Reset,          // RESET name; SET name TO DEFAULT; SET ROLE NONE; ...
+  ResetAll,       // RESET ALL (role and session_authorization stay, as in PostgreSQL)
+  DiscardAll,     // DISCARD ALL (RESET ALL and SET SESSION AUTHORIZATION DEFAULT)
+  Local,          // SET LOCAL, SET TRANSACTION, SET CONSTRAINTS: gone at the transaction's end
+  Unknown,        // changes settings in a way not followed (SET SESSION CHARACTERISTICS ...)
+  Begin,          // BEGIN, START TRANSACTION
+  Commit,         // COMMIT, END, PREPARE TRANSACTION
+  Rollback,       // ROLLBACK, ABORT
+  CommitChain,    // COMMIT AND CHAIN: a new transaction begins at once
+  RollbackChain,  // ROLLBACK AND CHAIN
+  Savepoint,      // SAVEPOINT name
+  Release,        // RELEASE [SAVEPOINT] name
+  RollbackTo,     // ROLLBACK TO [SAVEPOINT] name
+};
+
+struct SessionStmt {
+  StmtKind kind = StmtKind::Other;
+  // Set/Reset: the parameter's name in lower case (GUC names are case-insensitive);
+  // Savepoint/Release/RollbackTo: the savepoint's name (folded as PostgreSQL folds it).
+  std::string key;
+  // Set: the statement that makes the setting again, with the client's own value text
+  // (comments dropped); Reset: the statement that resets it.
+  std::string sql;
+};
+
+// Set, Reset, ResetAll, DiscardAll or Unknown: the statement changes session settings.
+inline bool changes_settings(StmtKind k) {
+  return k == StmtKind::Set || k == StmtKind::Reset || k == StmtKind::ResetAll ||
+         k == StmtKind::DiscardAll || k == StmtKind::Unknown;
+}
+
+// Splits `text` (a simple Query's or a Parse's SQL) into statements as PostgreSQL does
+// (';' outside quotes, dollar quotes and comments; empty statements dropped) and tells
+// what each does. `out` null: only the answer is wanted, nothing is allocated. Returns true
+// when some statement changes session settings (changes_settings). `scs`: the client's
+// standard_conforming_strings (off: a backslash escapes in '...').
+bool lex_session_sql(std::string_view text, bool scs, std::vector<SessionStmt>* out);
+
+// A set of session settings: name -> the statement that makes it. Absent: the default.
+class SessionSettings {
+ public:
+  struct Entry {
+    std::string key;
+    std::string sql;
+  };
+  // Applies a Set/Reset/ResetAll/DiscardAll.
+  void apply(const SessionStmt& s);
+  const Entry* find(std::string_view key) const;
+  bool empty() const { return entries_.empty(); }
+  const std::vector<Entry>& entries() const { return entries_; }
+  bool operator==(const SessionSettings& o) const;
+
+ private:
+  void erase(std::string_view key);
+  std::vector<Entry> entries_;
+};
+
+// "RESET \"key\"": the statement that resets the parameter `key` (quoted as an identifier).
+std::string reset_statement(std::string_view key);
+
+// The statements that make a server whose settings are `server` (null: none; `unknown`:
+// not known, so everything is reset first) have the client's (null: none), each followed
+// by ';'; empty when they already match. `reset_prefix` receives what must run before the
+// reported parameters' SETs (varcache.h), `sql` what runs after them.
+void settings_diff_sql(const SessionSettings* client, const SessionSettings* server, bool unknown,
+                       std::string& reset_prefix, std::string& sql);
+
+// What the console shows of a setting (SHOW CLIENT_STATE): its value as the client wrote
+// it for names on a list of harmless ones (search_path, timeouts, role, ...), "(hidden)"
+// for any other, whose value may be a secret (a custom setting holding a key or token).
+std::string shown_setting(const SessionSettings::Entry& e);
+
+// Whether `name` is left to the reported-parameter tracking (varcache.h): a tracked name
+// that PostgreSQL reports with ParameterStatus.
+bool reported_and_tracked(const TrackedNames* tracked, std::string_view name);
+
+// One client's session settings, followed through its transactions. The client tells it
+// what it sends (note_*), its server what comes back (on_reply); it applies PostgreSQL's
+// rules: changes in a transaction block persist at COMMIT and vanish at ROLLBACK (or
+// ROLLBACK TO an earlier savepoint), SET LOCAL never persists, an error in an implicit
+// transaction (a multi-statement query, an extended-protocol segment) undoes all of it.
+// Allocated at a client's first statement that changes settings.
+class SessionState {
+ public:
+  explicit SessionState(const TrackedNames* tracked, bool in_block)
+      : tracked_(tracked), in_block_(in_block) {}
+
+  // A Parse of statement `name` with text `text`; Bind of `portal` from `stmt`; Close.
+  void note_parse(std::string_view name, const std::vector<SessionStmt>& stmts);
+  void note_bind(std::string_view portal, std::string_view stmt);
+  void note_close(uint8_t kind, std::string_view name);
+  // Whether a Query/Execute/Sync sent now must be followed (note_unit, and its request
+  // marked so its answers come back here): true while anything is pending or open.
+  bool busy() const;
+  // A simple Query with its statements; an Execute of `portal` (null: its name was not
+  // read); a Sync. Their answers come back through on_reply in the same order.
+  void note_query(std::vector<SessionStmt> stmts, bool lexed);
+  // note_execute returns false when the Execute need not be followed.
+  bool note_execute(const std::string_view* portal);
+  void note_sync();
+  // A message from PostgreSQL ('C', 'E', 'I', 's', 'Z'; body read for 'C' and 'Z').
+  // `front`: the type of the followed request it answers (0: an unfollowed one).
+  void on_reply(uint8_t type, std::span<const uint8_t> body, uint8_t front);
+
+  // The client parted from its server. Anything still in flight died with that server's
+  // session (a server not clean at release is closed; PostgreSQL rolls its transaction
+  // back), so an open transaction's changes are dropped.
+  void unlinked();
+
+  const SessionSettings& settings() const { return committed_; }
+  // The settings could not be followed exactly (a statement whose effect is unknown):
+  // the server must be reset before another client uses it. Cleared by take_lost().
+  bool take_lost() {
+    bool l = lost_;
+    lost_ = false;
+    return l;
+  }
+  bool lost() const { return lost_; }
+  uint64_t changes() const { return changes_; }  // settings committed so far (console)
+
+ private:
+  struct Unit {
+    uint8_t type;  // 'Q', 'E' or 'S'
+    bool lexed = true;
+    std::vector<SessionStmt> stmts;
+    size_t next = 0;  // Q: statements completed so far
+  };
+  // A statement completed (its CommandComplete, with `tag`).
+  void completed(const SessionStmt& s, std::string_view tag);
+  void change(const SessionStmt& s);
+  void error();
+  void end_unit(char status);
+  void commit_tx();
+  void rollback_tx();
+  void mark_lost(const char* why);
+  const SessionStmt* stmt_of(std::string_view portal) const;
+
+  const TrackedNames* tracked_;
+  SessionSettings committed_;
+  bool in_block_ = false;
+  bool aborted_ = false;
+  std::vector<SessionStmt> implicit_;  // changes of the open implicit transaction
+  std::vector<SessionStmt> journal_;   // changes of the open transaction block
+  std::vector<std::pair<std::string, size_t>> savepoints_;  // name, journal_ size then
+  std::deque<Unit> units_;
+  // Prepared statements and portals whose statement is not Other.
+  std::vector<std::pair<std::string, SessionStmt>> stmts_;
+  std::vector<std::pair<std::string, SessionStmt>> portals_;
+  bool lost_ = false;
+  uint64_t changes_ = 0;
+};
+
+}  // namespace pgsluice

@@ -1,0 +1,87 @@
+// libFuzzer target: the session-settings lexer (session_state.cc) reads every simple Query
+// and Parse text in transaction and statement pooling, and its statements are sent again to
+// other servers. Besides not crashing: the cheap scan and the full lex agree; a restoring
+// statement reads back as the same single statement (so no value can carry a second one,
+// whatever standard_conforming_strings said); the state machine, fed the statements and
+// arbitrary answers, never grows without bound or keeps a transaction's changes past it.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "session_state.h"
+#include "varcache.h"
+
+namespace {
+
+void check(bool ok) {
+  if (!ok) std::abort();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace pgsluice;
+  if (size < 2) return 0;
+  const bool scs = (data[0] & 1) == 0;
+  const uint8_t script = data[1];
+  std::string_view text(reinterpret_cast<const char*>(data) + 2, size - 2);
+  text = text.substr(0, text.find('\0'));  // a C string on the wire
+
+  std::vector<SessionStmt> stmts;
+  bool changes = lex_session_sql(text, scs, &stmts);
+  check(changes == lex_session_sql(text, scs, nullptr));
+  bool any = false;
+  for (const auto& st : stmts) {
+    any = any || changes_settings(st.kind);
+    if (st.kind == StmtKind::Set || st.kind == StmtKind::Reset) {
+      check(!st.key.empty());
+      // What pgsluice sends a server reads back as this one statement, under either
+      // standard_conforming_strings (Set's values are written so that both agree).
+      for (bool s2 : {true, false}) {
+        // U&'...' keeps its backslashes: it reads back only as it was read (PostgreSQL
+        // refuses it with standard_conforming_strings off anyway).
+        if (s2 != scs &&
+            (st.sql.find("U&") != std::string::npos || st.sql.find("u&") != std::string::npos))
+          continue;
+        std::vector<SessionStmt> again;
+        lex_session_sql(st.sql, s2, &again);
+        check(again.size() == 1);
+        check(again[0].kind == st.kind);
+        check(again[0].key == st.key);
+        if (st.kind == StmtKind::Set) check(again[0].sql == st.sql);
+      }
+      std::vector<SessionStmt> r;
+      lex_session_sql(reset_statement(st.key), true, &r);
+      check(r.size() == 1 && r[0].kind == StmtKind::Reset && r[0].key == st.key);
+    }
+  }
+  check(any == changes);
+
+  // The rules: one Query with these statements, answered as the script's bits say.
+  TrackedNames tracked;
+  SessionState ss(&tracked, (script & 1) != 0);
+  ss.note_query(stmts, true);
+  size_t n = stmts.size();
+  size_t fail_at = (script >> 1) % (n + 2);  // n+1: no error
+  for (size_t i = 0; i < n && i < fail_at; i++) {
+    std::string tag = (script & 0x40) ? "SET" : "COMMIT";
+    tag.push_back('\0');
+    ss.on_reply('C',
+                std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(tag.data()), tag.size()),
+                'Q');
+  }
+  if (fail_at <= n) ss.on_reply('E', {}, 'Q');
+  const char status = (script & 0x80) ? 'T' : 'I';
+  ss.on_reply('Z', std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&status), 1), 'Q');
+  check(!ss.busy() || status == 'T');
+  // The diff against nothing sets exactly what is there.
+  std::string pre, sql;
+  settings_diff_sql(&ss.settings(), nullptr, false, pre, sql);
+  check(pre.empty());
+  check(ss.settings().empty() == sql.empty());
+  for (const auto& e : ss.settings().entries()) (void)shown_setting(e);
+  return 0;
+}

@@ -1,0 +1,322 @@
+// Session settings: the SET/RESET lexer, PostgreSQL's transaction rules, the restoring SQL.
+#include "session_state.h"
+
+#include <doctest/doctest.h>
+
+#include "varcache.h"
+
+using namespace pgsluice;
+
+namespace {
+
+std::vector<SessionStmt> lex(std::string_view sql, bool scs = true) {
+  std::vector<SessionStmt> v;
+  bool changes = lex_session_sql(sql, scs, &v);
+  bool any = false;
+  for (const auto& s : v) any = any || changes_settings(s.kind);
+  CHECK(changes == any);
+  CHECK(lex_session_sql(sql, scs, nullptr) == changes);
+  return v;
+}
+
+std::span<const uint8_t> bytes(std::string_view s) {
+  return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+
+// Feeds a CommandComplete with `tag` for the followed request of type `front`.
+void cc(SessionState& st, std::string_view tag, uint8_t front = 'Q') {
+  std::string b(tag);
+  b.push_back('\0');
+  st.on_reply('C', bytes(b), front);
+}
+void rfq(SessionState& st, char status, uint8_t front = 'Q') {
+  std::string b(1, status);
+  st.on_reply('Z', bytes(b), front);
+}
+void err(SessionState& st, uint8_t front = 'Q') {
+  st.on_reply('E', {}, front);
+}
+
+// Runs a simple query whose statements all succeed; `status` is the ReadyForQuery byte.
+void run(SessionState& st, std::string_view sql, char status, std::vector<std::string> tags) {
+  std::vector<SessionStmt> v;
+  lex_session_sql(sql, true, &v);
+  st.note_query(v, true);
+  for (const auto& t : tags) cc(st, t);
+  rfq(st, status);
+}
+
+std::string value(const SessionState& st, std::string_view key) {
+  const auto* e = st.settings().find(key);
+  return e == nullptr ? "<default>" : e->sql;
+}
+
+}  // namespace
+
+TEST_CASE("session lexer: SET forms") {
+  auto v = lex("SET search_path = pg_catalog, public");
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].kind == StmtKind::Set);
+  CHECK(v[0].key == "search_path");
+  CHECK(v[0].sql == "SET search_path TO pg_catalog, public");
+
+  v = lex("set SESSION Statement_Timeout to '1234ms' -- a comment");
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].key == "statement_timeout");
+  CHECK(v[0].sql == "SET Statement_Timeout TO '1234ms'");
+
+  v = lex("SET search_path TO 'a', /* x */ \"B\"");
+  CHECK(v[0].sql == "SET search_path TO 'a', \"B\"");
+
+  v = lex("SET myapp.tenant = 'x;y'; SELECT 1");
+  REQUIRE(v.size() == 2);
+  CHECK(v[0].key == "myapp.tenant");
+  CHECK(v[0].sql == "SET myapp.tenant TO 'x;y'");
+  CHECK(v[1].kind == StmtKind::Other);
+
+  v = lex("SET work_mem TO DEFAULT");
+  CHECK(v[0].kind == StmtKind::Reset);
+  CHECK(v[0].sql == "RESET work_mem");
+  v = lex("SET ROLE alice");
+  CHECK(v[0].kind == StmtKind::Set);
+  CHECK(v[0].key == "role");
+  CHECK(v[0].sql == "SET ROLE alice");
+  v = lex("SET ROLE NONE");
+  CHECK(v[0].kind == StmtKind::Reset);
+  v = lex("SET SESSION AUTHORIZATION 'bob'");
+  CHECK(v[0].key == "session_authorization");
+  CHECK(v[0].sql == "SET SESSION AUTHORIZATION 'bob'");
+  v = lex("SET SESSION AUTHORIZATION DEFAULT");
+  CHECK(v[0].kind == StmtKind::Reset);
+  v = lex("SET SCHEMA 'x'");
+  CHECK(v[0].key == "search_path");
+  CHECK(v[0].sql == "SET SCHEMA 'x'");
+  v = lex("SET TIME ZONE LOCAL");
+  CHECK(v[0].kind == StmtKind::Reset);
+  CHECK(v[0].key == "timezone");
+  v = lex("SET LOCAL search_path = x");
+  CHECK(v[0].kind == StmtKind::Local);
+  v = lex("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+  CHECK(v[0].kind == StmtKind::Local);
+  v = lex("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY");
+  CHECK(v[0].kind == StmtKind::Set);
+  CHECK(v[0].sql == "SET default_transaction_read_only TO 'on'");
+  v = lex("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ");
+  CHECK(v[0].key == "default_transaction_isolation");
+  CHECK(v[0].sql == "SET default_transaction_isolation TO 'repeatable read'");
+  v = lex("SET SESSION CHARACTERISTICS AS TRANSACTION NOT DEFERRABLE");
+  CHECK(v[0].sql == "SET default_transaction_deferrable TO 'off'");
+  v = lex("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, DEFERRABLE");
+  CHECK(v[0].kind == StmtKind::Unknown);
+  v = lex("SET x");  // a syntax error: PostgreSQL refuses it
+  CHECK(v[0].kind == StmtKind::Other);
+}
+
+TEST_CASE("session lexer: RESET, DISCARD, transactions") {
+  auto v = lex("RESET ALL; reset search_path; RESET ROLE; DISCARD ALL; DISCARD PLANS");
+  REQUIRE(v.size() == 5);
+  CHECK(v[0].kind == StmtKind::ResetAll);
+  CHECK(v[1].kind == StmtKind::Reset);
+  CHECK(v[1].sql == "RESET search_path");
+  CHECK(v[2].kind == StmtKind::Reset);
+  CHECK(v[2].key == "role");
+  CHECK(v[3].kind == StmtKind::DiscardAll);
+  CHECK(v[4].kind == StmtKind::Other);
+
+  v =
+      lex("BEGIN; START TRANSACTION; COMMIT; END; ROLLBACK; ABORT WORK; COMMIT AND CHAIN; "
+          "ROLLBACK AND NO CHAIN; SAVEPOINT a; RELEASE SAVEPOINT \"A\"; ROLLBACK TO b; "
+          "ROLLBACK TRANSACTION TO SAVEPOINT c; PREPARE TRANSACTION 'x'; COMMIT PREPARED 'x'; "
+          "PREPARE p AS SELECT 1");
+  REQUIRE(v.size() == 15);
+  CHECK(v[0].kind == StmtKind::Begin);
+  CHECK(v[1].kind == StmtKind::Begin);
+  CHECK(v[2].kind == StmtKind::Commit);
+  CHECK(v[3].kind == StmtKind::Commit);
+  CHECK(v[4].kind == StmtKind::Rollback);
+  CHECK(v[5].kind == StmtKind::Rollback);
+  CHECK(v[6].kind == StmtKind::CommitChain);
+  CHECK(v[7].kind == StmtKind::Rollback);
+  CHECK(v[8].kind == StmtKind::Savepoint);
+  CHECK(v[8].key == "a");
+  CHECK(v[9].kind == StmtKind::Release);
+  CHECK(v[9].key == "A");
+  CHECK(v[10].kind == StmtKind::RollbackTo);
+  CHECK(v[10].key == "b");
+  CHECK(v[11].kind == StmtKind::RollbackTo);
+  CHECK(v[11].key == "c");
+  CHECK(v[12].kind == StmtKind::Commit);
+  CHECK(v[13].kind == StmtKind::Other);
+  CHECK(v[14].kind == StmtKind::Other);
+}
+
+TEST_CASE("session lexer: quotes, comments and statement boundaries") {
+  // Nothing inside strings, identifiers, dollar quotes or comments starts a statement.
+  CHECK(lex("SELECT 'a; SET x = 1'").size() == 1);
+  CHECK_FALSE(lex_session_sql("SELECT 'a; SET x = 1'", true, nullptr));
+  CHECK_FALSE(lex_session_sql("SELECT \"a; SET x = 1\"", true, nullptr));
+  CHECK_FALSE(lex_session_sql("SELECT $$a; SET x = 1$$", true, nullptr));
+  CHECK_FALSE(lex_session_sql("SELECT $t$a; $$ SET x = 1$t$", true, nullptr));
+  CHECK_FALSE(lex_session_sql("SELECT 1 -- ; SET x = 1", true, nullptr));
+  CHECK_FALSE(lex_session_sql("SELECT 1 /* /* ; */ SET x = 1 */", true, nullptr));
+  CHECK_FALSE(lex_session_sql("SELECT E'\\'; SET x = 1'", true, nullptr));
+  // standard_conforming_strings off: a backslash escapes in a plain string too.
+  CHECK_FALSE(lex_session_sql("SELECT '\\'; SET x = 1'", false, nullptr));
+  CHECK(lex_session_sql("SELECT '\\'; SET x = 1", true, nullptr));
+  // $1 is a parameter, not a dollar quote.
+  CHECK(lex_session_sql("SELECT $1; SET x = 1", true, nullptr));
+  CHECK(lex_session_sql("UPDATE t SET a = 1; /* c */ SET x = 1", true, nullptr));
+  CHECK_FALSE(lex_session_sql("UPDATE t SET a = 1", true, nullptr));
+  // A backslash in a plain string is written E'...' so that it means the same under either
+  // standard_conforming_strings when it is sent again.
+  CHECK(lex("SET a.b = 'x\\y'")[0].sql == "SET a.b TO E'x\\\\y'");
+  CHECK(lex("SET a.b = 'x\\';y'", false)[0].sql == "SET a.b TO E'x\\';y'");
+  CHECK(lex("SET a.b = E'x\\y'")[0].sql == "SET a.b TO E'x\\y'");
+  auto v = lex(";; SELECT 1;;  ; SET x=1;");
+  REQUIRE(v.size() == 2);
+  CHECK(v[1].sql == "SET x TO 1");
+  CHECK(lex("").empty());
+  CHECK(lex("  -- only a comment").empty());
+}
+
+TEST_CASE("session state: PostgreSQL's transaction rules") {
+  TrackedNames tracked;
+  SessionState st(&tracked, false);
+
+  SUBCASE("a SET outside a block persists; SET LOCAL never does") {
+    run(st, "SET search_path = a", 'I', {"SET"});
+    CHECK(value(st, "search_path") == "SET search_path TO a");
+    run(st, "BEGIN", 'T', {"BEGIN"});
+    run(st, "SET LOCAL search_path = b", 'T', {"SET"});
+    run(st, "COMMIT", 'I', {"COMMIT"});
+    CHECK(value(st, "search_path") == "SET search_path TO a");
+  }
+  SUBCASE("rollback undoes, commit keeps") {
+    run(st, "BEGIN; SET search_path = a", 'T', {"BEGIN", "SET"});
+    run(st, "ROLLBACK", 'I', {"ROLLBACK"});
+    CHECK(st.settings().empty());
+    run(st, "BEGIN", 'T', {"BEGIN"});
+    run(st, "SET search_path = b", 'T', {"SET"});
+    run(st, "COMMIT", 'I', {"COMMIT"});
+    CHECK(value(st, "search_path") == "SET search_path TO b");
+  }
+  SUBCASE("a failed transaction's COMMIT rolls back") {
+    run(st, "BEGIN; SET statement_timeout = 5", 'T', {"BEGIN", "SET"});
+    st.note_query(lex("SELECT 1/0"), true);
+    err(st);
+    rfq(st, 'E');
+    run(st, "COMMIT", 'I', {"ROLLBACK"});
+    CHECK(st.settings().empty());
+  }
+  SUBCASE("an error in an implicit transaction undoes its earlier statements") {
+    st.note_query(lex("SET search_path = a; SELECT 1/0; SET work_mem = '1MB'"), true);
+    cc(st, "SET");
+    err(st);
+    rfq(st, 'I');
+    CHECK(st.settings().empty());
+    // After a COMMIT inside the query, what came before it stays.
+    st.note_query(lex("SET search_path = a; COMMIT; SET work_mem = '1MB'; SELECT 1/0"), true);
+    cc(st, "SET");
+    cc(st, "COMMIT");
+    cc(st, "SET");
+    err(st);
+    rfq(st, 'I');
+    CHECK(value(st, "search_path") == "SET search_path TO a");
+    CHECK(value(st, "work_mem") == "<default>");
+    CHECK_FALSE(st.lost());
+  }
+  SUBCASE("savepoints") {
+    run(st, "BEGIN; SET a.x = 1; SAVEPOINT s; SET a.y = 2", 'T',
+        {"BEGIN", "SET", "SAVEPOINT", "SET"});
+    run(st, "ROLLBACK TO SAVEPOINT s; SET a.z = 3; RELEASE s", 'T', {"ROLLBACK", "SET", "RELEASE"});
+    run(st, "COMMIT", 'I', {"COMMIT"});
+    CHECK(value(st, "a.x") == "SET a.x TO 1");
+    CHECK(value(st, "a.y") == "<default>");
+    CHECK(value(st, "a.z") == "SET a.z TO 3");
+    CHECK_FALSE(st.lost());
+  }
+  SUBCASE("RESET ALL keeps the role; DISCARD ALL does not; a new session user resets it") {
+    run(st, "SET ROLE r; SET search_path = a", 'I', {"SET", "SET"});
+    run(st, "RESET ALL", 'I', {"RESET"});
+    CHECK(value(st, "role") == "SET ROLE r");
+    CHECK(value(st, "search_path") == "<default>");
+    run(st, "DISCARD ALL", 'I', {"DISCARD ALL"});
+    CHECK(st.settings().empty());
+    run(st, "SET ROLE r; SET SESSION AUTHORIZATION u", 'I', {"SET", "SET"});
+    CHECK(value(st, "role") == "<default>");
+    CHECK(value(st, "session_authorization") == "SET SESSION AUTHORIZATION u");
+  }
+  SUBCASE("reported parameters are left to ParameterStatus") {
+    run(st, "SET application_name = 'x'; SET TIME ZONE 'UTC'", 'I', {"SET", "SET"});
+    CHECK(st.settings().empty());
+  }
+  SUBCASE("extended protocol: a SET statement executed, then the segment fails") {
+    st.note_parse("", lex("SET search_path = a"));
+    st.note_bind("", "");
+    std::string_view portal;
+    CHECK(st.note_execute(&portal));
+    st.note_sync();
+    cc(st, "SET", 'E');
+    rfq(st, 'I', 'S');
+    CHECK(value(st, "search_path") == "SET search_path TO a");
+    st.note_parse("s2", lex("SET search_path = b"));
+    st.note_bind("", "s2");
+    CHECK(st.note_execute(&portal));
+    CHECK(st.note_execute(&portal));
+    st.note_sync();
+    cc(st, "SET", 'E');
+    err(st, 'E');
+    rfq(st, 'I', 'S');
+    CHECK(value(st, "search_path") == "SET search_path TO a");
+    CHECK_FALSE(st.lost());
+    // A portal of another statement is not followed when nothing is pending.
+    st.note_parse("", lex("SELECT 1"));
+    st.note_bind("", "");
+    CHECK_FALSE(st.note_execute(&portal));
+  }
+  SUBCASE("what is not read exactly is flagged") {
+    run(st, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY DEFERRABLE", 'I', {"SET"});
+    CHECK(st.take_lost());
+    CHECK_FALSE(st.lost());
+    run(st, "BEGIN; SET a.b = 1", 'T', {"BEGIN", "SET"});
+    rfq(st, 'I', 0);  // the block ended in something not followed
+    CHECK(st.take_lost());
+  }
+}
+
+TEST_CASE("session settings: the restoring SQL") {
+  SessionSettings c, s;
+  std::string pre, sql;
+  settings_diff_sql(nullptr, nullptr, false, pre, sql);
+  CHECK(pre.empty());
+  CHECK(sql.empty());
+  c.apply(SessionStmt{StmtKind::Set, "search_path", "SET search_path TO a"});
+  c.apply(SessionStmt{StmtKind::Set, "role", "SET ROLE r"});
+  settings_diff_sql(&c, nullptr, false, pre, sql);
+  CHECK(sql == "SET ROLE r;SET search_path TO a;");
+  sql.clear();
+  settings_diff_sql(&c, &c, false, pre, sql);
+  CHECK(sql.empty());
+  s.apply(SessionStmt{StmtKind::Set, "statement_timeout", "SET statement_timeout TO 5"});
+  s.apply(SessionStmt{StmtKind::Set, "role", "SET ROLE r"});
+  settings_diff_sql(&c, &s, false, pre, sql);
+  CHECK(sql == "RESET \"statement_timeout\";SET search_path TO a;");
+  sql.clear();
+  settings_diff_sql(nullptr, &s, false, pre, sql);
+  CHECK(sql == "RESET ROLE;RESET \"statement_timeout\";");
+  sql.clear();
+  settings_diff_sql(nullptr, &s, true, pre, sql);
+  CHECK(pre == "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;");
+  CHECK(sql.empty());
+}
+
+TEST_CASE("session settings: the console shows values only for harmless names") {
+  using E = SessionSettings::Entry;
+  CHECK(shown_setting(E{"search_path", "SET search_path TO a, b"}) == "a, b");
+  CHECK(shown_setting(E{"statement_timeout", "SET Statement_Timeout TO '5s'"}) == "'5s'");
+  CHECK(shown_setting(E{"role", "SET ROLE alice"}) == "alice");
+  CHECK(shown_setting(E{"search_path", "SET SCHEMA 'x'"}) == "'x'");
+  CHECK(shown_setting(E{"enable_seqscan", "SET enable_seqscan TO off"}) == "off");
+  CHECK(shown_setting(E{"myapp.api_key", "SET myapp.api_key TO 'hunter2'"}) == "(hidden)");
+  CHECK(shown_setting(E{"pgcrypto.key", "SET pgcrypto.key TO 'k'"}) == "(hidden)");
+}
