@@ -476,7 +476,8 @@ std::vector<std::string> socket_columns(bool debug) {
 constexpr const char* kSocketStd = "ssssssisiTTiiississii";
 constexpr const char* kSocketDbg = "ssssssisiTTiiississiiiiiiiii";
 
-void socket_row(RowSet& rs, const ConnRow& r, const std::string& state, bool debug) {
+void socket_row(RowSet& rs, const ConnRow& r, const std::string& state, bool debug,
+                const std::string* pinned = nullptr) {
   std::vector<std::optional<std::string>> v = {r.is_server ? "S" : "C",
                                                r.user,
                                                r.db,
@@ -502,13 +503,17 @@ void socket_row(RowSet& rs, const ConnRow& r, const std::string& state, bool deb
     for (uint64_t x : {r.recv_pos, r.pkt_pos, r.pkt_remain, r.send_pos, r.send_remain, r.pkt_avail,
                        r.send_avail})
       v.push_back(cell_u(x));
+  if (pinned != nullptr) v.push_back(*pinned);
   rs.row(v);
 }
 
+// PgBouncer's columns, then pinned (pinning.h): why a client keeps its server.
 void show_clients(Client* c, Snapshot& snap) {
-  RowSet rs(kSocketStd, socket_columns(false));
+  std::vector<std::string> cols = socket_columns(false);
+  cols.push_back("pinned");
+  RowSet rs("ssssssisiTTiiississiis", cols);
   for (const ConnRow& r : snap.clients)
-    if (!r.logging_in) socket_row(rs, r, r.state, false);
+    if (!r.logging_in) socket_row(rs, r, r.state, false, &r.pinned);
   reply_rows(c, rs);
 }
 

@@ -718,6 +718,10 @@ bool Client::forward_pass() {
       if (r < 0) break;
       if (r > 0) continue;
     }
+    if (int pr = pin_message(type, len); pr != 0) {  // pinning.h
+      if (pr < 0) break;
+      continue;
+    }
     if (type == 'P' && remap_ && state_ == ClientState::Idle && answer_parses()) continue;
     // A message whose statement name is remapped is read far enough to rewrite it before
     // a server is taken, so a slow client never holds a server while it trickles in.

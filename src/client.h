@@ -132,6 +132,17 @@ class Client final : public Conn {
   // pooling (session_state.h, client_session.cc); null until its first statement that
   // changes one.
   std::unique_ptr<SessionState> sess_;
+  // Pinning (pinning.h): the reasons this client keeps its server (PinReason bits), and
+  // whether a statement that may release them was sent since the last check.
+  uint8_t pins_ = 0;
+  bool pin_check_due_ = false;
+  bool pin_skip_ = false;  // the message at the front of in_ is a refusal pgsluice wrote
+  // Reads a whole Query or Parse for pinning statements (transaction and statement
+  // pooling): 0 go on, 1 in_ was rewritten (a refusal; read the message again), -1 wait
+  // for more bytes.
+  int pin_message(uint8_t type, size_t len);
+  // Changes the reasons (the worker's gauge and counters follow).
+  void set_pins(uint8_t pins);
   double wait_since_ = 0;    // when it started waiting for a server
   double connect_time_ = 0;  // when it was accepted
   size_t pos_ = 0;           // index in Worker::clients_

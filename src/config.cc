@@ -288,6 +288,10 @@ constexpr Row kRows[] = {
                "query run when a server is released in session mode", &Config::server_reset_query),
     bool_row("server_reset_query_always", "0", kReload, "run server_reset_query in every pool mode",
              &Config::server_reset_query_always),
+    bool_row(
+        "pin_on_untracked_state", "1", kReload,
+        "keep a client on its server while it holds state pgsluice cannot follow; 0 refuses it",
+        &Config::pin_on_untracked_state),
     seconds_row("server_check_delay", "30", kReload,
                 "seconds an idle server may be reused without a check",
                 &Config::server_check_delay),

@@ -160,6 +160,8 @@ struct Config {
   // sanity checks and timeouts
   std::string server_reset_query = "DISCARD ALL";
   bool server_reset_query_always = false;
+  // Transaction pooling: state pgsluice cannot follow pins the client (on) or is refused.
+  bool pin_on_untracked_state = true;
   double server_check_delay = 30.0;
   std::string server_check_query = "<empty>";
   bool server_fast_close = false;

@@ -15,6 +15,7 @@
 #include <mutex>
 
 #include "client.h"
+#include "pinning.h"
 #include "pool.h"
 #include "server.h"
 #include "tls.h"
@@ -125,6 +126,7 @@ ConnRow client_row(Worker& w, Client* c, bool sockets, double now) {
     r.app_name = std::string(c->vars_.get(static_cast<size_t>(i)));
   r.id = c->id_;
   r.prepared = c->stmts_.size();
+  r.pinned = pin_reasons(c->pins_);
   r.worker = w.index();
   r.logging_in = c->logging_in();
   if (c->state() != ClientState::Tls) r.tls = tls_description(c->ssl());

@@ -36,6 +36,7 @@ struct ConnRow {
   std::string tls;  // the tls column: tls_description() of an established TLS session
   uint64_t id = 0;
   uint64_t prepared = 0;  // SHOW CLIENTS/SERVERS prepared_statements
+  std::string pinned;     // SHOW CLIENTS pinned: the reasons (pinning.h)
   size_t worker = 0;
   bool logging_in = false;   // a client still in startup or authentication
   int fd = -1, link_fd = 0;  // SHOW FDS

@@ -14,6 +14,7 @@
 #include "admin.h"
 #include "config.h"
 #include "gather.h"
+#include "pinning.h"
 #include "pool.h"
 #include "tls.h"
 #include "worker.h"
@@ -123,6 +124,13 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
          "Times a pool's new servers moved off a host that could not be reached or no longer "
          "suited target_session_attrs (the log names both hosts).");
   o.line_u("pgsluice_failovers_total", "", extra.failovers);
+  o.head("pgsluice_client_pins_total", "counter",
+         "Clients pinned to their server by state pgsluice cannot follow, by reason.");
+  for (int i = 0; i < kPinReasons; i++)
+    o.line_u("pgsluice_client_pins_total", "reason=\"" + std::string(pin_reason_name(i)) + "\"",
+             extra.client_pins[i]);
+  o.head("pgsluice_pinned_clients", "gauge", "Clients pinned to their server now.");
+  o.line("pgsluice_pinned_clients", "", static_cast<double>(extra.pinned_clients));
   o.head("pgsluice_reloads_total", "counter", "Configurations applied by RELOAD or SIGHUP.");
   o.line_u("pgsluice_reloads_total", "", extra.reloads);
   o.head("pgsluice_reload_failures_total", "counter",
@@ -327,6 +335,9 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
         ex.server_checks = rt->server_checks.load(std::memory_order_relaxed);
         ex.server_checks_failed = rt->server_checks_failed.load(std::memory_order_relaxed);
         ex.failovers = rt->failovers.load(std::memory_order_relaxed);
+        for (int i = 0; i < kPinReasons; i++)
+          ex.client_pins[i] = rt->client_pins[i].load(std::memory_order_relaxed);
+        ex.pinned_clients = rt->pinned_clients.load(std::memory_order_relaxed);
         ex.reloads = rt->reloads.load(std::memory_order_relaxed);
         ex.reload_failures = rt->reload_failures.load(std::memory_order_relaxed);
         std::string body = render_metrics(s, *rt->config(), ex);

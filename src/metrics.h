@@ -35,6 +35,8 @@ struct MetricsExtra {
   uint64_t server_checks = 0;                  // Runtime::server_checks
   uint64_t server_checks_failed = 0;           // Runtime::server_checks_failed
   uint64_t failovers = 0;                      // Runtime::failovers
+  uint64_t client_pins[6] = {};                // Runtime::client_pins, by reason (pinning.h)
+  int64_t pinned_clients = 0;                  // Runtime::pinned_clients
   uint64_t reloads = 0;                        // Runtime::reloads
   uint64_t reload_failures = 0;                // Runtime::reload_failures
 };

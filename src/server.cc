@@ -1,6 +1,8 @@
 // A server connection: connect, log in to PostgreSQL, and the server half of the data path.
 #include "server.h"
 
+#include "pinning.h"
+
 #include <sys/socket.h>
 
 #include "client.h"
@@ -308,7 +310,7 @@ bool Server::clean() const {
 
 bool Server::can_release() const {
   return state_ == ServerState::Active && client_ != nullptr && pool_->mode != PoolMode::Session &&
-         client_->fwd_remaining_ == 0 && !client_->copy_in_ && clean();
+         client_->pins_ == 0 && client_->fwd_remaining_ == 0 && !client_->copy_in_ && clean();
 }
 
 bool Server::handle_auth_request(std::span<const uint8_t> body) {
@@ -559,6 +561,8 @@ void Server::process() {
       // Idle, resetting, or answering an internal query: nothing goes to a client.
       in_.rpos += total;
       if (lookup_ != nullptr && internal_ > 0) lookup_->reply.on_message(type, body);
+      if (pin_checking_ && type == 'D' && client_ != nullptr)
+        pin_found_ = pin_check_row(body, client_->pins_);
       // An idle server owes nothing: only asynchronous messages may come (NoticeResponse,
       // NotificationResponse, ParameterStatus, a FATAL ErrorResponse). Anything else (say a
       // ReadyForQuery 'T') would leave a server in the pool that is not clean.
@@ -573,6 +577,10 @@ void Server::process() {
           ready_at_ = now_seconds();
           if (internal_ > 0) internal_--;
           checking_ = false;
+          if (internal_ == 0 && pin_checking_) {  // the pinning check's answer (pinning.h)
+            pin_checking_ = false;
+            if (client_ != nullptr) client_->set_pins(pin_found_);
+          }
           if (internal_ == 0 && lookup_ != nullptr) {
             worker_->lookup_done(this);
             if (dead_) return;
@@ -744,6 +752,8 @@ void Server::process() {
     c->process();
     return;
   }
+  maybe_pin_check();
+  if (dead_) return;
   if (can_release()) worker_->release(this);
 }
 

@@ -176,6 +176,10 @@ class Server final : public Conn, public ReplyBook {
   // last (null: none); unknown: not known, so the next link resets everything first.
   std::unique_ptr<SessionSettings> sess_;
   bool sess_unknown_ = false;
+  bool pin_checking_ = false;  // the internal query due is the pinning check (pinning.h)
+  uint8_t pin_found_ = 0;      // the reasons its answer found
+  // Sends the pinning check when the linked client asked for one and this server is clean.
+  void maybe_pin_check();
   int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due
   uint64_t query_start_us_ = 0;  // first unanswered request (0: none)
   uint64_t xact_start_us_ = 0;   // first request of the open transaction (0: none)

@@ -511,6 +511,119 @@ bool lex_session_sql(std::string_view text, bool scs, std::vector<SessionStmt>* 
   return changes;
 }
 
+// ---- Pinning scan ----
+
+namespace {
+
+// Whether `text` holds `needle` (lower case) in any case.
+bool contains_ci(std::string_view text, std::string_view needle) {
+  if (needle.size() > text.size()) return false;
+  auto low = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c | 0x20) : c; };
+  for (size_t i = 0; i + needle.size() <= text.size(); i++) {
+    if (low(text[i]) != needle[0]) continue;
+    size_t k = 1;
+    while (k < needle.size() && low(text[i + k]) == needle[k]) k++;
+    if (k == needle.size()) return true;
+  }
+  return false;
+}
+
+// The words that begin a statement scan_pins() looks into.
+bool pin_first_word(const Token& t) {
+  static constexpr std::string_view kWords[] = {
+      "create",   "declare", "listen",     "do",     "prepare", "drop",     "discard", "close",
+      "unlisten", "reset",   "deallocate", "commit", "end",     "rollback", "abort",   "select"};
+  if (t.kind != Tok::Word) return false;
+  for (auto w : kWords)
+    if (iequals(t.text, w)) return true;
+  return false;
+}
+
+bool is_session_lock_fn(std::string_view w) {
+  return iequals(w, "pg_advisory_lock") || iequals(w, "pg_advisory_lock_shared") ||
+         iequals(w, "pg_try_advisory_lock") || iequals(w, "pg_try_advisory_lock_shared");
+}
+
+bool is_unlock_fn(std::string_view w) {
+  return w.size() >= 18 && iequals(w.substr(0, 18), "pg_advisory_unlock");
+}
+
+}  // namespace
+
+PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
+  PinScan r;
+  // Calls and SELECT ... INTO TEMP may be anywhere in a statement: only then is every
+  // token read; otherwise only each statement's first words.
+  const bool deep =
+      contains_ci(text, "advisory") || contains_ci(text, "set_config") || contains_ci(text, "temp");
+  Lexer lx(text, scs);
+  for (bool at_start = true;; at_start = false) {
+    lx.begin_statement();
+    Token first = lx.next();
+    if (first.kind == Tok::End) break;
+    if (first.kind == Tok::Semi) continue;
+    const bool look = pin_first_word(first);
+    if (!deep && !look && at_start) {
+      // The common case: one statement that does none of it.
+      size_t semi = text.find(';');
+      if (semi == std::string_view::npos ||
+          text.find_first_not_of(" \t\r\n\f\v", semi + 1) == std::string_view::npos)
+        return r;
+    }
+    if (look) {
+      if (is_word(first, "create")) {
+        Token t = lx.next();
+        if (is_word(t, "or")) {
+          lx.next();  // REPLACE
+          t = lx.next();
+        }
+        if (is_word(t, "global") || is_word(t, "local")) t = lx.next();
+        if (is_word(t, "temp") || is_word(t, "temporary")) r.pins |= kPinTempTable;
+      } else if (is_word(first, "listen")) {
+        r.pins |= kPinListen;
+      } else if (is_word(first, "do")) {
+        r.pins |= kPinUntrackedSetting;
+      } else if (is_word(first, "prepare")) {
+        Token t = lx.next();
+        if (sql_prepare && !is_word(t, "transaction") && t.kind != Tok::End && t.kind != Tok::Semi)
+          r.pins |= kPinPrepare;
+      } else if (is_word(first, "commit") || is_word(first, "end") || is_word(first, "rollback") ||
+                 is_word(first, "abort")) {
+        r.releases |= kReleaseTxEnd;
+      } else if (!is_word(first, "declare") && !is_word(first, "select")) {
+        r.releases |= kReleaseAny;  // DROP, DISCARD, CLOSE, UNLISTEN, RESET, DEALLOCATE
+      }
+    }
+    if (lx.statement_done()) continue;
+    if (!deep && !is_word(first, "declare")) {
+      lx.skip_statement();
+      continue;
+    }
+    // Every token of the statement: calls (a word then '('), WITH HOLD, INTO TEMP.
+    const bool select = is_word(first, "select");
+    const bool declare = is_word(first, "declare");
+    Token prev = first;
+    for (Token t = lx.next(); t.kind != Tok::End && t.kind != Tok::Semi; prev = t, t = lx.next()) {
+      if (t.kind == Tok::Op && t.text == "(" && prev.kind == Tok::Word) {
+        if (is_session_lock_fn(prev.text)) {
+          r.pins |= kPinAdvisoryLock;
+          // pg_try_advisory_lock may take nothing: the check after it tells.
+          if ((prev.text[3] | 0x20) == 't') r.releases |= kReleaseAny;
+        } else if (iequals(prev.text, "set_config"))
+          r.pins |= kPinUntrackedSetting;
+        else if (is_unlock_fn(prev.text))
+          r.releases |= kReleaseAny;
+      } else if (declare && is_word(prev, "with") && is_word(t, "hold")) {
+        r.pins |= kPinHoldCursor;
+      } else if (select && is_word(prev, "into") &&
+                 (is_word(t, "temp") || is_word(t, "temporary"))) {
+        r.pins |= kPinTempTable;
+      }
+    }
+  }
+  return r;
+}
+
 // ---- SessionSettings ----
 
 const SessionSettings::Entry* SessionSettings::find(std::string_view key) const {

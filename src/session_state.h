@@ -58,6 +58,30 @@ inline bool changes_settings(StmtKind k) {
 // standard_conforming_strings (off: a backslash escapes in '...').
 bool lex_session_sql(std::string_view text, bool scs, std::vector<SessionStmt>* out);
 
+// Session state pgsluice cannot follow (pinning.h): what a text may create, and whether
+// it may release some. Reasons are bits (PinReason).
+enum PinReason : uint8_t {
+  kPinAdvisoryLock = 1,       // pg_advisory_lock[_shared], pg_try_advisory_lock[_shared]
+  kPinTempTable = 2,          // CREATE TEMP TABLE/VIEW/SEQUENCE, SELECT ... INTO TEMP
+  kPinHoldCursor = 4,         // DECLARE ... WITH HOLD
+  kPinListen = 8,             // LISTEN
+  kPinUntrackedSetting = 16,  // set_config(...), DO blocks
+  kPinPrepare = 32,           // SQL PREPARE (only asked for when remapping is off)
+};
+struct PinScan {
+  uint8_t pins = 0;  // PinReason bits
+  // kReleaseAny: a statement that may release some state (pg_advisory_unlock*, DROP,
+  // DISCARD, CLOSE, UNLISTEN, RESET, DEALLOCATE; pg_try_advisory_lock*, which may take
+  // nothing); kReleaseTxEnd: COMMIT/ROLLBACK/END/ABORT
+  // (a temporary table ON COMMIT DROP, or created in a transaction rolled back).
+  uint8_t releases = 0;
+};
+inline constexpr uint8_t kReleaseAny = 1;
+inline constexpr uint8_t kReleaseTxEnd = 2;
+// Reads `text` (a Query's or Parse's SQL) for the statements above, outside quotes, dollar
+// quotes and comments. `sql_prepare`: SQL PREPARE pins too. Allocates nothing.
+PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare);
+
 // A set of session settings: name -> the statement that makes it. Absent: the default.
 class SessionSettings {
  public:

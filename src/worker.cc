@@ -495,9 +495,14 @@ void Worker::release(Server* s) {
 // so no call chain runs from one client's reply into another client's request.
 void Worker::release_idle(Server* s) {
   if (s->dead_) return;
-  if (s->client_ != nullptr) unlink(s->client_, s);
-  if (!s->clean()) {
-    close_server(s, "server not clean at release");
+  // A pinned client's server carries state the next client must not see (pinning.h).
+  const bool pinned = s->client_ != nullptr && s->client_->pins_ != 0;
+  if (s->client_ != nullptr) {
+    if (pinned) s->client_->set_pins(0);
+    unlink(s->client_, s);
+  }
+  if (!s->clean() || pinned) {
+    close_server(s, pinned ? "released while pinned" : "server not clean at release");
     return;
   }
   s->clear_requests();
@@ -657,6 +662,8 @@ void Worker::close_client(Client* c, std::string_view reason) {
     LOG_INFO("C-%p: %s/%s@%s:%d closing because: %s", static_cast<void*>(c), c->db_.c_str(),
              c->user_.c_str(), c->addr_.host.c_str(), c->addr_.port, std::string(reason).c_str());
   c->dead_ = true;
+  const uint8_t pinned = c->pins_;
+  c->set_pins(0);
   if (Server* s = c->server_) {
     // Half a message of this client in the server's buffer: PostgreSQL waits for the rest.
     bool clean = s->state() == ServerState::Active && s->clean() && c->fwd_remaining_ == 0;
@@ -666,6 +673,8 @@ void Worker::close_client(Client* c, std::string_view reason) {
         !reset.empty() && (s->pool_->mode == PoolMode::Session || cfg_->server_reset_query_always);
     if (!clean) {
       close_server(s, "client disconnect while server was not ready");
+    } else if (pinned != 0 && s->pool_->mode != PoolMode::Session) {
+      close_server(s, "client left while pinned");  // its locks, temp tables, ... go with it
     } else if (want_reset) {
       if (s->pool_->mode != PoolMode::Session) s->sess_unknown_ = true;  // whatever it resets
       s->send_internal_query(reset);
@@ -755,9 +764,9 @@ void Worker::server_lost(Server* s, std::string_view reason) {
     close_server(s, reason);
     return;
   }
-  if (s->pool_->mode == PoolMode::Session) {
-    // The client's session was this server's: it gets PostgreSQL's error, or 08006, and is
-    // closed.
+  if (s->pool_->mode == PoolMode::Session || c->pins_ != 0) {
+    // The client's session was this server's (session pooling, or pinned: its locks and
+    // temporary tables died with it): it gets PostgreSQL's error, or 08006, and is closed.
     unlink(c, s);
     if (s->fatal_.empty()) {
       fail_client(c, "08006", "server conn crashed?", "server connection closed");

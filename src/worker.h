@@ -64,6 +64,9 @@ struct Runtime {
   // server_check_query checks started, and those that failed (the server was closed).
   std::atomic<uint64_t> server_checks{0};
   std::atomic<uint64_t> server_checks_failed{0};
+  // Clients pinned (pinning.h), by reason (bit order), and pinned now.
+  std::atomic<uint64_t> client_pins[6] = {};
+  std::atomic<int64_t> pinned_clients{0};
   std::atomic<uint64_t> failovers{0};        // a pool's servers moved off a held host
   std::atomic<uint64_t> reloads{0};          // configurations committed by RELOAD/SIGHUP
   std::atomic<uint64_t> reload_failures{0};  // RELOAD/SIGHUP refused (the running one stays)

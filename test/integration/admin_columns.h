@@ -29,6 +29,13 @@ inline const std::vector<std::string> kSocketCols = {"type",
                                                      "prepared_statements",
                                                      "id"};
 
+// SHOW CLIENTS: PgBouncer's columns, then pgsluice's pinned (the pinning reasons) last.
+inline std::vector<std::string> client_columns() {
+  std::vector<std::string> v = kSocketCols;
+  v.push_back("pinned");
+  return v;
+}
+
 // SHOW SOCKETS / ACTIVE_SOCKETS: the same row plus the buffer columns.
 inline std::vector<std::string> with_debug(std::vector<std::string> v) {
   for (const char* n :

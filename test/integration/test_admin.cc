@@ -158,7 +158,7 @@ std::vector<Shape> shapes() {
         "sv_used", "sv_tested", "sv_login", "maxwait", "maxwait_us", "pool_mode",
         "load_balance_hosts", "current_host"},
        "ssiiiiiiiiiiiiisss"},
-      {"SHOW CLIENTS", kSocketCols, "ssssssisissiiississii"},
+      {"SHOW CLIENTS", client_columns(), "ssssssisissiiississiis"},
       {"SHOW SERVERS", kSocketCols, "ssssssisissiiississii"},
       {"SHOW SOCKETS", with_debug(kSocketCols), "ssssssisissiiississiiiiiiiii"},
       {"SHOW ACTIVE_SOCKETS", with_debug(kSocketCols), "ssssssisissiiississiiiiiiiii"},

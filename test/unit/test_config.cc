@@ -49,7 +49,7 @@ TEST_CASE("config: every row's default text is what a default Config shows") {
     CHECK(find_setting(row.name) == &row);
   }
   // every setting field of Config: 101 [pgbouncer] keys plus config_file (conffile)
-  CHECK(settings_table().size() == 107);
+  CHECK(settings_table().size() == 108);
   for (const char* n : {"listen_port", "auth_type", "pool_mode", "workers", "server_lifetime",
                         "max_packet_size", "unix_socket_mode", "client_tls_sslmode",
                         "tcp_user_timeout", "scram_iterations", "query_wait_notify", "conffile"}) {

@@ -320,3 +320,49 @@ TEST_CASE("session settings: the console shows values only for harmless names") 
   CHECK(shown_setting(E{"myapp.api_key", "SET myapp.api_key TO 'hunter2'"}) == "(hidden)");
   CHECK(shown_setting(E{"pgcrypto.key", "SET pgcrypto.key TO 'k'"}) == "(hidden)");
 }
+
+TEST_CASE("scan_pins: statements that pin, and what does not") {
+  auto pins = [](std::string_view sql, bool prep = false) {
+    return scan_pins(sql, true, prep).pins;
+  };
+  auto rel = [](std::string_view sql) { return scan_pins(sql, true, false).releases; };
+  CHECK(pins("SELECT pg_advisory_lock(1)") == kPinAdvisoryLock);
+  CHECK(pins("select PG_CATALOG.pg_advisory_lock_shared (1, 2)") == kPinAdvisoryLock);
+  CHECK(pins("SELECT x FROM t WHERE pg_try_advisory_lock(id)") == kPinAdvisoryLock);
+  CHECK(rel("SELECT pg_try_advisory_lock(1)") == kReleaseAny);  // the check tells
+  CHECK(pins("SELECT pg_advisory_xact_lock(1)") == 0);
+  CHECK(pins("SELECT pg_try_advisory_xact_lock(1)") == 0);
+  CHECK(pins("SELECT 'pg_advisory_lock(1)'") == 0);
+  CHECK(pins("SELECT $q$ pg_advisory_lock(1) $q$, \"pg_advisory_lock\"") == 0);
+  CHECK(pins("SELECT 1 /* pg_advisory_lock(1) */ -- set_config(\n") == 0);
+  CHECK(pins("SELECT E'\\' pg_advisory_lock(1)'") == 0);
+  CHECK(pins("CREATE TEMP TABLE x(a int)") == kPinTempTable);
+  CHECK(pins("create local temporary view v as select 1") == kPinTempTable);
+  CHECK(pins("CREATE OR REPLACE TEMP VIEW v AS SELECT 1") == kPinTempTable);
+  CHECK(pins("CREATE TEMPORARY SEQUENCE s") == kPinTempTable);
+  CHECK(pins("SELECT 1 INTO TEMP t") == kPinTempTable);
+  CHECK(pins("CREATE TABLE temp(a int)") == 0);
+  CHECK(pins("CREATE TABLE x(temperature int)") == 0);
+  CHECK(pins("DECLARE c CURSOR WITH HOLD FOR SELECT 1") == kPinHoldCursor);
+  CHECK(pins("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1") == 0);
+  CHECK(pins("DECLARE c CURSOR FOR SELECT 1") == 0);
+  CHECK(pins("LISTEN ch") == kPinListen);
+  CHECK(pins("SELECT set_config('a.b', 'c', false)") == kPinUntrackedSetting);
+  CHECK(pins("DO $$BEGIN PERFORM 1; END$$") == kPinUntrackedSetting);
+  CHECK(pins("do 'begin end'") == kPinUntrackedSetting);
+  CHECK(pins("PREPARE p AS SELECT 1", true) == kPinPrepare);
+  CHECK(pins("PREPARE p AS SELECT 1", false) == 0);
+  CHECK(pins("PREPARE TRANSACTION 'x'", true) == 0);
+  CHECK(pins("SELECT 1; LISTEN a; SELECT pg_advisory_lock(2)") == (kPinListen | kPinAdvisoryLock));
+  CHECK(pins("SELECT 1") == 0);
+  CHECK(pins("INSERT INTO t VALUES (1)") == 0);
+  CHECK(rel("SELECT pg_advisory_unlock(1)") == kReleaseAny);
+  CHECK(rel("SELECT pg_advisory_unlock_all()") == kReleaseAny);
+  CHECK(rel("DROP TABLE x") == kReleaseAny);
+  CHECK(rel("UNLISTEN *") == kReleaseAny);
+  CHECK(rel("CLOSE c") == kReleaseAny);
+  CHECK(rel("DISCARD ALL") == kReleaseAny);
+  CHECK(rel("COMMIT") == kReleaseTxEnd);
+  CHECK(rel("SELECT 1") == 0);
+  CHECK(rel("SELECT 'DROP TABLE x'") == 0);
+}

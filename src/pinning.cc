@@ -1,0 +1,174 @@
+// Pinning: reason names, the refusal message, the check query and its answer.
+#include "pinning.h"
+
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+#include "session_state.h"
+#include "wire.h"
+#include "worker.h"
+
+namespace pgsluice {
+
+namespace {
+
+constexpr std::string_view kNames[kPinReasons] = {
+    "advisory_lock", "temp_table", "hold_cursor", "listen", "untracked_setting", "prepare"};
+constexpr std::string_view kWhat[kPinReasons] = {"session advisory locks",
+                                                 "temporary tables",
+                                                 "WITH HOLD cursors",
+                                                 "LISTEN",
+                                                 "untracked session settings (set_config, DO)",
+                                                 "SQL PREPARE"};
+
+}  // namespace
+
+std::string_view pin_reason_name(int i) {
+  return i >= 0 && i < kPinReasons ? kNames[i] : std::string_view();
+}
+
+std::string pin_reasons(uint8_t pins) {
+  std::string r;
+  for (int i = 0; i < kPinReasons; i++) {
+    if ((pins & (1u << i)) == 0) continue;
+    if (!r.empty()) r += ',';
+    r += kNames[i];
+  }
+  return r;
+}
+
+std::string pin_refusal(uint8_t pins, bool statement_mode) {
+  int i = 0;
+  while (i < kPinReasons - 1 && (pins & (1u << i)) == 0) i++;
+  std::string m(kWhat[i]);
+  m += i == 3 ? " is" : " are";
+  if (statement_mode)
+    m += " not supported in statement pooling";
+  else
+    m += " not supported in transaction pooling (pin_on_untracked_state = off)";
+  return m;
+}
+
+// One count per reason, in bit order; the settings' count stands for untracked_setting.
+std::string_view pin_check_sql() {
+  return "SELECT "
+         "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND "
+         "pid = pg_catalog.pg_backend_pid()),"
+         "(SELECT count(*) FROM pg_catalog.pg_class WHERE "
+         "relnamespace = pg_catalog.pg_my_temp_schema()),"
+         "(SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),"
+         "(SELECT count(*) FROM pg_catalog.pg_listening_channels()),"
+         "(SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'session'),"
+         "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+}
+
+uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned) {
+  wire::Reader r(body.data(), body.size());
+  uint16_t n = 0;
+  if (!r.u16(n) || n != kPinReasons) return pinned;  // not understood: nothing changes
+  uint8_t still = 0;
+  for (int i = 0; i < kPinReasons; i++) {
+    uint32_t len = 0;
+    if (!r.u32(len)) return pinned;
+    if (len == 0xffffffffu) continue;  // NULL
+    std::span<const uint8_t> v;
+    if (!r.bytes(len, v)) return pinned;
+    bool zero = len == 1 && v[0] == '0';
+    if (zero) continue;
+    // Untracked settings only stay for a client that made some: pgsluice's own SETs
+    // (restored settings, tracked parameters) also have source 'session'.
+    if ((1u << i) == kPinUntrackedSetting && (pinned & kPinUntrackedSetting) == 0) continue;
+    still |= static_cast<uint8_t>(1u << i);
+  }
+  return still;
+}
+
+// ---- The client's and the server's side ----
+
+namespace {
+
+constexpr size_t kPinScanWhole = 64 * 1024;  // larger texts stream through unread
+
+}  // namespace
+
+void Client::set_pins(uint8_t pins) {
+  if (pins == pins_) return;
+  Runtime* rt = worker_->rt();
+  for (int i = 0; i < kPinReasons; i++)
+    if ((pins & (1u << i)) != 0 && (pins_ & (1u << i)) == 0)
+      rt->client_pins[i].fetch_add(1, std::memory_order_relaxed);
+  if ((pins_ == 0) != (pins == 0)) rt->pinned_clients.fetch_add(pins != 0 ? 1 : -1);
+  LOG_DEBUG("C-%p: pinned: %s", static_cast<void*>(this),
+            pins == 0 ? "no longer" : pin_reasons(pins).c_str());
+  pins_ = pins;
+  if (pins == 0) pin_check_due_ = false;
+}
+
+int Client::pin_message(uint8_t type, size_t len) {
+  if ((type != 'Q' && type != 'P') || pool_ == nullptr || pool_->mode == PoolMode::Session)
+    return 0;
+  if (pin_skip_) {
+    pin_skip_ = false;
+    return 0;
+  }
+  size_t total = len + 1;
+  if (total > kPinScanWhole) return 0;  // not read (ARCHITECTURE.md, "Pinning")
+  if (in_.size() < total) {
+    size_t more = total - in_.size();
+    worker_->bufs().reserve(in_, more < BufPool::kBlock ? more : BufPool::kBlock);
+    return -1;
+  }
+  wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
+  std::string_view name;
+  if (type == 'P' && !r.cstr(name)) return 0;
+  auto rest = r.rest();
+  std::string_view body(reinterpret_cast<const char*>(rest.data()), rest.size());
+  size_t z = body.find('\0');
+  if (z == std::string_view::npos) return 0;  // malformed: PostgreSQL answers it
+  std::string_view text = body.substr(0, z);
+  PinScan ps = scan_pins(text, session_scs(text), !remap_);
+  const bool statement_mode = pool_->mode == PoolMode::Statement;
+  const bool refuse = ps.pins != 0 && (statement_mode || !worker_->cfg().pin_on_untracked_state);
+  if (!refuse) {
+    set_pins(pins_ | ps.pins);
+    if ((ps.releases & kReleaseAny) != 0 ||
+        ((ps.releases & kReleaseTxEnd) != 0 && (pins_ & kPinTempTable) != 0))
+      pin_check_due_ = pins_ != 0;
+    return 0;
+  }
+  // Refused: PostgreSQL raises 0A000 in its place (a DO block), so the transaction state
+  // and the extended protocol's skipping to Sync are PostgreSQL's own.
+  LOG_DEBUG("C-%p: refused a statement making %s", static_cast<void*>(this),
+            pin_reasons(ps.pins).c_str());
+  std::string sql = raise_sql("0A000", pin_refusal(ps.pins, statement_mode));
+  std::string m;
+  wire::Writer w(m);
+  w.begin(type);
+  if (type == 'P') w.cstr(name);
+  w.cstr(sql);
+  if (type == 'P') w.bytes(body.substr(z + 1));
+  w.end();
+  std::string after(reinterpret_cast<const char*>(in_.begin()) + total, in_.size() - total);
+  in_.rpos = in_.wpos;
+  worker_->bufs().append(in_, m.data(), m.size());
+  worker_->bufs().append(in_, after.data(), after.size());
+  scan_pos_ = 0;
+  scan_nuls_ = 0;
+  pin_skip_ = true;
+  return 1;
+}
+
+void Server::maybe_pin_check() {
+  Client* c = client_;
+  if (c == nullptr || !c->pin_check_due_ || c->pins_ == 0 || state_ != ServerState::Active ||
+      !clean() || c->fwd_remaining_ != 0 || c->copy_in_)
+    return;
+  c->pin_check_due_ = false;
+  pin_checking_ = true;
+  pin_found_ = c->pins_;
+  send_internal_query(pin_check_sql());
+  flush();
+}
+
+}  // namespace pgsluice

@@ -1,0 +1,30 @@
+// Pinning: session state pgsluice cannot follow (session advisory locks, temporary tables,
+// WITH HOLD cursors, LISTEN, set_config and DO, SQL PREPARE without remapping) keeps a
+// client in transaction pooling on its server until the state is gone (ARCHITECTURE.md,
+// "Pinning"). The lexer's half is scan_pins() (session_state.h); this is the rest: the
+// reasons' names, the check query that tells when the state is gone, and its answer.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace pgsluice {
+
+inline constexpr int kPinReasons = 6;
+
+// The name of reason bit i (0..kPinReasons-1): "advisory_lock", "temp_table", ...
+std::string_view pin_reason_name(int i);
+// The reasons in `pins`, comma-separated (SHOW CLIENTS); empty when none.
+std::string pin_reasons(uint8_t pins);
+// The 0A000 message when pin_on_untracked_state = off refuses the first reason in `pins`.
+std::string pin_refusal(uint8_t pins, bool statement_mode);
+
+// The check query (one row, one count per reason) and what its DataRow says: the reasons
+// still present. `pinned`: the reasons the client had (untracked settings stay while any
+// setting has source 'session').
+std::string_view pin_check_sql();
+uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned);
+
+}  // namespace pgsluice

@@ -1,0 +1,198 @@
+// Pinning (pinning.h): state pgsluice cannot follow keeps a client in transaction pooling on
+// its server until the state is gone, or is refused with 0A000 (pin_on_untracked_state = 0).
+#include <libpq-fe.h>
+
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "admin_columns.h"
+#include "harness.h"
+
+namespace it {
+
+namespace {
+
+// Transaction mode, workers 2, a pool of 2 for 3 clients (a, b and a third that keeps
+// the other server busy between a's transactions).
+Options small_pool(const std::string& extra = "") {
+  Options o;
+  o.workers = 2;
+  o.default_pool_size = 2;
+  o.extra_pgbouncer = extra;
+  return o;
+}
+
+std::string pid_of(PGconn* c) {
+  return scalar(c, "SELECT pg_backend_pid()");
+}
+
+// The pinned column of SHOW CLIENTS for testdb clients, in any order.
+std::vector<std::string> pinned_column(const Pooler& p) {
+  Conn admin = connect(p.conninfo("md5user", "md5pass", "pgbouncer"));
+  Result cl = exec_ok(admin.get(), "SHOW CLIENTS");
+  int col = PQfnumber(cl.get(), "pinned");
+  REQUIRE(col == PQnfields(cl.get()) - 1);
+  std::vector<std::string> v;
+  for (int i = 0; i < PQntuples(cl.get()); i++)
+    if (std::string(PQgetvalue(cl.get(), i, PQfnumber(cl.get(), "database"))) == "testdb")
+      v.push_back(PQgetvalue(cl.get(), i, col));
+  return v;
+}
+
+bool has(const std::vector<std::string>& v, const std::string& s) {
+  for (const auto& x : v)
+    if (x == s) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_SUITE_BEGIN("pinning");
+
+TEST_CASE("pinning: a session advisory lock keeps the client on its server until unlocked") {
+  if (skip_in_direct_mode("pooling")) return;
+  Pooler p(small_pool());
+  Conn a = connect(p.conninfo());
+  Conn b = connect(p.conninfo());
+  Conn c = connect(p.conninfo());
+  exec_ok(a.get(), "SELECT pg_advisory_lock(4242)");
+  std::string pid = pid_of(a.get());
+  for (int i = 0; i < 10; i++) {
+    // b in a transaction: it gets the other server, never a's.
+    exec_ok(b.get(), "BEGIN");
+    CHECK(pid_of(b.get()) != pid);
+    exec_ok(b.get(), "COMMIT");
+    CHECK(scalar(c.get(), "SELECT pg_try_advisory_lock(4242)") == "f");
+    CHECK(pid_of(a.get()) == pid);
+  }
+  CHECK(has(pinned_column(p), "advisory_lock"));
+  // Unlocked: a is unpinned and another client takes the lock.
+  CHECK(scalar(a.get(), "SELECT pg_advisory_unlock(4242)") == "t");
+  CHECK(eventually([&] { return !has(pinned_column(p), "advisory_lock"); }));
+  CHECK(scalar(c.get(), "SELECT pg_try_advisory_lock(4242)") == "t");
+  exec_ok(c.get(), "SELECT pg_advisory_unlock_all()");
+}
+
+TEST_CASE("pinning: a temporary table keeps the client on its server until dropped") {
+  if (skip_in_direct_mode("pooling")) return;
+  Pooler p(small_pool());
+  Conn a = connect(p.conninfo());
+  Conn b = connect(p.conninfo());
+  exec_ok(a.get(), "CREATE TEMP TABLE pin_tmp(x int)");
+  std::string pid = pid_of(a.get());
+  for (int i = 0; i < 10; i++) {
+    exec_ok(a.get(), "INSERT INTO pin_tmp VALUES (1)");
+    CHECK(scalar(b.get(), "SELECT count(*) FROM pg_class WHERE relname = 'pin_tmp'") == "1");
+    CHECK(pid_of(a.get()) == pid);
+  }
+  CHECK(scalar(a.get(), "SELECT count(*) FROM pin_tmp") == "10");
+  CHECK(has(pinned_column(p), "temp_table"));
+  exec_ok(a.get(), "DROP TABLE pin_tmp");
+  CHECK(eventually([&] { return !has(pinned_column(p), "temp_table"); }));
+}
+
+TEST_CASE("pinning: WITH HOLD cursor, LISTEN, set_config and DO pin; SHOW CLIENTS and metrics") {
+  if (skip_in_direct_mode("pooling")) return;
+  int mport = free_port();
+  Options o = small_pool("metrics_port = " + std::to_string(mport) + "\n");
+  o.default_pool_size = 3;  // l, s and d are pinned at once
+  Pooler p(o);
+  Conn a = connect(p.conninfo());
+  exec_ok(a.get(), "DECLARE cur CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g");
+  std::string pid = pid_of(a.get());
+  CHECK(scalar(a.get(), "FETCH 1 FROM cur") == "1");
+  CHECK(pid_of(a.get()) == pid);
+  CHECK(scalar(a.get(), "FETCH 1 FROM cur") == "2");
+  CHECK(has(pinned_column(p), "hold_cursor"));
+  exec_ok(a.get(), "CLOSE cur");
+  CHECK(eventually([&] { return has(pinned_column(p), ""); }));
+
+  Conn l = connect(p.conninfo());
+  exec_ok(l.get(), "LISTEN pin_chan");
+  Conn s = connect(p.conninfo());
+  CHECK(scalar(s.get(), "SELECT set_config('myapp.x', 'y', false)") == "y");
+  Conn d = connect(p.conninfo());
+  exec_ok(d.get(), "DO $$BEGIN PERFORM 1; END$$");
+  auto col = pinned_column(p);
+  CHECK(has(col, "listen"));
+  CHECK(has(col, "untracked_setting"));
+  exec_ok(l.get(), "UNLISTEN *");
+  CHECK(eventually([&] { return !has(pinned_column(p), "listen"); }));
+  // set_config: only DISCARD ALL unpins.
+  exec_ok(s.get(), "SELECT 1");
+  exec_ok(s.get(), "DISCARD ALL");
+  exec_ok(d.get(), "DISCARD ALL");
+  CHECK(eventually([&] { return !has(pinned_column(p), "untracked_setting"); }));
+
+  CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
+  INFO(r.output);
+  CHECK(r.output.find("pgsluice_client_pins_total{reason=\"hold_cursor\"} 1") != std::string::npos);
+  CHECK(r.output.find("pgsluice_client_pins_total{reason=\"listen\"} 1") != std::string::npos);
+  CHECK(r.output.find("pgsluice_client_pins_total{reason=\"untracked_setting\"} 2") !=
+        std::string::npos);
+  CHECK(r.output.find("pgsluice_client_pins_total{reason=\"advisory_lock\"} 0") !=
+        std::string::npos);
+  CHECK(r.output.find("pgsluice_pinned_clients 0") != std::string::npos);
+}
+
+TEST_CASE("pinning: a string or comment naming pg_advisory_lock does not pin") {
+  if (skip_in_direct_mode("pooling")) return;
+  Pooler p(small_pool());
+  Conn a = connect(p.conninfo());
+  exec_ok(a.get(),
+          "SELECT 'pg_advisory_lock(1)', $x$ set_config( $x$ /* DO pg_advisory_lock(2) */");
+  exec_ok(a.get(), "SELECT 1 -- CREATE TEMP TABLE x()");
+  for (const auto& v : pinned_column(p)) CHECK(v == "");
+}
+
+TEST_CASE("pinning: a client that vanishes while pinned leaves no lock or temp table") {
+  if (skip_in_direct_mode("pooling")) return;
+  Options o = small_pool();
+  o.default_pool_size = 1;
+  Pooler p(o);
+  {
+    Conn a = connect(p.conninfo());
+    exec_ok(a.get(), "SELECT pg_advisory_lock(777)");
+    exec_ok(a.get(), "CREATE TEMP TABLE vanish_tmp(x int)");
+  }  // gone without unlocking or dropping
+  Conn b = connect(p.conninfo());
+  CHECK(scalar(b.get(), "SELECT pg_try_advisory_lock(777)") == "t");
+  CHECK(scalar(b.get(),
+               "SELECT count(*) FROM pg_class WHERE relname = 'vanish_tmp' AND "
+               "relnamespace = pg_my_temp_schema()") == "0");
+  exec_ok(b.get(), "SELECT pg_advisory_unlock_all()");
+}
+
+TEST_CASE("pinning: pin_on_untracked_state = 0 refuses with 0A000") {
+  if (skip_in_direct_mode("pooling")) return;
+  Pooler p(small_pool("pin_on_untracked_state = 0\n"));
+  Conn a = connect(p.conninfo());
+  CHECK(exec_sqlstate(a.get(), "SELECT pg_advisory_lock(5)") == "0A000");
+  CHECK(std::string(PQerrorMessage(a.get())).find("session advisory locks are not supported") !=
+        std::string::npos);
+  CHECK(exec_sqlstate(a.get(), "CREATE TEMP TABLE refused(x int)") == "0A000");
+  CHECK(PQtransactionStatus(a.get()) == PQTRANS_IDLE);
+  // Extended protocol.
+  Result r(PQexecParams(a.get(), "SELECT pg_advisory_lock(6)", 0, nullptr, nullptr, nullptr,
+                        nullptr, 0));
+  CHECK(std::string(PQresultErrorField(r.get(), PG_DIAG_SQLSTATE) != nullptr
+                        ? PQresultErrorField(r.get(), PG_DIAG_SQLSTATE)
+                        : "") == "0A000");
+  CHECK(scalar(a.get(), "SELECT 1") == "1");
+  // Inside a block: the transaction is failed, as PostgreSQL would leave it.
+  exec_ok(a.get(), "BEGIN");
+  exec_ok(a.get(), "CREATE TABLE IF NOT EXISTS pin_refused_block(x int)");
+  CHECK(exec_sqlstate(a.get(), "LISTEN nope") == "0A000");
+  CHECK(PQtransactionStatus(a.get()) == PQTRANS_INERROR);
+  CHECK(exec_sqlstate(a.get(), "SELECT 1") == "25P02");
+  exec_ok(a.get(), "ROLLBACK");
+  for (const auto& v : pinned_column(p)) CHECK(v == "");
+  Conn su = connect(superuser_conninfo());
+  CHECK(scalar(su.get(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0");
+}
+
+TEST_SUITE_END();
+
+}  // namespace it
