@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "pinning.h"
 #include "session_state.h"
 #include "varcache.h"
 
@@ -59,6 +60,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   check(any == changes);
+
+  // Pinning (pinning.h): the scan is the same twice; any text inside a string literal
+  // pins and releases nothing; the check's answer read from arbitrary bytes is a subset.
+  PinScan ps = scan_pins(text, scs, (script & 2) != 0);
+  PinScan ps2 = scan_pins(text, scs, (script & 2) != 0);
+  check(ps.pins == ps2.pins && ps.releases == ps2.releases);
+  check((ps.pins & ~0x3f) == 0 && (ps.releases & ~3) == 0);
+  {
+    std::string lit = "SELECT '";
+    for (char ch : text) {
+      lit += ch;
+      if (ch == '\'') lit += '\'';
+    }
+    lit += "'";
+    PinScan q = scan_pins(lit, true, true);
+    check(q.pins == 0 && q.releases == 0);
+  }
+  (void)pin_reasons(script);
+  check((pin_check_row(std::span<const uint8_t>(data, size), script & 0x3f) & ~0x3f) == 0);
 
   // The rules: one Query with these statements, answered as the script's bits say.
   TrackedNames tracked;
