@@ -47,6 +47,22 @@ bool has(const std::vector<std::string>& v, const std::string& s) {
   return false;
 }
 
+// With a pool of two, one server pinned to some client: `b` opens a transaction on the
+// other (never the pinned one), `c` sends `sql` meanwhile and must wait for b's COMMIT (a
+// pinned server given to c would answer at once, carrying the pinned client's state).
+// Returns c's one value.
+std::string while_other_busy(PGconn* b, PGconn* c, const std::string& sql) {
+  exec_ok(b, "BEGIN");
+  REQUIRE(PQsendQuery(c, sql.c_str()) == 1);
+  sleep_ms(20);
+  exec_ok(b, "COMMIT");
+  Result r(PQgetResult(c));
+  REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK);
+  std::string v = PQgetvalue(r.get(), 0, 0);
+  while (PGresult* more = PQgetResult(c)) PQclear(more);
+  return v;
+}
+
 }  // namespace
 
 TEST_SUITE_BEGIN("pinning");
@@ -60,11 +76,12 @@ TEST_CASE("pinning: a session advisory lock keeps the client on its server until
   exec_ok(a.get(), "SELECT pg_advisory_lock(4242)");
   std::string pid = pid_of(a.get());
   for (int i = 0; i < 10; i++) {
-    // b in a transaction: it gets the other server, never a's.
+    // b in a transaction holds the other server, never a's; c, asking meanwhile, must
+    // wait for it (a reused pinned server would answer c at once, and its try-lock would
+    // re-enter a's lock: 't').
     exec_ok(b.get(), "BEGIN");
     CHECK(pid_of(b.get()) != pid);
-    exec_ok(b.get(), "COMMIT");
-    CHECK(scalar(c.get(), "SELECT pg_try_advisory_lock(4242)") == "f");
+    CHECK(while_other_busy(b.get(), c.get(), "SELECT pg_try_advisory_lock(4242)") == "f");
     CHECK(pid_of(a.get()) == pid);
   }
   CHECK(has(pinned_column(p), "advisory_lock"));
@@ -80,11 +97,14 @@ TEST_CASE("pinning: a temporary table keeps the client on its server until dropp
   Pooler p(small_pool());
   Conn a = connect(p.conninfo());
   Conn b = connect(p.conninfo());
+  Conn c = connect(p.conninfo());
   exec_ok(a.get(), "CREATE TEMP TABLE pin_tmp(x int)");
   std::string pid = pid_of(a.get());
   for (int i = 0; i < 10; i++) {
     exec_ok(a.get(), "INSERT INTO pin_tmp VALUES (1)");
-    CHECK(scalar(b.get(), "SELECT count(*) FROM pg_class WHERE relname = 'pin_tmp'") == "1");
+    CHECK(while_other_busy(b.get(), c.get(),
+                           "SELECT count(*) FROM pg_class WHERE relname = 'pin_tmp' AND "
+                           "relnamespace = pg_my_temp_schema()") == "0");
     CHECK(pid_of(a.get()) == pid);
   }
   CHECK(scalar(a.get(), "SELECT count(*) FROM pin_tmp") == "10");
@@ -158,6 +178,12 @@ TEST_CASE("pinning: a client that vanishes while pinned leaves no lock or temp t
     exec_ok(a.get(), "CREATE TEMP TABLE vanish_tmp(x int)");
   }  // gone without unlocking or dropping
   Conn b = connect(p.conninfo());
+  // No session holds it (a reused server would hold it for b too: try-lock re-enters).
+  Conn su = connect(superuser_conninfo());
+  CHECK(eventually([&] {
+    return scalar(su.get(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                            "objid = 777") == "0";
+  }));
   CHECK(scalar(b.get(), "SELECT pg_try_advisory_lock(777)") == "t");
   CHECK(scalar(b.get(),
                "SELECT count(*) FROM pg_class WHERE relname = 'vanish_tmp' AND "
