@@ -137,6 +137,14 @@ class Client final : public Conn {
   uint8_t pins_ = 0;
   bool pin_check_due_ = false;
   bool pin_skip_ = false;  // the message at the front of in_ is a refusal pgsluice wrote
+  // Statements (by the client's name) whose text pins or may release: each Bind of one
+  // counts as its text sent again. Empty for almost every client.
+  struct PinStmt {
+    std::string name;
+    PinScan scan;
+  };
+  std::vector<PinStmt> pin_stmts_;
+  void pin_apply(const PinScan& ps);
   // Reads a whole Query or Parse for pinning statements (transaction and statement
   // pooling): 0 go on, 1 in_ was rewritten (a refusal; read the message again), -1 wait
   // for more bytes.

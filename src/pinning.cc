@@ -1,6 +1,8 @@
 // Pinning: reason names, the refusal message, the check query and its answer.
 #include "pinning.h"
 
+#include <algorithm>
+
 #include "client.h"
 #include "log.h"
 #include "pool.h"
@@ -105,7 +107,28 @@ void Client::set_pins(uint8_t pins) {
   if (pins == 0) pin_check_due_ = false;
 }
 
+void Client::pin_apply(const PinScan& ps) {
+  set_pins(pins_ | ps.pins);
+  if ((ps.releases & kReleaseAny) != 0 ||
+      ((ps.releases & kReleaseTxEnd) != 0 && (pins_ & kPinTempTable) != 0))
+    pin_check_due_ = pins_ != 0;
+}
+
 int Client::pin_message(uint8_t type, size_t len) {
+  if (type == 'B' && !pin_stmts_.empty() && len + 1 <= kPinScanWhole) {
+    // A Bind of a statement whose text pins (or releases) does it again.
+    if (in_.size() <= len) {
+      size_t more = len + 1 - in_.size();
+      worker_->bufs().reserve(in_, more < BufPool::kBlock ? more : BufPool::kBlock);
+      return -1;
+    }
+    wire::Reader b(in_.begin() + wire::kHeaderLen, len - 4);
+    std::string_view portal, stmt;
+    if (b.cstr(portal) && b.cstr(stmt))
+      for (const auto& p : pin_stmts_)
+        if (p.name == stmt) pin_apply(p.scan);
+    return 0;
+  }
   if ((type != 'Q' && type != 'P') || pool_ == nullptr || pool_->mode == PoolMode::Session)
     return 0;
   if (pin_skip_) {
@@ -130,11 +153,16 @@ int Client::pin_message(uint8_t type, size_t len) {
   PinScan ps = scan_pins(text, session_scs(text), !remap_);
   const bool statement_mode = pool_->mode == PoolMode::Statement;
   const bool refuse = ps.pins != 0 && (statement_mode || !worker_->cfg().pin_on_untracked_state);
+  if (type == 'P') {
+    auto it = std::find_if(pin_stmts_.begin(), pin_stmts_.end(),
+                           [&](const PinStmt& p) { return p.name == name; });
+    if (it != pin_stmts_.end()) pin_stmts_.erase(it);
+    if ((ps.pins != 0 || ps.releases != 0) && !refuse && pin_stmts_.size() < 1000)
+      pin_stmts_.push_back(PinStmt{std::string(name), ps});
+  }
   if (!refuse) {
-    set_pins(pins_ | ps.pins);
-    if ((ps.releases & kReleaseAny) != 0 ||
-        ((ps.releases & kReleaseTxEnd) != 0 && (pins_ & kPinTempTable) != 0))
-      pin_check_due_ = pins_ != 0;
+    // A Parse alone runs nothing: its Bind does (above). A Query runs now.
+    if (type == 'Q') pin_apply(ps);
     return 0;
   }
   // Refused: PostgreSQL raises 0A000 in its place (a DO block), so the transaction state

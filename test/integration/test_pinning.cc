@@ -181,8 +181,9 @@ TEST_CASE("pinning: a client that vanishes while pinned leaves no lock or temp t
   // No session holds it (a reused server would hold it for b too: try-lock re-enters).
   Conn su = connect(superuser_conninfo());
   CHECK(eventually([&] {
-    return scalar(su.get(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
-                            "objid = 777") == "0";
+    return scalar(su.get(),
+                  "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                  "objid = 777") == "0";
   }));
   CHECK(scalar(b.get(), "SELECT pg_try_advisory_lock(777)") == "t");
   CHECK(scalar(b.get(),
@@ -217,6 +218,57 @@ TEST_CASE("pinning: pin_on_untracked_state = 0 refuses with 0A000") {
   for (const auto& v : pinned_column(p)) CHECK(v == "");
   Conn su = connect(superuser_conninfo());
   CHECK(scalar(su.get(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0");
+}
+
+TEST_CASE("pinning: extended protocol pins; SQL PREPARE without remapping pins until DEALLOCATE") {
+  if (skip_in_direct_mode("pooling")) return;
+  Pooler p(small_pool("max_prepared_statements = 0\n"));
+  Conn a = connect(p.conninfo());
+  Result r(PQexecParams(a.get(), "SELECT pg_advisory_lock(31)", 0, nullptr, nullptr, nullptr,
+                        nullptr, 0));
+  REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK);
+  CHECK(has(pinned_column(p), "advisory_lock"));
+  Result u(PQexecParams(a.get(), "SELECT pg_advisory_unlock(31)", 0, nullptr, nullptr, nullptr,
+                        nullptr, 0));
+  CHECK(eventually([&] { return !has(pinned_column(p), "advisory_lock"); }));
+  exec_ok(a.get(), "PREPARE pin_p AS SELECT 1");
+  CHECK(has(pinned_column(p), "prepare"));
+  CHECK(scalar(a.get(), "EXECUTE pin_p") == "1");
+  exec_ok(a.get(), "DEALLOCATE pin_p");
+  CHECK(eventually([&] { return !has(pinned_column(p), "prepare"); }));
+}
+
+TEST_CASE("pinning: a named prepared statement pins at each execution, remapped or not") {
+  if (skip_in_direct_mode("pooling")) return;
+  for (const char* extra : {"", "max_prepared_statements = 0\n"}) {
+    CAPTURE(extra);
+    Pooler p(small_pool(extra));
+    Conn a = connect(p.conninfo());
+    Result pl(PQprepare(a.get(), "lk", "SELECT pg_advisory_lock(51)", 0, nullptr));
+    REQUIRE(PQresultStatus(pl.get()) == PGRES_COMMAND_OK);
+    Result pu(PQprepare(a.get(), "ul", "SELECT pg_advisory_unlock(51)", 0, nullptr));
+    REQUIRE(PQresultStatus(pu.get()) == PGRES_COMMAND_OK);
+    for (int i = 0; i < 3; i++) {
+      Result l(PQexecPrepared(a.get(), "lk", 0, nullptr, nullptr, nullptr, 0));
+      REQUIRE(PQresultStatus(l.get()) == PGRES_TUPLES_OK);
+      CHECK(has(pinned_column(p), "advisory_lock"));
+      Result u(PQexecPrepared(a.get(), "ul", 0, nullptr, nullptr, nullptr, 0));
+      REQUIRE(PQresultStatus(u.get()) == PGRES_TUPLES_OK);
+      CHECK(eventually([&] { return !has(pinned_column(p), "advisory_lock"); }));
+    }
+  }
+}
+
+TEST_CASE("pinning: statement pooling refuses such statements with 0A000") {
+  if (skip_in_direct_mode("pooling")) return;
+  Options o = small_pool();
+  o.pool_mode = "statement";
+  Pooler p(o);
+  Conn a = connect(p.conninfo());
+  CHECK(exec_sqlstate(a.get(), "SELECT pg_advisory_lock(41)") == "0A000");
+  CHECK(std::string(PQerrorMessage(a.get())).find("not supported in statement pooling") !=
+        std::string::npos);
+  CHECK(scalar(a.get(), "SELECT 1") == "1");
 }
 
 TEST_SUITE_END();
