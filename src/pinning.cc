@@ -53,7 +53,13 @@ std::string pin_refusal(uint8_t pins, bool statement_mode) {
 }
 
 // One count per reason, in bit order; the settings' count stands for untracked_setting.
-std::string_view pin_check_sql() {
+std::string pin_check_sql(const std::vector<std::string>& known) {
+  std::string names;
+  for (const auto& n : known) {
+    if (!names.empty()) names += ',';
+    names += wire::sql_literal(n);
+  }
+  if (names.empty()) names = "''";
   return "SELECT "
          "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND "
          "pid = pg_catalog.pg_backend_pid()),"
@@ -61,7 +67,10 @@ std::string_view pin_check_sql() {
          "relnamespace = pg_catalog.pg_my_temp_schema()),"
          "(SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),"
          "(SELECT count(*) FROM pg_catalog.pg_listening_channels()),"
-         "(SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'session'),"
+         "(SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'session' AND "
+         "lower(name) <> ALL (ARRAY[" +
+         names +
+         "]::text[])),"
          "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
 }
 
@@ -78,9 +87,8 @@ uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned) {
     if (!r.bytes(len, v)) return pinned;
     bool zero = len == 1 && v[0] == '0';
     if (zero) continue;
-    // Untracked settings only stay for a client that made some: pgsluice's own SETs
-    // (restored settings, tracked parameters) also have source 'session'.
-    if ((1u << i) == kPinUntrackedSetting && (pinned & kPinUntrackedSetting) == 0) continue;
+    const unsigned bit = 1u << i;
+    if ((bit == kPinUntrackedSetting || bit == kPinPrepare) && (pinned & bit) == 0) continue;
     still |= static_cast<uint8_t>(1u << i);
   }
   return still;
@@ -195,7 +203,18 @@ void Server::maybe_pin_check() {
   c->pin_check_due_ = false;
   pin_checking_ = true;
   pin_found_ = c->pins_;
-  send_internal_query(pin_check_sql());
+  // The names pgsluice follows: the client's settings and the tracked parameters.
+  std::vector<std::string> known;
+  if (c->sess_ != nullptr)
+    for (const auto& e : c->sess_->settings().entries()) known.push_back(e.key);
+  const TrackedNames& tracked = *worker_->rt()->tracked;
+  for (size_t i = 0; i < tracked.size(); i++) {
+    std::string n = tracked.name(i);
+    for (char& ch : n)
+      if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
+    known.push_back(std::move(n));
+  }
+  send_internal_query(pin_check_sql(known));
   flush();
 }
 

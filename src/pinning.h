@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pgsluice {
 
@@ -22,9 +23,11 @@ std::string pin_reasons(uint8_t pins);
 std::string pin_refusal(uint8_t pins, bool statement_mode);
 
 // The check query (one row, one count per reason) and what its DataRow says: the reasons
-// still present. `pinned`: the reasons the client had (untracked settings stay while any
-// setting has source 'session').
-std::string_view pin_check_sql();
+// still present. `known`: the settings pgsluice follows for this client (lower case); a
+// setting of source 'session' under any other name is an untracked one. `pinned`: the
+// reasons the client had (untracked settings and SQL-prepared statements count only for a
+// client pinned for them: remapping has its own check, server_check_prepared).
+std::string pin_check_sql(const std::vector<std::string>& known);
 uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned);
 
 }  // namespace pgsluice

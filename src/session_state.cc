@@ -583,6 +583,8 @@ PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
         r.pins |= kPinListen;
       } else if (is_word(first, "do")) {
         r.pins |= kPinUntrackedSetting;
+        r.releases |= kReleaseAny;  // the check right after tells what it left
+        r.releases |= kReleaseAny;  // the check right after tells what it left
       } else if (is_word(first, "prepare")) {
         Token t = lx.next();
         if (sql_prepare && !is_word(t, "transaction") && t.kind != Tok::End && t.kind != Tok::Semi)
@@ -609,9 +611,10 @@ PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
           r.pins |= kPinAdvisoryLock;
           // pg_try_advisory_lock may take nothing: the check after it tells.
           if ((prev.text[3] | 0x20) == 't') r.releases |= kReleaseAny;
-        } else if (iequals(prev.text, "set_config"))
+        } else if (iequals(prev.text, "set_config")) {
           r.pins |= kPinUntrackedSetting;
-        else if (is_unlock_fn(prev.text))
+          r.releases |= kReleaseAny;  // is_local true, or a name followed: the check tells
+        } else if (is_unlock_fn(prev.text))
           r.releases |= kReleaseAny;
       } else if (declare && is_word(prev, "with") && is_word(t, "hold")) {
         r.pins |= kPinHoldCursor;

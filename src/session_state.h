@@ -71,8 +71,8 @@ enum PinReason : uint8_t {
 struct PinScan {
   uint8_t pins = 0;  // PinReason bits
   // kReleaseAny: a statement that may release some state (pg_advisory_unlock*, DROP,
-  // DISCARD, CLOSE, UNLISTEN, RESET, DEALLOCATE; pg_try_advisory_lock*, which may take
-  // nothing); kReleaseTxEnd: COMMIT/ROLLBACK/END/ABORT
+  // DISCARD, CLOSE, UNLISTEN, RESET, DEALLOCATE; pg_try_advisory_lock*, set_config and
+  // DO, whose effect the check right after tells); kReleaseTxEnd: COMMIT/ROLLBACK/END/ABORT
   // (a temporary table ON COMMIT DROP, or created in a transaction rolled back).
   uint8_t releases = 0;
 };

@@ -764,9 +764,9 @@ void Worker::server_lost(Server* s, std::string_view reason) {
     close_server(s, reason);
     return;
   }
-  if (s->pool_->mode == PoolMode::Session || c->pins_ != 0) {
-    // The client's session was this server's (session pooling, or pinned: its locks and
-    // temporary tables died with it): it gets PostgreSQL's error, or 08006, and is closed.
+  if (s->pool_->mode == PoolMode::Session) {
+    // The client's session was this server's: it gets PostgreSQL's error, or 08006, and is
+    // closed.
     unlink(c, s);
     if (s->fatal_.empty()) {
       fail_client(c, "08006", "server conn crashed?", "server connection closed");
@@ -777,6 +777,7 @@ void Worker::server_lost(Server* s, std::string_view reason) {
     close_server(s, reason);
     return;
   }
+  c->set_pins(0);  // what pinned it died with that server (its FATAL tells the client)
   LostServer l;
   if (!s->fatal_.empty())
     l.error = error_as_error(std::span<const uint8_t>(
