@@ -136,7 +136,6 @@ class Client final : public Conn {
   // whether a statement that may release them was sent since the last check.
   uint8_t pins_ = 0;
   bool pin_check_due_ = false;
-  bool pin_skip_ = false;  // the message at the front of in_ is a refusal pgsluice wrote
   // Statements (by the client's name) whose text pins or may release: each Bind of one
   // counts as its text sent again. Empty for almost every client.
   struct PinStmt {

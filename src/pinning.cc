@@ -139,10 +139,6 @@ int Client::pin_message(uint8_t type, size_t len) {
   }
   if ((type != 'Q' && type != 'P') || pool_ == nullptr || pool_->mode == PoolMode::Session)
     return 0;
-  if (pin_skip_) {
-    pin_skip_ = false;
-    return 0;
-  }
   size_t total = len + 1;
   if (total > kPinScanWhole) return 0;  // not read (ARCHITECTURE.md, "Pinning")
   if (in_.size() < total) {
@@ -158,6 +154,11 @@ int Client::pin_message(uint8_t type, size_t len) {
   size_t z = body.find('\0');
   if (z == std::string_view::npos) return 0;  // malformed: PostgreSQL answers it
   std::string_view text = body.substr(0, z);
+  if (text.rfind("DO $pgsluice$", 0) == 0) {  // a refusal written below, read again
+    for (int i = 0; i < kPinReasons; i++)
+      for (bool sm : {false, true})
+        if (text == raise_sql("0A000", pin_refusal(static_cast<uint8_t>(1u << i), sm))) return 0;
+  }
   PinScan ps = scan_pins(text, session_scs(text), !remap_);
   const bool statement_mode = pool_->mode == PoolMode::Statement;
   const bool refuse = ps.pins != 0 && (statement_mode || !worker_->cfg().pin_on_untracked_state);
@@ -191,7 +192,6 @@ int Client::pin_message(uint8_t type, size_t len) {
   worker_->bufs().append(in_, after.data(), after.size());
   scan_pos_ = 0;
   scan_nuls_ = 0;
-  pin_skip_ = true;
   return 1;
 }
 
