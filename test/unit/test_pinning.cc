@@ -1,0 +1,67 @@
+// Pinning: reason names, the refusal message, the check query's answer (pinning.h).
+#include "pinning.h"
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "session_state.h"
+
+using namespace pgsluice;
+
+namespace {
+
+// A DataRow body with these text values (nullptr: NULL).
+std::string row(std::initializer_list<const char*> vals) {
+  std::string b;
+  auto u16 = [&](uint16_t v) { b += static_cast<char>(v >> 8), b += static_cast<char>(v & 255); };
+  auto u32 = [&](uint32_t v) {
+    for (int s = 24; s >= 0; s -= 8) b += static_cast<char>((v >> s) & 255);
+  };
+  u16(static_cast<uint16_t>(vals.size()));
+  for (const char* v : vals) {
+    if (v == nullptr) {
+      u32(0xffffffffu);
+      continue;
+    }
+    u32(static_cast<uint32_t>(std::string(v).size()));
+    b += v;
+  }
+  return b;
+}
+
+uint8_t check(const std::string& body, uint8_t pinned) {
+  return pin_check_row(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size()), pinned);
+}
+
+}  // namespace
+
+TEST_CASE("pinning: reason names and refusals") {
+  CHECK(pin_reasons(0) == "");
+  CHECK(pin_reasons(kPinAdvisoryLock | kPinListen) == "advisory_lock,listen");
+  CHECK(pin_reasons(0x3f) ==
+        "advisory_lock,temp_table,hold_cursor,listen,untracked_setting,prepare");
+  CHECK(pin_refusal(kPinAdvisoryLock, false) ==
+        "session advisory locks are not supported in transaction pooling "
+        "(pin_on_untracked_state = off)");
+  CHECK(pin_refusal(kPinListen, true) == "LISTEN is not supported in statement pooling");
+  CHECK(pin_refusal(kPinTempTable | kPinListen, false).rfind("temporary tables", 0) == 0);
+}
+
+TEST_CASE("pinning: the check's answer") {
+  const uint8_t all = 0x3f;
+  CHECK(check(row({"0", "0", "0", "0", "0", "0"}), all) == 0);
+  CHECK(check(row({"2", "0", "0", "0", "0", "0"}), kPinTempTable) == kPinAdvisoryLock);
+  CHECK(check(row({"0", "1", "0", "1", "0", "0"}), all) == (kPinTempTable | kPinListen));
+  // Untracked settings and SQL-prepared statements count only for a client pinned for them.
+  CHECK(check(row({"0", "0", "0", "0", "3", "4"}), kPinAdvisoryLock) == 0);
+  CHECK(check(row({"0", "0", "0", "0", "3", "4"}), all) == (kPinUntrackedSetting | kPinPrepare));
+  CHECK(check(row({"0", "0", nullptr, "0", "0", "0"}), all) == 0);
+  // Not understood: nothing changes.
+  CHECK(check(row({"0", "0"}), kPinListen) == kPinListen);
+  CHECK(check("", kPinListen) == kPinListen);
+  CHECK(check(row({"0", "0", "0", "0", "0", "0"}).substr(0, 9), kPinListen) == kPinListen);
+  CHECK(pin_check_sql({"search_path", "it's"}).find("'search_path','it''s'") != std::string::npos);
+  CHECK(pin_check_sql({}).find("ARRAY['']") != std::string::npos);
+}
