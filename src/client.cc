@@ -826,6 +826,7 @@ bool Client::forward_pass() {
     Server* s = server_;
     s->flush();
     // A request answered entirely by pgsluice leaves the server with nothing to do.
+    if (!s->dead_ && s->client_ == this) s->maybe_pin_check();  // pinning.h
     if (!s->dead_ && s->client_ == this && s->can_release()) worker_->release(s);
   }
   return !dead_;
