@@ -259,6 +259,32 @@ TEST_CASE("pinning: a named prepared statement pins at each execution, remapped 
   }
 }
 
+TEST_CASE("pinning: the check runs only after a statement that may release the state") {
+  if (skip_in_direct_mode("pooling")) return;
+  Pooler p(small_pool());
+  Conn a = connect(p.conninfo());
+  Conn su = connect(superuser_conninfo());
+  auto last_query = [&](const std::string& pid) {
+    return scalar(su.get(), "SELECT query FROM pg_stat_activity WHERE pid = " + pid);
+  };
+  // Never pinned: its server's last statement is its own.
+  std::string pid;
+  for (int i = 0; i < 5; i++) {
+    pid = scalar(a.get(), "SELECT pg_backend_pid() AS plain");
+    CHECK(last_query(pid) == "SELECT pg_backend_pid() AS plain");
+  }
+  // Pinned, ordinary statements: still no check.
+  exec_ok(a.get(), "SELECT pg_advisory_lock(61)");
+  pid = pid_of(a.get());
+  exec_ok(a.get(), "SELECT 2 AS pinned_plain");
+  CHECK(last_query(pid) == "SELECT 2 AS pinned_plain");
+  // An unlock: one check, swallowed, then unpinned.
+  exec_ok(a.get(), "SELECT pg_advisory_unlock(61)");
+  CHECK(eventually(
+      [&] { return last_query(pid).find("pg_listening_channels") != std::string::npos; }));
+  CHECK(eventually([&] { return !has(pinned_column(p), "advisory_lock"); }));
+}
+
 TEST_CASE("pinning: statement pooling refuses such statements with 0A000") {
   if (skip_in_direct_mode("pooling")) return;
   Options o = small_pool();
