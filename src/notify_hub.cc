@@ -354,7 +354,13 @@ void NotifyHub::closed(Server* s, bool was_up) {
   ops_.clear();
   for (auto& [ch, chan] : chans_) chan.confirmed = false;
   if (chans_.empty()) return;
-  if (was_up) {
+  if (was_up && s->internal_failed_) {
+    // PostgreSQL refused its LISTEN (a standby: 25006): not again at once.
+    LOG_WARN("pool %s/%s: the connection that listens for notifications failed; retrying in %.0f s",
+             lp_->pool->db_name.c_str(), lp_->pool->user_name.c_str(),
+             std::max(w_->cfg().server_login_retry, 1.0));
+    login_failed_ = true;
+  } else if (was_up) {
     LOG_WARN(
         "pool %s/%s: the connection that listens for notifications was lost; notifications "
         "sent until it is back are lost; reopening it",

@@ -366,6 +366,19 @@ TEST_SUITE("listen") {
     exec_ok(l.get(), "LISTEN survive");
     std::vector<std::string> before = hub_pids();
     REQUIRE(before.size() == 1);
+    {  // The hub shows in SHOW SERVERS: active, with no client linked.
+      Conn admin = connect(p.conninfo("md5user", "md5pass", "pgbouncer"));
+      Result r(PQexec(admin.get(), "SHOW SERVERS"));
+      REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK);
+      int state = PQfnumber(r.get(), "state"), pid = PQfnumber(r.get(), "remote_pid");
+      int hubs = 0;
+      for (int i = 0; i < PQntuples(r.get()); i++)
+        if (std::string(PQgetvalue(r.get(), i, pid)) == before[0]) {
+          hubs++;
+          CHECK(std::string(PQgetvalue(r.get(), i, state)) == "active");
+        }
+      CHECK(hubs == 1);
+    }
     {
       Conn su = connect(superuser_conninfo());
       CHECK(scalar(su.get(), "SELECT pg_terminate_backend(" + before[0] + ")") == "t");
@@ -387,6 +400,32 @@ TEST_SUITE("listen") {
     CHECK(got[0][0].payload == "after restart");
     CHECK(scalar(l.get(), "SELECT 1") == "1");  // the listener stayed connected
     CHECK(p.log().find("listens for notifications was lost") != std::string::npos);
+  }
+
+  TEST_CASE("a hub whose LISTEN PostgreSQL refuses (a standby): an error, no reconnect loop") {
+    if (skip_in_direct_mode("the hub is pgsluice's")) return;
+    ClusterSetup s;
+    s.tag = "lsp";
+    Cluster primary = start_cluster(s);
+    Cluster standby = start_standby(primary, "lss");
+    Options o = listen_options();
+    o.databases =
+        "testdb = host=127.0.0.1 port=" + std::to_string(standby.port) + " dbname=testdb\n";
+    o.extra_pgbouncer = "server_login_retry = 30\n";
+    Pooler p(o);
+    Conn l = connect(p.conninfo());
+    Result r(PQexec(l.get(), "LISTEN on_standby"));
+    CHECK(PQresultStatus(r.get()) == PGRES_FATAL_ERROR);
+    CHECK(std::string(PQresultErrorField(r.get(), PG_DIAG_SQLSTATE)) == "08006");
+    CHECK(scalar(l.get(), "SELECT 1") == "1");  // the client goes on
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    size_t opened = 0, at = 0;
+    std::string log = p.log();
+    while ((at = log.find("listens for notifications failed", at)) != std::string::npos) {
+      opened++;
+      at++;
+    }
+    CHECK(opened == 1);  // tried once, then waits server_login_retry
   }
 }
 
