@@ -494,6 +494,7 @@ void Worker::link_waiter(Client* c, Server* s) {
 void Worker::release(Server* s) {
   Client* c = s->client_;
   unlink(c, s);
+  if (c != nullptr && c->notify_ != nullptr) notify_refill(c);  // notifications held for it
   release_idle(s);
   // The client may already have sent the next request.
   if (c != nullptr && !c->dead_ && !c->in_.empty()) c->process();

@@ -342,6 +342,22 @@ TEST_SUITE("listen") {
     CHECK(got[0][1].payload == "during");
   }
 
+  TEST_CASE("statement pooling listens through the hub too") {
+    if (skip_in_direct_mode("the hub is pgsluice's")) return;
+    Options o = listen_options();
+    o.pool_mode = "statement";
+    Pooler p(o);
+    Conn l = connect(p.conninfo()), tx = connect(p.conninfo());
+    exec_ok(l.get(), "LISTEN st_ch");
+    exec_ok(l.get(), "SELECT 1");
+    exec_ok(tx.get(), "NOTIFY st_ch, 'st'");
+    std::vector<std::vector<Note>> got(1);
+    collect({l.get()}, got, 10, [&] { return !got[0].empty(); });
+    REQUIRE(got[0].size() == 1);
+    CHECK(got[0][0].payload == "st");
+    CHECK(scalar(tx.get(), "SELECT count(*) FROM pg_listening_channels()") == "0");
+  }
+
   TEST_CASE("no pooled server carries a LISTEN") {
     if (skip_in_direct_mode("the hub is pgsluice's")) return;
     Pooler p(listen_options());
