@@ -425,6 +425,33 @@ TEST_SUITE("listen") {
     CHECK(p.log().find("listens for notifications was lost") != std::string::npos);
   }
 
+  TEST_CASE("RECONNECT renews the hub's server too; notifications go on") {
+    if (skip_in_direct_mode("the hub is pgsluice's")) return;
+    Pooler p(listen_options());
+    Conn l = connect(p.conninfo()), tx = connect(p.conninfo());
+    exec_ok(l.get(), "LISTEN renewed");
+    std::vector<std::string> before = hub_pids();
+    REQUIRE(before.size() == 1);
+    {
+      Conn admin = connect(p.conninfo("md5user", "md5pass", "pgbouncer"));
+      exec_ok(admin.get(), "RECONNECT");
+    }
+    std::vector<std::string> after;
+    for (int i = 0; i < 100; i++) {
+      after = hub_pids();
+      if (after.size() == 1 && after[0] != before[0]) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    REQUIRE(after.size() == 1);
+    CHECK(after[0] != before[0]);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    exec_ok(tx.get(), "NOTIFY renewed, 'r'");
+    std::vector<std::vector<Note>> got(1);
+    collect({l.get()}, got, 10, [&] { return !got[0].empty(); });
+    REQUIRE(got[0].size() == 1);
+    CHECK(got[0][0].payload == "r");
+  }
+
   TEST_CASE("a hub whose LISTEN PostgreSQL refuses (a standby): an error, no reconnect loop") {
     if (skip_in_direct_mode("the hub is pgsluice's")) return;
     ClusterSetup s;
