@@ -263,6 +263,10 @@ void NotifyHub::send(const std::string& sql, std::vector<std::string> confirms) 
 
 void NotifyHub::open() {
   if (server_ != nullptr) return;
+  if (w_->paused(lp_->pool)) {  // PAUSE, SUSPEND: no server; LISTENs wait for RESUME
+    arm(1.0);
+    return;
+  }
   if (!w_->launch_hub(lp_, this)) {
     LOG_WARN("pool %s/%s: could not start the connection that listens for notifications",
              lp_->pool->db_name.c_str(), lp_->pool->user_name.c_str());

@@ -452,6 +452,29 @@ TEST_SUITE("listen") {
     CHECK(got[0][0].payload == "r");
   }
 
+  TEST_CASE("PAUSE closes the hub's server too, RESUME reopens it") {
+    if (skip_in_direct_mode("the hub is pgsluice's")) return;
+    Pooler p(listen_options());
+    Conn l = connect(p.conninfo()), tx = connect(p.conninfo());
+    exec_ok(l.get(), "LISTEN paused_ch");
+    REQUIRE(hub_pids().size() == 1);
+    Conn admin = connect(p.conninfo("md5user", "md5pass", "pgbouncer"));
+    exec_ok(admin.get(), "PAUSE");
+    for (int i = 0; i < 50 && !hub_pids().empty(); i++)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(hub_pids().empty());  // no connection to PostgreSQL is left (maintenance may go on)
+    exec_ok(admin.get(), "RESUME");
+    for (int i = 0; i < 50 && hub_pids().size() != 1; i++)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(hub_pids().size() == 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    exec_ok(tx.get(), "NOTIFY paused_ch, 'resumed'");
+    std::vector<std::vector<Note>> got(1);
+    collect({l.get()}, got, 10, [&] { return !got[0].empty(); });
+    REQUIRE(got[0].size() == 1);
+    CHECK(got[0][0].payload == "resumed");
+  }
+
   TEST_CASE("a hub whose LISTEN PostgreSQL refuses (a standby): an error, no reconnect loop") {
     if (skip_in_direct_mode("the hub is pgsluice's")) return;
     ClusterSetup s;
