@@ -27,6 +27,7 @@ struct AuthSetup;
 struct AuthReply;
 class TlsContext;
 struct Request;
+struct NotifyClient;
 
 // A client's state. Only Worker::set_state() changes it, and with it the list the client
 // sits on (Login and Waiting: LocalPool::waiting; every other: only Worker::clients_).
@@ -132,6 +133,8 @@ class Client final : public Conn {
   // pooling (session_state.h, client_session.cc); null until its first statement that
   // changes one.
   std::unique_ptr<SessionState> sess_;
+  // Its channels and held notifications, once it LISTENed through the hub (notify_hub.h).
+  std::unique_ptr<NotifyClient> notify_;
   double wait_since_ = 0;    // when it started waiting for a server
   double connect_time_ = 0;  // when it was accepted
   size_t pos_ = 0;           // index in Worker::clients_

@@ -37,6 +37,8 @@ struct MetricsExtra {
   uint64_t failovers = 0;                      // Runtime::failovers
   uint64_t reloads = 0;                        // Runtime::reloads
   uint64_t reload_failures = 0;                // Runtime::reload_failures
+  int listen_channels = 0;                     // Runtime::listen_channels
+  int listen_clients = 0;                      // Runtime::listen_clients
 };
 
 // The exposition text for a merged snapshot (pure; unit-tested).

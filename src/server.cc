@@ -6,6 +6,7 @@
 #include "client.h"
 #include "log.h"
 #include "lost_server.h"
+#include "notify_hub.h"
 #include "password.h"
 #include "pool.h"
 #include "scram.h"
@@ -586,6 +587,10 @@ void Server::process() {
             worker_->close_server(this, "internal query failed");
             return;
           }
+          if (hub_ != nullptr) {
+            hub_->ready(this);
+            if (dead_) return;
+          }
           if (state_ == ServerState::Resetting && internal_ == 0) {
             if (health_check_) fresh_ = true;  // passed (a failed one closed the server above)
             health_check_ = false;
@@ -626,6 +631,7 @@ void Server::process() {
           if (body.size() > 1) {  // server_reset_query: DISCARD ALL drops every statement
             std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size() - 1);
             if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") unverify();
+            if (tag == "DISCARD ALL") listened_ = false;
             if (checking_ && tag != "SELECT 0") {  // Worker::check_prepared found one
               LOG_WARN(
                   "S-%p: %s/%s server_check_prepared: a statement under pgsluice's names "
@@ -635,8 +641,10 @@ void Server::process() {
             }
           }
           break;
-        case 'N':
         case 'A':
+          if (hub_ != nullptr) hub_->notification(body);
+          break;
+        case 'N':
         case 'T':
         case 'D':
         case 'I':
@@ -666,6 +674,11 @@ void Server::process() {
         (type == 'C' || type == 'E' || type == 'Z' || type == 'I' || type == 's'))
       client_->sess_->on_reply(type, body,
                                !queue_.empty() && queue_.front().sess ? queue_.front().type : 0);
+    if (type == 'C' && body.size() > 1) {  // a LISTEN that reached a pooled server
+      std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size() - 1);
+      if (tag == "LISTEN") listened_ = true;
+      if (tag == "DISCARD ALL") listened_ = false;
+    }
     ReplyVerdict v = on_reply(type, body, client_->stmts_, client_->seg_ok_);
     if (v.copy_in >= 0) client_->server_copy_in(v.copy_in == 1);
     if (v.ready) account_ready();
@@ -717,6 +730,8 @@ void Server::process() {
     worker_->bufs().append(client_->out_, in_.begin(), n);
     in_.rpos += n;
     fwd_remaining_ = total - n;
+    if (type == 'Z' && fwd_remaining_ == 0 && client_->notify_ != nullptr)
+      notify_after_ready(client_, tx_);  // held notifications, between transactions
     if (fwd_remaining_ == 0) emit_fakes();
 
     if (client_->out_.size() > kHighWater) {
