@@ -4,6 +4,7 @@
 #include "admin.h"
 #include "auth.h"
 #include "log.h"
+#include "notify_hub.h"
 #include "pool.h"
 #include "server.h"
 #include "tls.h"
@@ -73,6 +74,7 @@ void Client::on_writable() {
   }
   send_now();
   if (dead_) return;
+  if (out_.empty() && notify_ != nullptr) notify_refill(this);  // held notifications
   if (out_.empty() && server_ != nullptr) {
     // The server was paused while we had too much queued for this client.
     server_->want_read(true);
@@ -715,6 +717,11 @@ bool Client::forward_pass() {
     }
     if (server_ == nullptr && lost_active()) {  // its last server was lost (lost_server.cc)
       int r = lost_message(type, len);
+      if (r < 0) break;
+      if (r > 0) continue;
+    }
+    if (state_ == ClientState::Idle && !lost_active()) {  // LISTEN/UNLISTEN (notify_hub.h)
+      int r = notify_message(this, type, len);
       if (r < 0) break;
       if (r > 0) continue;
     }

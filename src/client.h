@@ -27,6 +27,7 @@ struct AuthSetup;
 struct AuthReply;
 class TlsContext;
 struct Request;
+struct NotifyClient;
 
 // A client's state. Only Worker::set_state() changes it, and with it the list the client
 // sits on (Login and Waiting: LocalPool::waiting; every other: only Worker::clients_).
@@ -150,6 +151,8 @@ class Client final : public Conn {
   int pin_message(uint8_t type, size_t len);
   // Changes the reasons (the worker's gauge and counters follow).
   void set_pins(uint8_t pins);
+  // Its channels and held notifications, once it LISTENed through the hub (notify_hub.h).
+  std::unique_ptr<NotifyClient> notify_;
   double wait_since_ = 0;    // when it started waiting for a server
   double connect_time_ = 0;  // when it was accepted
   size_t pos_ = 0;           // index in Worker::clients_

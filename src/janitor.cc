@@ -49,6 +49,9 @@ void Worker::janitor() {
                s->pool_->server_count() > min_pool_size(s->pool_)) ||  // min_pool_size stays
               (cf.server_lifetime > 0 && now - s->connect_time_ > cf.server_lifetime)))
       expired.push_back(s);
+    else if (s->hub_ != nullptr && s->state() == ServerState::Active &&
+             (stale(s) || paused(s->pool_)))
+      expired.push_back(s);  // a LISTEN/NOTIFY hub follows RELOAD, RECONNECT and PAUSE
   }
   for (Server* s : expired) {
     if (s->dead_) continue;

@@ -136,6 +136,12 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
   o.head("pgsluice_reload_failures_total", "counter",
          "RELOAD or SIGHUP refused (the running configuration stayed; the log says why).");
   o.line_u("pgsluice_reload_failures_total", "", extra.reload_failures);
+  o.head("pgsluice_listen_channels", "gauge",
+         "Channels the LISTEN/NOTIFY hubs listen on (counted once per hub: pool and worker).");
+  o.line("pgsluice_listen_channels", "", extra.listen_channels);
+  o.head("pgsluice_listen_clients", "gauge",
+         "Clients listening through a LISTEN/NOTIFY hub (transaction and statement pooling).");
+  o.line("pgsluice_listen_clients", "", extra.listen_clients);
   o.head("pgbouncer_used_clients", "gauge", "Client connections open.");
   o.line("pgbouncer_used_clients", "", s.used_clients);
   o.head("pgbouncer_login_clients", "gauge", "Clients still logging in.");
@@ -340,6 +346,8 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
         ex.pinned_clients = rt->pinned_clients.load(std::memory_order_relaxed);
         ex.reloads = rt->reloads.load(std::memory_order_relaxed);
         ex.reload_failures = rt->reload_failures.load(std::memory_order_relaxed);
+        ex.listen_channels = rt->listen_channels.load(std::memory_order_relaxed);
+        ex.listen_clients = rt->listen_clients.load(std::memory_order_relaxed);
         std::string body = render_metrics(s, *rt->config(), ex);
         self->answer_all(&body);
       });

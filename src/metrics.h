@@ -39,6 +39,8 @@ struct MetricsExtra {
   int64_t pinned_clients = 0;                  // Runtime::pinned_clients
   uint64_t reloads = 0;                        // Runtime::reloads
   uint64_t reload_failures = 0;                // Runtime::reload_failures
+  int listen_channels = 0;                     // Runtime::listen_channels
+  int listen_clients = 0;                      // Runtime::listen_clients
 };
 
 // The exposition text for a merged snapshot (pure; unit-tested).

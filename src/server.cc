@@ -8,6 +8,7 @@
 #include "client.h"
 #include "log.h"
 #include "lost_server.h"
+#include "notify_hub.h"
 #include "password.h"
 #include "pool.h"
 #include "scram.h"
@@ -579,6 +580,7 @@ void Server::process() {
           checking_ = false;
           if (internal_ == 0 && pin_checking_) {  // the pinning check's answer (pinning.h)
             pin_checking_ = false;
+            if ((pin_found_ & kPinListen) == 0) listened_ = false;  // it counted the channels
             if (client_ != nullptr) client_->set_pins(pin_found_);
           }
           if (internal_ == 0 && lookup_ != nullptr) {
@@ -593,6 +595,10 @@ void Server::process() {
             }
             worker_->close_server(this, "internal query failed");
             return;
+          }
+          if (hub_ != nullptr) {
+            hub_->ready(this);
+            if (dead_) return;
           }
           if (state_ == ServerState::Resetting && internal_ == 0) {
             if (health_check_) fresh_ = true;  // passed (a failed one closed the server above)
@@ -634,6 +640,7 @@ void Server::process() {
           if (body.size() > 1) {  // server_reset_query: DISCARD ALL drops every statement
             std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size() - 1);
             if (tag == "DEALLOCATE ALL" || tag == "DISCARD ALL") unverify();
+            if (tag == "DISCARD ALL") listened_ = false;
             if (checking_ && tag != "SELECT 0") {  // Worker::check_prepared found one
               LOG_WARN(
                   "S-%p: %s/%s server_check_prepared: a statement under pgsluice's names "
@@ -643,8 +650,10 @@ void Server::process() {
             }
           }
           break;
-        case 'N':
         case 'A':
+          if (hub_ != nullptr) hub_->notification(body);
+          break;
+        case 'N':
         case 'T':
         case 'D':
         case 'I':
@@ -674,6 +683,11 @@ void Server::process() {
         (type == 'C' || type == 'E' || type == 'Z' || type == 'I' || type == 's'))
       client_->sess_->on_reply(type, body,
                                !queue_.empty() && queue_.front().sess ? queue_.front().type : 0);
+    if (type == 'C' && body.size() > 1) {  // a LISTEN that reached a pooled server
+      std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size() - 1);
+      if (tag == "LISTEN") listened_ = true;
+      if (tag == "DISCARD ALL") listened_ = false;
+    }
     ReplyVerdict v = on_reply(type, body, client_->stmts_, client_->seg_ok_);
     if (v.copy_in >= 0) client_->server_copy_in(v.copy_in == 1);
     if (v.ready) account_ready();
@@ -725,6 +739,8 @@ void Server::process() {
     worker_->bufs().append(client_->out_, in_.begin(), n);
     in_.rpos += n;
     fwd_remaining_ = total - n;
+    if (type == 'Z' && fwd_remaining_ == 0 && client_->notify_ != nullptr)
+      notify_after_ready(client_, tx_);  // held notifications, between transactions
     if (fwd_remaining_ == 0) emit_fakes();
 
     if (client_->out_.size() > kHighWater) {

@@ -27,6 +27,7 @@ struct LocalPool;
 class Client;
 class ScramClientSession;
 class CancelConn;
+class NotifyHub;
 class TlsContext;
 
 // A server's state. Only Worker::set_state() changes it, and with it the list or count it
@@ -73,6 +74,12 @@ class Server final : public Conn, public ReplyBook {
   // when the last ReadyForQuery came). The caller sets Resetting and flushes.
   void send_lookup(std::unique_ptr<LookupRun> run);
   std::unique_ptr<LookupRun> lookup_;  // the lookup running here (null: none)
+  // The hub this server listens for (notify_hub.h; null: a pooled server). A hub's server
+  // holds no pool slot and is Active with no client.
+  NotifyHub* hub_ = nullptr;
+  // A client's LISTEN ran here (PostgreSQL answered "LISTEN"): it never goes back to the
+  // pool (Worker::release_idle closes it) unless a DISCARD ALL ran since.
+  bool listened_ = false;
   // server_check_prepared: queues the check of this server's statements (its tag is read
   // when the reply comes) and forgets which client it served last.
   void send_prepared_check();

@@ -107,6 +107,7 @@ Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
 Worker::~Worker() {
   if (rt_->registry) rt_->registry->stop_resolver();  // it posts to rt_->workers
   free_dead();
+  for (auto& [p, lp] : pools_) lp->hub.reset();  // their timers, before the loop goes
   listener_.reset();
   event_del(&inbox_ev_);
   event_del(&janitor_ev_);
@@ -241,8 +242,11 @@ LocalPool* Worker::local_pool(Pool* p) {
   return raw;
 }
 
-bool Worker::launch_server(LocalPool* lp) {
+bool Worker::launch_server(LocalPool* lp, NotifyHub* hub) {
   Pool* p = lp->pool;
+  auto unreserve = [&] {
+    if (hub == nullptr) p->unreserve();  // a hub's server holds no slot
+  };
   Target* t = p->target();
   double now = now_seconds();
   // DNS answers older than their TTL are asked for again (the current address serves
@@ -250,11 +254,11 @@ bool Worker::launch_server(LocalPool* lp) {
   bool relooking = rt_->registry->refresh(p, *t, *cfg_, now);
   AddrState as = t->addr_state();
   if (as == AddrState::Pending) {  // waiters stay queued; the resolver kicks every worker
-    p->unreserve();
+    unreserve();
     return false;
   }
   if (as == AddrState::Failed) {
-    p->unreserve();
+    unreserve();
     if (relooking) return false;
     std::vector<Client*> w(lp->waiting.begin(), lp->waiting.end());
     for (Client* c : w) {
@@ -266,7 +270,7 @@ bool Worker::launch_server(LocalPool* lp) {
   const AddrRecord* rec = nullptr;
   TargetHost* h = t->pick(now, &left, &rec);
   if (h == nullptr) {  // every host is held (may_connect said so)
-    p->unreserve();
+    unreserve();
     return false;
   }
   if (left != nullptr)
@@ -277,11 +281,15 @@ bool Worker::launch_server(LocalPool* lp) {
   socklen_t peer_len = h->next_addr(*rec, &peer);
   Dial d = dial(peer, peer_len, *cfg_);
   if (d.fd < 0) {
-    p->unreserve();
+    unreserve();
     LOG_ERROR("socket() failed: %s", strerror(d.err));
     return false;
   }
   auto* s = new Server(this, Fd(d.fd), p, lp);
+  if (hub != nullptr) {
+    s->hub_ = hub;
+    hub->adopt(s);
+  }
   s->set_target(t, h);  // made for t: RELOAD may publish another meanwhile
   s->addr_rec_ = rec;   // and this answer of its name: one without peer closes it (stale)
   s->peer_ = peer;
@@ -364,8 +372,9 @@ void Worker::set_state(Server* s, ServerState to) {
   LocalPool* lp = s->lp_;
   if (from == ServerState::Idle && erase_from(lp->idle, s, false))
     lp->pool->idle_on(index_).fetch_sub(1);
-  if (logging_in(from) && !logging_in(to)) lp->connecting--;
-  if (!logging_in(from) && logging_in(to)) lp->connecting++;
+  bool counted = s->hub_ == nullptr;  // a hub's server serves no waiter
+  if (counted && logging_in(from) && !logging_in(to)) lp->connecting--;
+  if (counted && !logging_in(from) && logging_in(to)) lp->connecting++;
   s->state_ = to;
   if (to == ServerState::Idle) {
     s->idle_since_ = now_seconds();
@@ -485,6 +494,7 @@ void Worker::link_waiter(Client* c, Server* s) {
 void Worker::release(Server* s) {
   Client* c = s->client_;
   unlink(c, s);
+  if (c != nullptr && c->notify_ != nullptr) notify_refill(c);  // notifications held for it
   release_idle(s);
   // The client may already have sent the next request.
   if (c != nullptr && !c->dead_ && !c->in_.empty()) c->process();
@@ -503,6 +513,10 @@ void Worker::release_idle(Server* s) {
   }
   if (!s->clean() || pinned) {
     close_server(s, pinned ? "released while pinned" : "server not clean at release");
+    return;
+  }
+  if (s->listened_) {  // no client may get another's notifications (notify_hub.h)
+    close_server(s, "server still listening at release");
     return;
   }
   s->clear_requests();
@@ -588,6 +602,11 @@ void Worker::server_login_done(Server* s) {
     LOG_INFO("S-%p: %s/%s@%s:%d new connection to server", static_cast<void*>(s),
              s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
              s->addr_.port);
+  if (s->hub_ != nullptr) {  // the listening connection: never in the pool
+    set_state(s, ServerState::Active);
+    s->hub_->logged_in(s);
+    return;
+  }
   release_idle(s);
 }
 
@@ -620,6 +639,10 @@ void Worker::server_login_failed(Server* s, std::string_view sqlstate, std::stri
   LOG_WARN("S-%p: %s/%s@%s:%d server login failed: %s", static_cast<void*>(s),
            s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), s->addr_.host.c_str(),
            s->addr_.port, std::string(msg).c_str());
+  if (s->hub_ != nullptr) {  // no waiter depends on it; NotifyHub::closed retries
+    close_server(s, "login failed");
+    return;
+  }
   // A host that cannot be reached is skipped for server_login_retry while the target's
   // other hosts serve; a refused login (any host would refuse it) holds the whole pool.
   if (unreachable)
@@ -684,6 +707,7 @@ void Worker::close_client(Client* c, std::string_view reason) {
       release_idle(s);
     }
   }
+  if (c->notify_ != nullptr) notify_client_gone(c);
   set_state(c, ClientState::Closed);
   uncount_client(c);
   unregister_cancel_key(c);
@@ -716,6 +740,8 @@ void Worker::close_server(Server* s, std::string_view reason) {
   LocalPool* lp = s->lp_;
   Pool* p = s->pool_;
   bool say_goodbye = s->state() == ServerState::Idle || s->state() == ServerState::Active;
+  NotifyHub* hub = s->hub_;
+  bool hub_up = hub != nullptr && s->state() == ServerState::Active;
   set_state(s, ServerState::Closed);
   for (CancelConn* cc : s->cancels_) cc->target_ = nullptr;
   s->cancels_.clear();
@@ -736,9 +762,13 @@ void Worker::close_server(Server* s, std::string_view reason) {
       (void)r;
     }
   }
-  p->unreserve();
+  if (hub == nullptr) p->unreserve();
   untrack_server(s);
   defer_free(s);
+  if (hub != nullptr) {
+    s->hub_ = nullptr;
+    hub->closed(s, hub_up);
+  }
   // A slot is free: serve waiters here, or tell another worker.
   if (!stopping_ && !paused(p)) {
     while (lp->waiting.size() + lp->lookups.size() > static_cast<size_t>(lp->connecting) &&

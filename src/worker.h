@@ -18,6 +18,7 @@
 #include "auth_query.h"
 #include "client.h"
 #include "config.h"
+#include "notify_hub.h"
 #include "pool.h"
 #include "prepared.h"
 #include "server.h"
@@ -70,7 +71,11 @@ struct Runtime {
   std::atomic<uint64_t> failovers{0};        // a pool's servers moved off a held host
   std::atomic<uint64_t> reloads{0};          // configurations committed by RELOAD/SIGHUP
   std::atomic<uint64_t> reload_failures{0};  // RELOAD/SIGHUP refused (the running one stays)
-  double start_time = 0;                     // monotonic seconds at start
+  // LISTEN/NOTIFY hubs (notify_hub.h), every worker together: the channels they listen on
+  // (one per hub that has it) and the clients listening through them.
+  std::atomic<int> listen_channels{0};
+  std::atomic<int> listen_clients{0};
+  double start_time = 0;  // monotonic seconds at start
   // Set by main before the workers start; callable from any thread.
   std::function<void(int mode)> request_shutdown;  // ShutdownMode
   std::function<Status()> reload;                  // RELOAD: re-read the config (main thread)
@@ -97,6 +102,9 @@ struct LocalPool {
   PoolStats stats;                // this worker's share of the pool's statistics
   PreparedStats prepared;         // prepared-statement remapping counters
   std::deque<LookupJob> lookups;  // auth_query lookups waiting for a server (auth_lookup.cc)
+  // The connection that listens for this pool's clients of this worker (notify_hub.h);
+  // null until a client's first LISTEN in transaction or statement pooling.
+  std::unique_ptr<NotifyHub> hub;
 };
 
 // A connection that forwards one CancelRequest to PostgreSQL and waits for it to close.
@@ -187,6 +195,9 @@ class Worker {
   void server_lost(Server* s, std::string_view reason);
   void close_cancel(CancelConn* c);
   void server_login_done(Server* s);
+  // Connects the listening server of `hub` (notify_hub.h): outside pool_size and every
+  // server-slot count; false when none was started.
+  bool launch_hub(LocalPool* lp, NotifyHub* hub) { return launch_server(lp, hub); }
   void note_current_host(Server* s);
   // A server's login ended without success. `unreachable`: PostgreSQL could not be reached
   // or is not accepting connections yet (connect refused or timed out, closed before any
@@ -271,7 +282,7 @@ class Worker {
   void run();
   // Connects one new server (a slot is reserved); false when none was started (no address
   // yet or none usable: the slot is given back).
-  bool launch_server(LocalPool* lp);
+  bool launch_server(LocalPool* lp, NotifyHub* hub = nullptr);
   void adopt_server(Server* s, Pool* p);
   void kick(Pool* p);
   void drain_inbox();

@@ -130,7 +130,8 @@ TEST_CASE("pinning: WITH HOLD cursor, LISTEN, set_config and DO pin; SHOW CLIENT
   CHECK(eventually([&] { return has(pinned_column(p), ""); }));
 
   Conn l = connect(p.conninfo());
-  exec_ok(l.get(), "LISTEN pin_chan");
+  // Among other statements (the LISTEN hub answers a lone LISTEN of an idle client).
+  exec_ok(l.get(), "LISTEN pin_chan; SELECT 1");
   Conn s = connect(p.conninfo());
   CHECK(scalar(s.get(), "SELECT set_config('myapp.x', 'y', false)") == "y");
   Conn d = connect(p.conninfo());

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -64,6 +65,11 @@ class QueryCounter {
   struct Framer {
     std::string buf;
     bool untyped = true;
+    uint32_t be32(size_t at) const {  // buf is not aligned for a uint32_t load
+      uint32_t v;
+      std::memcpy(&v, buf.data() + at, sizeof v);
+      return ntohl(v);
+    }
     int count(const char* p, size_t n) {
       buf.append(p, n);
       int q = 0;
@@ -71,14 +77,13 @@ class QueryCounter {
       for (;;) {
         if (untyped) {
           if (buf.size() - at < 8) break;
-          uint32_t len = ntohl(*reinterpret_cast<const uint32_t*>(buf.data() + at));
-          uint32_t code = ntohl(*reinterpret_cast<const uint32_t*>(buf.data() + at + 4));
+          uint32_t len = be32(at), code = be32(at + 4);
           if (buf.size() - at < len) break;
           at += len;
           if (code != 80877103 && code != 80877104) untyped = false;
         } else {
           if (buf.size() - at < 5) break;
-          uint32_t len = ntohl(*reinterpret_cast<const uint32_t*>(buf.data() + at + 1));
+          uint32_t len = be32(at + 1);
           if (buf.size() - at < len + 1) break;
           q += buf[at] == 'Q';
           at += len + 1;
