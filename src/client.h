@@ -137,7 +137,6 @@ class Client final : public Conn {
   // whether a statement that may release them was sent since the last check.
   uint8_t pins_ = 0;
   bool pin_check_due_ = false;
-  bool untracked_marked_ = false;  // its server holds the untracked-settings marker (pinning.h)
   // Statements (by the client's name) whose text pins or may release: each Bind of one
   // counts as its text sent again. Empty for almost every client.
   struct PinStmt {

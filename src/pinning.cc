@@ -2,8 +2,6 @@
 #include "pinning.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <random>
 
 #include "client.h"
 #include "log.h"
@@ -55,21 +53,7 @@ std::string pin_refusal(uint8_t pins, bool statement_mode) {
 }
 
 // One count per reason, in bit order; the settings' count stands for untracked_setting.
-namespace {
-// "pgsluice.u" and 16 random hex digits, made once per process.
-const std::string& untracked_marker_name() {
-  static const std::string name = [] {
-    std::random_device rd;
-    uint64_t v = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-    char buf[32];
-    snprintf(buf, sizeof buf, "pgsluice.u%016llx", static_cast<unsigned long long>(v));
-    return std::string(buf);
-  }();
-  return name;
-}
-}  // namespace
-
-std::string pin_check_sql(const std::vector<std::string>& known, UntrackedMarker marker) {
+std::string pin_check_sql(const std::vector<std::string>& known) {
   std::string names;
   for (const auto& n : known) {
     if (!names.empty()) names += ',';
@@ -85,15 +69,8 @@ std::string pin_check_sql(const std::vector<std::string>& known, UntrackedMarker
          "(SELECT count(*) FROM pg_catalog.pg_listening_channels()),"
          "(SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'session' AND "
          "lower(name) <> ALL (ARRAY[" +
-         names + "]::text[]))" +
-         (marker == UntrackedMarker::Place
-              ? " + (CASE WHEN pg_catalog.set_config('" + untracked_marker_name() +
-                    "', '1', false) = '1' THEN 1 ELSE 0 END)"
-          : marker == UntrackedMarker::Read
-              ? " + (CASE WHEN pg_catalog.current_setting('" + untracked_marker_name() +
-                    "', true) = '1' THEN 1 ELSE 0 END)"
-              : std::string()) +
-         ","
+         names +
+         "]::text[])),"
          "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
 }
 
@@ -136,7 +113,6 @@ void Client::set_pins(uint8_t pins) {
             pins == 0 ? "no longer" : pin_reasons(pins).c_str());
   pins_ = pins;
   if (pins == 0) pin_check_due_ = false;
-  if ((pins & kPinUntrackedSetting) == 0) untracked_marked_ = false;
 }
 
 void Client::pin_apply(const PinScan& ps) {
@@ -238,12 +214,7 @@ void Server::maybe_pin_check() {
       if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
     known.push_back(std::move(n));
   }
-  UntrackedMarker marker = UntrackedMarker::None;
-  if ((c->pins_ & kPinUntrackedSetting) != 0) {
-    marker = c->untracked_marked_ ? UntrackedMarker::Read : UntrackedMarker::Place;
-    c->untracked_marked_ = true;
-  }
-  send_internal_query(pin_check_sql(known, marker));
+  send_internal_query(pin_check_sql(known));
   flush();
 }
 

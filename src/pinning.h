@@ -27,16 +27,7 @@ std::string pin_refusal(uint8_t pins, bool statement_mode);
 // setting of source 'session' under any other name is an untracked one. `pinned`: the
 // reasons the client had (untracked settings and SQL-prepared statements count only for a
 // client pinned for them: remapping has its own check, server_check_prepared).
-// `marker`: for a client pinned for untracked settings. PostgreSQL lists no placeholder
-// setting (a custom name no extension defined: set_config('app.tenant', ...)) in
-// pg_settings, so the check cannot see them; instead the first check after the pin sets a
-// marker setting (UntrackedMarker::Place) and later ones count it while it is '1'
-// (UntrackedMarker::Read): only a RESET ALL or DISCARD ALL that took effect clears it,
-// and those clear the client's own custom settings too. Its name is random per process,
-// so a client cannot RESET it alone.
-enum class UntrackedMarker : uint8_t { None, Place, Read };
-std::string pin_check_sql(const std::vector<std::string>& known,
-                          UntrackedMarker marker = UntrackedMarker::None);
+std::string pin_check_sql(const std::vector<std::string>& known);
 uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned);
 
 }  // namespace pgsluice
