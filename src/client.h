@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -137,6 +138,14 @@ class Client final : public Conn {
   // whether a statement that may release them was sent since the last check.
   uint8_t pins_ = 0;
   bool pin_check_due_ = false;
+  // Its untracked settings (PinScan): an opaque one keeps it pinned until a RESET ALL or
+  // DISCARD ALL is committed after pin_opaque_resets_ (SessionState::resets); a dirty one
+  // has its server reset before another client uses it (Worker::unlink).
+  bool pin_opaque_ = false;
+  bool settings_dirty_ = false;
+  uint64_t pin_opaque_resets_ = 0;
+  // Settings a set_config or DO block named, read back by the next check (pinning.h).
+  std::vector<std::string> pin_watch_;
   // Statements (by the client's name) whose text pins or may release: each Bind of one
   // counts as its text sent again. Empty for almost every client.
   struct PinStmt {
@@ -151,6 +160,10 @@ class Client final : public Conn {
   int pin_message(uint8_t type, size_t len);
   // Changes the reasons (the worker's gauge and counters follow).
   void set_pins(uint8_t pins);
+  // The check's answer: the reasons still present, and the values of the watched `names`
+  // (followed from now on as the client's settings; empty when the row was not read).
+  void pin_checked(uint8_t found, const std::vector<std::string>& names,
+                   const std::vector<std::optional<std::string>>& values);
   // Its channels and held notifications, once it LISTENed through the hub (notify_hub.h).
   std::unique_ptr<NotifyClient> notify_;
   double wait_since_ = 0;    // when it started waiting for a server

@@ -53,44 +53,61 @@ std::string pin_refusal(uint8_t pins, bool statement_mode) {
 }
 
 // One count per reason, in bit order; the settings' count stands for untracked_setting.
-std::string pin_check_sql(const std::vector<std::string>& known) {
+std::string pin_check_sql(const std::vector<std::string>& known,
+                          const std::vector<std::string>& watch) {
   std::string names;
-  for (const auto& n : known) {
-    if (!names.empty()) names += ',';
-    names += wire::sql_literal(n);
-  }
+  for (const auto* list : {&known, &watch})
+    for (const auto& n : *list) {
+      if (!names.empty()) names += ',';
+      names += wire::sql_literal(n);
+    }
   if (names.empty()) names = "''";
-  return "SELECT "
-         "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND "
-         "pid = pg_catalog.pg_backend_pid()),"
-         "(SELECT count(*) FROM pg_catalog.pg_class WHERE "
-         "relnamespace = pg_catalog.pg_my_temp_schema()),"
-         "(SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),"
-         "(SELECT count(*) FROM pg_catalog.pg_listening_channels()),"
-         "(SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'session' AND "
-         "lower(name) <> ALL (ARRAY[" +
-         names +
-         "]::text[])),"
-         "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+  std::string sql =
+      "SELECT "
+      "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND "
+      "pid = pg_catalog.pg_backend_pid()),"
+      "(SELECT count(*) FROM pg_catalog.pg_class WHERE "
+      "relnamespace = pg_catalog.pg_my_temp_schema()),"
+      "(SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),"
+      "(SELECT count(*) FROM pg_catalog.pg_listening_channels()),"
+      "(SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'session' AND "
+      "lower(name) <> ALL (ARRAY[" +
+      names +
+      "]::text[])),"
+      "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+  for (const auto& n : watch)
+    sql += ",pg_catalog.current_setting(" + wire::sql_literal(n) + ", true)";
+  return sql;
 }
 
-uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned) {
+uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned, size_t nwatch,
+                      std::vector<std::optional<std::string>>* values) {
+  if (values != nullptr) values->clear();
   wire::Reader r(body.data(), body.size());
   uint16_t n = 0;
-  if (!r.u16(n) || n != kPinReasons) return pinned;  // not understood: nothing changes
+  if (!r.u16(n) || n != kPinReasons + nwatch) return pinned;  // not understood: nothing changes
   uint8_t still = 0;
-  for (int i = 0; i < kPinReasons; i++) {
+  std::vector<std::optional<std::string>> vals;
+  for (size_t i = 0; i < n; i++) {
     uint32_t len = 0;
     if (!r.u32(len)) return pinned;
-    if (len == 0xffffffffu) continue;  // NULL
     std::span<const uint8_t> v;
-    if (!r.bytes(len, v)) return pinned;
+    if (len != 0xffffffffu && !r.bytes(len, v)) return pinned;
+    if (i >= kPinReasons) {
+      if (len == 0xffffffffu)
+        vals.emplace_back();
+      else
+        vals.emplace_back(std::string(reinterpret_cast<const char*>(v.data()), v.size()));
+      continue;
+    }
+    if (len == 0xffffffffu) continue;  // NULL
     bool zero = len == 1 && v[0] == '0';
     if (zero) continue;
     const unsigned bit = 1u << i;
     if ((bit == kPinUntrackedSetting || bit == kPinPrepare) && (pinned & bit) == 0) continue;
-    still |= static_cast<uint8_t>(1u << i);
+    still |= static_cast<uint8_t>(bit);
   }
+  if (values != nullptr) *values = std::move(vals);
   return still;
 }
 
@@ -117,9 +134,48 @@ void Client::set_pins(uint8_t pins) {
 
 void Client::pin_apply(const PinScan& ps) {
   set_pins(pins_ | ps.pins);
+  if (ps.dirty) settings_dirty_ = true;
+  if (ps.opaque && !pin_opaque_) {
+    pin_opaque_ = true;
+    pin_opaque_resets_ = sess_ != nullptr ? sess_->resets() : 0;
+  }
+  for (const auto& n : ps.names) {
+    if (std::find(pin_watch_.begin(), pin_watch_.end(), n) != pin_watch_.end()) continue;
+    if (pin_watch_.size() >= kPinMaxNames) {
+      settings_dirty_ = true;
+      if (!pin_opaque_) pin_opaque_resets_ = sess_ != nullptr ? sess_->resets() : 0;
+      pin_opaque_ = true;
+      break;
+    }
+    pin_watch_.push_back(n);
+  }
   if ((ps.releases & kReleaseAny) != 0 ||
       ((ps.releases & kReleaseTxEnd) != 0 && (pins_ & kPinTempTable) != 0))
     pin_check_due_ = pins_ != 0;
+}
+
+void Client::pin_checked(uint8_t found, const std::vector<std::string>& names,
+                         const std::vector<std::optional<std::string>>& values) {
+  const TrackedNames* tracked = worker_->rt()->tracked.get();
+  if (!names.empty() && values.size() == names.size()) {
+    for (size_t i = 0; i < names.size(); i++) {
+      auto it = std::find(pin_watch_.begin(), pin_watch_.end(), names[i]);
+      if (it != pin_watch_.end()) pin_watch_.erase(it);
+      if (reported_and_tracked(tracked, names[i])) continue;  // ParameterStatus tells
+      if (sess_ == nullptr) sess_ = std::make_unique<SessionState>(tracked, false);
+      sess_->adopt(names[i],
+                   values[i] ? set_config_statement(names[i], *values[i]) : std::string());
+    }
+  }
+  if (pin_opaque_) {
+    if (sess_ != nullptr && sess_->resets() != pin_opaque_resets_)
+      pin_opaque_ = false;  // a RESET ALL or DISCARD ALL took effect since
+    else
+      found |= kPinUntrackedSetting;
+  }
+  if (!pin_watch_.empty()) found |= kPinUntrackedSetting;  // named since: the next check reads them
+  if (pin_watch_.empty()) pin_watch_.shrink_to_fit();
+  set_pins(found);
 }
 
 int Client::pin_message(uint8_t type, size_t len) {
@@ -214,7 +270,8 @@ void Server::maybe_pin_check() {
       if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
     known.push_back(std::move(n));
   }
-  send_internal_query(pin_check_sql(known));
+  pin_names_ = c->pin_watch_;
+  send_internal_query(pin_check_sql(known, pin_names_));
   flush();
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,12 +23,18 @@ std::string pin_reasons(uint8_t pins);
 // The 0A000 message when pin_on_untracked_state = off refuses the first reason in `pins`.
 std::string pin_refusal(uint8_t pins, bool statement_mode);
 
-// The check query (one row, one count per reason) and what its DataRow says: the reasons
-// still present. `known`: the settings pgsluice follows for this client (lower case); a
-// setting of source 'session' under any other name is an untracked one. `pinned`: the
-// reasons the client had (untracked settings and SQL-prepared statements count only for a
-// client pinned for them: remapping has its own check, server_check_prepared).
-std::string pin_check_sql(const std::vector<std::string>& known);
-uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned);
+// The check query (one row, one count per reason, then the value of each watched setting)
+// and what its DataRow says: the reasons still present. `known`: the settings pgsluice
+// follows for this client (lower case); a setting of source 'session' under any other name
+// is an untracked one. `watch`: settings a set_config or DO block named (PinScan::names),
+// read back with current_setting(name, true). `pinned`: the reasons the client had
+// (untracked settings and SQL-prepared statements count only for a client pinned for them:
+// remapping has its own check, server_check_prepared). `values`, when given, receives one
+// value per watched name (nullopt: NULL, no such setting); left empty when the row is not
+// understood (then nothing changes).
+std::string pin_check_sql(const std::vector<std::string>& known,
+                          const std::vector<std::string>& watch = {});
+uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned, size_t nwatch = 0,
+                      std::vector<std::optional<std::string>>* values = nullptr);
 
 }  // namespace pgsluice

@@ -563,7 +563,7 @@ void Server::process() {
       in_.rpos += total;
       if (lookup_ != nullptr && internal_ > 0) lookup_->reply.on_message(type, body);
       if (pin_checking_ && type == 'D' && client_ != nullptr)
-        pin_found_ = pin_check_row(body, client_->pins_);
+        pin_found_ = pin_check_row(body, client_->pins_, pin_names_.size(), &pin_values_);
       // An idle server owes nothing: only asynchronous messages may come (NoticeResponse,
       // NotificationResponse, ParameterStatus, a FATAL ErrorResponse). Anything else (say a
       // ReadyForQuery 'T') would leave a server in the pool that is not clean.
@@ -581,7 +581,9 @@ void Server::process() {
           if (internal_ == 0 && pin_checking_) {  // the pinning check's answer (pinning.h)
             pin_checking_ = false;
             if ((pin_found_ & kPinListen) == 0) listened_ = false;  // it counted the channels
-            if (client_ != nullptr) client_->set_pins(pin_found_);
+            if (client_ != nullptr) client_->pin_checked(pin_found_, pin_names_, pin_values_);
+            pin_names_.clear();
+            pin_values_.clear();
           }
           if (internal_ == 0 && lookup_ != nullptr) {
             worker_->lookup_done(this);

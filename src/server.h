@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -183,8 +184,10 @@ class Server final : public Conn, public ReplyBook {
   // last (null: none); unknown: not known, so the next link resets everything first.
   std::unique_ptr<SessionSettings> sess_;
   bool sess_unknown_ = false;
-  bool pin_checking_ = false;  // the internal query due is the pinning check (pinning.h)
-  uint8_t pin_found_ = 0;      // the reasons its answer found
+  bool pin_checking_ = false;           // the internal query due is the pinning check (pinning.h)
+  uint8_t pin_found_ = 0;               // the reasons its answer found
+  std::vector<std::string> pin_names_;  // the settings it reads back
+  std::vector<std::optional<std::string>> pin_values_;  // and their values
   // Sends the pinning check when the linked client asked for one and this server is clean.
   void maybe_pin_check();
   int internal_ = 0;             // internal queries (SET, reset) whose ReadyForQuery is due

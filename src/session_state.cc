@@ -548,6 +548,200 @@ bool is_unlock_fn(std::string_view w) {
   return w.size() >= 18 && iequals(w.substr(0, 18), "pg_advisory_unlock");
 }
 
+// The text of a string constant ('...', E'...', $tag$...$tag$) when it holds no backslash
+// (an escape, or a character whose meaning standard_conforming_strings decides); false for
+// anything else.
+bool string_value(const Token& t, std::string& out) {
+  if (t.kind != Tok::String || t.open) return false;
+  std::string_view v = t.text;
+  if (v[0] == '$') {
+    size_t e = v.find('$', 1);
+    if (e == std::string_view::npos || v.size() < 2 * (e + 1)) return false;
+    out.assign(v.substr(e + 1, v.size() - 2 * (e + 1)));
+    return true;
+  }
+  if (v[0] == 'e' || v[0] == 'E') v.remove_prefix(1);
+  if (v.size() < 2 || v.front() != '\'' || v.back() != '\'') return false;
+  v = v.substr(1, v.size() - 2);
+  if (v.find('\\') != std::string_view::npos) return false;
+  out.clear();
+  for (size_t i = 0; i < v.size(); i++) {
+    out += v[i];
+    if (v[i] == '\'') i++;  // '' is one quote
+  }
+  return true;
+}
+
+// A setting's name as set_config takes it: letters, digits, '_', '$' and the '.' of a
+// custom name (anything else is not a name pgsluice reads back).
+bool setting_name(std::string_view n) {
+  if (n.empty() || n.size() > 128) return false;
+  for (char c : n)
+    if (!word_char(static_cast<unsigned char>(c)) && c != '.') return false;
+  return true;
+}
+
+// One argument of a call: a constant (written alone or with a ::type cast) or anything else.
+struct CallArg {
+  Token first;
+  int tokens = 0;
+  bool cast = false;  // first then ':' ':' type name
+  bool constant() const { return tokens == 1 || (tokens == 4 && cast); }
+};
+
+// Reads the arguments of a call after its '(' up to its ')' (false: the statement ends
+// first, or a set_config call is nested in them). Keeps the first three.
+bool call_args(Lexer& lx, CallArg (&args)[3], int& nargs) {
+  int depth = 0;
+  nargs = 1;
+  Token prev;
+  for (Token t = lx.next();; prev = t, t = lx.next()) {
+    if (t.kind == Tok::End || t.kind == Tok::Semi) return false;
+    if (t.kind == Tok::Op && (t.text == "(" || t.text == "[")) {
+      if (prev.kind == Tok::Word && iequals(prev.text, "set_config")) return false;
+      depth++;
+    } else if (t.kind == Tok::Op && (t.text == ")" || t.text == "]")) {
+      if (depth == 0) return true;
+      depth--;
+    } else if (depth == 0 && t.kind == Tok::Op && t.text == ",") {
+      nargs++;
+      continue;
+    }
+    if (nargs > 3) continue;
+    CallArg& a = args[nargs - 1];
+    a.tokens++;
+    if (a.tokens == 1) a.first = t;
+    if (a.tokens == 2 || a.tokens == 3) a.cast = (a.tokens == 2 || a.cast) && t.text == ":";
+    if (a.tokens == 4) a.cast = a.cast && t.kind == Tok::Word;
+  }
+}
+
+// A constant PostgreSQL reads as boolean true (is_local of set_config).
+bool true_constant(const CallArg& a) {
+  if (!a.constant()) return false;
+  if (a.first.kind == Tok::Word) return iequals(a.first.text, "true");
+  std::string v;
+  if (!string_value(a.first, v)) return false;
+  size_t b = v.find_first_not_of(" \t\r\n\f\v");
+  size_t e = v.find_last_not_of(" \t\r\n\f\v");
+  if (b == std::string::npos) return false;
+  v = lower(v.substr(b, e + 1 - b));
+  auto prefix_of = [&](std::string_view w) {
+    return v.size() <= w.size() && w.substr(0, v.size()) == v;
+  };
+  return prefix_of("true") || prefix_of("yes") || v == "on" || v == "1";
+}
+
+void watch_name(PinScan& r, std::string name) {
+  if (std::find(r.names.begin(), r.names.end(), name) != r.names.end()) return;
+  if (r.names.size() >= kPinMaxNames) {
+    r.opaque = true;
+    r.dirty = true;
+    return;
+  }
+  r.names.push_back(std::move(name));
+}
+
+void untracked_setting(PinScan& r) {
+  r.pins |= kPinUntrackedSetting;
+  r.releases |= kReleaseAny;  // the check right after tells what is left
+}
+
+// A set_config call, after its '(': a local one (is_local a true constant) changes nothing
+// past its transaction; one with a constant name is read back by the check; any other is
+// opaque.
+void scan_set_config(Lexer& lx, PinScan& r) {
+  CallArg args[3];
+  int nargs = 0;
+  bool closed = call_args(lx, args, nargs);
+  if (closed && nargs == 3 && true_constant(args[2])) return;
+  untracked_setting(r);
+  std::string name;
+  if (closed && nargs == 3 && args[0].constant() && string_value(args[0].first, name) &&
+      setting_name(name)) {
+    watch_name(r, lower(name));
+  } else {
+    r.opaque = true;
+    r.dirty = true;
+  }
+}
+
+// Whether dynamic SQL may set something: a string EXECUTEd that begins with SET or RESET or
+// calls set_config.
+bool dynamic_set(std::string_view v) {
+  size_t b = v.find_first_not_of(" \t\r\n\f\v(");
+  if (b == std::string_view::npos) return false;
+  v.remove_prefix(b);
+  auto starts = [&](std::string_view w) {
+    return v.size() >= w.size() && iequals(v.substr(0, w.size()), w) &&
+           (v.size() == w.size() || !word_char(static_cast<unsigned char>(v[w.size()])));
+  };
+  return starts("set") || starts("reset") || contains_ci(v, "set_config");
+}
+
+// A DO block's body (PL/pgSQL): the settings its SET/RESET statements and set_config calls
+// name; EXECUTE of a string that sets, or a RESET ALL, is opaque.
+void scan_do_body(std::string_view body, PinScan& r) {
+  Lexer b(body, true);
+  bool exec = false;
+  Token prev;
+  prev.kind = Tok::Semi;
+  for (Token t = b.next(); t.kind != Tok::End; prev = t, t = b.next()) {
+    if (t.kind == Tok::Semi) {
+      exec = false;
+      continue;
+    }
+    if (is_word(t, "execute")) {
+      exec = true;
+    } else if (t.kind == Tok::String) {
+      std::string v;
+      if (exec && (!string_value(t, v) || dynamic_set(v))) r.opaque = true;
+    } else if (t.kind == Tok::Op && t.text == "(" && is_word(prev, "set_config")) {
+      scan_set_config(b, r);
+    } else if ((is_word(t, "set") || is_word(t, "reset")) &&
+               (prev.kind == Tok::Semi || is_word(prev, "begin") || is_word(prev, "then") ||
+                is_word(prev, "else") || is_word(prev, "loop"))) {
+      SessionStmt st;
+      if (is_word(t, "set"))
+        classify_set(st, b);
+      else
+        classify_reset(st, b);
+      if (st.kind == StmtKind::Set || st.kind == StmtKind::Reset)
+        watch_name(r, st.key);
+      else if (st.kind != StmtKind::Local && st.kind != StmtKind::Other)
+        r.opaque = true;  // RESET ALL, SET SESSION CHARACTERISTICS
+      exec = false;
+      t.kind = Tok::Semi;  // classify read to the statement's end
+    }
+  }
+}
+
+// DO [LANGUAGE name] 'body' [LANGUAGE name], after DO.
+void scan_do(Lexer& lx, PinScan& r) {
+  untracked_setting(r);
+  r.dirty = true;  // the check sees the settings pg_settings lists, not custom ones
+  std::string body;
+  bool plpgsql = true, found = false;
+  for (Token t = lx.next(); t.kind != Tok::End && t.kind != Tok::Semi; t = lx.next()) {
+    if (is_word(t, "language")) {
+      Token l = lx.next();
+      plpgsql = is_word(l, "plpgsql") || (l.kind == Tok::String && l.text == "'plpgsql'");
+      if (l.kind == Tok::End || l.kind == Tok::Semi) break;
+    } else if (!found && t.kind == Tok::String) {
+      found = string_value(t, body);
+      if (!found) {
+        r.opaque = true;
+        return;
+      }
+    }
+  }
+  if (!found || !plpgsql) {
+    r.opaque = true;  // another language's body is not read
+    return;
+  }
+  scan_do_body(body, r);
+}
+
 }  // namespace
 
 PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
@@ -582,9 +776,7 @@ PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
       } else if (is_word(first, "listen")) {
         r.pins |= kPinListen;
       } else if (is_word(first, "do")) {
-        r.pins |= kPinUntrackedSetting;
-        r.releases |= kReleaseAny;  // the check right after tells what it left
-        r.releases |= kReleaseAny;  // the check right after tells what it left
+        scan_do(lx, r);
       } else if (is_word(first, "prepare")) {
         Token t = lx.next();
         if (sql_prepare && !is_word(t, "transaction") && t.kind != Tok::End && t.kind != Tok::Semi)
@@ -612,8 +804,10 @@ PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
           // pg_try_advisory_lock may take nothing: the check after it tells.
           if ((prev.text[3] | 0x20) == 't') r.releases |= kReleaseAny;
         } else if (iequals(prev.text, "set_config")) {
-          r.pins |= kPinUntrackedSetting;
-          r.releases |= kReleaseAny;  // is_local true, or a name followed: the check tells
+          scan_set_config(lx, r);
+          if (lx.statement_done()) break;  // the call was not closed
+          t.kind = Tok::Op;
+          t.text = ")";
         } else if (is_unlock_fn(prev.text))
           r.releases |= kReleaseAny;
       } else if (declare && is_word(prev, "with") && is_word(t, "hold")) {
@@ -625,6 +819,20 @@ PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
     }
   }
   return r;
+}
+
+std::string set_config_statement(std::string_view key, std::string_view value) {
+  auto lit = [](std::string_view v) {
+    bool bs = v.find('\\') != std::string_view::npos;
+    std::string s = bs ? "E'" : "'";
+    for (char c : v) {
+      if (c == '\'' || (bs && c == '\\')) s += c;
+      s += c;
+    }
+    s += '\'';
+    return s;
+  };
+  return "SELECT pg_catalog.set_config(" + lit(key) + ", " + lit(value) + ", false)";
 }
 
 // ---- SessionSettings ----
@@ -758,6 +966,28 @@ std::string shown_setting(const SessionSettings::Entry& e) {
                                                    "SET TIME ZONE ", "SET SCHEMA ",
                                                    "SET XML OPTION "};
   std::string_view sql = e.sql;
+  if (sql.rfind("SELECT pg_catalog.set_config(", 0) == 0) {
+    // A value read back (set_config_statement): its second literal, unquoted.
+    Lexer lx(sql, true);
+    std::string v;
+    int lits = 0;
+    for (Token t = lx.next(); t.kind != Tok::End; t = lx.next()) {
+      if (t.kind != Tok::String || ++lits != 2) continue;
+      std::string_view q = t.text;
+      bool esc = q[0] == 'E';
+      if (esc) q.remove_prefix(1);
+      q = q.substr(1, q.size() >= 2 ? q.size() - 2 : 0);
+      for (size_t i = 0; i < q.size(); i++) {
+        if (q[i] == '\\' && esc && i + 1 < q.size())
+          i++;
+        else if (q[i] == '\'' && i + 1 < q.size())
+          i++;
+        v += q[i];
+      }
+      return v;
+    }
+    return std::string(sql);
+  }
   for (auto p : kPrefixes)
     if (sql.rfind(p, 0) == 0) return std::string(sql.substr(p.size()));
   size_t to = sql.find(" TO ");
@@ -864,10 +1094,25 @@ void SessionState::change(const SessionStmt& s) {
   (in_block_ ? journal_ : implicit_).push_back(s);
 }
 
+void SessionState::commit(const SessionStmt& s) {
+  committed_.apply(s);
+  changes_++;
+  if (s.kind == StmtKind::ResetAll || s.kind == StmtKind::DiscardAll) resets_++;
+}
+
+void SessionState::adopt(const std::string& key, std::string sql) {
+  SessionStmt s;
+  s.kind = sql.empty() ? StmtKind::Reset : StmtKind::Set;
+  s.key = key;
+  s.sql = std::move(sql);
+  committed_.apply(s);
+  changes_++;
+}
+
 void SessionState::commit_tx() {
-  for (const auto& s : implicit_) committed_.apply(s), changes_++;
+  for (const auto& s : implicit_) commit(s);
   if (!aborted_)
-    for (const auto& s : journal_) committed_.apply(s), changes_++;
+    for (const auto& s : journal_) commit(s);
   implicit_.clear();
   journal_.clear();
   savepoints_.clear();

@@ -75,12 +75,25 @@ struct PinScan {
   // DO, whose effect the check right after tells); kReleaseTxEnd: COMMIT/ROLLBACK/END/ABORT
   // (a temporary table ON COMMIT DROP, or created in a transaction rolled back).
   uint8_t releases = 0;
+  // kPinUntrackedSetting's details. `names`: the settings a set_config(name, ..., false)
+  // with a literal name, or a DO block's SET, may have changed (lower case): the check reads
+  // their values back and the client follows them from then on. `opaque`: a setting whose
+  // name the text does not tell (a computed set_config name, dynamic SQL in a DO block):
+  // the client stays pinned until its RESET ALL or DISCARD ALL. `dirty`: the server must be
+  // reset (RESET ALL) before another client uses it (a DO block, an opaque setting).
+  bool opaque = false;
+  bool dirty = false;
+  std::vector<std::string> names;
 };
 inline constexpr uint8_t kReleaseAny = 1;
 inline constexpr uint8_t kReleaseTxEnd = 2;
+inline constexpr size_t kPinMaxNames = 16;  // more names in one client's check: opaque
 // Reads `text` (a Query's or Parse's SQL) for the statements above, outside quotes, dollar
-// quotes and comments. `sql_prepare`: SQL PREPARE pins too. Allocates nothing.
+// quotes and comments. `sql_prepare`: SQL PREPARE pins too. Allocates only for names.
 PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare);
+// The statement that gives the setting `key` the value `value` as set_config does (a
+// value read back from PostgreSQL: any text, quoted whatever standard_conforming_strings).
+std::string set_config_statement(std::string_view key, std::string_view value);
 
 // A set of session settings: name -> the statement that makes it. Absent: the default.
 class SessionSettings {
@@ -154,6 +167,11 @@ class SessionState {
   void unlinked();
 
   const SessionSettings& settings() const { return committed_; }
+  // The setting `key` has `sql`'s value on the server now (read back by the pinning check
+  // between transactions); empty `sql`: the setting does not exist there.
+  void adopt(const std::string& key, std::string sql);
+  // RESET ALL / DISCARD ALL committed so far (an opaque pin ends at the next one).
+  uint64_t resets() const { return resets_; }
   // The settings could not be followed exactly (a statement whose effect is unknown):
   // the server must be reset before another client uses it. Cleared by take_lost().
   bool take_lost() {
@@ -176,6 +194,7 @@ class SessionState {
   void change(const SessionStmt& s);
   void error();
   void end_unit(char status);
+  void commit(const SessionStmt& s);
   void commit_tx();
   void rollback_tx();
   void mark_lost(const char* why);
@@ -194,6 +213,7 @@ class SessionState {
   std::vector<std::pair<std::string, SessionStmt>> portals_;
   bool lost_ = false;
   uint64_t changes_ = 0;
+  uint64_t resets_ = 0;
 };
 
 }  // namespace pgsluice

@@ -421,9 +421,15 @@ void Worker::note_server_settings(Client* c, Server* s) {
 }
 
 void Worker::unlink(Client* c, Server* s) {
-  if (c != nullptr && s != nullptr && c->server_ == s && s->client_ == c && c->sess_ != nullptr) {
-    c->sess_->unlinked();
-    note_server_settings(c, s);
+  if (c != nullptr && s != nullptr && c->server_ == s && s->client_ == c) {
+    if (c->sess_ != nullptr) {
+      c->sess_->unlinked();
+      note_server_settings(c, s);
+    }
+    if (c->settings_dirty_) {  // settings pgsluice cannot name (pinning.h): reset it first
+      s->sess_unknown_ = true;
+      c->settings_dirty_ = false;
+    }
   }
   if (c != nullptr && c->server_ == s) c->server_ = nullptr;
   if (s != nullptr && s->client_ == c) s->client_ = nullptr;

@@ -65,8 +65,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // pins and releases nothing; the check's answer read from arbitrary bytes is a subset.
   PinScan ps = scan_pins(text, scs, (script & 2) != 0);
   PinScan ps2 = scan_pins(text, scs, (script & 2) != 0);
-  check(ps.pins == ps2.pins && ps.releases == ps2.releases);
+  check(ps.pins == ps2.pins && ps.releases == ps2.releases && ps.names == ps2.names &&
+        ps.opaque == ps2.opaque && ps.dirty == ps2.dirty);
   check((ps.pins & ~0x3f) == 0 && (ps.releases & ~3) == 0);
+  // Names, opaque and dirty come only with an untracked-setting pin; names are few, and
+  // made of the characters a setting's name has (they go into the check query quoted).
+  check((ps.pins & kPinUntrackedSetting) != 0 || (ps.names.empty() && !ps.opaque && !ps.dirty));
+  check(ps.names.size() <= kPinMaxNames);
+  for (const auto& n : ps.names) {
+    check(!n.empty() && n.size() <= 128);
+    for (char ch : n) check(ch != '\'' && ch != '\\' && ch != '\0' && !(ch >= 'A' && ch <= 'Z'));
+  }
+  {
+    // What the check reads back is quoted whatever it holds.
+    std::string v(text.substr(0, 64));
+    std::string sql = set_config_statement("app.x", v);
+    std::vector<SessionStmt> st;
+    check(!lex_session_sql(sql, true, &st) && st.size() == 1);
+  }
   {
     std::string lit = "SELECT '";
     for (char ch : text) {
@@ -75,7 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     lit += "'";
     PinScan q = scan_pins(lit, true, true);
-    check(q.pins == 0 && q.releases == 0);
+    check(q.pins == 0 && q.releases == 0 && q.names.empty() && !q.opaque);
   }
   (void)pin_reasons(script);
   check((pin_check_row(std::span<const uint8_t>(data, size), script & 0x3f) & ~0x3f) == 0);

@@ -133,9 +133,8 @@ TEST_CASE("pinning: WITH HOLD cursor, LISTEN, set_config and DO pin; SHOW CLIENT
   // Among other statements (the LISTEN hub answers a lone LISTEN of an idle client).
   exec_ok(l.get(), "LISTEN pin_chan; SELECT 1");
   Conn s = connect(p.conninfo());
-  // A setting PostgreSQL lists in pg_settings (a custom placeholder name such as app.x is
-  // not listed there, so the check cannot see it: ARCHITECTURE.md, Pinning, known gap).
-  CHECK(scalar(s.get(), "SELECT set_config('work_mem', '8MB', false)") == "8MB");
+  // A name the text does not tell: pinned until RESET ALL or DISCARD ALL.
+  CHECK(scalar(s.get(), "SELECT set_config('work' || '_mem', '8MB', false)") == "8MB");
   exec_ok(s.get(), "SELECT 1");  // answered after the check that followed set_config
   Conn d = connect(p.conninfo());
   exec_ok(d.get(), "DO $$BEGIN PERFORM 1; END$$");
@@ -159,6 +158,78 @@ TEST_CASE("pinning: WITH HOLD cursor, LISTEN, set_config and DO pin; SHOW CLIENT
   CHECK(r.output.find("pgsluice_client_pins_total{reason=\"advisory_lock\"} 0") !=
         std::string::npos);
   CHECK(r.output.find("pgsluice_pinned_clients 0") != std::string::npos);
+}
+
+TEST_CASE("pinning: custom settings made by set_config or DO follow their client, reach no other") {
+  if (skip_in_direct_mode("pooling")) return;
+  Options o = small_pool();
+  o.default_pool_size = 4;  // two pinned (the opaque ones) and two shared by the rest
+  Pooler p(o);
+  const std::string read = "SELECT coalesce(current_setting('app.tenant', true), '')";
+  struct Who {
+    std::string name;
+    Conn c;
+    std::string want;
+  };
+  std::vector<Who> who;
+  for (const char* n : {"lit", "ext", "do", "opaque", "dyn", "rolled", "plain1", "plain2"})
+    who.push_back(Who{n, connect(p.conninfo()), ""});
+  auto& lit = who[0];
+  auto& ext = who[1];
+  auto& dob = who[2];
+  auto& opq = who[3];
+  auto& dyn = who[4];
+  auto& rolled = who[5];
+  // A literal name: read back after the statement, followed from then on.
+  CHECK(scalar(lit.c.get(), "SELECT set_config('app.tenant', 'LIT', false)") == "LIT");
+  lit.want = "LIT";
+  // Extended protocol, the value a parameter (the usual RLS pattern).
+  const char* v = "EXT";
+  Result er(PQexecParams(ext.c.get(), "SELECT set_config('App.Tenant', $1, false)", 1, nullptr, &v,
+                         nullptr, nullptr, 0));
+  REQUIRE(PQresultStatus(er.get()) == PGRES_TUPLES_OK);
+  ext.want = "EXT";
+  exec_ok(dob.c.get(), "DO $$BEGIN PERFORM set_config('app.tenant', 'DO', false); END$$");
+  dob.want = "DO";
+  // A computed name, dynamic SQL: pinned until RESET ALL.
+  CHECK(scalar(opq.c.get(), "SELECT set_config('app.' || 'tenant', 'OPAQUE', false)") == "OPAQUE");
+  opq.want = "OPAQUE";
+  exec_ok(dyn.c.get(), "DO $$BEGIN EXECUTE 'SET app.tenant = ''DYN'''; END$$");
+  dyn.want = "DYN";
+  // Rolled back: nothing stays. A local one ends with its transaction.
+  exec_ok(rolled.c.get(), "BEGIN");
+  exec_ok(rolled.c.get(), "SELECT set_config('app.tenant', 'ROLLED', false)");
+  exec_ok(rolled.c.get(), "ROLLBACK");
+  exec_ok(who[6].c.get(), "SELECT set_config('app.tenant', 'LOCAL', true)");
+
+  auto pins = pinned_column(p);
+  int untracked = 0;
+  for (const auto& x : pins) untracked += x == "untracked_setting";
+  CHECK(untracked == 2);  // opaque and dyn; the others were read back and unpinned
+  int wrong = 0;
+  for (int round = 0; round < 12; round++) {
+    // Every other round a transaction holds one shared server, so the readers move.
+    Conn& holder = who[7].c;
+    if (round % 2 == 1) exec_ok(holder.get(), "BEGIN");
+    for (size_t i = 0; i + (round % 2) < who.size(); i++) {
+      std::string got = scalar(who[i].c.get(), read);
+      if (got != who[i].want) {
+        wrong++;
+        MESSAGE(who[i].name << " read '" << got << "', wants '" << who[i].want << "'");
+      }
+    }
+    if (round % 2 == 1) exec_ok(holder.get(), "COMMIT");
+  }
+  CHECK(wrong == 0);
+  // RESET ALL ends the opaque pins (and the settings).
+  exec_ok(opq.c.get(), "RESET ALL");
+  exec_ok(dyn.c.get(), "DISCARD ALL");
+  opq.want = dyn.want = "";
+  CHECK(eventually([&] { return !has(pinned_column(p), "untracked_setting"); }));
+  exec_ok(lit.c.get(), "RESET app.tenant");
+  lit.want = "";
+  for (int round = 0; round < 4; round++)
+    for (auto& w : who) CHECK_MESSAGE(scalar(w.c.get(), read) == w.want, w.name);
 }
 
 TEST_CASE("pinning: a string or comment naming pg_advisory_lock does not pin") {

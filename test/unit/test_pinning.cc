@@ -65,3 +65,27 @@ TEST_CASE("pinning: the check's answer") {
   CHECK(pin_check_sql({"search_path", "it's"}).find("'search_path','it''s'") != std::string::npos);
   CHECK(pin_check_sql({}).find("ARRAY['']") != std::string::npos);
 }
+
+TEST_CASE("pinning: the check reads watched settings back") {
+  std::string sql = pin_check_sql({"search_path"}, {"app.tenant", "it's"});
+  CHECK(sql.find("ARRAY['search_path','app.tenant','it''s']") != std::string::npos);
+  CHECK(sql.find(",pg_catalog.current_setting('app.tenant', true),"
+                 "pg_catalog.current_setting('it''s', true)") != std::string::npos);
+  auto body = row({"0", "0", "0", "0", "0", "0", "b", nullptr});
+  auto span = [&](size_t cut) {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()),
+                                    body.size() - cut);
+  };
+  std::vector<std::optional<std::string>> vals;
+  CHECK(pin_check_row(span(0), kPinUntrackedSetting, 2, &vals) == 0);
+  REQUIRE(vals.size() == 2);
+  CHECK(vals[0] == std::optional<std::string>("b"));
+  CHECK(!vals[1].has_value());
+  // A row of another width, or cut short: nothing changes, no values.
+  for (size_t nwatch : {size_t{1}, size_t{3}}) {
+    CHECK(pin_check_row(span(0), kPinUntrackedSetting, nwatch, &vals) == kPinUntrackedSetting);
+    CHECK(vals.empty());
+  }
+  CHECK(pin_check_row(span(1), kPinUntrackedSetting, 2, &vals) == kPinUntrackedSetting);
+  CHECK(vals.empty());
+}

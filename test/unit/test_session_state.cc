@@ -366,3 +366,117 @@ TEST_CASE("scan_pins: statements that pin, and what does not") {
   CHECK(rel("SELECT 1") == 0);
   CHECK(rel("SELECT 'DROP TABLE x'") == 0);
 }
+
+TEST_CASE("scan_pins: set_config and DO name the settings the check reads back") {
+  auto scan = [](std::string_view sql) { return scan_pins(sql, true, false); };
+  using V = std::vector<std::string>;
+  // A local set_config ends with its transaction: nothing to pin or read.
+  for (auto local :
+       {"true", "TRUE", "'t'", "'on'", "'yes'", "'1'", "'tru'", "true::bool", "' true '"}) {
+    PinScan r = scan(std::string("SELECT set_config('app.tenant', $1, ") + local + ")");
+    CHECK_MESSAGE(r.pins == 0, local);
+    CHECK(r.names.empty());
+  }
+  // Not local (false, a parameter, an expression): the name is read back.
+  for (auto is_local : {"false", "'f'", "$3", "x > 1", "'off'"}) {
+    PinScan r = scan(std::string("SELECT set_config('App.Tenant', $1, ") + is_local + ")");
+    CHECK(r.pins == kPinUntrackedSetting);
+    CHECK(r.releases == kReleaseAny);
+    CHECK(r.names == V{"app.tenant"});
+    CHECK(!r.opaque);
+    CHECK(!r.dirty);
+  }
+  PinScan two = scan(
+      "SELECT pg_catalog.set_config('a.x'::text, '1', false), set_config($q$b.y$q$, v, false), "
+      "set_config('a.x', '2', false) FROM t");
+  CHECK(two.names == V{"a.x", "b.y"});
+  CHECK(!two.opaque);
+  // A name the text does not tell: opaque, and the server is reset after.
+  for (auto call :
+       {"SELECT set_config($1, $2, false)", "SELECT set_config(n, 'v', false) FROM t",
+        "SELECT set_config('a' || 'b', 'v', false)", "SELECT set_config('a b', 'v', false)",
+        "SELECT set_config(E'a\\\\.b', 'v', false)",
+        "SELECT set_config('a', set_config('b', 'c', true), false)",
+        "SELECT set_config('a', 'b'"}) {
+    PinScan r = scan(call);
+    CHECK_MESSAGE(r.opaque, call);
+    CHECK(r.dirty);
+    CHECK(r.pins == kPinUntrackedSetting);
+  }
+  // More names than one check reads: opaque.
+  std::string many = "SELECT ";
+  for (int i = 0; i < 17; i++)
+    many += (i ? ", " : "") + std::string("set_config('a.n") + std::to_string(i) + "', '1', false)";
+  PinScan m = scan(many);
+  CHECK(m.names.size() == kPinMaxNames);
+  CHECK(m.opaque);
+  // In a string or a quoted identifier: nothing.
+  CHECK(scan("SELECT 'set_config(''a'', ''b'', false)'").pins == 0);
+  CHECK(scan("SELECT \"set_config\"('a', 'b', false)").pins == 0);
+
+  // DO: always dirty (the check cannot see custom settings); its body's SETs and set_config
+  // calls are named; dynamic SQL that sets, RESET ALL, another language: opaque.
+  PinScan d = scan(
+      "DO $$DECLARE v text := 'x'; BEGIN SET app.a = 'x'; PERFORM set_config('app.b', v, false); "
+      "PERFORM set_config('app.c', v, true); IF true THEN RESET app.d; END IF; SET LOCAL app.e = "
+      "1; UPDATE t SET f = 1; INSERT INTO t VALUES (1) ON CONFLICT DO UPDATE SET g = 2; END$$");
+  CHECK(d.pins == kPinUntrackedSetting);
+  CHECK(d.dirty);
+  CHECK(!d.opaque);
+  CHECK(d.names == V{"app.a", "app.b", "app.d"});
+  CHECK(scan("DO $$BEGIN PERFORM 1; END$$").names.empty());
+  CHECK(!scan("DO $$BEGIN PERFORM 1; END$$").opaque);
+  CHECK(!scan("DO $$BEGIN EXECUTE 'DEALLOCATE ' || quote_ident(n); END$$").opaque);
+  CHECK(!scan("DO LANGUAGE plpgsql 'BEGIN SET app.a = ''x''; END'").opaque);
+  CHECK(scan("DO LANGUAGE plpgsql 'BEGIN SET app.a = ''x''; END'").names == V{"app.a"});
+  for (auto body :
+       {"DO $$BEGIN EXECUTE 'SET app.a = 1'; END$$",
+        "DO $$BEGIN EXECUTE format(' set %I = %L', n, v); END$$",
+        "DO $$BEGIN EXECUTE 'select set_config(' || n || ')'; END$$", "DO $$BEGIN RESET ALL; END$$",
+        "DO $$BEGIN PERFORM set_config(n, v, false); END$$",
+        "DO $x$ BEGIN SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, "
+        "DEFERRABLE; END $x$",
+        "DO LANGUAGE plperl $$ spi_exec_query('SET app.a = 1') $$",
+        "DO E'BEGIN SET a.b = \\'x\\'; END'"}) {
+    PinScan r = scan(body);
+    CHECK_MESSAGE(r.opaque, body);
+    CHECK(r.dirty);
+  }
+}
+
+TEST_CASE("set_config_statement quotes any value") {
+  CHECK(set_config_statement("app.tenant", "b") ==
+        "SELECT pg_catalog.set_config('app.tenant', 'b', false)");
+  CHECK(set_config_statement("app.t", "it's") ==
+        "SELECT pg_catalog.set_config('app.t', 'it''s', false)");
+  CHECK(set_config_statement("app.t", "a\\b'") ==
+        "SELECT pg_catalog.set_config('app.t', E'a\\\\b''', false)");
+  // What the console shows of one: the value (for a harmless name).
+  using E = SessionSettings::Entry;
+  CHECK(shown_setting(E{"work_mem", set_config_statement("work_mem", "64MB")}) == "64MB");
+  CHECK(shown_setting(E{"search_path", set_config_statement("search_path", "a;b, \"it's\"")}) ==
+        "a;b, \"it's\"");
+  CHECK(shown_setting(E{"search_path", set_config_statement("search_path", "x\\y")}) == "x\\y");
+  CHECK(shown_setting(E{"app.key", set_config_statement("app.key", "secret")}) == "(hidden)");
+}
+
+TEST_CASE("SessionState: adopted settings and committed resets") {
+  TrackedNames tracked;
+  SessionState ss(&tracked, false);
+  ss.adopt("app.tenant", set_config_statement("app.tenant", "b"));
+  REQUIRE(ss.settings().find("app.tenant") != nullptr);
+  CHECK(ss.resets() == 0);
+  ss.adopt("app.tenant", "");
+  CHECK(ss.settings().find("app.tenant") == nullptr);
+  ss.adopt("app.tenant", set_config_statement("app.tenant", "c"));
+  std::vector<SessionStmt> stmts;
+  lex_session_sql("RESET ALL", true, &stmts);
+  ss.note_query(stmts, true);
+  std::string tag = "RESET";
+  ss.on_reply(
+      'C', std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(tag.c_str()), tag.size() + 1),
+      'Q');
+  ss.on_reply('Z', std::span<const uint8_t>(reinterpret_cast<const uint8_t*>("I"), 1), 'Q');
+  CHECK(ss.resets() == 1);
+  CHECK(ss.settings().empty());
+}
