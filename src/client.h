@@ -137,6 +137,7 @@ class Client final : public Conn {
   // Pinning (pinning.h): the reasons this client keeps its server (PinReason bits), and
   // whether a statement that may release them was sent since the last check.
   uint8_t pins_ = 0;
+  uint8_t pin_fresh_ = 0;  // reasons added since the last check was sent
   bool pin_check_due_ = false;
   // Its untracked settings (PinScan): an opaque one keeps it pinned until a RESET ALL or
   // DISCARD ALL is committed after pin_opaque_resets_ (SessionState::resets); a dirty one
@@ -160,6 +161,8 @@ class Client final : public Conn {
   int pin_message(uint8_t type, size_t len);
   // Changes the reasons (the worker's gauge and counters follow).
   void set_pins(uint8_t pins);
+  // A check is sent now (Server::maybe_pin_check): the settings it reads back.
+  std::vector<std::string> pin_check_sent();
   // The check's answer: the reasons still present, and the values of the watched `names`
   // (followed from now on as the client's settings; empty when the row was not read).
   void pin_checked(uint8_t found, const std::vector<std::string>& names,

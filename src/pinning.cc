@@ -115,7 +115,7 @@ uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned, size_t nwat
 
 namespace {
 
-constexpr size_t kPinScanWhole = 64 * 1024;  // larger texts stream through unread
+constexpr size_t kPinScanWhole = 64 * 1024;  // larger texts are not read (unread_text)
 
 }  // namespace
 
@@ -134,6 +134,7 @@ void Client::set_pins(uint8_t pins) {
 
 void Client::pin_apply(const PinScan& ps) {
   set_pins(pins_ | ps.pins);
+  pin_fresh_ |= ps.pins;
   if (ps.dirty) settings_dirty_ = true;
   if (ps.opaque && !pin_opaque_) {
     pin_opaque_ = true;
@@ -173,57 +174,123 @@ void Client::pin_checked(uint8_t found, const std::vector<std::string>& names,
     else
       found |= kPinUntrackedSetting;
   }
+  // Pinned since the check was sent (a statement that ran after it): kept until the next.
+  found |= pin_fresh_;
   if (!pin_watch_.empty()) found |= kPinUntrackedSetting;  // named since: the next check reads them
   if (pin_watch_.empty()) pin_watch_.shrink_to_fit();
   set_pins(found);
 }
 
+namespace {
+
+constexpr size_t kPinNameWait = 4096;  // bytes of a message read for its statement names
+constexpr size_t kPinMaxStmts = 1000;  // statements whose text pins, per client
+constexpr std::string_view kTooManyPinning =
+    "too many prepared statements that pin or release session state (1000)";
+
+// A text not read (larger than kPinScanWhole): it may make any state, so the check right
+// after it tells what it left (every reason a check can see), and its server is reset
+// before another client uses it.
+PinScan unread_text(bool sql_prepare) {
+  PinScan ps;
+  ps.pins = kPinUntrackedSetting | (sql_prepare ? kPinPrepare : 0);
+  ps.releases = kReleaseAny;
+  ps.dirty = true;
+  return ps;
+}
+
+}  // namespace
+
+std::vector<std::string> Client::pin_check_sent() {
+  pin_check_due_ = false;
+  pin_fresh_ = 0;
+  return pin_watch_;
+}
+
 int Client::pin_message(uint8_t type, size_t len) {
-  if (type == 'B' && !pin_stmts_.empty() && len + 1 <= kPinScanWhole) {
-    // A Bind of a statement whose text pins (or releases) does it again.
-    if (in_.size() <= len) {
-      size_t more = len + 1 - in_.size();
-      worker_->bufs().reserve(in_, more < BufPool::kBlock ? more : BufPool::kBlock);
-      return -1;
-    }
-    wire::Reader b(in_.begin() + wire::kHeaderLen, len - 4);
+  const size_t total = len + 1;
+  if (type == 'B' && !pin_stmts_.empty()) {
+    // A Bind of a statement whose text pins (or releases) does it again. Only its names are
+    // read: they come first, and its parameters may be of any size.
+    const size_t body = len - 4, have = in_.size() - wire::kHeaderLen;
+    wire::Reader b(in_.begin() + wire::kHeaderLen, have < body ? have : body);
     std::string_view portal, stmt;
-    if (b.cstr(portal) && b.cstr(stmt))
-      for (const auto& p : pin_stmts_)
-        if (p.name == stmt) pin_apply(p.scan);
+    if (!(b.cstr(portal) && b.cstr(stmt))) {
+      if (have < body && have < kPinNameWait) {
+        worker_->bufs().reserve(in_, body - have < BufPool::kBlock ? body - have : BufPool::kBlock);
+        return -1;
+      }
+      if (have < body) pin_apply(unread_text(!remap_));  // names longer than read: any
+      return 0;                                          // malformed: PostgreSQL answers it
+    }
+    for (const auto& p : pin_stmts_)
+      if (p.name == stmt) pin_apply(p.scan);
     return 0;
   }
   if ((type != 'Q' && type != 'P') || pool_ == nullptr || pool_->mode == PoolMode::Session)
     return 0;
-  size_t total = len + 1;
-  if (total > kPinScanWhole) return 0;  // not read (ARCHITECTURE.md, "Pinning")
-  if (in_.size() < total) {
-    size_t more = total - in_.size();
-    worker_->bufs().reserve(in_, more < BufPool::kBlock ? more : BufPool::kBlock);
-    return -1;
-  }
-  wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
   std::string_view name;
-  if (type == 'P' && !r.cstr(name)) return 0;
-  auto rest = r.rest();
-  std::string_view body(reinterpret_cast<const char*>(rest.data()), rest.size());
-  size_t z = body.find('\0');
-  if (z == std::string_view::npos) return 0;  // malformed: PostgreSQL answers it
-  std::string_view text = body.substr(0, z);
-  if (text.rfind("DO $pgsluice$", 0) == 0) {  // a refusal written below, read again
-    for (int i = 0; i < kPinReasons; i++)
-      for (bool sm : {false, true})
-        if (text == raise_sql("0A000", pin_refusal(static_cast<uint8_t>(1u << i), sm))) return 0;
+  PinScan ps;
+  std::string_view body, text;
+  size_t z = 0;
+  if (total > kPinScanWhole) {
+    // Not read whole (ARCHITECTURE.md, "Pinning"): a Query counts as making anything; a
+    // Parse is kept under its name, read from the start of the message.
+    ps = unread_text(!remap_);
+    if (type == 'Q') {
+      pin_apply(ps);
+      return 0;
+    }
+    const size_t have = in_.size() - wire::kHeaderLen;
+    wire::Reader r(in_.begin() + wire::kHeaderLen, have);
+    if (!r.cstr(name)) {
+      if (have < kPinNameWait) {
+        worker_->bufs().reserve(in_, BufPool::kBlock);
+        return -1;
+      }
+      pin_apply(ps);  // a name longer than read: pinned now, checked after
+      return 0;
+    }
+  } else {
+    if (in_.size() < total) {
+      size_t more = total - in_.size();
+      worker_->bufs().reserve(in_, more < BufPool::kBlock ? more : BufPool::kBlock);
+      return -1;
+    }
+    wire::Reader r(in_.begin() + wire::kHeaderLen, len - 4);
+    if (type == 'P' && !r.cstr(name)) return 0;
+    auto rest = r.rest();
+    body = std::string_view(reinterpret_cast<const char*>(rest.data()), rest.size());
+    z = body.find('\0');
+    if (z == std::string_view::npos) return 0;  // malformed: PostgreSQL answers it
+    text = body.substr(0, z);
+    if (text.rfind("DO $pgsluice$", 0) == 0) {  // a refusal written below, read again
+      if (text == raise_sql("54000", kTooManyPinning)) return 0;
+      for (int i = 0; i < kPinReasons; i++)
+        for (bool sm : {false, true})
+          if (text == raise_sql("0A000", pin_refusal(static_cast<uint8_t>(1u << i), sm))) return 0;
+    }
+    ps = scan_pins(text, session_scs(text), !remap_);
   }
-  PinScan ps = scan_pins(text, session_scs(text), !remap_);
   const bool statement_mode = pool_->mode == PoolMode::Statement;
-  const bool refuse = ps.pins != 0 && (statement_mode || !worker_->cfg().pin_on_untracked_state);
+  const bool unread = total > kPinScanWhole;
+  bool refuse =
+      !unread && ps.pins != 0 && (statement_mode || !worker_->cfg().pin_on_untracked_state);
+  std::string sql;
   if (type == 'P') {
     auto it = std::find_if(pin_stmts_.begin(), pin_stmts_.end(),
                            [&](const PinStmt& p) { return p.name == name; });
     if (it != pin_stmts_.end()) pin_stmts_.erase(it);
-    if ((ps.pins != 0 || ps.releases != 0) && !refuse && pin_stmts_.size() < 1000)
-      pin_stmts_.push_back(PinStmt{std::string(name), ps});
+    if ((ps.pins != 0 || ps.releases != 0) && !refuse) {
+      if (pin_stmts_.size() < kPinMaxStmts) {
+        pin_stmts_.push_back(PinStmt{std::string(name), std::move(ps)});
+      } else if (unread) {
+        pin_apply(ps);  // cannot be rewritten unread: pinned now, checked after the Parse
+      } else {
+        refuse = true;  // its Binds could not be followed
+        sql = raise_sql("54000", kTooManyPinning);
+      }
+    }
   }
   if (!refuse) {
     // A Parse alone runs nothing: its Bind does (above). A Query runs now.
@@ -234,7 +301,7 @@ int Client::pin_message(uint8_t type, size_t len) {
   // and the extended protocol's skipping to Sync are PostgreSQL's own.
   LOG_DEBUG("C-%p: refused a statement making %s", static_cast<void*>(this),
             pin_reasons(ps.pins).c_str());
-  std::string sql = raise_sql("0A000", pin_refusal(ps.pins, statement_mode));
+  if (sql.empty()) sql = raise_sql("0A000", pin_refusal(ps.pins, statement_mode));
   std::string m;
   wire::Writer w(m);
   w.begin(type);
@@ -256,7 +323,7 @@ void Server::maybe_pin_check() {
   if (c == nullptr || !c->pin_check_due_ || c->pins_ == 0 || state_ != ServerState::Active ||
       !clean() || c->fwd_remaining_ != 0 || c->copy_in_)
     return;
-  c->pin_check_due_ = false;
+  pin_names_ = c->pin_check_sent();
   pin_checking_ = true;
   pin_found_ = c->pins_;
   // The names pgsluice follows: the client's settings and the tracked parameters.
@@ -270,7 +337,6 @@ void Server::maybe_pin_check() {
       if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
     known.push_back(std::move(n));
   }
-  pin_names_ = c->pin_watch_;
   send_internal_query(pin_check_sql(known, pin_names_));
   flush();
 }

@@ -577,7 +577,9 @@ bool string_value(const Token& t, std::string& out) {
 bool setting_name(std::string_view n) {
   if (n.empty() || n.size() > 128) return false;
   for (char c : n)
-    if (!word_char(static_cast<unsigned char>(c)) && c != '.') return false;
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '$' || c == '.'))
+      return false;
   return true;
 }
 
@@ -706,8 +708,10 @@ void scan_do_body(std::string_view body, PinScan& r) {
         classify_set(st, b);
       else
         classify_reset(st, b);
-      if (st.kind == StmtKind::Set || st.kind == StmtKind::Reset)
+      if ((st.kind == StmtKind::Set || st.kind == StmtKind::Reset) && setting_name(st.key))
         watch_name(r, st.key);
+      else if (st.kind == StmtKind::Set || st.kind == StmtKind::Reset)
+        r.opaque = true;  // a name PostgreSQL refuses, or one not read back
       else if (st.kind != StmtKind::Local && st.kind != StmtKind::Other)
         r.opaque = true;  // RESET ALL, SET SESSION CHARACTERISTICS
       exec = false;

@@ -202,10 +202,15 @@ TEST_CASE("pinning: custom settings made by set_config or DO follow their client
   exec_ok(rolled.c.get(), "ROLLBACK");
   exec_ok(who[6].c.get(), "SELECT set_config('app.tenant', 'LOCAL', true)");
 
-  auto pins = pinned_column(p);
-  int untracked = 0;
-  for (const auto& x : pins) untracked += x == "untracked_setting";
-  CHECK(untracked == 2);  // opaque and dyn; the others were read back and unpinned
+  // opaque and dyn stay pinned; the others are unpinned once their check was answered.
+  auto untracked = [&] {
+    int n = 0;
+    for (const auto& x : pinned_column(p)) n += x == "untracked_setting";
+    return n;
+  };
+  CHECK(eventually([&] { return untracked() == 2; }));
+  sleep_ms(100);
+  CHECK(untracked() == 2);
   int wrong = 0;
   for (int round = 0; round < 12; round++) {
     // Every other round a transaction holds one shared server, so the readers move.
@@ -230,6 +235,76 @@ TEST_CASE("pinning: custom settings made by set_config or DO follow their client
   lit.want = "";
   for (int round = 0; round < 4; round++)
     for (auto& w : who) CHECK_MESSAGE(scalar(w.c.get(), read) == w.want, w.name);
+}
+
+TEST_CASE("pinning: texts over 64 KiB (not read) leave no state to the next client") {
+  if (skip_in_direct_mode("pooling")) return;
+  Options o = small_pool();
+  o.default_pool_size = 1;
+  o.workers = 1;
+  Pooler p(o);
+  const std::string pad = " /*" + std::string(70000, 'x') + "*/";
+  Conn a = connect(p.conninfo());
+  Conn b = connect(p.conninfo());
+  const std::string dflt = scalar(b.get(), "SHOW statement_timeout");
+  // A SET, a custom setting and a session lock hidden behind a long comment.
+  exec_ok(a.get(), "SET statement_timeout = '4321ms'; SELECT 1" + pad);
+  exec_ok(a.get(), "SELECT set_config('app.big', 'A', false)" + pad);
+  exec_ok(a.get(), "SELECT pg_advisory_lock(5150)" + pad);
+  CHECK(eventually([&] { return has(pinned_column(p), "advisory_lock,untracked_setting"); }));
+  // Pinned: b waits while a holds the pool's one server; a keeps its state.
+  REQUIRE(PQsendQuery(b.get(), "SHOW statement_timeout") == 1);
+  CHECK(scalar(a.get(), "SHOW statement_timeout") == "4321ms");
+  exec_ok(a.get(), "SELECT pg_advisory_unlock_all()");
+  exec_ok(a.get(), "RESET statement_timeout");
+  // Now b gets the server: reset first (nothing of a's remains).
+  Result r(PQgetResult(b.get()));
+  REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK);
+  CHECK(std::string(PQgetvalue(r.get(), 0, 0)) == dflt);
+  while (PGresult* more = PQgetResult(b.get())) PQclear(more);
+  CHECK(scalar(b.get(), "SELECT coalesce(current_setting('app.big', true), '')") == "");
+  CHECK(scalar(b.get(), "SELECT pg_try_advisory_lock(5150)") == "t");
+  exec_ok(b.get(), "SELECT pg_advisory_unlock_all()");
+
+  // Extended protocol: a Bind with a parameter over 64 KiB of a statement that locks.
+  std::string big(70000, 'y');
+  const char* vals[2] = {"6160", big.c_str()};
+  Result pr(PQprepare(a.get(), "lockbig", "SELECT pg_advisory_lock($1::bigint), length($2::text)",
+                      2, nullptr));
+  REQUIRE(PQresultStatus(pr.get()) == PGRES_COMMAND_OK);
+  Result er(PQexecPrepared(a.get(), "lockbig", 2, vals, nullptr, nullptr, 0));
+  REQUIRE(PQresultStatus(er.get()) == PGRES_TUPLES_OK);
+  CHECK(eventually([&] { return has(pinned_column(p), "advisory_lock"); }));
+  // A Parse over 64 KiB: pinned at each execution until the check tells.
+  Result bp(
+      PQprepare(a.get(), "setbig", ("SET statement_timeout = '999ms'" + pad).c_str(), 0, nullptr));
+  REQUIRE(PQresultStatus(bp.get()) == PGRES_COMMAND_OK);
+  exec_ok(a.get(), "SELECT pg_advisory_unlock_all()");
+  Result be(PQexecPrepared(a.get(), "setbig", 0, nullptr, nullptr, nullptr, 0));
+  REQUIRE(PQresultStatus(be.get()) == PGRES_COMMAND_OK);
+  CHECK(eventually([&] { return has(pinned_column(p), "untracked_setting"); }));
+  exec_ok(a.get(), "RESET statement_timeout");
+  CHECK(eventually([&] { return has(pinned_column(p), ""); }));
+  CHECK(scalar(b.get(), "SHOW statement_timeout") == dflt);
+}
+
+TEST_CASE("pinning: a lock taken while the check runs keeps its pin") {
+  if (skip_in_direct_mode("pooling")) return;
+  Options o = small_pool();
+  o.default_pool_size = 1;
+  o.workers = 1;
+  Pooler p(o);
+  Conn a = connect(p.conninfo());
+  int lost = 0;
+  for (int i = 0; i < 20; i++) {
+    // The unlock makes a check due; the lock arrives while that check is in flight.
+    exec_ok(a.get(), "SELECT pg_advisory_unlock_all()");
+    exec_ok(a.get(), "SELECT pg_advisory_lock(8080)");
+    sleep_ms(30);
+    if (!has(pinned_column(p), "advisory_lock")) lost++;
+  }
+  CHECK(lost == 0);
+  exec_ok(a.get(), "SELECT pg_advisory_unlock_all()");
 }
 
 TEST_CASE("pinning: a string or comment naming pg_advisory_lock does not pin") {

@@ -480,3 +480,11 @@ TEST_CASE("SessionState: adopted settings and committed resets") {
   CHECK(ss.resets() == 1);
   CHECK(ss.settings().empty());
 }
+
+TEST_CASE("scan_pins: a DO block's SET of a name not read back is opaque") {
+  PinScan r = scan_pins("DO $$BEGIN SET \"a'b\".c = 1; END$$", true, false);
+  CHECK(r.opaque);
+  CHECK(r.names.empty());
+  CHECK(scan_pins("DO $$BEGIN SET \xc3\xa9.x = 1; END$$", true, false).opaque);
+  CHECK(scan_pins("DO $$BEGIN SET " + std::string(200, 'a') + " = 1; END$$", true, false).opaque);
+}
