@@ -144,6 +144,9 @@ class Client final : public Conn {
   // has its server reset before another client uses it (Worker::unlink).
   bool pin_opaque_ = false;
   bool settings_dirty_ = false;
+  // It sent a CREATE/ALTER/DROP of a routine, trigger, view, ... (PinScan::catalog): when its
+  // transaction is over (Worker::unlink) its pool reads which routines make state again.
+  bool catalog_changed_ = false;
   uint64_t pin_opaque_resets_ = 0;
   // Settings a set_config or DO block named, read back by the next check (pinning.h).
   std::vector<std::string> pin_watch_;

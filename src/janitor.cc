@@ -230,6 +230,7 @@ void Worker::suspend_timeouts(double now) {
 // s before c may use it; true when started (s is Resetting until PostgreSQL answers, then
 // idle again, or closed when the check failed; the client waits meanwhile).
 bool Worker::check_server(Server* s, const Client* c) {
+  if (scan_routines(s)) return true;
   const std::string& q = cfg_->server_check_query;
   // A server that just logged in or passed a check is not checked again before its next
   // client (with server_check_delay 0 every reuse would check anew, for ever).
@@ -243,6 +244,43 @@ bool Worker::check_server(Server* s, const Client* c) {
     return true;
   }
   return check_prepared(s, c);
+}
+
+bool Worker::scan_routines(Server* s) {
+  Pool* p = s->pool_;
+  if (p->mode.load(std::memory_order_relaxed) == PoolMode::Session) return false;
+  if (!p->take_routines_scan(now_seconds())) return false;
+  s->routines_ = std::make_unique<StateRoutines>();
+  s->routines_bad_ = false;
+  s->send_internal_query(StateRoutines::query());
+  set_state(s, ServerState::Resetting);
+  s->flush();
+  return true;
+}
+
+void Worker::routines_scanned(Server* s) {
+  std::unique_ptr<StateRoutines> r = std::move(s->routines_);
+  if (r == nullptr) return;
+  if (s->dead_ || s->internal_failed_ || s->routines_bad_) {
+    LOG_WARN(
+        "S-%p: %s/%s: reading which routines make session state failed; the last "
+        "reading stays",
+        static_cast<void*>(s), s->pool_->db_name.c_str(), s->pool_->user_name.c_str());
+    rt_->routine_reading_failures.fetch_add(1, std::memory_order_relaxed);
+    s->pool_->routines_scanned(nullptr, now_seconds());
+    return;
+  }
+  r->finish();
+  if (!r->complete())
+    LOG_WARN(
+        "S-%p: %s/%s: the routines' catalog is larger than pgsluice reads (%zu MiB); "
+        "what was read counts",
+        static_cast<void*>(s), s->pool_->db_name.c_str(), s->pool_->user_name.c_str(),
+        StateRoutines::kMaxBytes >> 20);
+  LOG_DEBUG("S-%p: %s/%s: %zu routines and relations make session state", static_cast<void*>(s),
+            s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), r->size());
+  s->pool_->routines_scanned(std::move(r), now_seconds());
+  rt_->routine_readings.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace pgsluice

@@ -120,6 +120,12 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
   o.head("pgsluice_server_checks_failed_total", "counter",
          "server_check_query health checks that failed (the server was closed).");
   o.line_u("pgsluice_server_checks_failed_total", "", extra.server_checks_failed);
+  o.head("pgsluice_routine_readings_total", "counter",
+         "Reads of a pool's catalog for routines that make session state (pinning).");
+  o.line_u("pgsluice_routine_readings_total", "", extra.routine_readings);
+  o.head("pgsluice_routine_reading_failures_total", "counter",
+         "Such reads that failed (the last reading stays; the log says why).");
+  o.line_u("pgsluice_routine_reading_failures_total", "", extra.routine_reading_failures);
   o.head("pgsluice_failovers_total", "counter",
          "Times a pool's new servers moved off a host that could not be reached or no longer "
          "suited target_session_attrs (the log names both hosts).");
@@ -340,6 +346,8 @@ void MetricsServer::handle(evhttp_request* req, void* arg) {
             rt->server_tls_handshake_failures.load(std::memory_order_relaxed);
         ex.server_checks = rt->server_checks.load(std::memory_order_relaxed);
         ex.server_checks_failed = rt->server_checks_failed.load(std::memory_order_relaxed);
+        ex.routine_readings = rt->routine_readings.load(std::memory_order_relaxed);
+        ex.routine_reading_failures = rt->routine_reading_failures.load(std::memory_order_relaxed);
         ex.failovers = rt->failovers.load(std::memory_order_relaxed);
         for (int i = 0; i < kPinReasons; i++)
           ex.client_pins[i] = rt->client_pins[i].load(std::memory_order_relaxed);

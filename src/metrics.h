@@ -34,6 +34,8 @@ struct MetricsExtra {
   uint64_t server_tls_handshake_failures = 0;  // Runtime::server_tls_handshake_failures
   uint64_t server_checks = 0;                  // Runtime::server_checks
   uint64_t server_checks_failed = 0;           // Runtime::server_checks_failed
+  uint64_t routine_readings = 0;               // Runtime::routine_readings
+  uint64_t routine_reading_failures = 0;       // Runtime::routine_reading_failures
   uint64_t failovers = 0;                      // Runtime::failovers
   uint64_t client_pins[6] = {};                // Runtime::client_pins, by reason (pinning.h)
   int64_t pinned_clients = 0;                  // Runtime::pinned_clients

@@ -133,6 +133,7 @@ void Client::set_pins(uint8_t pins) {
 }
 
 void Client::pin_apply(const PinScan& ps) {
+  if (ps.catalog) catalog_changed_ = true;  // the pool reads its routines again (unlink)
   set_pins(pins_ | ps.pins);
   pin_fresh_ |= ps.pins;
   if (ps.dirty) settings_dirty_ = true;
@@ -209,6 +210,9 @@ std::vector<std::string> Client::pin_check_sent() {
 
 int Client::pin_message(uint8_t type, size_t len) {
   const size_t total = len + 1;
+  if (type == 'B' && pool_ != nullptr && pool_->mode != PoolMode::Session &&
+      pool_->routines_unknown())
+    pin_apply(unread_text(false));  // as a Query that calls something (below)
   if (type == 'B' && !pin_stmts_.empty()) {
     // A Bind of a statement whose text pins (or releases) does it again. Only its names are
     // read: they come first, and its parameters may be of any size.
@@ -270,7 +274,7 @@ int Client::pin_message(uint8_t type, size_t len) {
         for (bool sm : {false, true})
           if (text == raise_sql("0A000", pin_refusal(static_cast<uint8_t>(1u << i), sm))) return 0;
     }
-    ps = scan_pins(text, session_scs(text), !remap_);
+    ps = scan_pins(text, session_scs(text), !remap_, pool_->routines());
   }
   const bool statement_mode = pool_->mode == PoolMode::Statement;
   const bool unread = total > kPinScanWhole;
@@ -294,7 +298,15 @@ int Client::pin_message(uint8_t type, size_t len) {
   }
   if (!refuse) {
     // A Parse alone runs nothing: its Bind does (above). A Query runs now.
-    if (type == 'Q') pin_apply(ps);
+    if (type == 'Q') {
+      // Which routines make state is not known now (the pool's first reading has not
+      // ended, or a client changed a routine since the last): a text that may call one
+      // counts as one that may make any state, checked after it (not refused: it may make
+      // none). A Bind does the same then (above).
+      if (text.find('(') != std::string_view::npos && pool_->routines_unknown())
+        pin_merge(ps, unread_text(false));
+      pin_apply(ps);
+    }
     return 0;
   }
   // Refused: PostgreSQL raises 0A000 in its place (a DO block), so the transaction state

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "state_routines.h"
 #include "target.h"
 
 namespace pgsluice {
@@ -102,6 +103,26 @@ class Pool {
   void set_scram_keys(const std::array<uint8_t, 32>& ck, const std::array<uint8_t, 32>& sk);
   bool scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) const;
 
+  // Routines that may make session state (state_routines.h), read from the catalog by one
+  // query on a server of the pool: at the pool's first use, again kRoutinesPeriod later, and
+  // after a client's CREATE/ALTER/DROP of a routine, trigger, view, ... (routines_changed).
+  // A published set lives as long as the pool (one that changed nothing is not published),
+  // so readers need no reference count. Null until the first scan.
+  static constexpr double kRoutinesPeriod = 60;
+  const StateRoutines* routines() const { return routines_.load(std::memory_order_acquire); }
+  // Not known now: never read, or a routine may have changed since the last read (until
+  // the next read, a text with a call counts as one that may make state).
+  bool routines_unknown() const {
+    return routines_changed_.load(std::memory_order_relaxed) ||
+           routines_rereading_.load(std::memory_order_relaxed) || routines() == nullptr;
+  }
+  void routines_changed() { routines_changed_.store(true, std::memory_order_relaxed); }
+  bool routines_due(double now) const;
+  // Takes the next scan when one is due and none runs (true: the caller sends the query).
+  bool take_routines_scan(double now);
+  // The scan's end: r (null: it failed; the last set stays) published unless unchanged.
+  void routines_scanned(std::unique_ptr<StateRoutines> r, double now);
+
   DbState* state = nullptr;  // this database's operator state (never null once registered)
 
   // Logged-in clients of this pool, every worker together (min_pool_size applies to a pool
@@ -139,6 +160,12 @@ class Pool {
   std::string config_secret_;
   std::atomic<bool> welcome_ready_{false};
   std::atomic<double> login_failed_at_{0};
+  std::atomic<const StateRoutines*> routines_{nullptr};
+  std::vector<std::unique_ptr<StateRoutines>> routines_kept_;  // every set published (mu_)
+  std::atomic<bool> routines_changed_{false};
+  std::atomic<bool> routines_scanning_{false};
+  std::atomic<bool> routines_rereading_{false};  // the scan running was asked by a change
+  std::atomic<double> routines_at_{-1e18};       // when the last scan ended
   std::vector<std::pair<std::string, std::string>> welcome_;
   std::string looked_up_secret_;
   bool have_keys_ = false;

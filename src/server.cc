@@ -562,6 +562,7 @@ void Server::process() {
       // Idle, resetting, or answering an internal query: nothing goes to a client.
       in_.rpos += total;
       if (lookup_ != nullptr && internal_ > 0) lookup_->reply.on_message(type, body);
+      if (routines_ != nullptr && type == 'D' && !routines_->add_row(body)) routines_bad_ = true;
       if (pin_checking_ && type == 'D' && client_ != nullptr)
         pin_found_ = pin_check_row(body, client_->pins_, pin_names_.size(), &pin_values_);
       // An idle server owes nothing: only asynchronous messages may come (NoticeResponse,
@@ -585,6 +586,7 @@ void Server::process() {
             pin_names_.clear();
             pin_values_.clear();
           }
+          if (internal_ == 0 && routines_ != nullptr) worker_->routines_scanned(this);
           if (internal_ == 0 && lookup_ != nullptr) {
             worker_->lookup_done(this);
             if (dead_) return;

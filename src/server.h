@@ -187,6 +187,10 @@ class Server final : public Conn, public ReplyBook {
   bool pin_checking_ = false;           // the internal query due is the pinning check (pinning.h)
   uint8_t pin_found_ = 0;               // the reasons its answer found
   std::vector<std::string> pin_names_;  // the settings it reads back
+  // The catalog scan it runs for its pool (state_routines.h; Worker::scan_routines), and
+  // whether a row of it was not understood.
+  std::unique_ptr<StateRoutines> routines_;
+  bool routines_bad_ = false;
   std::vector<std::optional<std::string>> pin_values_;  // and their values
   // Sends the pinning check when the linked client asked for one and this server is clean.
   void maybe_pin_check();

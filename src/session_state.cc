@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "log.h"
+#include "state_routines.h"
 #include "varcache.h"
 
 namespace pgsluice {
@@ -531,8 +532,8 @@ bool contains_ci(std::string_view text, std::string_view needle) {
 // The words that begin a statement scan_pins() looks into.
 bool pin_first_word(const Token& t) {
   static constexpr std::string_view kWords[] = {
-      "create",   "declare", "listen",     "do",     "prepare", "drop",     "discard", "close",
-      "unlisten", "reset",   "deallocate", "commit", "end",     "rollback", "abort",   "select"};
+      "create", "declare",    "listen", "do",  "prepare",  "drop",  "discard", "close", "unlisten",
+      "reset",  "deallocate", "commit", "end", "rollback", "abort", "select",  "alter"};
   if (t.kind != Tok::Word) return false;
   for (auto w : kWords)
     if (iequals(t.text, w)) return true;
@@ -681,47 +682,21 @@ bool dynamic_set(std::string_view v) {
   return starts("set") || starts("reset") || contains_ci(v, "set_config");
 }
 
-// A DO block's body (PL/pgSQL): the settings its SET/RESET statements and set_config calls
-// name; EXECUTE of a string that sets, or a RESET ALL, is opaque.
-void scan_do_body(std::string_view body, PinScan& r) {
-  Lexer b(body, true);
-  bool exec = false;
-  Token prev;
-  prev.kind = Tok::Semi;
-  for (Token t = b.next(); t.kind != Tok::End; prev = t, t = b.next()) {
-    if (t.kind == Tok::Semi) {
-      exec = false;
-      continue;
-    }
-    if (is_word(t, "execute")) {
-      exec = true;
-    } else if (t.kind == Tok::String) {
-      std::string v;
-      if (exec && (!string_value(t, v) || dynamic_set(v))) r.opaque = true;
-    } else if (t.kind == Tok::Op && t.text == "(" && is_word(prev, "set_config")) {
-      scan_set_config(b, r);
-    } else if ((is_word(t, "set") || is_word(t, "reset")) &&
-               (prev.kind == Tok::Semi || is_word(prev, "begin") || is_word(prev, "then") ||
-                is_word(prev, "else") || is_word(prev, "loop"))) {
-      SessionStmt st;
-      if (is_word(t, "set"))
-        classify_set(st, b);
-      else
-        classify_reset(st, b);
-      if ((st.kind == StmtKind::Set || st.kind == StmtKind::Reset) && setting_name(st.key))
-        watch_name(r, st.key);
-      else if (st.kind == StmtKind::Set || st.kind == StmtKind::Reset)
-        r.opaque = true;  // a name PostgreSQL refuses, or one not read back
-      else if (st.kind != StmtKind::Local && st.kind != StmtKind::Other)
-        r.opaque = true;  // RESET ALL, SET SESSION CHARACTERISTICS
-      exec = false;
-      t.kind = Tok::Semi;  // classify read to the statement's end
-    }
-  }
+// A word that may begin a PL/pgSQL statement's text (after ';', BEGIN, THEN, ELSE, LOOP).
+bool statement_start(const Token& prev) {
+  return prev.kind == Tok::Semi || is_word(prev, "begin") || is_word(prev, "then") ||
+         is_word(prev, "else") || is_word(prev, "loop");
+}
+
+// What a call or a relation named in a text runs, when the pool knows it may make state.
+void routine_word(const StateRoutines* routines, const Token& t, PinScan& r) {
+  if (routines == nullptr || (t.kind != Tok::Word && t.kind != Tok::Ident)) return;
+  std::string w = t.kind == Tok::Ident ? ident_key(t) : lower(t.text);
+  if (const PinScan* f = routines->find(w)) pin_merge(r, *f);
 }
 
 // DO [LANGUAGE name] 'body' [LANGUAGE name], after DO.
-void scan_do(Lexer& lx, PinScan& r) {
+void scan_do(Lexer& lx, PinScan& r, const StateRoutines* routines) {
   untracked_setting(r);
   r.dirty = true;  // the check sees the settings pg_settings lists, not custom ones
   std::string body;
@@ -743,17 +718,91 @@ void scan_do(Lexer& lx, PinScan& r) {
     r.opaque = true;  // another language's body is not read
     return;
   }
-  scan_do_body(body, r);
+  scan_routine_body(body, r, routines, nullptr);
 }
 
 }  // namespace
 
-PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
+void pin_merge(PinScan& into, const PinScan& from) {
+  into.pins |= from.pins;
+  into.releases |= from.releases;
+  into.opaque = into.opaque || from.opaque;
+  into.dirty = into.dirty || from.dirty;
+  into.catalog = into.catalog || from.catalog;
+  for (const auto& n : from.names) watch_name(into, n);
+}
+
+void scan_routine_body(std::string_view body, PinScan& r, const StateRoutines* routines,
+                       std::vector<std::string>* calls) {
+  Lexer b(body, true);
+  bool exec = false;
+  Token prev, prev2;
+  prev.kind = Tok::Semi;
+  for (Token t = b.next(); t.kind != Tok::End; prev2 = prev, prev = t, t = b.next()) {
+    if (t.kind == Tok::Semi) {
+      exec = false;
+      continue;
+    }
+    if (is_word(t, "execute")) {
+      exec = true;
+    } else if (t.kind == Tok::String) {
+      std::string v;
+      if (exec && (!string_value(t, v) || dynamic_set(v))) {
+        untracked_setting(r);
+        r.opaque = r.dirty = true;
+      }
+    } else if (t.kind == Tok::Op && t.text == "(" && prev.kind == Tok::Word) {
+      if (is_session_lock_fn(prev.text)) {
+        r.pins |= kPinAdvisoryLock;
+        if ((prev.text[3] | 0x20) == 't') r.releases |= kReleaseAny;
+      } else if (iequals(prev.text, "set_config")) {
+        scan_set_config(b, r);
+        t.kind = Tok::Op;
+        t.text = ")";
+      } else if (is_unlock_fn(prev.text)) {
+        r.releases |= kReleaseAny;
+      } else if (calls != nullptr) {
+        calls->push_back(lower(prev.text));
+      }
+    } else if ((is_word(t, "temp") || is_word(t, "temporary")) &&
+               (is_word(prev, "create") || is_word(prev, "into") || is_word(prev, "replace") ||
+                ((is_word(prev, "global") || is_word(prev, "local")) &&
+                 is_word(prev2, "create")))) {
+      r.pins |= kPinTempTable;
+    } else if (is_word(t, "hold") && is_word(prev, "with")) {
+      r.pins |= kPinHoldCursor;
+    } else if (is_word(t, "listen") && statement_start(prev)) {
+      r.pins |= kPinListen;
+    } else if ((is_word(t, "set") || is_word(t, "reset")) && statement_start(prev)) {
+      SessionStmt st;
+      if (is_word(t, "set"))
+        classify_set(st, b);
+      else
+        classify_reset(st, b);
+      if ((st.kind == StmtKind::Set || st.kind == StmtKind::Reset) && setting_name(st.key)) {
+        untracked_setting(r);
+        watch_name(r, st.key);
+      } else if (st.kind != StmtKind::Local && st.kind != StmtKind::Other) {
+        // RESET ALL, SET SESSION CHARACTERISTICS, a name PostgreSQL refuses or one not read
+        untracked_setting(r);
+        r.opaque = r.dirty = true;
+      }
+      exec = false;
+      t.kind = Tok::Semi;  // classify read to the statement's end
+    } else {
+      routine_word(routines, t, r);  // a routine, or a relation whose trigger, view, ... runs one
+    }
+  }
+}
+
+PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare,
+                  const StateRoutines* routines) {
   PinScan r;
   // Calls and SELECT ... INTO TEMP may be anywhere in a statement: only then is every
   // token read; otherwise only each statement's first words.
-  const bool deep =
-      contains_ci(text, "advisory") || contains_ci(text, "set_config") || contains_ci(text, "temp");
+  if (routines != nullptr && routines->empty()) routines = nullptr;
+  const bool deep = contains_ci(text, "advisory") || contains_ci(text, "set_config") ||
+                    contains_ci(text, "temp") || (routines != nullptr && routines->mentioned(text));
   Lexer lx(text, scs);
   for (bool at_start = true;; at_start = false) {
     lx.begin_statement();
@@ -769,18 +818,36 @@ PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
         return r;
     }
     if (look) {
-      if (is_word(first, "create")) {
+      if (is_word(first, "create") || is_word(first, "alter") || is_word(first, "drop")) {
+        // CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP ... pins. A function, procedure, trigger,
+        // view, rule, policy, table or extension created, changed or dropped may change what
+        // runs a routine: the pool's StateRoutines are read again (not for a temporary one).
+        static constexpr std::string_view kSkip[] = {
+            "or",      "replace",    "global",       "local", "unlogged", "constraint",
+            "trusted", "procedural", "materialized", "if",    "exists"};
+        static constexpr std::string_view kObjects[] = {
+            "function", "procedure", "routine",   "trigger",   "view",
+            "rule",     "policy",    "extension", "aggregate", "table"};
+        bool temp = false;
         Token t = lx.next();
-        if (is_word(t, "or")) {
-          lx.next();  // REPLACE
-          t = lx.next();
+        for (int i = 0; i < 5 && t.kind == Tok::Word; i++, t = lx.next()) {
+          if (is_word(t, "temp") || is_word(t, "temporary")) {
+            temp = true;
+            continue;
+          }
+          bool object = false, skip = false;
+          for (auto w : kObjects) object = object || iequals(t.text, w);
+          for (auto w : kSkip) skip = skip || iequals(t.text, w);
+          if (object) r.catalog = !temp;
+          if (!skip) break;
         }
-        if (is_word(t, "global") || is_word(t, "local")) t = lx.next();
-        if (is_word(t, "temp") || is_word(t, "temporary")) r.pins |= kPinTempTable;
+        if (temp && is_word(first, "create")) r.pins |= kPinTempTable;
+        if (is_word(first, "drop")) r.releases |= kReleaseAny;
+        if (t.kind == Tok::Semi || t.kind == Tok::End) continue;
       } else if (is_word(first, "listen")) {
         r.pins |= kPinListen;
       } else if (is_word(first, "do")) {
-        scan_do(lx, r);
+        scan_do(lx, r, routines);
       } else if (is_word(first, "prepare")) {
         Token t = lx.next();
         if (sql_prepare && !is_word(t, "transaction") && t.kind != Tok::End && t.kind != Tok::Semi)
@@ -802,6 +869,7 @@ PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare) {
     const bool declare = is_word(first, "declare");
     Token prev = first;
     for (Token t = lx.next(); t.kind != Tok::End && t.kind != Tok::Semi; prev = t, t = lx.next()) {
+      routine_word(routines, t, r);
       if (t.kind == Tok::Op && t.text == "(" && prev.kind == Tok::Word) {
         if (is_session_lock_fn(prev.text)) {
           r.pins |= kPinAdvisoryLock;

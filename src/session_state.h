@@ -15,6 +15,7 @@
 namespace pgsluice {
 
 class TrackedNames;
+class StateRoutines;
 
 // What one SQL statement does to session settings or to the transaction.
 enum class StmtKind : uint8_t {
@@ -84,13 +85,26 @@ struct PinScan {
   bool opaque = false;
   bool dirty = false;
   std::vector<std::string> names;
+  // CREATE/ALTER/DROP of a function, procedure, trigger, view, rule, policy, table or
+  // extension: which routines make state may have changed (StateRoutines, state_routines.h).
+  bool catalog = false;
 };
+// Adds what `from` makes to `into` (names beyond kPinMaxNames make it opaque).
+void pin_merge(PinScan& into, const PinScan& from);
 inline constexpr uint8_t kReleaseAny = 1;
 inline constexpr uint8_t kReleaseTxEnd = 2;
 inline constexpr size_t kPinMaxNames = 16;  // more names in one client's check: opaque
 // Reads `text` (a Query's or Parse's SQL) for the statements above, outside quotes, dollar
 // quotes and comments. `sql_prepare`: SQL PREPARE pins too. Allocates only for names.
-PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare);
+// `routines`: the pool's routines that may make state (null: none known); a call of one,
+// or a statement naming a relation whose trigger, view, default or policy runs one, counts
+// as its body.
+PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare,
+                  const StateRoutines* routines = nullptr);
+// A routine's body (PL/pgSQL or SQL: a DO block's, a function's): what it may make. `calls`
+// receives the names (lower case) of what it calls.
+void scan_routine_body(std::string_view body, PinScan& r, const StateRoutines* routines,
+                       std::vector<std::string>* calls);
 // The statement that gives the setting `key` the value `value` as set_config does (a
 // value read back from PostgreSQL: any text, quoted whatever standard_conforming_strings).
 std::string set_config_statement(std::string_view key, std::string_view value);

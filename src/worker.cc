@@ -430,6 +430,10 @@ void Worker::unlink(Client* c, Server* s) {
       s->sess_unknown_ = true;
       c->settings_dirty_ = false;
     }
+    if (c->catalog_changed_) {  // committed or rolled back by now (state_routines.h)
+      s->pool_->routines_changed();
+      c->catalog_changed_ = false;
+    }
   }
   if (c != nullptr && c->server_ == s) c->server_ = nullptr;
   if (s != nullptr && s->client_ == c) s->client_ = nullptr;
@@ -443,7 +447,7 @@ bool Worker::acquire(Client* c) {
   bool hold = paused(p);
   bool checking = false;               // c waits for the check of an idle server
   if (!hold && lp->waiting.empty()) {  // else: first come, first served
-    if (cfg_->server_check_prepared) {
+    if (cfg_->server_check_prepared && !p->routines_due(c->request_time_)) {
       if (Server* s = idle_unchecked(lp, c)) {
         link(c, s);
         return true;
@@ -743,6 +747,7 @@ void Worker::close_server(Server* s, std::string_view reason) {
              s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), std::string(reason).c_str());
   }
   if (s->lookup_ != nullptr) lookup_done(s);
+  if (s->routines_ != nullptr) routines_scanned(s);  // closed before its end: the last stays
   LocalPool* lp = s->lp_;
   Pool* p = s->pool_;
   bool say_goodbye = s->state() == ServerState::Idle || s->state() == ServerState::Active;

@@ -65,6 +65,8 @@ struct Runtime {
   // server_check_query checks started, and those that failed (the server was closed).
   std::atomic<uint64_t> server_checks{0};
   std::atomic<uint64_t> server_checks_failed{0};
+  std::atomic<uint64_t> routine_readings{0};  // state_routines.h: catalog reads ended
+  std::atomic<uint64_t> routine_reading_failures{0};
   // Clients pinned (pinning.h), by reason (bit order), and pinned now.
   std::atomic<uint64_t> client_pins[6] = {};
   std::atomic<int64_t> pinned_clients{0};
@@ -304,6 +306,15 @@ class Worker {
   // server_check_query (after server_check_delay), else server_check_prepared: starts the
   // check of s before c may use it; true when started (s is Resetting, the client waits).
   bool check_server(Server* s, const Client* c);
+  // The pool's catalog scan of routines that make state (state_routines.h): started on s
+  // before a client gets it when one is due (true: s is Resetting until it ends); its end
+  // publishes the result (a failure, or s closed meanwhile, keeps the last one).
+  bool scan_routines(Server* s);
+
+ public:
+  void routines_scanned(Server* s);
+
+ private:
   // Sends PostgreSQL a cancel request for s's backend, at the address s is connected to,
   // tracked by no server (s is about to close): query_timeout stops the query itself.
   void cancel_backend(Server* s);

@@ -13,6 +13,7 @@
 
 #include "pinning.h"
 #include "session_state.h"
+#include "state_routines.h"
 #include "varcache.h"
 
 namespace {
@@ -92,6 +93,35 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     lit += "'";
     PinScan q = scan_pins(lit, true, true);
     check(q.pins == 0 && q.releases == 0 && q.names.empty() && !q.opaque);
+  }
+  {
+    // Routines that make state (state_routines.h): rows read from arbitrary bytes, and a
+    // routine whose body is the text; a text calling it makes at least what the body does.
+    StateRoutines routines;
+    (void)routines.add_row(std::span<const uint8_t>(data, size));
+    std::string b;
+    auto u32 = [&](uint32_t v) {
+      for (int sh = 24; sh >= 0; sh -= 8) b += static_cast<char>((v >> sh) & 255);
+    };
+    b += '\0';
+    b += '\5';
+    for (std::string_view col : {std::string_view("f"), std::string_view("16385"),
+                                 std::string_view("fz"), std::string_view("plpgsql"), text}) {
+      u32(static_cast<uint32_t>(col.size()));
+      b.append(col);
+    }
+    check(routines.add_row(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(b.data()), b.size())));
+    routines.finish();
+    PinScan body;
+    scan_routine_body(text, body, nullptr, nullptr);
+    const PinScan* f = routines.find("fz");
+    check((f == nullptr) == (body.pins == 0 && body.releases == 0 && !body.opaque && !body.dirty &&
+                             body.names.empty()));
+    PinScan call = scan_pins("SELECT fz()", true, false, &routines);
+    check((call.pins & body.pins) == body.pins);
+    (void)routines.mentioned(text);
+    (void)scan_pins(text, scs, false, &routines);
   }
   (void)pin_reasons(script);
   check((pin_check_row(std::span<const uint8_t>(data, size), script & 0x3f) & ~0x3f) == 0);

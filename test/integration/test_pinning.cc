@@ -307,6 +307,99 @@ TEST_CASE("pinning: a lock taken while the check runs keeps its pin") {
   exec_ok(a.get(), "SELECT pg_advisory_unlock_all()");
 }
 
+TEST_CASE("pinning: routines that make state (functions, triggers) pin and are read back") {
+  if (skip_in_direct_mode("pooling")) return;
+  {
+    Conn su = connect(superuser_conninfo());
+    exec_ok(su.get(),
+            "DROP TABLE IF EXISTS rt_audited; DROP FUNCTION IF EXISTS rt_set_sp(text), "
+            "rt_wrap(text), rt_trg(), rt_dyn(text) CASCADE;"
+            "CREATE FUNCTION rt_set_sp(p text) RETURNS void LANGUAGE plpgsql AS "
+            "$$BEGIN PERFORM set_config('search_path', p, false); END$$;"
+            "CREATE FUNCTION rt_wrap(p text) RETURNS void LANGUAGE sql AS "
+            "$$SELECT rt_set_sp(p)$$;"
+            "CREATE FUNCTION rt_dyn(p text) RETURNS void LANGUAGE plpgsql AS "
+            "$$BEGIN EXECUTE 'SET statement_timeout = ' || quote_literal(p); END$$;"
+            "CREATE FUNCTION rt_trg() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN SET app.who = 'trigger'; RETURN NEW; END$$;"
+            "CREATE TABLE rt_audited(a int); GRANT ALL ON rt_audited TO md5user;"
+            "CREATE TRIGGER rt_t BEFORE INSERT ON rt_audited FOR EACH ROW EXECUTE FUNCTION "
+            "rt_trg()");
+  }
+  int mport = free_port();
+  Options o = small_pool("metrics_port = " + std::to_string(mport) + "\n");
+  o.default_pool_size = 3;  // one pinned (rt_dyn), two shared
+  Pooler p(o);
+  auto readings = [&] {
+    CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
+    const std::string k = "\npgsluice_routine_readings_total ";
+    size_t at = r.output.find(k);
+    return at == std::string::npos ? -1 : std::atoi(r.output.c_str() + at + k.size());
+  };
+  Conn a = connect(p.conninfo());
+  Conn w = connect(p.conninfo());
+  Conn t = connect(p.conninfo());
+  Conn d = connect(p.conninfo());
+  Conn n = connect(p.conninfo());
+  const std::string dflt_sp = scalar(n.get(), "SHOW search_path");
+  const std::string dflt_st = scalar(n.get(), "SHOW statement_timeout");
+  exec_ok(a.get(), "SELECT rt_set_sp('pg_catalog, public')");
+  exec_ok(w.get(), "SELECT rt_wrap('information_schema, public')");
+  exec_ok(t.get(), "INSERT INTO rt_audited VALUES (1)");
+  exec_ok(d.get(), "SELECT rt_dyn('4242ms')");
+  // A routine made through pgsluice is read again after its creation.
+  exec_ok(n.get(),
+          "CREATE FUNCTION rt_new() RETURNS void LANGUAGE plpgsql AS "
+          "$$BEGIN PERFORM set_config('app.new', 'made', false); END$$");
+  // The pool reads its routines again once that transaction is over (until the reading
+  // ends, a call by another client counts as one that may make anything: checked after it
+  // and its server reset, but not followed).
+  const int before = readings();
+  CHECK(before >= 1);
+  CHECK(eventually([&] {
+    exec_ok(n.get(), "SELECT 1");
+    return readings() > before;
+  }));
+  Conn m = connect(p.conninfo());
+  exec_ok(m.get(), "SELECT rt_new()");
+  CHECK(eventually([&] {
+    int pinned = 0;
+    for (const auto& x : pinned_column(p)) pinned += x == "untracked_setting";
+    return pinned == 1;  // rt_dyn: dynamic SQL, until RESET ALL
+  }));
+  const std::string who = "SELECT coalesce(current_setting('app.who', true), '')";
+  const std::string made = "SELECT coalesce(current_setting('app.new', true), '')";
+  int wrong = 0;
+  auto expect = [&](PGconn* c, const std::string& sql, const std::string& want) {
+    std::string got = scalar(c, sql);
+    if (got != want) {
+      wrong++;
+      MESSAGE(sql << ": '" << got << "', wants '" << want << "'");
+    }
+  };
+  for (int round = 0; round < 6; round++) {
+    if (round % 2 == 1) exec_ok(n.get(), "BEGIN");  // the others move to the other server
+    expect(a.get(), "SHOW search_path", "pg_catalog, public");
+    expect(w.get(), "SHOW search_path", "information_schema, public");
+    expect(t.get(), who, "trigger");
+    expect(t.get(), "SHOW search_path", dflt_sp);
+    expect(d.get(), "SHOW statement_timeout", "4242ms");
+    expect(m.get(), made, "made");
+    expect(m.get(), who, "");
+    expect(m.get(), "SHOW statement_timeout", dflt_st);
+    if (round % 2 == 1) exec_ok(n.get(), "COMMIT");
+    expect(n.get(), "SHOW search_path", dflt_sp);
+    expect(n.get(), made, "");
+  }
+  CHECK(wrong == 0);
+  exec_ok(d.get(), "RESET ALL");
+  CHECK(eventually([&] { return !has(pinned_column(p), "untracked_setting"); }));
+  Conn su = connect(superuser_conninfo());
+  exec_ok(su.get(),
+          "DROP TABLE rt_audited; DROP FUNCTION rt_set_sp(text), rt_wrap(text), rt_trg(), "
+          "rt_dyn(text), rt_new()");
+}
+
 TEST_CASE("pinning: a string or comment naming pg_advisory_lock does not pin") {
   if (skip_in_direct_mode("pooling")) return;
   Pooler p(small_pool());

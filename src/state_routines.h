@@ -1,0 +1,62 @@
+// Routines that may make session state pgsluice cannot follow: the functions and
+// procedures of a database whose bodies call set_config, SET, take a session advisory lock,
+// create a temporary table, LISTEN, ... (directly or through another routine), and the
+// relations whose triggers, views, column defaults, constraints or policies run one. Read
+// from the catalog by one query on a server of the pool (Worker::scan_routines); a client's
+// text that calls one, or names such a relation, counts as that routine's body
+// (scan_pins). Pure; immutable once built (published by the pool, read by every worker).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "session_state.h"
+
+namespace pgsluice {
+
+class StateRoutines {
+ public:
+  // The catalog query; its rows are read by add_row.
+  static std::string_view query();
+  // Largest answer read (bytes of rows): more is not read (what was read still counts).
+  static constexpr size_t kMaxBytes = 32u << 20;
+
+  // One DataRow of the query's answer; false when not understood (the answer is not used).
+  bool add_row(std::span<const uint8_t> row);
+  // After the last row: which routines make state, through what they call, and which
+  // relations run one.
+  void finish();
+
+  // What calling the routine `word` (lower case), or naming the relation `word`, may make;
+  // null when nothing.
+  const PinScan* find(std::string_view word) const;
+  // Whether some such name appears in `text` (any case): a cheap test before reading it.
+  bool mentioned(std::string_view text) const;
+  bool empty() const { return words_.empty(); }
+  size_t size() const { return words_.size(); }
+  bool complete() const { return complete_; }
+  // The same names making the same state (a new scan that changed nothing is not published).
+  bool same(const StateRoutines& o) const;
+
+ private:
+  struct Routine {
+    uint32_t oid = 0;
+    std::string name;
+    PinScan scan;                    // its own body
+    bool makes = false;              // it, or something it calls, makes state
+    std::vector<std::string> calls;  // names it calls (body), lower case
+  };
+  std::vector<Routine> routines_;
+  std::vector<std::pair<uint32_t, std::string>> calls_;      // caller oid, callee name
+  std::vector<std::pair<uint32_t, std::string>> relations_;  // routine oid, relation name
+  std::unordered_map<std::string, PinScan> words_;
+  size_t bytes_ = 0;
+  bool complete_ = true;
+};
+
+}  // namespace pgsluice
