@@ -39,6 +39,7 @@
 #   BENCH_IDLE_TARGETS  the targets measured, each TARGET or TARGET:COUNT (COUNT
 #                  instead of BENCH_IDLE for it); default: every pooler in
 #                  BENCH_TARGETS. E.g. BENCH_IDLE_TARGETS=pgsluice-w1:100000
+#   BENCH_IDLE_ADDRS  the number of loopback addresses instead (a test of the spreading)
 #   BENCH_IDLE_TLS 1 (default when BENCH_TLS=1): the idle step is also run with TLS
 #                  clients; 0: plain clients only
 #   BENCH_IDLE_WARM  clients logged in (and kept) before the baseline of that measure
@@ -108,7 +109,18 @@ IDLE=${BENCH_IDLE:-1000}
 IDLE_WARM=${BENCH_IDLE_WARM:-100}
 IDLE_TLS=${BENCH_IDLE_TLS:-$TLS}
 [ "$TLS" = 1 ] || IDLE_TLS=0
-# The idle step's targets with their counts (TARGET:COUNT), and the largest count.
+# Open files: the poolers inherit the largest limit this process can take: the hard
+# limit, first raised to fs.nr_open (which needs CAP_SYS_RESOURCE; a container may not
+# have it). A pooler needs one descriptor per client, and some for its listening sockets,
+# server connections and files.
+ulimit -H -n "$(cat /proc/sys/fs/nr_open)" 2>/dev/null || true
+ulimit -n "$(ulimit -H -n)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -n)
+[ "$FD_LIMIT" = unlimited ] && FD_LIMIT=$(cat /proc/sys/fs/nr_open)
+IDLE_FIT=$((FD_LIMIT - IDLE_WARM - 300))
+IDLE_NOTE=""
+# The idle step's targets with their counts (TARGET:COUNT), and the largest count. A
+# count above what the open-file limit allows is lowered to the largest that fits.
 IDLE_LIST=""
 IDLE_MAX=0
 for e in ${BENCH_IDLE_TARGETS:-$TARGETS}; do
@@ -117,11 +129,16 @@ for e in ${BENCH_IDLE_TARGETS:-$TARGETS}; do
   case "$e" in *:*) n=${e#*:} ;; esac
   case "$n" in '' | *[!0-9]*) echo "bench: BENCH_IDLE_TARGETS: bad count in $e" >&2; exit 1 ;; esac
   [ "$n" -gt 0 ] || continue
+  if [ "$n" -gt "$IDLE_FIT" ]; then
+    IDLE_NOTE="$IDLE_NOTE$t: $n idle clients asked, $IDLE_FIT measured: a process may open $FD_LIMIT files here (hard limit; raising it needs CAP_SYS_RESOURCE, fs.nr_open is $(cat /proc/sys/fs/nr_open)).
+"
+    n=$IDLE_FIT
+  fi
   IDLE_LIST="$IDLE_LIST $t:$n"
   [ "$n" -gt "$IDLE_MAX" ] && IDLE_MAX=$n
 done
 # Every pooler listens on 127.0.0.1 .. 127.0.0.N: one address per 25,000 idle clients.
-NADDR=$(((IDLE_MAX + IDLE_WARM) / 25000 + 1))
+NADDR=${BENCH_IDLE_ADDRS:-$(((IDLE_MAX + IDLE_WARM) / 25000 + 1))}
 LISTEN_ADDRS=127.0.0.1
 a=2
 while [ "$a" -le "$NADDR" ]; do LISTEN_ADDRS="$LISTEN_ADDRS,127.0.0.$a"; a=$((a + 1)); done
@@ -209,18 +226,11 @@ if [ "$PEERS" = 1 ]; then
   [ -x "$NEWROOT/usr/bin/odyssey" ] || die "no /usr/bin/odyssey in $NEWROOT"
 fi
 
-# Open files: every pooler gets the largest limit this process can give (fs.nr_open as
-# root), inherited by what it starts; fs.file-max is raised for the run if the idle step
-# needs more (a pooler's and a client's descriptor per idle client), and restored on exit.
+# fs.file-max is raised for the run if the idle step needs more (a pooler's and a
+# client's descriptor per idle client), and restored on exit.
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
-if is_root; then
-  ulimit -Hn "$(cat /proc/sys/fs/nr_open)" 2>/dev/null || true
-fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-need_fds=$((IDLE_MAX + IDLE_WARM + 1000))
-[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge "$need_fds" ] ||
-  die "the idle step needs $need_fds open files per pooler; the limit here is $(ulimit -n) (fs.nr_open $(cat /proc/sys/fs/nr_open))"
+[ -n "$IDLE_NOTE" ] && printf '%s' "$IDLE_NOTE" | sed 's/^/bench: /' >&2
 file_max=$(cat /proc/sys/fs/file-max)
 need_files=$((4 * (IDLE_MAX + IDLE_WARM) + 100000))
 if [ "$file_max" -lt "$need_files" ]; then
@@ -239,8 +249,10 @@ S1PORT=$(free_port 28432 "$PGPORT" "$BPORT" "$SPORT")
 S2PORT=$(free_port 29432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT")
 LBPORT=$(free_port 30432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT")
 LSPORT=$(free_port 31432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT")
-NPORT=$(free_port 32432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT" "$LSPORT")
-OPORT=$(free_port 33432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT" "$LSPORT" "$NPORT")
+# Below the ephemeral range (32768 and up): a client socket's source port there, or one
+# in TIME_WAIT, would stop a pooler that binds without SO_REUSEADDR (Odyssey).
+NPORT=$(free_port 23432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT" "$LSPORT")
+OPORT=$(free_port 24432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT" "$LSPORT" "$NPORT")
 
 say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT and $S1PORT ($WORK)"
 [ "$PEERS" = 1 ] && say "peers from Debian $PEERS_SUITE: PgBouncer on $NPORT, Odyssey on $OPORT"
@@ -470,7 +482,7 @@ RES="$WORK/results.tsv"
 ntargets=$(echo $TARGETS | wc -w)
 ncases=$(echo $CASES | wc -w)
 nruns=$((ROUNDS * ncases * ntargets))
-say "$nruns runs of ${TIME}s: about $(((nruns * (TIME + 1) + 3 * 5 + 59) / 60)) min"
+[ "$nruns" -gt 0 ] && say "$nruns runs of ${TIME}s: about $(((nruns * (TIME + 1) + 3 * 5 + 59) / 60)) min"
 
 # run_one ROUND CLIENTS MODE[:tls] TARGET: one pgbench run, one line in results.tsv.
 run_one() {
@@ -510,9 +522,9 @@ run_one() {
 # Warm-up, not counted: fills PostgreSQL's cache and opens every pool's server
 # connections, so that round 1 does not pay for them.
 WARM=$((TIME < 5 ? TIME : 5))
-say "warm-up: ${WARM}s per target"
-[ "$ROUNDS" -gt 0 ] || WARM_TARGETS=""
-for t in ${WARM_TARGETS-$TARGETS}; do
+WARM_TARGETS=$TARGETS
+[ "$ROUNDS" -gt 0 ] && say "warm-up: ${WARM}s per target" || WARM_TARGETS=""
+for t in $WARM_TARGETS; do
   port=$(target_port "$t")
   PGSSLMODE=disable "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M simple -c 32 -j 2 -T "$WARM" bench \
     >"$WORK/warmup-$t.log" 2>&1 || { tail -n 5 "$WORK/warmup-$t.log" >&2; die "warm-up of $t failed"; }
@@ -778,8 +790,8 @@ COMMAND="$(env | grep -E '^(BENCH_[A-Z0-9_]*|PGSLUICE_BIN|PGBOUNCER_BIN|PGBIN)='
     echo "odyssey: $OVERSION, from Debian $PEERS_SUITE (workers $ODYSSEY_WORKERS, pool \"transaction\","
     echo "  pool_size $POOL_SIZE, pool_reserve_prepared_statement yes)"
   fi
-  echo
-  awk -F '\t' -v clk="$CLK" -v targets="$TARGETS" -v cases="$CASES" '
+  [ -s "$RES" ] && echo
+  [ -s "$RES" ] && awk -F '\t' -v clk="$CLK" -v targets="$TARGETS" -v cases="$CASES" '
     function median(list,   a, n, i, j, t) {
       n = split(list, a, " ")
       for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
@@ -858,6 +870,7 @@ COMMAND="$(env | grep -E '^(BENCH_[A-Z0-9_]*|PGSLUICE_BIN|PGBOUNCER_BIN|PGBIN)='
     echo "memory per idle logged-in client, bytes: RSS growth (summed over the pooler's processes)"
     echo "over COUNT clients opened after $IDLE_WARM warm-up clients (in parentheses: growth from"
     echo "the fresh start / all clients):"
+    [ -n "$IDLE_NOTE" ] && printf '%s' "$IDLE_NOTE" | sed 's/^/  /'
     awk -F '\t' '{ k = $1 " " $5; v[k] = v[k] sprintf("  %s %s (%s)", ($2 == "require" ? "TLS" : "plain"), $3, $4) }
       END { for (k in v) { split(k, a, " "); printf "  %-14s %7d clients%s\n", a[1], a[2], v[k] } }' \
       "$WORK/idle.tsv" | sort

@@ -105,6 +105,8 @@ run() {
     for m in $mounted; do umount -l "$ROOTDIR$m" 2>/dev/null || true; done
   }
   trap cleanup EXIT
+  # A signal ends the shell through its EXIT trap, so the mounts go with it.
+  trap 'exit 1' INT TERM HUP
   for m in /proc /dev /dev/shm /tmp; do
     mkdir -p "$ROOTDIR$m"
     if ! mountpoint -q "$ROOTDIR$m"; then
