@@ -268,9 +268,16 @@ if [ "$TLS" = 1 ]; then
 ssl_cert_file = '$WORK/tls.crt'
 ssl_key_file = '$WORK/tls.key'"
 fi
+# PostgreSQL takes the most clients of a case directly while every pooler keeps its pool
+# of server connections open (with the peers, five pools).
+maxc=0
+for c in $CASES; do [ "${c%%:*}" -gt "$maxc" ] && maxc=${c%%:*}; done
+npools=$(echo $TARGETS | wc -w)
+MAXCONN=$((maxc + npools * POOL_SIZE + 50))
+[ "$MAXCONN" -lt 250 ] && MAXCONN=250
 start_cluster "$WORK" "$PGPORT" "\
 # pgsluice benchmark: loopback only, everything in memory, durability not needed.
-max_connections = 250
+max_connections = $MAXCONN
 shared_buffers = 512MB
 fsync = off
 synchronous_commit = off
@@ -514,7 +521,7 @@ run_one() {
   printf '%s\t%s:%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${tps:-0}" \
     "${xacts:-0}" "${failed:-0}" "${aborted:-0}" "$((c1 - c0))" "$rc" >>"$RES"
   say "round $1 $2c $3 $4: tps ${tps:-0} failed ${failed:-0} aborted ${aborted:-0} (exit $rc)"
-  if [ "$rc" -ne 0 ] && [ "${aborted:-0}" -eq 0 ]; then
+  if { [ "$rc" -ne 0 ] && [ "${aborted:-0}" -eq 0 ]; } || [ -z "$tps" ]; then
     tail -n 3 "$out" | sed 's/^/bench:   /' >&2
   fi
 }
