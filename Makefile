@@ -27,7 +27,7 @@ INT_OBJS  := $(INT_SRCS:%.cc=$(BUILD)/%.o)
 FUZZ_SRCS := $(wildcard test/fuzz/fuzz_*.cc)
 FUZZ_REPLAY := $(FUZZ_SRCS:test/fuzz/%.cc=$(BUILD)/fuzz/%)
 
-.PHONY: all check unit integration fuzz-replay deps demo demo-stop bench check-tls17 \
+.PHONY: all check unit integration fuzz-replay deps demo demo-stop bench bench-peers check-tls17 \
         asan fuzz install clean format format-check
 all: pgsluice
 
@@ -95,6 +95,10 @@ demo-stop:
 	@sh contrib/demo.sh stop
 bench: deps pgsluice
 	@sh contrib/bench.sh
+# Opt-in: `make bench` with today's PgBouncer and Odyssey from a newer Debian root (made
+# by contrib/newer-debian.sh on first use, needs root); `make check` does not need it.
+bench-peers: deps pgsluice
+	@BENCH_PEERS=1 sh contrib/bench.sh
 # Opt-in: TLS checks against PostgreSQL 17 and its libpq from a newer Debian root
 # (contrib/newer-debian.sh makes it on first use); `make check` does not need it.
 check-tls17: pgsluice

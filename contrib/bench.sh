@@ -1,7 +1,9 @@
 #!/bin/sh
-# Benchmarks pgsluice against Debian's PgBouncer and against PostgreSQL itself.
+# Benchmarks pgsluice against Debian's PgBouncer and against PostgreSQL itself, and
+# on request (BENCH_PEERS=1) against today's PgBouncer and Odyssey.
 #
 # Usage: sh contrib/bench.sh          (what `make bench` runs)
+#        BENCH_PEERS=1 sh contrib/bench.sh   (`make bench-peers`)
 #
 # Starts one throwaway PostgreSQL 15 (pgbench -i -s 10), PgBouncer and pgsluice side
 # by side with equivalent settings (transaction pooling, default_pool_size 8), then
@@ -27,8 +29,19 @@
 #                  (server_tls_sslmode = disable, so only the client side differs);
 #                  0: no TLS rows
 #   BENCH_IDLE     idle logged-in clients opened per pooler to measure memory per
-#                  idle client (RSS growth / clients), plain and with TLS, each on a
-#                  freshly restarted pooler (default 1000; 0 skips the step)
+#                  idle client (RSS growth / clients; RSS summed over the pooler's
+#                  processes), plain and with TLS, each on a freshly restarted pooler
+#                  (default 1000; 0 skips the step). The script raises its own open
+#                  file limit (to fs.nr_open when root) for the poolers it starts,
+#                  and spreads the clients over loopback addresses 127.0.0.1, .2, ...
+#                  (one per 25,000 clients: Linux has about 28,000 source ports per
+#                  destination address and port), which every pooler listens on
+#   BENCH_IDLE_TARGETS  the targets measured, each TARGET or TARGET:COUNT (COUNT
+#                  instead of BENCH_IDLE for it); default: every pooler in
+#                  BENCH_TARGETS. E.g. BENCH_IDLE_TARGETS=pgsluice-w1:100000
+#   BENCH_IDLE_ADDRS  the number of loopback addresses instead (a test of the spreading)
+#   BENCH_IDLE_TLS 1 (default when BENCH_TLS=1): the idle step is also run with TLS
+#                  clients; 0: plain clients only
 #   BENCH_IDLE_WARM  clients logged in (and kept) before the baseline of that measure
 #                  (default 100), so that one-time first-use costs are not counted
 #                  per client; the growth from the fresh start is printed too
@@ -42,7 +55,24 @@
 #                  users. 0: no login step
 #   BENCH_POOL_SIZE  default_pool_size of both poolers (default 8; 20 for the
 #                  "200 clients over 20 servers" row: BENCH_CASES=200:simple)
-#   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1)
+#   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1,
+#                  and with BENCH_PEERS=1 pgbouncer-new odyssey)
+#   BENCH_PEERS    1: also run today's releases of the peers, from a throwaway Debian
+#                  root of suite BENCH_PEERS_SUITE made by contrib/newer-debian.sh
+#                  (debootstrap from Debian's archive, about 2 minutes the first time;
+#                  kept in /var/tmp/pgsluice-newer/SUITE, removed by `sh
+#                  contrib/newer-debian.sh remove` with NEWER_SUITE=SUITE). Targets
+#                  pgbouncer-new (that suite's PgBouncer, the same pgbouncer.ini as
+#                  pgbouncer) and odyssey (its Odyssey, with the equivalent
+#                  odyssey.conf: same listen address, PostgreSQL, user and password,
+#                  auth, pool "transaction", pool_size; workers
+#                  BENCH_ODYSSEY_WORKERS, default 1; prepared statements kept per
+#                  server with pool_reserve_prepared_statement). Both run inside the
+#                  root (chroot, as the postgres user; the host's /tmp is mounted
+#                  there) and take part in the same interleaved rounds. Needs root.
+#                  0 (default): nothing of this, the benchmark runs as without it
+#   BENCH_PEERS_SUITE  Debian suite of the peers (default forky, Debian's testing:
+#                  PgBouncer 1.26.1 and Odyssey 1.5.2 when this was written)
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
 #   BENCH_BASE_BIN a second pgsluice binary (an older build) run as target
@@ -52,8 +82,9 @@
 #   PGBIN          PostgreSQL's programs (default /usr/lib/postgresql/15/bin)
 #
 # Everything runs on 127.0.0.1 and in a temporary directory that is removed on exit,
-# with every process this script started. The table is also saved to
-# build/bench-last.txt.
+# with every process this script started (and the peers' root's mounts). The table
+# starts with the date, the machine, the versions that ran and the command, and is
+# also saved to build/bench-last.txt.
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,10 +97,51 @@ SCALE=${BENCH_SCALE:-10}
 AUTH=${BENCH_AUTH:-md5}
 POOL_SIZE=${BENCH_POOL_SIZE:-8}
 BASE=${BENCH_BASE_BIN:-}
+PEERS=${BENCH_PEERS:-0}
+case " ${BENCH_TARGETS:-} " in *" pgbouncer-new "* | *" odyssey "*) PEERS=1 ;; esac
+PEERS_SUITE=${BENCH_PEERS_SUITE:-forky}
+ODYSSEY_WORKERS=${BENCH_ODYSSEY_WORKERS:-1}
 TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1${BASE:+ pgsluice-base}"}
+[ "$PEERS" = 1 ] && [ -z "${BENCH_TARGETS:-}" ] && TARGETS="$TARGETS pgbouncer-new odyssey"
 TLS=${BENCH_TLS:-1}
 command -v openssl >/dev/null 2>&1 || TLS=0
 IDLE=${BENCH_IDLE:-1000}
+IDLE_WARM=${BENCH_IDLE_WARM:-100}
+IDLE_TLS=${BENCH_IDLE_TLS:-$TLS}
+[ "$TLS" = 1 ] || IDLE_TLS=0
+# Open files: the poolers inherit the largest limit this process can take: the hard
+# limit, first raised to fs.nr_open (which needs CAP_SYS_RESOURCE; a container may not
+# have it). A pooler needs one descriptor per client, and some for its listening sockets,
+# server connections and files.
+ulimit -H -n "$(cat /proc/sys/fs/nr_open)" 2>/dev/null || true
+ulimit -n "$(ulimit -H -n)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -n)
+[ "$FD_LIMIT" = unlimited ] && FD_LIMIT=$(cat /proc/sys/fs/nr_open)
+IDLE_FIT=$((FD_LIMIT - IDLE_WARM - 300))
+IDLE_NOTE=""
+# The idle step's targets with their counts (TARGET:COUNT), and the largest count. A
+# count above what the open-file limit allows is lowered to the largest that fits.
+IDLE_LIST=""
+IDLE_MAX=0
+for e in ${BENCH_IDLE_TARGETS:-$TARGETS}; do
+  t=${e%%:*} n=$IDLE
+  [ "$t" = direct ] && continue
+  case "$e" in *:*) n=${e#*:} ;; esac
+  case "$n" in '' | *[!0-9]*) echo "bench: BENCH_IDLE_TARGETS: bad count in $e" >&2; exit 1 ;; esac
+  [ "$n" -gt 0 ] || continue
+  if [ "$n" -gt "$IDLE_FIT" ]; then
+    IDLE_NOTE="$IDLE_NOTE$t: $n idle clients asked, $IDLE_FIT measured: a process may open $FD_LIMIT files here (hard limit; raising it needs CAP_SYS_RESOURCE, fs.nr_open is $(cat /proc/sys/fs/nr_open)).
+"
+    n=$IDLE_FIT
+  fi
+  IDLE_LIST="$IDLE_LIST $t:$n"
+  [ "$n" -gt "$IDLE_MAX" ] && IDLE_MAX=$n
+done
+# Every pooler listens on 127.0.0.1 .. 127.0.0.N: one address per 25,000 idle clients.
+NADDR=${BENCH_IDLE_ADDRS:-$(((IDLE_MAX + IDLE_WARM) / 25000 + 1))}
+LISTEN_ADDRS=127.0.0.1
+a=2
+while [ "$a" -le "$NADDR" ]; do LISTEN_ADDRS="$LISTEN_ADDRS,127.0.0.$a"; a=$((a + 1)); done
 LOGIN=${BENCH_LOGIN:-1}
 CASES=${BENCH_CASES:-"1:simple 1:extended 1:prepared 32:simple 32:extended 32:prepared"}
 [ "$TLS" = 1 ] && [ -z "${BENCH_CASES:-}" ] && CASES="$CASES 32:simple:tls 8:churn:tls"
@@ -87,9 +159,36 @@ cpu_ticks() {
   sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
 
+# The peers' Debian root (BENCH_PEERS=1): contrib/newer-debian.sh with its suite and
+# packages.
+PEER_PACKAGES="pgbouncer odyssey"
+newer_debian() {
+  NEWER_SUITE=$PEERS_SUITE NEWER_PACKAGES=$PEER_PACKAGES sh "$ROOT/contrib/newer-debian.sh" "$@"
+}
+PEER_SHELLS=""   # the newer-debian.sh processes that run a peer (or hold the mounts)
+FILE_MAX_SAVED=""
+
+# stop_target NAME: stops a pooler target started by this script (its pid file). Odyssey
+# sets its own process title: its command line does not name $WORK.
+stop_target() {
+  case "$1" in
+    odyssey) kill_pidfile "$WORK/$1.pid" odyssey ;;
+    *) kill_pidfile "$WORK/$1.pid" "$WORK" ;;
+  esac
+}
+
 WORK=""
 cleanup() {
+  if [ -n "$FILE_MAX_SAVED" ]; then
+    echo "$FILE_MAX_SAVED" >/proc/sys/fs/file-max 2>/dev/null ||
+      say "could not restore fs.file-max to $FILE_MAX_SAVED"
+  fi
   [ -n "$WORK" ] && [ -d "$WORK" ] || return 0
+  stop_target pgbouncer-new
+  stop_target odyssey
+  # Last, the process that holds the root's mounts: its newer-debian.sh unmounts them.
+  kill_pidfile "$WORK/peers-holder.pid" sleep
+  for p in $PEER_SHELLS; do wait "$p" 2>/dev/null || true; done
   kill_pidfile "$WORK/pgbouncer.pid" "$WORK"
   kill_pidfile "$WORK/pgsluice.pid" "$WORK"
   kill_pidfile "$WORK/pgsluice-w1.pid" "$WORK"
@@ -105,9 +204,41 @@ need_pg_programs
 [ -x "$SLUICE" ] || die "$SLUICE not found (run 'make pgsluice', or set PGSLUICE_BIN)"
 case "$AUTH" in md5|trust) ;; *) die "BENCH_AUTH must be md5 or trust" ;; esac
 need_postgres_user
+for t in $TARGETS; do
+  case "$t" in
+    direct | pgbouncer | pgsluice | pgsluice-w1) ;;
+    pgsluice-base) [ -n "$BASE" ] || die "target pgsluice-base needs BENCH_BASE_BIN" ;;
+    pgbouncer-new | odyssey) [ "$PEERS" = 1 ] || die "target $t needs BENCH_PEERS=1" ;;
+    *) die "unknown target $t" ;;
+  esac
+done
+for e in $IDLE_LIST; do
+  case " $TARGETS " in *" ${e%%:*} "*) ;; *) die "BENCH_IDLE_TARGETS: ${e%%:*} is not in BENCH_TARGETS" ;; esac
+done
 
+NEWROOT=""
+if [ "$PEERS" = 1 ]; then
+  is_root || die "BENCH_PEERS=1 needs root (debootstrap and chroot)"
+  say "peers: Debian $PEERS_SUITE root with $PEER_PACKAGES (contrib/newer-debian.sh)"
+  NEWROOT=$(newer_debian ensure) ||
+    die "BENCH_PEERS=1: could not make the Debian $PEERS_SUITE root with $PEER_PACKAGES (see above)"
+  [ -x "$NEWROOT/usr/sbin/pgbouncer" ] || die "no /usr/sbin/pgbouncer in $NEWROOT"
+  [ -x "$NEWROOT/usr/bin/odyssey" ] || die "no /usr/bin/odyssey in $NEWROOT"
+fi
+
+# fs.file-max is raised for the run if the idle step needs more (a pooler's and a
+# client's descriptor per idle client), and restored on exit.
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
+[ -n "$IDLE_NOTE" ] && printf '%s' "$IDLE_NOTE" | sed 's/^/bench: /' >&2
+file_max=$(cat /proc/sys/fs/file-max)
+need_files=$((4 * (IDLE_MAX + IDLE_WARM) + 100000))
+if [ "$file_max" -lt "$need_files" ]; then
+  is_root || die "the idle step needs fs.file-max >= $need_files (it is $file_max)"
+  FILE_MAX_SAVED=$file_max
+  echo "$need_files" >/proc/sys/fs/file-max || die "could not raise fs.file-max to $need_files"
+  say "fs.file-max raised from $file_max to $need_files for this run"
+fi
 WORK=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
 is_root && chown postgres: "$WORK"
 
@@ -118,8 +249,13 @@ S1PORT=$(free_port 28432 "$PGPORT" "$BPORT" "$SPORT")
 S2PORT=$(free_port 29432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT")
 LBPORT=$(free_port 30432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT")
 LSPORT=$(free_port 31432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT")
+# Below the ephemeral range (32768 and up): a client socket's source port there, or one
+# in TIME_WAIT, would stop a pooler that binds without SO_REUSEADDR (Odyssey).
+NPORT=$(free_port 23432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT" "$LSPORT")
+OPORT=$(free_port 24432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT" "$LSPORT" "$NPORT")
 
 say "PostgreSQL 15 on 127.0.0.1:$PGPORT, PgBouncer on $BPORT, pgsluice on $SPORT and $S1PORT ($WORK)"
+[ "$PEERS" = 1 ] && say "peers from Debian $PEERS_SUITE: PgBouncer on $NPORT, Odyssey on $OPORT"
 PGTLS=""
 if [ "$TLS" = 1 ]; then
   # One self-signed certificate for PostgreSQL and both poolers (ECDSA P-256).
@@ -132,9 +268,16 @@ if [ "$TLS" = 1 ]; then
 ssl_cert_file = '$WORK/tls.crt'
 ssl_key_file = '$WORK/tls.key'"
 fi
+# PostgreSQL takes the most clients of a case directly while every pooler keeps its pool
+# of server connections open (with the peers, five pools).
+maxc=0
+for c in $CASES; do [ "${c%%:*}" -gt "$maxc" ] && maxc=${c%%:*}; done
+npools=$(echo $TARGETS | wc -w)
+MAXCONN=$((maxc + npools * POOL_SIZE + 50))
+[ "$MAXCONN" -lt 250 ] && MAXCONN=250
 start_cluster "$WORK" "$PGPORT" "\
 # pgsluice benchmark: loopback only, everything in memory, durability not needed.
-max_connections = 250
+max_connections = $MAXCONN
 shared_buffers = 512MB
 fsync = off
 synchronous_commit = off
@@ -155,14 +298,14 @@ write_ini() {
 bench = host=127.0.0.1 port=$PGPORT dbname=bench
 
 [pgbouncer]
-listen_addr = 127.0.0.1
+listen_addr = $LISTEN_ADDRS
 listen_port = $2
 unix_socket_dir = $WORK
 auth_type = $AUTH
 auth_file = $WORK/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
-max_client_conn = $((IDLE + 300))
+max_client_conn = $((IDLE_MAX + IDLE_WARM + 300))
 logfile = $WORK/$1.log
 pidfile = $WORK/$1.pid
 EOF
@@ -179,6 +322,71 @@ write_ini pgbouncer "$BPORT"
 write_ini pgsluice "$SPORT"
 write_ini pgsluice-w1 "$S1PORT"
 [ -n "$BASE" ] && write_ini pgsluice-base "$S2PORT"
+[ "$PEERS" = 1 ] && write_ini pgbouncer-new "$NPORT"
+# write_odyssey_conf: Odyssey's equivalent of the poolers' .ini (its own format).
+write_odyssey_conf() {
+  case "$AUTH" in md5) oauth=md5 ;; trust) oauth=none ;; esac
+  otls=""
+  if [ "$TLS" = 1 ]; then
+    otls="tls \"allow\"
+  tls_cert_file \"$WORK/tls.crt\"
+  tls_key_file \"$WORK/tls.key\""
+  fi
+  {
+    cat <<EOF
+# pgsluice benchmark: the settings of the pgbouncer.ini beside this file, for Odyssey.
+daemonize no
+pid_file "$WORK/odyssey.pid"
+log_file "$WORK/odyssey.log"
+log_to_stdout no
+log_format "%p %t %l [%i %s] (%c) %m\n"
+log_debug no
+log_config no
+log_session no
+log_query no
+log_stats no
+unix_socket_dir "$WORK"
+unix_socket_mode "0644"
+locks_dir "$WORK/odyssey-locks"
+workers $ODYSSEY_WORKERS
+resolvers 1
+client_max $((IDLE_MAX + IDLE_WARM + 300))
+EOF
+    for a in $(echo "$LISTEN_ADDRS" | tr , ' '); do
+      cat <<EOF
+
+listen {
+  host "$a"
+  port $OPORT
+  $otls
+}
+EOF
+    done
+    cat <<EOF
+
+storage "postgres_server" {
+  type "remote"
+  host "127.0.0.1"
+  port $PGPORT
+}
+
+database "bench" {
+  user "bench" {
+    authentication "$oauth"
+    password "bench"
+    storage "postgres_server"
+    storage_user "bench"
+    storage_password "bench"
+    pool "transaction"
+    pool_size $POOL_SIZE
+    pool_reserve_prepared_statement yes
+  }
+}
+EOF
+  } >"$WORK/odyssey.conf"
+  mkdir -p "$WORK/odyssey-locks"
+}
+[ "$PEERS" = 1 ] && write_odyssey_conf
 # pgsluice: one worker per CPU (2 here) and, in the second instance, one worker like
 # PgBouncer's single thread; both serve repeated unnamed Parses from the server cache.
 if ! is_pgbouncer "$SLUICE"; then
@@ -188,16 +396,61 @@ if ! is_pgbouncer "$SLUICE"; then
 fi
 is_root && chown -R postgres: "$WORK"
 
-# start_pooler NAME BINARY PORT
+# The port of a target.
+target_port() {
+  case "$1" in
+    direct) echo "$PGPORT" ;; pgbouncer) echo "$BPORT" ;; pgsluice) echo "$SPORT" ;;
+    pgsluice-w1) echo "$S1PORT" ;; pgsluice-base) echo "$S2PORT" ;;
+    pgbouncer-new) echo "$NPORT" ;; odyssey) echo "$OPORT" ;;
+    *) die "unknown target $1" ;;
+  esac
+}
+# The pid of a running pooler target (nothing for direct).
+target_pid() {
+  [ "$1" = direct ] || head -n 1 "$WORK/$1.pid"
+}
+
+# The peers run inside their Debian root, in the foreground under a newer-debian.sh
+# `runpg` that this script runs in the background. One more of those, started first and
+# ended last, holds the root's mounts (/proc, /dev, the host's /tmp): the others find them
+# mounted and leave them alone, so that a peer's restart does not unmount them under the
+# other. Both peers raise their soft open-file limit to the hard one.
+start_peer_holder() {
+  newer_debian runpg sh -c 'echo $$ >"$1"; exec sleep 1000000' sh "$WORK/peers-holder.pid" \
+    >"$WORK/peers-holder.out" 2>&1 &
+  PEER_SHELLS="$PEER_SHELLS $!"
+  i=0
+  until [ -s "$WORK/peers-holder.pid" ]; do
+    i=$((i + 1))
+    [ $i -gt 300 ] && { cat "$WORK/peers-holder.out" >&2; die "could not enter the $PEERS_SUITE root"; }
+    sleep 0.1
+  done
+}
+[ "$PEERS" = 1 ] && start_peer_holder
+
+# start_pooler NAME PORT: starts target NAME (its settings in $WORK/NAME.ini or .conf).
 start_pooler() {
-  if is_pgbouncer "$2"; then
-    # runuser resets the soft open-file limit to 1024 and PgBouncer does not raise its
-    # own: start it with the hard limit, as pgsluice raises its own at start.
-    as_pg sh -c 'ulimit -n "$(ulimit -Hn)"; exec "$@"' sh "$2" -d "$WORK/$1.ini" \
-      >"$WORK/$1.out" 2>&1 || true
-  else
-    "$2" -d "$WORK/$1.ini" >"$WORK/$1.out" 2>&1 || true
-  fi
+  rm -f "$WORK/$1.pid"
+  case "$1" in
+    pgbouncer) start_pooler_bin "$1" "$BOUNCER" "$2" ;;
+    pgsluice | pgsluice-w1) start_pooler_bin "$1" "$SLUICE" "$2" ;;
+    pgsluice-base) start_pooler_bin "$1" "$BASE" "$2" ;;
+    pgbouncer-new | odyssey)
+      if [ "$1" = odyssey ]; then
+        set -- "$1" "$2" /usr/bin/odyssey "$WORK/odyssey.conf"
+      else
+        set -- "$1" "$2" /usr/sbin/pgbouncer "$WORK/$1.ini"
+      fi
+      newer_debian runpg sh -c 'ulimit -n "$(ulimit -Hn)"; exec "$@"' sh "$3" "$4" \
+        >"$WORK/$1.out" 2>&1 &
+      PEER_SHELLS="$PEER_SHELLS $!"
+      wait_listening "$1" "$3" "$2"
+      ;;
+    *) die "unknown target $1" ;;
+  esac
+}
+# wait_listening NAME BINARY PORT
+wait_listening() {
   i=0
   until port_in_use "$3" && [ -s "$WORK/$1.pid" ]; do
     i=$((i + 1))
@@ -209,25 +462,34 @@ start_pooler() {
     sleep 0.1
   done
 }
-start_pooler pgbouncer "$BOUNCER" "$BPORT"
-start_pooler pgsluice "$SLUICE" "$SPORT"
-start_pooler pgsluice-w1 "$SLUICE" "$S1PORT"
-BPID=$(cat "$WORK/pgbouncer.pid")
-SPID=$(cat "$WORK/pgsluice.pid")
-S1PID=$(cat "$WORK/pgsluice-w1.pid")
-S2PID=""
-if [ -n "$BASE" ]; then
-  start_pooler pgsluice-base "$BASE" "$S2PORT"
-  S2PID=$(cat "$WORK/pgsluice-base.pid")
-fi
+# start_pooler_bin NAME BINARY PORT
+start_pooler_bin() {
+  if is_pgbouncer "$2"; then
+    # runuser resets the soft open-file limit to 1024 and PgBouncer does not raise its
+    # own: start it with the hard limit, as pgsluice raises its own at start.
+    as_pg sh -c 'ulimit -n "$(ulimit -Hn)"; exec "$@"' sh "$2" -d "$WORK/$1.ini" \
+      >"$WORK/$1.out" 2>&1 || true
+  else
+    "$2" -d "$WORK/$1.ini" >"$WORK/$1.out" 2>&1 || true
+  fi
+  wait_listening "$@"
+}
+for t in $TARGETS; do
+  [ "$t" = direct ] || start_pooler "$t" "$(target_port "$t")"
+done
 BVERSION=$("$BOUNCER" -V 2>/dev/null | head -n 1 || true)
+NVERSION="" OVERSION=""
+if [ "$PEERS" = 1 ]; then
+  NVERSION="$(chroot "$NEWROOT" /usr/sbin/pgbouncer --version 2>/dev/null | head -n 1 || true), Debian package $(chroot "$NEWROOT" dpkg-query -W -f '${Version}' pgbouncer)"
+  OVERSION="$(chroot "$NEWROOT" /usr/bin/odyssey --version 2>/dev/null | head -n 1 || true), Debian package $(chroot "$NEWROOT" dpkg-query -W -f '${Version}' odyssey)"
+fi
 
 RES="$WORK/results.tsv"
 : >"$RES"
 ntargets=$(echo $TARGETS | wc -w)
 ncases=$(echo $CASES | wc -w)
 nruns=$((ROUNDS * ncases * ntargets))
-say "$nruns runs of ${TIME}s: about $(((nruns * (TIME + 1) + 3 * 5 + 59) / 60)) min"
+[ "$nruns" -gt 0 ] && say "$nruns runs of ${TIME}s: about $(((nruns * (TIME + 1) + 3 * 5 + 59) / 60)) min"
 
 # run_one ROUND CLIENTS MODE[:tls] TARGET: one pgbench run, one line in results.tsv.
 run_one() {
@@ -239,14 +501,8 @@ run_one() {
     churn) flags="-C -M simple" ;;
     *) flags="-M $mode" ;;
   esac
-  case "$4" in
-    direct) port=$PGPORT pid="" ;;
-    pgbouncer) port=$BPORT pid=$BPID ;;
-    pgsluice) port=$SPORT pid=$SPID ;;
-    pgsluice-w1) port=$S1PORT pid=$S1PID ;;
-    pgsluice-base) port=$S2PORT pid=$S2PID ;;
-    *) die "unknown target $4" ;;
-  esac
+  port=$(target_port "$4")
+  pid=$(target_pid "$4")
   jobs=1
   [ "$2" -gt 1 ] && jobs=2
   out="$WORK/run-$1-$2-$(echo "$3" | tr : -)-$4.log"
@@ -265,7 +521,7 @@ run_one() {
   printf '%s\t%s:%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${tps:-0}" \
     "${xacts:-0}" "${failed:-0}" "${aborted:-0}" "$((c1 - c0))" "$rc" >>"$RES"
   say "round $1 $2c $3 $4: tps ${tps:-0} failed ${failed:-0} aborted ${aborted:-0} (exit $rc)"
-  if [ "$rc" -ne 0 ] && [ "${aborted:-0}" -eq 0 ]; then
+  if { [ "$rc" -ne 0 ] && [ "${aborted:-0}" -eq 0 ]; } || [ -z "$tps" ]; then
     tail -n 3 "$out" | sed 's/^/bench:   /' >&2
   fi
 }
@@ -273,12 +529,10 @@ run_one() {
 # Warm-up, not counted: fills PostgreSQL's cache and opens every pool's server
 # connections, so that round 1 does not pay for them.
 WARM=$((TIME < 5 ? TIME : 5))
-say "warm-up: ${WARM}s per target"
-for t in $TARGETS; do
-  case "$t" in
-    direct) port=$PGPORT ;; pgbouncer) port=$BPORT ;; pgsluice) port=$SPORT ;;
-    pgsluice-w1) port=$S1PORT ;; pgsluice-base) port=$S2PORT ;; *) die "unknown target $t" ;;
-  esac
+WARM_TARGETS=$TARGETS
+[ "$ROUNDS" -gt 0 ] && say "warm-up: ${WARM}s per target" || WARM_TARGETS=""
+for t in $WARM_TARGETS; do
+  port=$(target_port "$t")
   PGSSLMODE=disable "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -M simple -c 32 -j 2 -T "$WARM" bench \
     >"$WORK/warmup-$t.log" 2>&1 || { tail -n 5 "$WORK/warmup-$t.log" >&2; die "warm-up of $t failed"; }
 done
@@ -299,67 +553,74 @@ done
 # a pooler touches once, on its first clients (code pages of libcrypto and libc faulted in,
 # a thread's malloc arena, buffers kept for reuse), is then not spread over the clients
 # measured, for every pooler alike; both figures are printed.
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
-# hold_idle N SSLMODE PORT NAME: starts N idle clients held until fd 3/4 closes; waits for
-# "ready" (1 when they are all in).
+# rss_kb PID: VmRSS of the process and of all its descendants, summed (kB).
+rss_kb() {
+  t=0
+  for p in $1 $(descendants "$1"); do
+    v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+descendants() {
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    echo "$c"
+    descendants "$c"
+  done
+}
+# hold_idle N SSLMODE PORT NAME FD: starts N idle clients held until fd FD closes; waits
+# for "ready" (1 when they are all in).
 hold_idle() {
   fifo="$WORK/idle-$4.fifo"
   rm -f "$fifo" && mkfifo "$fifo"
-  /usr/bin/python3 "$ROOT/contrib/idle_clients.py" "$3" "$1" "$2" bench bench bench <"$fifo" \
-    >"$WORK/idle-$4.out" 2>&1 &
+  /usr/bin/python3 "$ROOT/contrib/idle_clients.py" "$3" "$1" "$2" bench bench bench \
+    "$LISTEN_ADDRS" <"$fifo" >"$WORK/idle-$4.out" 2>&1 &
   IDLE_PIDS="$IDLE_PIDS $!"
   eval "exec $5>\"\$fifo\""
   i=0
   until grep -q '^ready' "$WORK/idle-$4.out" 2>/dev/null; do
     i=$((i + 1))
-    if [ $i -gt 3000 ] || grep -q '^fail' "$WORK/idle-$4.out" 2>/dev/null; then break; fi
+    if [ $i -gt $((3000 + $1 / 10)) ] || grep -q '^fail' "$WORK/idle-$4.out" 2>/dev/null; then break; fi
     sleep 0.1
   done
   grep -q '^ready' "$WORK/idle-$4.out" 2>/dev/null
 }
-IDLE_WARM=${BENCH_IDLE_WARM:-100}
-idle_one() { # TARGET PID PORT SSLMODE
+idle_one() { # TARGET PID PORT SSLMODE COUNT
   cold=$(rss_kb "$2")
   ok=0
   IDLE_PIDS=""
   if hold_idle "$IDLE_WARM" "$4" "$3" "warm-$1-$4" 3; then
     sleep 1
     r0=$(rss_kb "$2")
-    hold_idle "$IDLE" "$4" "$3" "$1-$4" 4 && ok=1
+    hold_idle "$5" "$4" "$3" "$1-$4" 4 && ok=1
     sleep 1
     r1=$(rss_kb "$2")
   fi
   exec 3>&- 4>&-
   for p in $IDLE_PIDS; do wait "$p" 2>/dev/null || true; done
   if [ "$ok" = 1 ]; then
-    printf '%s\t%s\t%s\t%s\n' "$1" "$4" "$(((r1 - r0) * 1024 / IDLE))" \
-      "$(((r1 - cold) * 1024 / (IDLE + IDLE_WARM)))" >>"$WORK/idle.tsv"
-    say "idle $1 $4: RSS $cold kB at start, $r0 kB with $IDLE_WARM clients, $r1 kB with $IDLE more"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$4" "$(((r1 - r0) * 1024 / $5))" \
+      "$(((r1 - cold) * 1024 / ($5 + IDLE_WARM)))" "$5" >>"$WORK/idle.tsv"
+    say "idle $1 $4: RSS $cold kB at start, $r0 kB with $IDLE_WARM clients, $r1 kB with $5 more"
   else
-    printf '%s\t%s\t%s\t%s\n' "$1" "$4" "failed" "failed" >>"$WORK/idle.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$4" "failed" "failed" "$5" >>"$WORK/idle.tsv"
     say "idle $1 $4: failed: $(tail -n 1 "$WORK/idle-$1-$4.out" "$WORK/idle-warm-$1-$4.out" 2>/dev/null | tail -n 1)"
   fi
 }
 : >"$WORK/idle.tsv"
-if [ "$IDLE" -gt 0 ]; then
-  for t in $TARGETS; do
-    case "$t" in
-      pgbouncer) port=$BPORT bin=$BOUNCER ;; pgsluice) port=$SPORT bin=$SLUICE ;;
-      pgsluice-w1) port=$S1PORT bin=$SLUICE ;; pgsluice-base) port=$S2PORT bin=$BASE ;;
-      *) continue ;;
-    esac
-    modes=disable
-    [ "$TLS" = 1 ] && modes="disable require"
-    for mode in $modes; do
-      # A freshly started pooler for each measure, so that memory freed by the clients of
-      # the previous one (kept by malloc) does not hide what these clients take.
-      kill_pidfile "$WORK/$t.pid" "$WORK"
-      rm -f "$WORK/$t.pid"
-      start_pooler "$t" "$bin" "$port"
-      idle_one "$t" "$(cat "$WORK/$t.pid")" "$port" "$mode"
-    done
+for e in $IDLE_LIST; do
+  t=${e%%:*} n=${e#*:}
+  port=$(target_port "$t")
+  modes=disable
+  [ "$IDLE_TLS" = 1 ] && modes="disable require"
+  for mode in $modes; do
+    # A freshly started pooler for each measure, so that memory freed by the clients of
+    # the previous one (kept by malloc) does not hide what these clients take.
+    stop_target "$t"
+    start_pooler "$t" "$port"
+    idle_one "$t" "$(target_pid "$t")" "$port" "$mode" "$n"
   done
-fi
+done
 
 # Login rate with users from auth_query (issue 11): pgbench -C -S as aqbench, a role that
 # is in no auth_file. Both poolers run auth_query as aqauth (a SECURITY DEFINER function
@@ -514,15 +775,30 @@ fi
 CLK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 mkdir -p "$ROOT/build"
 OUT="$ROOT/build/bench-last.txt"
+MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+MEM=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+GITDESC=$(git -C "$ROOT" describe --tags --always --dirty 2>/dev/null || echo unknown)
+PGVERSION=$("$PGBIN/postgres" --version 2>/dev/null || echo unknown)
+# The command as run: the benchmark's environment variables that were set, then the script.
+COMMAND="$(env | grep -E '^(BENCH_[A-Z0-9_]*|PGSLUICE_BIN|PGBOUNCER_BIN|PGBIN)=' | sort |
+  sed "s/^\([^=]*\)=\(.*\)$/\1='\2'/" | tr '\n' ' ')sh contrib/bench.sh"
 {
-  echo "pgsluice benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, pgbench -S -T $TIME, $ROUNDS rounds, scale $SCALE"
+  echo "pgsluice benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), pgbench -S -T $TIME, $ROUNDS rounds, scale $SCALE"
+  echo "machine: $(nproc) CPUs ($MODEL), $MEM, Linux $(uname -r)"
+  echo "command: $COMMAND"
   echo "pools: transaction mode, default_pool_size $POOL_SIZE, auth $AUTH; pgsluice workers 2,"
   echo "pgsluice-w1 workers 1; both pgsluice with cache_unnamed_statements = 1"
+  echo "postgresql: $PGVERSION"
   echo "pgbouncer: $BOUNCER ($BVERSION)"
-  echo "pgsluice:  $SLUICE$(is_pgbouncer "$SLUICE" && echo '  (PgBouncer standing in for pgsluice)')"
+  echo "pgsluice:  $SLUICE ($GITDESC)$(is_pgbouncer "$SLUICE" && echo '  (PgBouncer standing in for pgsluice)')"
   [ -n "$BASE" ] && echo "pgsluice-base: $BASE (same settings as pgsluice)"
-  echo
-  awk -F '\t' -v clk="$CLK" -v targets="$TARGETS" -v cases="$CASES" '
+  if [ "$PEERS" = 1 ]; then
+    echo "pgbouncer-new: $NVERSION, from Debian $PEERS_SUITE (same pgbouncer.ini as pgbouncer)"
+    echo "odyssey: $OVERSION, from Debian $PEERS_SUITE (workers $ODYSSEY_WORKERS, pool \"transaction\","
+    echo "  pool_size $POOL_SIZE, pool_reserve_prepared_statement yes)"
+  fi
+  [ -s "$RES" ] && echo
+  [ -s "$RES" ] && awk -F '\t' -v clk="$CLK" -v targets="$TARGETS" -v cases="$CASES" '
     function median(list,   a, n, i, j, t) {
       n = split(list, a, " ")
       for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
@@ -598,10 +874,13 @@ OUT="$ROOT/build/bench-last.txt"
   fi
   if [ -s "$WORK/idle.tsv" ]; then
     echo
-    echo "memory per idle logged-in client, bytes: RSS growth over $IDLE clients opened after"
-    echo "$IDLE_WARM warm-up clients (in parentheses: growth from the fresh start / all clients):"
-    awk -F '\t' '{ v[$1] = v[$1] sprintf("  %s %s (%s)", ($2 == "require" ? "TLS" : "plain"), $3, $4) }
-      END { for (t in v) printf "  %-14s%s\n", t, v[t] }' "$WORK/idle.tsv" | sort
+    echo "memory per idle logged-in client, bytes: RSS growth (summed over the pooler's processes)"
+    echo "over COUNT clients opened after $IDLE_WARM warm-up clients (in parentheses: growth from"
+    echo "the fresh start / all clients):"
+    [ -n "$IDLE_NOTE" ] && printf '%s' "$IDLE_NOTE" | sed 's/^/  /'
+    awk -F '\t' '{ k = $1 " " $5; v[k] = v[k] sprintf("  %s %s (%s)", ($2 == "require" ? "TLS" : "plain"), $3, $4) }
+      END { for (k in v) { split(k, a, " "); printf "  %-14s %7d clients%s\n", a[1], a[2], v[k] } }' \
+      "$WORK/idle.tsv" | sort
   fi
   echo
   echo "failed: pgbench's \"number of failed transactions\", summed over rounds;"
