@@ -236,7 +236,7 @@ Snapshot snapshot_worker(Worker& w, unsigned parts) {
         r.sv_login++;
         break;
       case ServerState::Active:
-        r.sv_active++;
+        if (sv->hub_ == nullptr) r.sv_active++;  // a LISTEN hub is outside the pool's size
         break;
       case ServerState::Resetting:
         r.sv_tested++;

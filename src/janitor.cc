@@ -249,7 +249,7 @@ bool Worker::check_server(Server* s, const Client* c) {
 bool Worker::scan_routines(Server* s) {
   Pool* p = s->pool_;
   if (p->mode.load(std::memory_order_relaxed) == PoolMode::Session) return false;
-  if (!p->take_routines_scan(now_seconds())) return false;
+  if (p->state == nullptr || !p->state->routines.take(now_seconds())) return false;
   s->routines_ = std::make_unique<StateRoutines>();
   s->routines_bad_ = false;
   s->send_internal_query(StateRoutines::query());
@@ -267,7 +267,7 @@ void Worker::routines_scanned(Server* s) {
         "reading stays",
         static_cast<void*>(s), s->pool_->db_name.c_str(), s->pool_->user_name.c_str());
     rt_->routine_reading_failures.fetch_add(1, std::memory_order_relaxed);
-    s->pool_->routines_scanned(nullptr, now_seconds());
+    s->pool_->state->routines.done(nullptr, now_seconds());
     return;
   }
   r->finish();
@@ -279,7 +279,7 @@ void Worker::routines_scanned(Server* s) {
         StateRoutines::kMaxBytes >> 20);
   LOG_DEBUG("S-%p: %s/%s: %zu routines and relations make session state", static_cast<void*>(s),
             s->pool_->db_name.c_str(), s->pool_->user_name.c_str(), r->size());
-  s->pool_->routines_scanned(std::move(r), now_seconds());
+  s->pool_->state->routines.done(std::move(r), now_seconds());
   rt_->routine_readings.fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -130,6 +130,7 @@ std::string render_metrics(const Snapshot& s, const Config& cfg, const MetricsEx
          "Times a pool's new servers moved off a host that could not be reached or no longer "
          "suited target_session_attrs (the log names both hosts).");
   o.line_u("pgsluice_failovers_total", "", extra.failovers);
+  static_assert(sizeof(extra.client_pins) / sizeof(extra.client_pins[0]) == kPinReasons);
   o.head("pgsluice_client_pins_total", "counter",
          "Clients pinned to their server by state pgsluice cannot follow, by reason.");
   for (int i = 0; i < kPinReasons; i++)

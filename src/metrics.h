@@ -37,7 +37,7 @@ struct MetricsExtra {
   uint64_t routine_readings = 0;               // Runtime::routine_readings
   uint64_t routine_reading_failures = 0;       // Runtime::routine_reading_failures
   uint64_t failovers = 0;                      // Runtime::failovers
-  uint64_t client_pins[6] = {};                // Runtime::client_pins, by reason (pinning.h)
+  uint64_t client_pins[7] = {};                // Runtime::client_pins, by reason (pinning.h)
   int64_t pinned_clients = 0;                  // Runtime::pinned_clients
   uint64_t reloads = 0;                        // Runtime::reloads
   uint64_t reload_failures = 0;                // Runtime::reload_failures

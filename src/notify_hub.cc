@@ -428,6 +428,24 @@ void NotifyHub::retry() {
 
 // ---------------------------------------------------------------- the client doors
 
+namespace {
+
+// Notifications reach the hub in its client_encoding: the pool's default (what its servers
+// report at login). A client that asked for another keeps its LISTEN on its own server
+// (pinned, pinning.h), where PostgreSQL converts each payload for it.
+bool hub_encoding_fits(const Client* c) {
+  const TrackedNames& tracked = *c->worker()->rt()->tracked;
+  int i = tracked.find("client_encoding");
+  if (i < 0 || !c->vars_.has(static_cast<size_t>(i))) return true;  // the default
+  std::string_view mine = c->vars_.get(static_cast<size_t>(i));
+  if (!c->pool_->welcome_ready()) return false;
+  for (const auto& [k, v] : c->pool_->welcome())
+    if (iequals(k, "client_encoding")) return iequals(v, mine);
+  return false;
+}
+
+}  // namespace
+
 int notify_message(Client* c, uint8_t type, size_t len) {
   if (c->notify_ != nullptr && !c->notify_->awaiting.empty()) {
     c->want_read(false);  // NotifyHub::ready resumes it
@@ -449,6 +467,7 @@ int notify_message(Client* c, uint8_t type, size_t len) {
   if (text.find('\0') != std::string_view::npos) return 0;
   NotifyCmd cmd = parse_notify_cmd(text);
   if (cmd.kind == NotifyCmd::Kind::None) return 0;
+  if (cmd.kind == NotifyCmd::Kind::Listen && !hub_encoding_fits(c)) return 0;
   c->in_.rpos += total;
   LocalPool* lp = c->lp_;
   if (lp->hub == nullptr) lp->hub = std::make_unique<NotifyHub>(c->worker(), lp);

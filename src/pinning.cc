@@ -16,13 +16,15 @@ namespace pgsluice {
 namespace {
 
 constexpr std::string_view kNames[kPinReasons] = {
-    "advisory_lock", "temp_table", "hold_cursor", "listen", "untracked_setting", "prepare"};
+    "advisory_lock",     "temp_table", "hold_cursor", "listen",
+    "untracked_setting", "prepare",    "unread"};
 constexpr std::string_view kWhat[kPinReasons] = {"session advisory locks",
                                                  "temporary tables",
                                                  "WITH HOLD cursors",
                                                  "LISTEN",
                                                  "untracked session settings (set_config, DO)",
-                                                 "SQL PREPARE"};
+                                                 "SQL PREPARE",
+                                                 "statements not read"};
 
 }  // namespace
 
@@ -85,7 +87,7 @@ uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned, size_t nwat
   if (values != nullptr) values->clear();
   wire::Reader r(body.data(), body.size());
   uint16_t n = 0;
-  if (!r.u16(n) || n != kPinReasons + nwatch) return pinned;  // not understood: nothing changes
+  if (!r.u16(n) || n != kPinCheckCounts + nwatch) return pinned;  // not understood: no change
   uint8_t still = 0;
   std::vector<std::optional<std::string>> vals;
   for (size_t i = 0; i < n; i++) {
@@ -93,7 +95,7 @@ uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned, size_t nwat
     if (!r.u32(len)) return pinned;
     std::span<const uint8_t> v;
     if (len != 0xffffffffu && !r.bytes(len, v)) return pinned;
-    if (i >= kPinReasons) {
+    if (i >= kPinCheckCounts) {
       if (len == 0xffffffffu)
         vals.emplace_back();
       else
@@ -104,7 +106,9 @@ uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned, size_t nwat
     bool zero = len == 1 && v[0] == '0';
     if (zero) continue;
     const unsigned bit = 1u << i;
-    if ((bit == kPinUntrackedSetting || bit == kPinPrepare) && (pinned & bit) == 0) continue;
+    // Untracked settings count for a client pinned for them or for a text not read.
+    if (bit == kPinUntrackedSetting && (pinned & (bit | kPinUnread)) == 0) continue;
+    if (bit == kPinPrepare && (pinned & bit) == 0) continue;
     still |= static_cast<uint8_t>(bit);
   }
   if (values != nullptr) *values = std::move(vals);
@@ -194,7 +198,7 @@ constexpr std::string_view kTooManyPinning =
 // before another client uses it.
 PinScan unread_text(bool sql_prepare) {
   PinScan ps;
-  ps.pins = kPinUntrackedSetting | (sql_prepare ? kPinPrepare : 0);
+  ps.pins = kPinUnread | (sql_prepare ? kPinPrepare : 0);
   ps.releases = kReleaseAny;
   ps.dirty = true;
   return ps;
@@ -211,8 +215,10 @@ std::vector<std::string> Client::pin_check_sent() {
 int Client::pin_message(uint8_t type, size_t len) {
   const size_t total = len + 1;
   if (type == 'B' && pool_ != nullptr && pool_->mode != PoolMode::Session &&
-      pool_->routines_unknown())
+      pool_->routines_unknown()) {
     pin_apply(unread_text(false));  // as a Query that calls something (below)
+    if (pool_->state != nullptr) pool_->state->routines.needed();
+  }
   if (type == 'B' && !pin_stmts_.empty()) {
     // A Bind of a statement whose text pins (or releases) does it again. Only its names are
     // read: they come first, and its parameters may be of any size.
@@ -303,8 +309,10 @@ int Client::pin_message(uint8_t type, size_t len) {
       // ended, or a client changed a routine since the last): a text that may call one
       // counts as one that may make any state, checked after it (not refused: it may make
       // none). A Bind does the same then (above).
-      if (text.find('(') != std::string_view::npos && pool_->routines_unknown())
+      if (text.find('(') != std::string_view::npos && pool_->routines_unknown()) {
         pin_merge(ps, unread_text(false));
+        if (pool_->state != nullptr) pool_->state->routines.needed();
+      }
       pin_apply(ps);
     }
     return 0;
@@ -332,8 +340,10 @@ int Client::pin_message(uint8_t type, size_t len) {
 
 void Server::maybe_pin_check() {
   Client* c = client_;
+  // Not while the client has bytes not passed on: a statement read (and pinned) but not sent
+  // yet would run after the check, which must tell what it left.
   if (c == nullptr || !c->pin_check_due_ || c->pins_ == 0 || state_ != ServerState::Active ||
-      !clean() || c->fwd_remaining_ != 0 || c->copy_in_)
+      !clean() || c->fwd_remaining_ != 0 || c->copy_in_ || !c->in_.empty())
     return;
   pin_names_ = c->pin_check_sent();
   pin_checking_ = true;

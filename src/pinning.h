@@ -14,7 +14,8 @@
 
 namespace pgsluice {
 
-inline constexpr int kPinReasons = 6;
+inline constexpr int kPinReasons = 7;
+inline constexpr int kPinCheckCounts = 6;  // the check's counts: every reason but unread
 
 // The name of reason bit i (0..kPinReasons-1): "advisory_lock", "temp_table", ...
 std::string_view pin_reason_name(int i);

@@ -38,44 +38,6 @@ void Pool::unhold() {
   holds_.fetch_sub(1);
 }
 
-bool Pool::routines_due(double now) const {
-  return !routines_scanning_.load(std::memory_order_relaxed) &&
-         (routines_changed_.load(std::memory_order_relaxed) ||
-          now - routines_at_.load(std::memory_order_relaxed) >= kRoutinesPeriod);
-}
-
-bool Pool::take_routines_scan(double now) {
-  if (!routines_due(now)) return false;
-  bool no = false;
-  if (!routines_scanning_.compare_exchange_strong(no, true)) return false;
-  // Unknown until this scan ends when a change asked for it; a change from now on: again.
-  if (routines_changed_.exchange(false, std::memory_order_relaxed))
-    routines_rereading_.store(true, std::memory_order_relaxed);
-  return true;
-}
-
-void Pool::routines_scanned(std::unique_ptr<StateRoutines> r, double now) {
-  routines_at_.store(now, std::memory_order_relaxed);
-  if (r != nullptr) {
-    std::lock_guard<std::mutex> g(mu_);
-    const StateRoutines* cur = routines_.load(std::memory_order_relaxed);
-    if (cur == nullptr || !cur->same(*r)) {
-      routines_.store(r.get(), std::memory_order_release);
-      routines_kept_.push_back(std::move(r));
-    }
-  } else if (routines_.load(std::memory_order_relaxed) == nullptr) {
-    // Failed before any set was read: an empty one, so that texts are not all held as
-    // unknown until the next scan (the failure is logged; the next scan is a period away).
-    std::lock_guard<std::mutex> g(mu_);
-    auto empty = std::make_unique<StateRoutines>();
-    empty->finish();
-    routines_.store(empty.get(), std::memory_order_release);
-    routines_kept_.push_back(std::move(empty));
-  }
-  routines_rereading_.store(false, std::memory_order_relaxed);
-  routines_scanning_.store(false, std::memory_order_release);
-}
-
 static bool take(std::atomic<int>* c, int max) {
   if (c == nullptr || max <= 0) {
     if (c) c->fetch_add(1);

@@ -27,6 +27,7 @@ struct DbState {
   std::atomic<bool> paused{false};      // PAUSE/KILL: no server is handed out; released ones close
   std::atomic<bool> disabled{false};    // DISABLE: new logins refused
   std::atomic<uint32_t> generation{0};  // RECONNECT: servers of an older generation close
+  RoutineReadings routines;             // routines that make session state (pinning)
 };
 
 // One (database, user) pool. Its target and settings are re-applied at RELOAD (retarget);
@@ -103,25 +104,11 @@ class Pool {
   void set_scram_keys(const std::array<uint8_t, 32>& ck, const std::array<uint8_t, 32>& sk);
   bool scram_keys(std::array<uint8_t, 32>& ck, std::array<uint8_t, 32>& sk) const;
 
-  // Routines that may make session state (state_routines.h), read from the catalog by one
-  // query on a server of the pool: at the pool's first use, again kRoutinesPeriod later, and
-  // after a client's CREATE/ALTER/DROP of a routine, trigger, view, ... (routines_changed).
-  // A published set lives as long as the pool (one that changed nothing is not published),
-  // so readers need no reference count. Null until the first scan.
-  static constexpr double kRoutinesPeriod = 60;
-  const StateRoutines* routines() const { return routines_.load(std::memory_order_acquire); }
-  // Not known now: never read, or a routine may have changed since the last read (until
-  // the next read, a text with a call counts as one that may make state).
-  bool routines_unknown() const {
-    return routines_changed_.load(std::memory_order_relaxed) ||
-           routines_rereading_.load(std::memory_order_relaxed) || routines() == nullptr;
+  // Routines that may make session state (state_routines.h): this database's readings.
+  const StateRoutines* routines() const {
+    return state != nullptr ? state->routines.current() : nullptr;
   }
-  void routines_changed() { routines_changed_.store(true, std::memory_order_relaxed); }
-  bool routines_due(double now) const;
-  // Takes the next scan when one is due and none runs (true: the caller sends the query).
-  bool take_routines_scan(double now);
-  // The scan's end: r (null: it failed; the last set stays) published unless unchanged.
-  void routines_scanned(std::unique_ptr<StateRoutines> r, double now);
+  bool routines_unknown() const { return state == nullptr || state->routines.unknown(); }
 
   DbState* state = nullptr;  // this database's operator state (never null once registered)
 
@@ -160,12 +147,6 @@ class Pool {
   std::string config_secret_;
   std::atomic<bool> welcome_ready_{false};
   std::atomic<double> login_failed_at_{0};
-  std::atomic<const StateRoutines*> routines_{nullptr};
-  std::vector<std::unique_ptr<StateRoutines>> routines_kept_;  // every set published (mu_)
-  std::atomic<bool> routines_changed_{false};
-  std::atomic<bool> routines_scanning_{false};
-  std::atomic<bool> routines_rereading_{false};  // the scan running was asked by a change
-  std::atomic<double> routines_at_{-1e18};       // when the last scan ended
   std::vector<std::pair<std::string, std::string>> welcome_;
   std::string looked_up_secret_;
   bool have_keys_ = false;

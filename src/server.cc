@@ -633,7 +633,10 @@ void Server::process() {
             auto f = wire::parse_error(body);
             LOG_WARN("S-%p: internal query failed: %s", static_cast<void*>(this),
                      f.message.c_str());
-            internal_failed_ = true;
+            if (routines_ != nullptr)
+              routines_bad_ = true;  // the routines' reading: the server stays (janitor.cc)
+            else
+              internal_failed_ = true;
           } else {
             auto f = wire::parse_error(body);
             worker_->close_server(this, "error from idle server: " + f.message);

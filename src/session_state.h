@@ -68,6 +68,9 @@ enum PinReason : uint8_t {
   kPinListen = 8,             // LISTEN
   kPinUntrackedSetting = 16,  // set_config(...), DO blocks
   kPinPrepare = 32,           // SQL PREPARE (only asked for when remapping is off)
+  // A text pgsluice did not read (over 64 KiB) or could not judge (a call while the pool's
+  // routines are not known): pinned until the check right after it tells what it left.
+  kPinUnread = 64,
 };
 struct PinScan {
   uint8_t pins = 0;  // PinReason bits

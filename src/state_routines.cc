@@ -206,4 +206,40 @@ bool StateRoutines::same(const StateRoutines& o) const {
   return true;
 }
 
+bool RoutineReadings::due(double now) const {
+  return needed_.load(std::memory_order_relaxed) && !reading_.load(std::memory_order_relaxed) &&
+         (changed_.load(std::memory_order_relaxed) ||
+          now - at_.load(std::memory_order_relaxed) >= kPeriod);
+}
+
+bool RoutineReadings::take(double now) {
+  if (!due(now)) return false;
+  bool no = false;
+  if (!reading_.compare_exchange_strong(no, true)) return false;
+  // Unknown until this reading ends when a change asked for it; a change from now on: again.
+  if (changed_.exchange(false, std::memory_order_relaxed))
+    rereading_.store(true, std::memory_order_relaxed);
+  return true;
+}
+
+void RoutineReadings::done(std::unique_ptr<StateRoutines> r, double now) {
+  at_.store(now, std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    const StateRoutines* cur = current_.load(std::memory_order_relaxed);
+    if (r == nullptr && cur == nullptr) {
+      // Failed before any set was read: an empty one, so that texts are not all held as
+      // unknown until the next reading (the failure is logged and counted).
+      r = std::make_unique<StateRoutines>();
+      r->finish();
+    }
+    if (r != nullptr && (cur == nullptr || !cur->same(*r))) {
+      current_.store(r.get(), std::memory_order_release);
+      kept_.push_back(std::move(r));
+    }
+  }
+  rereading_.store(false, std::memory_order_relaxed);
+  reading_.store(false, std::memory_order_release);
+}
+
 }  // namespace pgsluice

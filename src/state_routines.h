@@ -7,8 +7,11 @@
 // (scan_pins). Pure; immutable once built (published by the pool, read by every worker).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -57,6 +60,46 @@ class StateRoutines {
   std::unordered_map<std::string, PinScan> words_;
   size_t bytes_ = 0;
   bool complete_ = true;
+};
+
+// A database's readings of its routines, shared by its pools (DbState::routines): read by
+// one query on a server of one of them (Worker::scan_routines) at the first use, kPeriod
+// later, and after a client's CREATE/ALTER/DROP of a routine, trigger, view, ... (changed).
+// A published set lives as long as the database's state (a reading equal to the last is
+// not published), so readers need no reference count.
+class RoutineReadings {
+ public:
+  static constexpr double kPeriod = 60;
+  // Null until the first reading ended.
+  const StateRoutines* current() const { return current_.load(std::memory_order_acquire); }
+  // Not known now: never read, or a routine may have changed since the last reading (until
+  // the reading that change asked for ends, a text with a call counts as one that may make
+  // state).
+  bool unknown() const {
+    return changed_.load(std::memory_order_relaxed) || rereading_.load(std::memory_order_relaxed) ||
+           current() == nullptr;
+  }
+  void changed() { changed_.store(true, std::memory_order_relaxed); }
+  // A client sent a text that calls something: readings are needed (a database whose
+  // clients never call a routine is never read).
+  void needed() {
+    if (!needed_.load(std::memory_order_relaxed)) needed_.store(true, std::memory_order_relaxed);
+  }
+  bool due(double now) const;
+  // Takes the next reading when one is due and none runs (true: the caller sends the query).
+  bool take(double now);
+  // The reading's end: r (null: it failed; the last set stays) published unless unchanged.
+  void done(std::unique_ptr<StateRoutines> r, double now);
+
+ private:
+  std::atomic<const StateRoutines*> current_{nullptr};
+  std::mutex mu_;
+  std::vector<std::unique_ptr<StateRoutines>> kept_;  // every set published (mu_)
+  std::atomic<bool> changed_{false};
+  std::atomic<bool> needed_{false};
+  std::atomic<bool> reading_{false};
+  std::atomic<bool> rereading_{false};  // the reading running was asked for by a change
+  std::atomic<double> at_{-1e18};       // when the last reading ended
 };
 
 }  // namespace pgsluice

@@ -431,7 +431,7 @@ void Worker::unlink(Client* c, Server* s) {
       c->settings_dirty_ = false;
     }
     if (c->catalog_changed_) {  // committed or rolled back by now (state_routines.h)
-      s->pool_->routines_changed();
+      if (s->pool_->state != nullptr) s->pool_->state->routines.changed();
       c->catalog_changed_ = false;
     }
   }
@@ -447,7 +447,8 @@ bool Worker::acquire(Client* c) {
   bool hold = paused(p);
   bool checking = false;               // c waits for the check of an idle server
   if (!hold && lp->waiting.empty()) {  // else: first come, first served
-    if (cfg_->server_check_prepared && !p->routines_due(c->request_time_)) {
+    if (cfg_->server_check_prepared &&
+        (p->state == nullptr || !p->state->routines.due(c->request_time_))) {
       if (Server* s = idle_unchecked(lp, c)) {
         link(c, s);
         return true;

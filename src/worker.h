@@ -68,7 +68,7 @@ struct Runtime {
   std::atomic<uint64_t> routine_readings{0};  // state_routines.h: catalog reads ended
   std::atomic<uint64_t> routine_reading_failures{0};
   // Clients pinned (pinning.h), by reason (bit order), and pinned now.
-  std::atomic<uint64_t> client_pins[6] = {};
+  std::atomic<uint64_t> client_pins[7] = {};  // by reason (pinning.h, kPinReasons)
   std::atomic<int64_t> pinned_clients{0};
   std::atomic<uint64_t> failovers{0};        // a pool's servers moved off a held host
   std::atomic<uint64_t> reloads{0};          // configurations committed by RELOAD/SIGHUP

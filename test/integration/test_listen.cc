@@ -349,6 +349,24 @@ TEST_SUITE("listen") {
     CHECK(got[0][1].payload == "during");
   }
 
+  TEST_CASE("a listener in another client_encoding gets each payload in its own") {
+    if (skip_in_direct_mode("the hub is pgsluice's")) return;
+    Pooler p(listen_options());
+    Conn l = connect(p.conninfo("md5user", "md5pass", "testdb", "client_encoding=LATIN1"));
+    Conn u = connect(p.conninfo()), tx = connect(p.conninfo());
+    REQUIRE(scalar(u.get(), "SHOW server_encoding") == "UTF8");
+    exec_ok(l.get(), "LISTEN enc_ch");
+    exec_ok(u.get(), "LISTEN enc_ch");
+    exec_ok(tx.get(), "NOTIFY enc_ch, 'caf\xc3\xa9'");
+    std::vector<std::vector<Note>> got(2);
+    collect({l.get(), u.get()}, got, 10, [&] { return !got[0].empty() && !got[1].empty(); });
+    REQUIRE(got[0].size() == 1);
+    REQUIRE(got[1].size() == 1);
+    CHECK(got[0][0].payload == "caf\xe9");  // LATIN1, as PostgreSQL converts it
+    CHECK(got[1][0].payload == "caf\xc3\xa9");
+    exec_ok(l.get(), "UNLISTEN *");
+  }
+
   TEST_CASE("statement pooling listens through the hub too") {
     if (skip_in_direct_mode("the hub is pgsluice's")) return;
     Options o = listen_options();

@@ -42,6 +42,7 @@ TEST_CASE("pinning: reason names and refusals") {
   CHECK(pin_reasons(kPinAdvisoryLock | kPinListen) == "advisory_lock,listen");
   CHECK(pin_reasons(0x3f) ==
         "advisory_lock,temp_table,hold_cursor,listen,untracked_setting,prepare");
+  CHECK(pin_reasons(kPinUnread | kPinListen) == "listen,unread");
   CHECK(pin_refusal(kPinAdvisoryLock, false) ==
         "session advisory locks are not supported in transaction pooling "
         "(pin_on_untracked_state = off)");
@@ -58,6 +59,11 @@ TEST_CASE("pinning: the check's answer") {
   CHECK(check(row({"0", "0", "0", "0", "3", "4"}), kPinAdvisoryLock) == 0);
   CHECK(check(row({"0", "0", "0", "0", "3", "4"}), all) == (kPinUntrackedSetting | kPinPrepare));
   CHECK(check(row({"0", "0", nullptr, "0", "0", "0"}), all) == 0);
+  // A text not read: untracked settings count (a SET hidden in it), and the unread reason
+  // itself ends with the check.
+  CHECK(check(row({"0", "0", "0", "0", "1", "0"}), kPinUnread) == kPinUntrackedSetting);
+  CHECK(check(row({"0", "0", "0", "0", "0", "0"}), kPinUnread) == 0);
+  CHECK(check(row({"0", "0", "0", "0", "0", "2"}), kPinUnread) == 0);
   // Not understood: nothing changes.
   CHECK(check(row({"0", "0"}), kPinListen) == kPinListen);
   CHECK(check("", kPinListen) == kPinListen);
