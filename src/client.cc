@@ -639,6 +639,7 @@ void Client::send_welcome() {
                          std::string_view(reinterpret_cast<const char*>(cancel_key_.data()), 4));
   wire::ready_for_query(m, 'I');
   worker_->bufs().append(out_, m.data(), m.size());
+  vars_.shrink();  // grown value by value during the login: kept at its size from now on
 }
 
 // A lost server's answer may come while this client is forwarding (a failed send):
