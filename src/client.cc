@@ -14,6 +14,12 @@
 
 namespace pgsluice {
 
+#if defined(__x86_64__) && defined(__GLIBCXX__)
+// Every idle client carries one (ARCHITECTURE.md, memory per client): 712 bytes, a 720-byte
+// malloc chunk. A field that makes it larger belongs in a struct allocated on use.
+static_assert(sizeof(Client) <= 712, "Client grew: see ARCHITECTURE.md, memory per client");
+#endif
+
 namespace {
 constexpr size_t kHighWater = 64 * 1024;  // stop reading a side whose peer has this much unsent
 constexpr size_t kScanWhole = 64 * 1024;  // a Query up to this size is read whole before sending
@@ -633,6 +639,7 @@ void Client::send_welcome() {
                          std::string_view(reinterpret_cast<const char*>(cancel_key_.data()), 4));
   wire::ready_for_query(m, 'I');
   worker_->bufs().append(out_, m.data(), m.size());
+  vars_.shrink();  // grown value by value during the login: kept at its size from now on
 }
 
 // A lost server's answer may come while this client is forwarding (a failed send):

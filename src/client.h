@@ -92,13 +92,14 @@ class Client final : public Conn {
   VarCache vars_;
   uint32_t cancel_pid_ = 0;
   std::array<uint8_t, 4> cancel_key_{};
-  uint64_t fwd_remaining_ = 0;  // bytes of a message still to pass to the server
-  bool flush_queued_ = false;   // on the worker's list of sends (Worker::queue_flush)
-  bool copy_in_ = false;        // between CopyInResponse and the client's CopyDone/CopyFail
-  ClientStmts stmts_;           // the client's named statements (remapping)
-  bool remap_ = false;          // remap named statements (transaction/statement mode)
-  bool cache_unnamed_ = false;  // and the unnamed one (cache_unnamed_statements)
-  bool stalled_ = false;        // waiting for an earlier segment's answer (Client::must_wait)
+  uint64_t fwd_remaining_ = 0;               // bytes of a message still to pass to the server
+  [[no_unique_address]] ClientStmts stmts_;  // the client's named statements (remapping)
+  bool remap_ = false;                       // remap named statements (transaction/statement mode)
+  bool cache_unnamed_ = false;               // and the unnamed one (cache_unnamed_statements)
+  bool stalled_ = false;         // waiting for an earlier segment's answer (Client::must_wait)
+  bool flush_queued_ = false;    // on the worker's list of sends (Worker::queue_flush)
+  bool copy_in_ = false;         // between CopyInResponse and the client's CopyDone/CopyFail
+  bool limits_counted_ = false;  // counted in its pool's, database's and user's counts (below)
   // sql_scan() of the Query/Parse text being handled (remapping only), and of a Query too
   // large to read whole, fed as it streams through (qscan_active_).
   // Without cache_unnamed_statements: the client's unnamed statement, kept so that it
@@ -106,14 +107,17 @@ class Client final : public Conn {
   // unnamed Parses and simple queries (each replaces or drops it).
   std::string unnamed_body_;
   uint64_t unnamed_gen_ = 0;
+  [[no_unique_address]] SqlScan qscan_;  // the flags below fill its last word
   uint8_t scan_flags_ = 0;
-  SqlScan qscan_;
   bool qscan_active_ = false;
+  bool seg_ok_ = false;
+  bool seg_fresh_ = true;
+  bool is_admin_ = false;  // logged in to a virtual database (admin console)
+  bool welcomed_ = false;  // the welcome was sent (it must be sent once)
+  bool counted_ = false;   // counted in Runtime::clients (from accept to close)
   // The current extended-protocol segment (messages up to Sync), kept so that a Bind that
   // failed with 0A000 after DDL can be replayed once; seg_ok_ is false when it cannot be.
   std::string seg_bytes_;
-  bool seg_ok_ = false;
-  bool seg_fresh_ = true;
   void record_segment(uint8_t type, size_t len);
   // Puts the saved segment back in front of what the client sent since, and runs it again.
   void replay_segment();
@@ -123,12 +127,8 @@ class Client final : public Conn {
   bool session_scs(std::string_view text) const;
   bool session_sql_changes(std::string_view parse_body) const;
   void note_session_parse(std::string_view name, std::string_view parse_body);
-  bool is_admin_ = false;  // logged in to a virtual database (admin console)
-  bool welcomed_ = false;  // the welcome was sent (it must be sent once)
-  bool counted_ = false;   // counted in Runtime::clients (from accept to close)
   // Counted in its pool's, database's and login user's client counts (from the end of its
   // authentication to close: Worker::count_client); user_clients_ is the user's counter.
-  bool limits_counted_ = false;
   std::atomic<int>* user_clients_ = nullptr;
   // Session settings it made (SET, RESET, ...), followed in transaction and statement
   // pooling (session_state.h, client_session.cc); null until its first statement that
@@ -175,15 +175,14 @@ class Client final : public Conn {
   double wait_since_ = 0;    // when it started waiting for a server
   double connect_time_ = 0;  // when it was accepted
   size_t pos_ = 0;           // index in Worker::clients_
-
-  bool wait_notified_ = false;  // query_wait_notify's NOTICE was sent for this wait
   // Console, stats and trace (admin.cc, trace.h); only the owning worker touches them.
   uint64_t id_ = 0;             // process-wide id (SHOW CLIENTS, KILL_CLIENT)
   double request_time_ = 0;     // when its last request asked for a server (monotonic)
+  uint64_t trace_last_us_ = 0;  // time of the previous traced message
   uint8_t admin_role_ = 0;      // console: 0 none, 1 stats_users (read-only), 2 admin
   bool admin_busy_ = false;     // console: an answer is being gathered; reading is off
   bool trace_ = false;          // log every message's type and length (trace.h)
-  uint64_t trace_last_us_ = 0;  // time of the previous traced message
+  bool wait_notified_ = false;  // query_wait_notify's NOTICE was sent for this wait
 
  private:
   friend class Worker;  // set_state(), the one door for state changes
@@ -218,8 +217,8 @@ class Client final : public Conn {
   // How far remap_need() has scanned the message at the front of in_, so that a message
   // trickling in is scanned once (offset in the message, and NULs of a Bind seen so far).
   // Reset when the message has what it needs, and when in_ is rewritten (replay_segment).
-  size_t scan_pos_ = 0;
   uint8_t scan_nuls_ = 0;
+  size_t scan_pos_ = 0;
   // Whether a Bind/Describe/Close of this statement name is rewritten.
   bool remapped_name(std::string_view name) const {
     return !name.empty() || (cache_unnamed_ && stmts_.find(name) != nullptr);

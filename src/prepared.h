@@ -61,9 +61,6 @@ StmtRegistry& stmt_registry();
 // A client's statement names. Lives as long as the client; survives server changes.
 class ClientStmts {
  public:
-  // Without cache_unnamed_statements: the client has an unnamed statement of its own
-  // (its text in Client::unnamed_body_), which PostgreSQL keeps across a Sync.
-  bool has_unnamed = false;
   const std::shared_ptr<const StmtEntry>* find(std::string_view name) const;
   void set(std::string_view name, std::shared_ptr<const StmtEntry> e);
   bool erase(std::string_view name);
@@ -82,6 +79,12 @@ class ClientStmts {
   // Allocated at the first statement: a client that names none (most idle clients) carries
   // one pointer instead of an empty map (ARCHITECTURE.md, memory per connection).
   std::unique_ptr<Map> map_;
+
+ public:
+  // Without cache_unnamed_statements: the client has an unnamed statement of its own
+  // (its text in Client::unnamed_body_), which PostgreSQL keeps across a Sync. After map_,
+  // so that a Client's flags that follow fill the rest of the word.
+  bool has_unnamed = false;
 };
 
 // A 31-bit fingerprint of a client's statement name, kept in a request instead of a copy
@@ -181,7 +184,6 @@ namespace pgsluice {
 // unverified. Case-insensitive. A text arriving in pieces is fed piece by piece.
 struct SqlScan {
   enum : uint8_t { kNamesNamespace = 1, kTouchesStmts = 2 };
-  uint8_t flags = 0;
   void feed(std::string_view piece);
   void reset() {
     flags = 0;
@@ -190,6 +192,9 @@ struct SqlScan {
 
  private:
   std::string tail_;  // the end of the previous piece (a match may span two pieces)
+
+ public:
+  uint8_t flags = 0;  // after tail_: a Client's flags that follow fill the rest of the word
 };
 uint8_t sql_scan(std::string_view text);
 

@@ -100,17 +100,19 @@ class Conn {
   Buf in_;
   Buf out_;
   PeerAddr addr_;
-  bool dead_ = false;            // closed; waiting on the worker's deferred-free list
-  bool suspend_exempt_ = false;  // keeps reading during SUSPEND (console clients)
   // SUSPEND: stop (or resume) reading without forgetting whether this connection wants to.
   void apply_suspend(bool suspended);
 
+  // The fields are ordered by size, the small ones last, so that the object has no holes
+  // and a Client's own small fields fill the end of this one (ARCHITECTURE.md, memory per
+  // client).
  protected:
   Worker* worker_;
-  Fd fd_;
   // One event for the fd, added with EV_READ and/or EV_WRITE as wanted (rearm): one
   // struct event per connection instead of one per direction (ARCHITECTURE.md, memory).
   struct event ev_;
+  SSL* ssl_ = nullptr;  // owned (SSL_free in the destructor); null for plain connections
+  Fd fd_;
   short armed_ = 0;  // the mask ev_ is added with; 0 when it is not added
   bool attached_ = false;
   bool reading_ = false;
@@ -119,7 +121,10 @@ class Conn {
   // from the other event.
   bool read_needs_write_ = false;
   bool write_needs_read_ = false;
-  SSL* ssl_ = nullptr;  // owned (SSL_free in the destructor); null for plain connections
+
+ public:
+  bool dead_ = false;            // closed; waiting on the worker's deferred-free list
+  bool suspend_exempt_ = false;  // keeps reading during SUSPEND (console clients)
 
  private:
   static void io_cb(evutil_socket_t, short what, void* arg);

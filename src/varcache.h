@@ -38,6 +38,9 @@ class VarCache {
   // The value of name i (empty when unknown).
   std::string_view get(size_t i) const;
   size_t size() const { return n_; }
+  // Gives back what the string reserved beyond its size (a client's values, once logged in:
+  // ARCHITECTURE.md, memory per client).
+  void shrink() { data_.shrink_to_fit(); }
 
  private:
   friend std::string varcache_diff_sql(const TrackedNames&, const VarCache&, const VarCache&);
