@@ -56,7 +56,7 @@ std::string pin_refusal(uint8_t pins, bool statement_mode) {
 
 // One count per reason, in bit order; the settings' count stands for untracked_setting.
 std::string pin_check_sql(const std::vector<std::string>& known,
-                          const std::vector<std::string>& watch) {
+                          const std::vector<std::string>& watch, bool prepared) {
   std::string names;
   for (const auto* list : {&known, &watch})
     for (const auto& n : *list) {
@@ -74,9 +74,10 @@ std::string pin_check_sql(const std::vector<std::string>& known,
       "(SELECT count(*) FROM pg_catalog.pg_listening_channels()),"
       "(SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'session' AND "
       "lower(name) <> ALL (ARRAY[" +
-      names +
-      "]::text[])),"
-      "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+      names + "]::text[]))," +
+      std::string(prepared
+                      ? "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)"
+                      : "0");
   for (const auto& n : watch)
     sql += ",pg_catalog.current_setting(" + wire::sql_literal(n) + ", true)";
   return sql;
@@ -359,7 +360,7 @@ void Server::maybe_pin_check() {
       if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
     known.push_back(std::move(n));
   }
-  send_internal_query(pin_check_sql(known, pin_names_));
+  send_internal_query(pin_check_sql(known, pin_names_, (c->pins_ & kPinPrepare) != 0));
   flush();
 }
 

@@ -33,8 +33,10 @@ std::string pin_refusal(uint8_t pins, bool statement_mode);
 // remapping has its own check, server_check_prepared). `values`, when given, receives one
 // value per watched name (nullopt: NULL, no such setting); left empty when the row is not
 // understood (then nothing changes).
+// `prepared`: count SQL-prepared statements (only for a client pinned for them; 0 otherwise,
+// so a revoked pg_prepared_statements does not fail every check).
 std::string pin_check_sql(const std::vector<std::string>& known,
-                          const std::vector<std::string>& watch = {});
+                          const std::vector<std::string>& watch = {}, bool prepared = true);
 uint8_t pin_check_row(std::span<const uint8_t> body, uint8_t pinned, size_t nwatch = 0,
                       std::vector<std::optional<std::string>>* values = nullptr);
 

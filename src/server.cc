@@ -635,8 +635,9 @@ void Server::process() {
                      f.message.c_str());
             if (routines_ != nullptr)
               routines_bad_ = true;  // the routines' reading: the server stays (janitor.cc)
-            else
+            else if (!pin_checking_)
               internal_failed_ = true;
+            // A pinning check that fails (a catalog view revoked) leaves the pins as they were.
           } else {
             auto f = wire::parse_error(body);
             worker_->close_server(this, "error from idle server: " + f.message);

@@ -70,6 +70,9 @@ TEST_CASE("pinning: the check's answer") {
   CHECK(check(row({"0", "0", "0", "0", "0", "0"}).substr(0, 9), kPinListen) == kPinListen);
   CHECK(pin_check_sql({"search_path", "it's"}).find("'search_path','it''s'") != std::string::npos);
   CHECK(pin_check_sql({}).find("ARRAY['']") != std::string::npos);
+  // pg_prepared_statements is read only for a client pinned for SQL PREPARE.
+  CHECK(pin_check_sql({}).find("pg_prepared_statements") != std::string::npos);
+  CHECK(pin_check_sql({}, {}, false).find("pg_prepared_statements") == std::string::npos);
 }
 
 TEST_CASE("pinning: the check reads watched settings back") {
