@@ -7,6 +7,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -152,11 +153,16 @@ class Client final : public Conn {
   std::vector<std::string> pin_watch_;
   // Statements (by the client's name) whose text pins or may release: each Bind of one
   // counts as its text sent again. Empty for almost every client.
+  // Statements (by the client's name) whose text pins, may release, or calls something:
+  // each Bind of one counts as its text sent again, and what it calls is judged then with
+  // the routines known at that time (a routine replaced since its Parse). Null until one.
   struct PinStmt {
-    std::string name;
     PinScan scan;
+    std::vector<std::string> calls;  // call_names of its text
+    bool many_calls = false;
   };
-  std::vector<PinStmt> pin_stmts_;
+  std::unique_ptr<std::unordered_map<std::string, PinStmt>> pin_stmts_;
+  bool pin_stmts_full_ = false;  // more than kPinMaxStmts: other Binds judged as unread
   void pin_apply(const PinScan& ps);
   // Reads a whole Query or Parse for pinning statements (transaction and statement
   // pooling): 0 go on, 1 in_ was rewritten (a refusal; read the message again), -1 wait

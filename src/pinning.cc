@@ -220,7 +220,7 @@ int Client::pin_message(uint8_t type, size_t len) {
     pin_apply(unread_text(false));  // as a Query that calls something (below)
     if (pool_->state != nullptr) pool_->state->routines.needed();
   }
-  if (type == 'B' && !pin_stmts_.empty()) {
+  if (type == 'B' && ((pin_stmts_ != nullptr && !pin_stmts_->empty()) || pin_stmts_full_)) {
     // A Bind of a statement whose text pins (or releases) does it again. Only its names are
     // read: they come first, and its parameters may be of any size.
     const size_t body = len - 4, have = in_.size() - wire::kHeaderLen;
@@ -234,8 +234,21 @@ int Client::pin_message(uint8_t type, size_t len) {
       if (have < body) pin_apply(unread_text(!remap_));  // names longer than read: any
       return 0;                                          // malformed: PostgreSQL answers it
     }
-    for (const auto& p : pin_stmts_)
-      if (p.name == stmt) pin_apply(p.scan);
+    auto it =
+        pin_stmts_ != nullptr ? pin_stmts_->find(std::string(stmt)) : decltype(pin_stmts_->end()){};
+    if (pin_stmts_ == nullptr || it == pin_stmts_->end()) {
+      if (pin_stmts_full_) pin_apply(unread_text(!remap_));  // not kept: judged as unread
+      return 0;
+    }
+    const PinStmt& p = it->second;
+    pin_apply(p.scan);
+    // What it calls, with the routines known now (one may have been replaced since).
+    if (p.many_calls) {
+      pin_apply(unread_text(false));
+    } else if (const StateRoutines* rt = pool_->routines()) {
+      for (const auto& c : p.calls)
+        if (const PinScan* f = rt->find(c)) pin_apply(*f);
+    }
     return 0;
   }
   if ((type != 'Q' && type != 'P') || pool_ == nullptr || pool_->mode == PoolMode::Session)
@@ -289,12 +302,19 @@ int Client::pin_message(uint8_t type, size_t len) {
       !unread && ps.pins != 0 && (statement_mode || !worker_->cfg().pin_on_untracked_state);
   std::string sql;
   if (type == 'P') {
-    auto it = std::find_if(pin_stmts_.begin(), pin_stmts_.end(),
-                           [&](const PinStmt& p) { return p.name == name; });
-    if (it != pin_stmts_.end()) pin_stmts_.erase(it);
-    if ((ps.pins != 0 || ps.releases != 0) && !refuse) {
-      if (pin_stmts_.size() < kPinMaxStmts) {
-        pin_stmts_.push_back(PinStmt{std::string(name), std::move(ps)});
+    if (pin_stmts_ != nullptr) pin_stmts_->erase(std::string(name));
+    PinStmt entry;
+    if (!unread && text.find('(') != std::string_view::npos)
+      call_names(text, session_scs(text), entry.calls, &entry.many_calls);
+    const bool calls = !entry.calls.empty() || entry.many_calls;
+    if ((ps.pins != 0 || ps.releases != 0 || calls) && !refuse) {
+      if (pin_stmts_ == nullptr)
+        pin_stmts_ = std::make_unique<std::unordered_map<std::string, PinStmt>>();
+      if (pin_stmts_->size() < kPinMaxStmts) {
+        entry.scan = std::move(ps);
+        pin_stmts_->emplace(std::string(name), std::move(entry));
+      } else if (ps.pins == 0 && ps.releases == 0) {
+        pin_stmts_full_ = true;  // only calls: Binds of statements not kept count as unread
       } else if (unread) {
         pin_apply(ps);  // cannot be rewritten unread: pinned now, checked after the Parse
       } else {

@@ -723,6 +723,22 @@ void scan_do(Lexer& lx, PinScan& r, const StateRoutines* routines) {
 
 }  // namespace
 
+void call_names(std::string_view text, bool scs, std::vector<std::string>& out, bool* many) {
+  Lexer lx(text, scs);
+  Token prev;
+  for (Token t = lx.next(); t.kind != Tok::End; prev = t, t = lx.next()) {
+    if (t.kind != Tok::Op || t.text != "(") continue;
+    if (prev.kind != Tok::Word && prev.kind != Tok::Ident) continue;
+    std::string w = prev.kind == Tok::Ident ? ident_key(prev) : lower(prev.text);
+    if (std::find(out.begin(), out.end(), w) != out.end()) continue;
+    if (out.size() >= kMaxCallNames) {
+      *many = true;
+      return;
+    }
+    out.push_back(std::move(w));
+  }
+}
+
 void pin_merge(PinScan& into, const PinScan& from) {
   into.pins |= from.pins;
   into.releases |= from.releases;

@@ -104,6 +104,10 @@ inline constexpr size_t kPinMaxNames = 16;  // more names in one client's check:
 // as its body.
 PinScan scan_pins(std::string_view text, bool scs, bool sql_prepare,
                   const StateRoutines* routines = nullptr);
+// The names a text calls (a word or quoted name before '(', lower case, each once), at most
+// kMaxCallNames; *many when there were more.
+inline constexpr size_t kMaxCallNames = 32;
+void call_names(std::string_view text, bool scs, std::vector<std::string>& out, bool* many);
 // A routine's body (PL/pgSQL or SQL: a DO block's, a function's): what it may make. `calls`
 // receives the names (lower case) of what it calls.
 void scan_routine_body(std::string_view body, PinScan& r, const StateRoutines* routines,

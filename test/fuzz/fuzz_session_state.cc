@@ -121,6 +121,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     PinScan call = scan_pins("SELECT fz()", true, false, &routines);
     check((call.pins & body.pins) == body.pins);
     (void)routines.mentioned(text);
+    std::vector<std::string> calls;
+    bool many = false;
+    call_names(text, scs, calls, &many);
+    check(calls.size() <= kMaxCallNames);
     (void)scan_pins(text, scs, false, &routines);
   }
   (void)pin_reasons(script);

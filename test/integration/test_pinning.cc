@@ -317,7 +317,7 @@ TEST_CASE("pinning: routines that make state (functions, triggers) pin and are r
     Conn su = connect(superuser_conninfo());
     exec_ok(su.get(),
             "DROP TABLE IF EXISTS rt_audited; DROP FUNCTION IF EXISTS rt_set_sp(text), "
-            "rt_wrap(text), rt_trg(), rt_dyn(text) CASCADE;"
+            "rt_wrap(text), rt_trg(), rt_dyn(text), rt_new(), rt_later() CASCADE;"
             "CREATE FUNCTION rt_set_sp(p text) RETURNS void LANGUAGE plpgsql AS "
             "$$BEGIN PERFORM set_config('search_path', p, false); END$$;"
             "CREATE FUNCTION rt_wrap(p text) RETURNS void LANGUAGE sql AS "
@@ -398,10 +398,37 @@ TEST_CASE("pinning: routines that make state (functions, triggers) pin and are r
   CHECK(wrong == 0);
   exec_ok(d.get(), "RESET ALL");
   CHECK(eventually([&] { return !has(pinned_column(p), "untracked_setting"); }));
+
+  // A statement prepared while the routine it calls made nothing, the routine replaced since:
+  // its next execution is judged with the routine as it is now.
+  exec_ok(n.get(), "CREATE FUNCTION rt_later() RETURNS void LANGUAGE sql AS 'SELECT'");
+  Conn h = connect(p.conninfo());
+  Result hp(PQprepare(h.get(), "callit", "SELECT rt_later()", 0, nullptr));
+  REQUIRE(PQresultStatus(hp.get()) == PGRES_COMMAND_OK);
+  Result he(PQexecPrepared(h.get(), "callit", 0, nullptr, nullptr, nullptr, 0));
+  REQUIRE(PQresultStatus(he.get()) == PGRES_TUPLES_OK);
+  const int before2 = readings();
+  exec_ok(n.get(),
+          "CREATE OR REPLACE FUNCTION rt_later() RETURNS void LANGUAGE plpgsql AS "
+          "$$BEGIN PERFORM set_config('search_path', 'pg_catalog, public', false); END$$");
+  CHECK(eventually([&] {
+    exec_ok(n.get(), "SELECT 1");
+    return readings() > before2;
+  }));
+  Result he2(PQexecPrepared(h.get(), "callit", 0, nullptr, nullptr, nullptr, 0));
+  REQUIRE(PQresultStatus(he2.get()) == PGRES_TUPLES_OK);
+  for (int round = 0; round < 4; round++) {
+    if (round % 2 == 1) exec_ok(m.get(), "BEGIN");
+    expect(h.get(), "SHOW search_path", "pg_catalog, public");
+    expect(n.get(), "SHOW search_path", dflt_sp);
+    if (round % 2 == 1) exec_ok(m.get(), "COMMIT");
+  }
+  CHECK(wrong == 0);
+
   Conn su = connect(superuser_conninfo());
   exec_ok(su.get(),
           "DROP TABLE rt_audited; DROP FUNCTION rt_set_sp(text), rt_wrap(text), rt_trg(), "
-          "rt_dyn(text), rt_new()");
+          "rt_dyn(text), rt_new(), rt_later()");
 }
 
 TEST_CASE("pinning: a string or comment naming pg_advisory_lock does not pin") {

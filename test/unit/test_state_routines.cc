@@ -152,3 +152,17 @@ TEST_CASE("scan_pins: statements that may change what routines do") {
   CHECK(scan_pins("CREATE TEMP TABLE t(a int)", true, false).pins == kPinTempTable);
   CHECK(scan_pins("DROP FUNCTION f()", true, false).releases == kReleaseAny);
 }
+
+TEST_CASE("call_names: what a text calls, each once") {
+  std::vector<std::string> out;
+  bool many = false;
+  call_names("SELECT f(1), public.G (2), \"Q\"(3), f(4), 'h(5)', (1+2) /* k( */", true, out, &many);
+  CHECK(out == std::vector<std::string>{"f", "g", "Q"});
+  CHECK(!many);
+  std::string lots = "SELECT ";
+  for (int i = 0; i < 40; i++) lots += "f" + std::to_string(i) + "(), ";
+  out.clear();
+  call_names(lots + "1", true, out, &many);
+  CHECK(out.size() == kMaxCallNames);
+  CHECK(many);
+}
