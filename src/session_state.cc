@@ -512,13 +512,8 @@ bool lex_session_sql(std::string_view text, bool scs, std::vector<SessionStmt>* 
   return changes;
 }
 
-// ---- Pinning scan ----
-
-namespace {
-
-// Whether `text` holds `needle` (lower case) in any case.
 bool contains_ci(std::string_view text, std::string_view needle) {
-  if (needle.size() > text.size()) return false;
+  if (needle.empty() || needle.size() > text.size()) return false;
   auto low = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c | 0x20) : c; };
   for (size_t i = 0; i + needle.size() <= text.size(); i++) {
     if (low(text[i]) != needle[0]) continue;
@@ -528,6 +523,10 @@ bool contains_ci(std::string_view text, std::string_view needle) {
   }
   return false;
 }
+
+// ---- Pinning scan ----
+
+namespace {
 
 // The words that begin a statement scan_pins() looks into.
 bool pin_first_word(const Token& t) {

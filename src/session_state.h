@@ -52,6 +52,9 @@ inline bool changes_settings(StmtKind k) {
          k == StmtKind::DiscardAll || k == StmtKind::Unknown;
 }
 
+// Whether `text` holds `needle` (given in lower case) in any case; an empty needle never.
+bool contains_ci(std::string_view text, std::string_view needle);
+
 // Splits `text` (a simple Query's or a Parse's SQL) into statements as PostgreSQL does
 // (';' outside quotes, dollar quotes and comments; empty statements dropped) and tells
 // what each does. `out` null: only the answer is wanted, nothing is allocated. Returns true

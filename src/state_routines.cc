@@ -41,18 +41,6 @@ constexpr const char* kQuery =
     "(SELECT polrelid FROM pg_catalog.pg_policy WHERE oid = d.objid) END "
     "WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid >= 16384";
 
-bool contains_ci(std::string_view text, std::string_view needle) {
-  if (needle.empty() || needle.size() > text.size()) return false;
-  auto low = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c | 0x20) : c; };
-  for (size_t i = 0; i + needle.size() <= text.size(); i++) {
-    if (low(text[i]) != needle[0]) continue;
-    size_t k = 1;
-    while (k < needle.size() && low(text[i + k]) == needle[k]) k++;
-    if (k == needle.size()) return true;
-  }
-  return false;
-}
-
 bool same_scan(const PinScan& a, const PinScan& b) {
   return a.pins == b.pins && a.releases == b.releases && a.opaque == b.opaque &&
          a.dirty == b.dirty && a.names == b.names;

@@ -5,30 +5,14 @@
 
 #include <string>
 
+#include "data_row.h"
 #include "session_state.h"
 
 using namespace pgsluice;
 
 namespace {
 
-// A DataRow body with these text values (nullptr: NULL).
-std::string row(std::initializer_list<const char*> vals) {
-  std::string b;
-  auto u16 = [&](uint16_t v) { b += static_cast<char>(v >> 8), b += static_cast<char>(v & 255); };
-  auto u32 = [&](uint32_t v) {
-    for (int s = 24; s >= 0; s -= 8) b += static_cast<char>((v >> s) & 255);
-  };
-  u16(static_cast<uint16_t>(vals.size()));
-  for (const char* v : vals) {
-    if (v == nullptr) {
-      u32(0xffffffffu);
-      continue;
-    }
-    u32(static_cast<uint32_t>(std::string(v).size()));
-    b += v;
-  }
-  return b;
-}
+using test::data_row;
 
 uint8_t check(const std::string& body, uint8_t pinned) {
   return pin_check_row(
@@ -52,22 +36,23 @@ TEST_CASE("pinning: reason names and refusals") {
 
 TEST_CASE("pinning: the check's answer") {
   const uint8_t all = 0x3f;
-  CHECK(check(row({"0", "0", "0", "0", "0", "0"}), all) == 0);
-  CHECK(check(row({"2", "0", "0", "0", "0", "0"}), kPinTempTable) == kPinAdvisoryLock);
-  CHECK(check(row({"0", "1", "0", "1", "0", "0"}), all) == (kPinTempTable | kPinListen));
+  CHECK(check(data_row({"0", "0", "0", "0", "0", "0"}), all) == 0);
+  CHECK(check(data_row({"2", "0", "0", "0", "0", "0"}), kPinTempTable) == kPinAdvisoryLock);
+  CHECK(check(data_row({"0", "1", "0", "1", "0", "0"}), all) == (kPinTempTable | kPinListen));
   // Untracked settings and SQL-prepared statements count only for a client pinned for them.
-  CHECK(check(row({"0", "0", "0", "0", "3", "4"}), kPinAdvisoryLock) == 0);
-  CHECK(check(row({"0", "0", "0", "0", "3", "4"}), all) == (kPinUntrackedSetting | kPinPrepare));
-  CHECK(check(row({"0", "0", nullptr, "0", "0", "0"}), all) == 0);
+  CHECK(check(data_row({"0", "0", "0", "0", "3", "4"}), kPinAdvisoryLock) == 0);
+  CHECK(check(data_row({"0", "0", "0", "0", "3", "4"}), all) ==
+        (kPinUntrackedSetting | kPinPrepare));
+  CHECK(check(data_row({"0", "0", nullptr, "0", "0", "0"}), all) == 0);
   // A text not read: untracked settings count (a SET hidden in it), and the unread reason
   // itself ends with the check.
-  CHECK(check(row({"0", "0", "0", "0", "1", "0"}), kPinUnread) == kPinUntrackedSetting);
-  CHECK(check(row({"0", "0", "0", "0", "0", "0"}), kPinUnread) == 0);
-  CHECK(check(row({"0", "0", "0", "0", "0", "2"}), kPinUnread) == 0);
+  CHECK(check(data_row({"0", "0", "0", "0", "1", "0"}), kPinUnread) == kPinUntrackedSetting);
+  CHECK(check(data_row({"0", "0", "0", "0", "0", "0"}), kPinUnread) == 0);
+  CHECK(check(data_row({"0", "0", "0", "0", "0", "2"}), kPinUnread) == 0);
   // Not understood: nothing changes.
-  CHECK(check(row({"0", "0"}), kPinListen) == kPinListen);
+  CHECK(check(data_row({"0", "0"}), kPinListen) == kPinListen);
   CHECK(check("", kPinListen) == kPinListen);
-  CHECK(check(row({"0", "0", "0", "0", "0", "0"}).substr(0, 9), kPinListen) == kPinListen);
+  CHECK(check(data_row({"0", "0", "0", "0", "0", "0"}).substr(0, 9), kPinListen) == kPinListen);
   CHECK(pin_check_sql({"search_path", "it's"}).find("'search_path','it''s'") != std::string::npos);
   CHECK(pin_check_sql({}).find("ARRAY['']") != std::string::npos);
   // pg_prepared_statements is read only for a client pinned for SQL PREPARE.
@@ -80,7 +65,7 @@ TEST_CASE("pinning: the check reads watched settings back") {
   CHECK(sql.find("ARRAY['search_path','app.tenant','it''s']") != std::string::npos);
   CHECK(sql.find(",pg_catalog.current_setting('app.tenant', true),"
                  "pg_catalog.current_setting('it''s', true)") != std::string::npos);
-  auto body = row({"0", "0", "0", "0", "0", "0", "b", nullptr});
+  auto body = data_row({"0", "0", "0", "0", "0", "0", "b", nullptr});
   auto span = [&](size_t cut) {
     return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()),
                                     body.size() - cut);

@@ -7,31 +7,16 @@
 #include <initializer_list>
 #include <string>
 
+#include "data_row.h"
+
 using namespace pgsluice;
 
 namespace {
 
-// A DataRow body (nullptr: NULL).
-std::string row(std::initializer_list<const char*> vals) {
-  std::string b;
-  auto u16 = [&](uint16_t v) { b += static_cast<char>(v >> 8), b += static_cast<char>(v & 255); };
-  auto u32 = [&](uint32_t v) {
-    for (int s = 24; s >= 0; s -= 8) b += static_cast<char>((v >> s) & 255);
-  };
-  u16(static_cast<uint16_t>(vals.size()));
-  for (const char* v : vals) {
-    if (v == nullptr) {
-      u32(0xffffffffu);
-      continue;
-    }
-    u32(static_cast<uint32_t>(std::string(v).size()));
-    b += v;
-  }
-  return b;
-}
+using test::data_row;
 
 bool add(StateRoutines& r, std::initializer_list<const char*> vals) {
-  std::string b = row(vals);
+  std::string b = data_row(vals);
   return r.add_row(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(b.data()), b.size()));
 }
 
@@ -100,7 +85,7 @@ TEST_CASE("StateRoutines: rows not understood") {
   CHECK(!add(r, {"z", "1", "x", "sql", "SELECT 1"}));            // unknown kind
   CHECK(!add(r, {nullptr, "1", "x", "sql", "SELECT 1"}));        // NULL kind
   CHECK(!add(r, {"f", "99999999999", "x", "sql", "SELECT 1"}));  // out of range
-  std::string b = row({"f", "1", "x", "sql", "SELECT 1"});
+  std::string b = data_row({"f", "1", "x", "sql", "SELECT 1"});
   CHECK(!r.add_row(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(b.data()), b.size() - 2)));
 }
