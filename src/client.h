@@ -151,8 +151,6 @@ class Client final : public Conn {
   uint64_t pin_opaque_resets_ = 0;
   // Settings a set_config or DO block named, read back by the next check (pinning.h).
   std::vector<std::string> pin_watch_;
-  // Statements (by the client's name) whose text pins or may release: each Bind of one
-  // counts as its text sent again. Empty for almost every client.
   // Statements (by the client's name) whose text pins, may release, or calls something:
   // each Bind of one counts as its text sent again, and what it calls is judged then with
   // the routines known at that time (a routine replaced since its Parse). Null until one.
@@ -161,7 +159,8 @@ class Client final : public Conn {
     std::vector<std::string> calls;  // call_names of its text
     bool many_calls = false;
   };
-  std::unique_ptr<std::unordered_map<std::string, PinStmt>> pin_stmts_;
+  using PinStmts = std::unordered_map<std::string, PinStmt, NameHash, std::equal_to<>>;
+  std::unique_ptr<PinStmts> pin_stmts_;
   bool pin_stmts_full_ = false;  // more than kPinMaxStmts: other Binds judged as unread
   void pin_apply(const PinScan& ps);
   // Reads a whole Query or Parse for pinning statements (transaction and statement

@@ -1,15 +1,24 @@
-// Small vocabulary types every file may use: Status, Result<T>, Fd. No libevent, no OpenSSL.
+// Small vocabulary types every file may use: Status, Result<T>, Fd, NameHash. No libevent, no
+// OpenSSL.
 #pragma once
 
 #include <unistd.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 
 namespace pgsluice {
+
+// A hash for maps keyed by std::string that are searched with a std::string_view (with
+// std::equal_to<>): no string is built for a lookup.
+struct NameHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
 
 // The outcome of a fallible call: ok, or an error message (and, when it is to be
 // shown to a PostgreSQL client, an SQLSTATE).

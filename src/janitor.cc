@@ -249,10 +249,18 @@ bool Worker::check_server(Server* s, const Client* c) {
 bool Worker::scan_routines(Server* s) {
   Pool* p = s->pool_;
   if (p->mode.load(std::memory_order_relaxed) == PoolMode::Session) return false;
-  if (p->state == nullptr || !p->state->routines.take(now_seconds())) return false;
+  if (p->state == nullptr) return false;
+  RoutineReadings& rr = p->state->routines;
+  const double now = now_seconds();
+  bool probe = false;
+  if (!rr.take(now)) {
+    if (!rr.take_probe(now)) return false;
+    probe = true;  // a reading exists: is it still true? (a change made elsewhere)
+  }
   s->routines_ = std::make_unique<StateRoutines>();
+  s->routines_->probe = probe;
   s->routines_bad_ = false;
-  s->send_internal_query(StateRoutines::query());
+  s->send_internal_query(probe ? StateRoutines::probe_query() : StateRoutines::query());
   set_state(s, ServerState::Resetting);
   s->flush();
   return true;
@@ -261,7 +269,15 @@ bool Worker::scan_routines(Server* s) {
 void Worker::routines_scanned(Server* s) {
   std::unique_ptr<StateRoutines> r = std::move(s->routines_);
   if (r == nullptr) return;
-  if (s->dead_ || s->internal_failed_ || s->routines_bad_) {
+  const bool failed = s->dead_ || s->internal_failed_ || s->routines_bad_;
+  if (r->probe) {
+    if (failed)
+      LOG_DEBUG("S-%p: %s/%s: probing the routines' catalogs failed", static_cast<void*>(s),
+                s->pool_->db_name.c_str(), s->pool_->user_name.c_str());
+    s->pool_->state->routines.probed(failed ? std::string_view() : r->fingerprint(), now_seconds());
+    return;
+  }
+  if (failed) {
     LOG_WARN(
         "S-%p: %s/%s: reading which routines make session state failed; the last "
         "reading stays",
@@ -274,7 +290,7 @@ void Worker::routines_scanned(Server* s) {
   if (!r->complete())
     LOG_WARN(
         "S-%p: %s/%s: the routines' catalog is larger than pgsluice reads (%zu MiB); "
-        "what was read counts",
+        "every text that calls something counts as one that may change session state",
         static_cast<void*>(s), s->pool_->db_name.c_str(), s->pool_->user_name.c_str(),
         StateRoutines::kMaxBytes >> 20);
   LOG_DEBUG("S-%p: %s/%s: %zu routines and relations make session state", static_cast<void*>(s),

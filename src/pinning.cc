@@ -234,13 +234,16 @@ int Client::pin_message(uint8_t type, size_t len) {
       if (have < body) pin_apply(unread_text(!remap_));  // names longer than read: any
       return 0;                                          // malformed: PostgreSQL answers it
     }
-    auto it =
-        pin_stmts_ != nullptr ? pin_stmts_->find(std::string(stmt)) : decltype(pin_stmts_->end()){};
-    if (pin_stmts_ == nullptr || it == pin_stmts_->end()) {
+    const PinStmt* kept = nullptr;
+    if (pin_stmts_ != nullptr) {
+      auto it = pin_stmts_->find(stmt);
+      if (it != pin_stmts_->end()) kept = &it->second;
+    }
+    if (kept == nullptr) {
       if (pin_stmts_full_) pin_apply(unread_text(!remap_));  // not kept: judged as unread
       return 0;
     }
-    const PinStmt& p = it->second;
+    const PinStmt& p = *kept;
     pin_apply(p.scan);
     // What it calls, with the routines known now (one may have been replaced since).
     if (p.many_calls) {
@@ -302,14 +305,16 @@ int Client::pin_message(uint8_t type, size_t len) {
       !unread && ps.pins != 0 && (statement_mode || !worker_->cfg().pin_on_untracked_state);
   std::string sql;
   if (type == 'P') {
-    if (pin_stmts_ != nullptr) pin_stmts_->erase(std::string(name));
+    if (pin_stmts_ != nullptr) {
+      auto it = pin_stmts_->find(name);
+      if (it != pin_stmts_->end()) pin_stmts_->erase(it);
+    }
     PinStmt entry;
     if (!unread && text.find('(') != std::string_view::npos)
       call_names(text, session_scs(text), entry.calls, &entry.many_calls);
     const bool calls = !entry.calls.empty() || entry.many_calls;
     if ((ps.pins != 0 || ps.releases != 0 || calls) && !refuse) {
-      if (pin_stmts_ == nullptr)
-        pin_stmts_ = std::make_unique<std::unordered_map<std::string, PinStmt>>();
+      if (pin_stmts_ == nullptr) pin_stmts_ = std::make_unique<PinStmts>();
       if (pin_stmts_->size() < kPinMaxStmts) {
         entry.scan = std::move(ps);
         pin_stmts_->emplace(std::string(name), std::move(entry));

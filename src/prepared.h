@@ -12,6 +12,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "common.h"
+
 namespace pgsluice {
 
 // One distinct statement: a Parse body without its name (query text, parameter types).
@@ -70,12 +72,8 @@ class ClientStmts {
   const StmtEntry* find_by_id(uint64_t id, int32_t tag, std::string_view* name) const;
 
  private:
-  struct Hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
   using Map =
-      std::unordered_map<std::string, std::shared_ptr<const StmtEntry>, Hash, std::equal_to<>>;
+      std::unordered_map<std::string, std::shared_ptr<const StmtEntry>, NameHash, std::equal_to<>>;
   // Allocated at the first statement: a client that names none (most idle clients) carries
   // one pointer instead of an empty map (ARCHITECTURE.md, memory per connection).
   std::unique_ptr<Map> map_;

@@ -10,6 +10,20 @@ namespace pgsluice {
 
 namespace {
 
+// What changes when a routine, trigger, view, default, constraint or policy is created,
+// replaced or dropped, by anyone (a direct connection, a migration tool): each catalog's
+// row count and the sum of its rows' xmin (a row written anew has a new xmin).
+#define PGSLUICE_CATALOG_PRINT(cat)                                            \
+  "(SELECT count(*)::text || '.' || coalesce(sum(xmin::text::int8), 0)::text " \
+  "FROM pg_catalog." cat ")"
+#define PGSLUICE_FINGERPRINT \
+  PGSLUICE_CATALOG_PRINT("pg_proc") " || '/' || " PGSLUICE_CATALOG_PRINT("pg_trigger")      \
+  " || '/' || " PGSLUICE_CATALOG_PRINT("pg_rewrite") " || '/' || " PGSLUICE_CATALOG_PRINT( \
+      "pg_attrdef") " || '/' || " PGSLUICE_CATALOG_PRINT("pg_constraint") " || '/' || "     \
+      PGSLUICE_CATALOG_PRINT("pg_policy")
+
+constexpr const char* kProbe = "SELECT 'v', 0::int8, " PGSLUICE_FINGERPRINT ", '', NULL::text";
+
 // Bodies over this size are not fetched: such a routine counts as making state.
 constexpr const char* kQuery =
     "SELECT 'f', p.oid::int8, lower(p.proname::text), l.lanname::text, "
@@ -39,7 +53,13 @@ constexpr const char* kQuery =
     "(SELECT conrelid FROM pg_catalog.pg_constraint WHERE oid = d.objid) "
     "WHEN 'pg_catalog.pg_policy'::regclass THEN "
     "(SELECT polrelid FROM pg_catalog.pg_policy WHERE oid = d.objid) END "
-    "WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid >= 16384";
+    "WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid >= 16384 "
+    "UNION ALL "
+    // The catalogs' fingerprint in the same snapshot, for the probes (RoutineReadings).
+    "SELECT 'v', 0, " PGSLUICE_FINGERPRINT ", '', NULL";
+
+#undef PGSLUICE_FINGERPRINT
+#undef PGSLUICE_CATALOG_PRINT
 
 bool same_scan(const PinScan& a, const PinScan& b) {
   return a.pins == b.pins && a.releases == b.releases && a.opaque == b.opaque &&
@@ -67,8 +87,12 @@ std::string_view StateRoutines::query() {
   return kQuery;
 }
 
+std::string_view StateRoutines::probe_query() {
+  return kProbe;
+}
+
 bool StateRoutines::add_row(std::span<const uint8_t> row) {
-  if (bytes_ + row.size() > kMaxBytes) {
+  if (!complete_ || bytes_ + row.size() > kMaxBytes) {  // nothing after the cut either
     complete_ = false;
     return true;  // what was read still counts
   }
@@ -119,6 +143,9 @@ bool StateRoutines::add_row(std::span<const uint8_t> row) {
       return true;
     case 'r':
       relations_.emplace_back(oid, std::string(col[2]));
+      return true;
+    case 'v':
+      fingerprint_.assign(col[2]);
       return true;
     default:
       return false;
@@ -200,6 +227,28 @@ bool RoutineReadings::due(double now) const {
           now - at_.load(std::memory_order_relaxed) >= kPeriod);
 }
 
+bool RoutineReadings::take_probe(double now) {
+  if (!needed_.load(std::memory_order_relaxed) || changed_.load(std::memory_order_relaxed) ||
+      !printed_.load(std::memory_order_relaxed) || reading_.load(std::memory_order_relaxed) ||
+      now - at_.load(std::memory_order_relaxed) < kProbePeriod ||
+      now - probed_at_.load(std::memory_order_relaxed) < kProbePeriod)
+    return false;
+  bool no = false;
+  if (!reading_.compare_exchange_strong(no, true)) return false;
+  return true;
+}
+
+void RoutineReadings::probed(std::string_view fingerprint, double now) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    // Another fingerprint: something changed outside pgsluice's sight; read again.
+    if (!fingerprint.empty() && fingerprint != fingerprint_)
+      changed_.store(true, std::memory_order_relaxed);
+  }
+  probed_at_.store(now, std::memory_order_relaxed);
+  reading_.store(false, std::memory_order_release);
+}
+
 bool RoutineReadings::take(double now) {
   if (!due(now)) return false;
   bool no = false;
@@ -212,6 +261,7 @@ bool RoutineReadings::take(double now) {
 
 void RoutineReadings::done(std::unique_ptr<StateRoutines> r, double now) {
   at_.store(now, std::memory_order_relaxed);
+  if (r != nullptr) partial_.store(!r->complete(), std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> g(mu_);
     const StateRoutines* cur = current_.load(std::memory_order_relaxed);
@@ -220,6 +270,10 @@ void RoutineReadings::done(std::unique_ptr<StateRoutines> r, double now) {
       // unknown until the next reading (the failure is logged and counted).
       r = std::make_unique<StateRoutines>();
       r->finish();
+    }
+    if (r != nullptr) {
+      fingerprint_ = r->fingerprint();  // also when the set is the same as before
+      printed_.store(!fingerprint_.empty(), std::memory_order_relaxed);
     }
     if (r != nullptr && (cur == nullptr || !cur->same(*r))) {
       current_.store(r.get(), std::memory_order_release);

@@ -26,7 +26,10 @@ class StateRoutines {
  public:
   // The catalog query; its rows are read by add_row.
   static std::string_view query();
-  // Largest answer read (bytes of rows): more is not read (what was read still counts).
+  // The probe: one row of the same form holding only the catalogs' fingerprint.
+  static std::string_view probe_query();
+  // Largest answer read (bytes of rows): more is not read; such a reading is not complete()
+  // and its database's calls stay unknown (RoutineReadings::unknown), as before any reading.
   static constexpr size_t kMaxBytes = 32u << 20;
 
   // One DataRow of the query's answer; false when not understood (the answer is not used).
@@ -43,6 +46,10 @@ class StateRoutines {
   bool empty() const { return words_.empty(); }
   size_t size() const { return words_.size(); }
   bool complete() const { return complete_; }
+  // The catalogs' fingerprint in the reading's snapshot (empty when the answer had none).
+  const std::string& fingerprint() const { return fingerprint_; }
+  // A probe (probe_query) rather than a reading: set by the one who sends it.
+  bool probe = false;
   // The same names making the same state (a new scan that changed nothing is not published).
   bool same(const StateRoutines& o) const;
 
@@ -58,6 +65,7 @@ class StateRoutines {
   std::vector<std::pair<uint32_t, std::string>> calls_;      // caller oid, callee name
   std::vector<std::pair<uint32_t, std::string>> relations_;  // routine oid, relation name
   std::unordered_map<std::string, PinScan> words_;
+  std::string fingerprint_;
   size_t bytes_ = 0;
   bool complete_ = true;
 };
@@ -70,14 +78,19 @@ class StateRoutines {
 class RoutineReadings {
  public:
   static constexpr double kPeriod = 60;
+  // Between readings, a probe of the catalogs' fingerprint this often (seconds): a routine
+  // changed by a connection that is not pgsluice's is seen within this, not kPeriod.
+  static constexpr double kProbePeriod = 5;
   // Null until the first reading ended.
   const StateRoutines* current() const { return current_.load(std::memory_order_acquire); }
   // Not known now: never read, or a routine may have changed since the last reading (until
   // the reading that change asked for ends, a text with a call counts as one that may make
   // state).
+  // A catalog larger than StateRoutines::kMaxBytes stays unknown (partial_): a routine not
+  // read is not taken as making nothing.
   bool unknown() const {
     return changed_.load(std::memory_order_relaxed) || rereading_.load(std::memory_order_relaxed) ||
-           current() == nullptr;
+           partial_.load(std::memory_order_relaxed) || current() == nullptr;
   }
   void changed() { changed_.store(true, std::memory_order_relaxed); }
   // A client sent a text that calls something: readings are needed (a database whose
@@ -90,6 +103,12 @@ class RoutineReadings {
   bool take(double now);
   // The reading's end: r (null: it failed; the last set stays) published unless unchanged.
   void done(std::unique_ptr<StateRoutines> r, double now);
+  // Takes a probe when one is due (a reading with a fingerprint exists, none runs, no change
+  // pending, kProbePeriod since the last reading or probe); true: the caller sends it.
+  bool take_probe(double now);
+  // The probe's end: its fingerprint (empty: it failed); another than the last reading's
+  // marks the routines changed (unknown until the reading that follows ends).
+  void probed(std::string_view fingerprint, double now);
 
  private:
   std::atomic<const StateRoutines*> current_{nullptr};
@@ -98,8 +117,12 @@ class RoutineReadings {
   std::atomic<bool> changed_{false};
   std::atomic<bool> needed_{false};
   std::atomic<bool> reading_{false};
-  std::atomic<bool> rereading_{false};  // the reading running was asked for by a change
-  std::atomic<double> at_{-1e18};       // when the last reading ended
+  std::atomic<bool> rereading_{false};    // the reading running was asked for by a change
+  std::atomic<bool> partial_{false};      // the last reading was cut at kMaxBytes
+  std::atomic<double> at_{-1e18};         // when the last reading ended
+  std::atomic<double> probed_at_{-1e18};  // when the last probe ended
+  std::atomic<bool> printed_{false};      // fingerprint_ is known
+  std::string fingerprint_;               // of the last reading (mu_)
 };
 
 }  // namespace pgsluice

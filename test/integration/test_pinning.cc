@@ -431,6 +431,98 @@ TEST_CASE("pinning: routines that make state (functions, triggers) pin and are r
           "rt_dyn(text), rt_new(), rt_later()");
 }
 
+TEST_CASE(
+    "pinning: beyond the statements kept, a statement that calls something is judged unread") {
+  if (skip_in_direct_mode("pooling")) return;
+  {
+    Conn su = connect(superuser_conninfo());
+    exec_ok(su.get(), "DROP FUNCTION IF EXISTS rt_cap() CASCADE");
+  }
+  Pooler p(small_pool());
+  Conn h = connect(p.conninfo());
+  Conn n = connect(p.conninfo());
+  exec_ok(n.get(), "CREATE FUNCTION rt_cap() RETURNS int LANGUAGE sql AS 'SELECT 1'");
+  const std::string dflt_sp = scalar(n.get(), "SHOW search_path");
+  // More statements calling something than a client's pinning keeps (1000): the last ones
+  // are not kept.
+  for (int i = 0; i <= 1000; i++) {
+    const std::string name = "cap" + std::to_string(i);
+    const std::string sql = "SELECT rt_cap() + " + std::to_string(i);
+    Result r(PQprepare(h.get(), name.c_str(), sql.c_str(), 0, nullptr));
+    REQUIRE(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
+  }
+  // The routine now sets the session's search_path; the pool learns it at its next reading.
+  exec_ok(n.get(),
+          "CREATE OR REPLACE FUNCTION rt_cap() RETURNS int LANGUAGE plpgsql AS "
+          "$$BEGIN PERFORM set_config('search_path', 'pg_catalog, public', false); "
+          "RETURN 1; END$$");
+  exec_ok(n.get(), "SELECT 1");
+  // The statement not kept: its call can only be judged as one that may make anything.
+  Result e(PQexecPrepared(h.get(), "cap1000", 0, nullptr, nullptr, nullptr, 0));
+  REQUIRE(PQresultStatus(e.get()) == PGRES_TUPLES_OK);
+  // Checked after: the setting it made is found, and h keeps its server (pinned).
+  CHECK(eventually([&] { return has(pinned_column(p), "untracked_setting"); }));
+  CHECK(scalar(h.get(), "SHOW search_path") == "pg_catalog, public");
+  for (int round = 0; round < 4; round++) CHECK(scalar(n.get(), "SHOW search_path") == dflt_sp);
+  Conn su = connect(superuser_conninfo());
+  exec_ok(su.get(), "DROP FUNCTION rt_cap()");
+}
+
+TEST_CASE("pinning: a routine replaced over a direct connection is seen within seconds") {
+  if (skip_in_direct_mode("pooling")) return;
+  Conn su = connect(superuser_conninfo());
+  exec_ok(su.get(),
+          "DROP FUNCTION IF EXISTS rt_ext() CASCADE;"
+          "CREATE FUNCTION rt_ext() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+          "GRANT EXECUTE ON FUNCTION rt_ext() TO PUBLIC");
+  int mport = free_port();
+  Pooler p(small_pool("metrics_port = " + std::to_string(mport) + "\n"));
+  auto readings = [&] {
+    CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
+    const std::string k = "\npgsluice_routine_readings_total ";
+    size_t at = r.output.find(k);
+    return at == std::string::npos ? -1 : std::atoi(r.output.c_str() + at + k.size());
+  };
+  Conn h = connect(p.conninfo());
+  Conn n = connect(p.conninfo());
+  Conn m = connect(p.conninfo());
+  const std::string dflt_sp = scalar(n.get(), "SHOW search_path");
+  exec_ok(h.get(), "SELECT rt_ext()");  // the pool's first call: its routines are read
+  CHECK(eventually([&] {
+    exec_ok(n.get(), "SELECT 1");
+    return readings() >= 1;
+  }));
+  const int before = readings();
+  // Replaced by a migration that does not go through pgsluice.
+  exec_ok(su.get(),
+          "CREATE OR REPLACE FUNCTION rt_ext() RETURNS int LANGUAGE plpgsql AS "
+          "$$BEGIN PERFORM set_config('search_path', 'pg_catalog, public', false); "
+          "RETURN 1; END$$");
+  // The next probe (within RoutineReadings::kProbePeriod, 5 s) sees the change and the
+  // catalog is read again, long before the 60 s period.
+  CHECK(eventually(
+      [&] {
+        exec_ok(n.get(), "SELECT 1");
+        sleep_ms(100);
+        return readings() > before;
+      },
+      20));
+  exec_ok(h.get(), "SELECT rt_ext()");
+  int wrong = 0;
+  for (int round = 0; round < 6; round++) {
+    if (round % 2 == 1) exec_ok(m.get(), "BEGIN");  // the others move to the other server
+    if (scalar(h.get(), "SHOW search_path") != "pg_catalog, public") wrong++;
+    if (round % 2 == 1) exec_ok(m.get(), "COMMIT");
+    const std::string got = scalar(n.get(), "SHOW search_path");
+    if (got != dflt_sp) {
+      wrong++;
+      MESSAGE("round " << round << ": n sees search_path '" << got << "'");
+    }
+  }
+  CHECK(wrong == 0);
+  exec_ok(su.get(), "DROP FUNCTION rt_ext()");
+}
+
 TEST_CASE("pinning: a string or comment naming pg_advisory_lock does not pin") {
   if (skip_in_direct_mode("pooling")) return;
   Pooler p(small_pool());

@@ -151,3 +151,89 @@ TEST_CASE("call_names: what a text calls, each once") {
   CHECK(out.size() == kMaxCallNames);
   CHECK(many);
 }
+
+TEST_CASE("StateRoutines: a catalog larger than read leaves calls unknown") {
+  StateRoutines r;
+  const std::string body(1u << 20, ' ');  // 1 MiB of blanks in each routine's body
+  size_t rows = 0;
+  for (; rows <= StateRoutines::kMaxBytes / body.size() + 1; rows++) {
+    const std::string oid = std::to_string(30000 + rows), name = "f" + std::to_string(rows);
+    REQUIRE(add(r, {"f", oid.c_str(), name.c_str(), "sql", body.c_str()}));
+  }
+  // The last routine makes state, but lies beyond what is read.
+  REQUIRE(add(r, {"f", "39999", "set_late", "sql", "SELECT set_config('app.x', 'y', false)"}));
+  r.finish();
+  CHECK_FALSE(r.complete());
+  CHECK(r.find("set_late") == nullptr);
+
+  RoutineReadings readings;
+  readings.needed();
+  CHECK(readings.take(0));
+  readings.done(std::make_unique<StateRoutines>(std::move(r)), 0);
+  CHECK(readings.current() != nullptr);
+  CHECK(readings.unknown());  // so every call counts as one that may make state
+
+  // A later reading that fits is known again.
+  StateRoutines small;
+  REQUIRE(add(small, {"f", "39999", "set_late", "sql", "SELECT set_config('app.x', 'y', false)"}));
+  small.finish();
+  CHECK(small.complete());
+  CHECK(readings.take(RoutineReadings::kPeriod + 1));
+  readings.done(std::make_unique<StateRoutines>(std::move(small)), RoutineReadings::kPeriod + 1);
+  CHECK_FALSE(readings.unknown());
+  CHECK(readings.current()->find("set_late") != nullptr);
+}
+
+TEST_CASE("StateRoutines: more than 64 names that make state: every text is read") {
+  StateRoutines r;
+  for (int i = 0; i < 70; i++) {
+    const std::string oid = std::to_string(40000 + i), name = "setter" + std::to_string(i);
+    REQUIRE(add(r, {"f", oid.c_str(), name.c_str(), "sql", "SELECT pg_advisory_lock(1)"}));
+  }
+  r.finish();
+  CHECK(r.size() == 70);
+  CHECK(r.mentioned("SELECT 1"));  // not searched name by name: read whole
+  CHECK(r.find("setter69") != nullptr);
+  StateRoutines few;
+  REQUIRE(add(few, {"f", "40000", "setter0", "sql", "SELECT pg_advisory_lock(1)"}));
+  few.finish();
+  CHECK_FALSE(few.mentioned("SELECT 1"));
+  CHECK(few.mentioned("SELECT SETTER0()"));
+}
+
+TEST_CASE("RoutineReadings: probes of the catalogs' fingerprint find changes made elsewhere") {
+  RoutineReadings rr;
+  rr.needed();
+  CHECK_FALSE(rr.take_probe(100));  // nothing read yet: a reading, not a probe
+  REQUIRE(rr.take(0));
+  auto r = std::make_unique<StateRoutines>();
+  REQUIRE(add(*r, {"v", "0", "3200.1/0.0", "", nullptr}));
+  r->finish();
+  CHECK(r->fingerprint() == "3200.1/0.0");
+  rr.done(std::move(r), 0);
+  CHECK_FALSE(rr.unknown());
+  const double p = RoutineReadings::kProbePeriod;
+  CHECK_FALSE(rr.take_probe(p / 2));  // too soon
+  REQUIRE(rr.take_probe(p));
+  CHECK_FALSE(rr.take_probe(p));  // one at a time
+  CHECK_FALSE(rr.take(p));
+  rr.probed("3200.1/0.0", p);  // the same: nothing to do
+  CHECK_FALSE(rr.unknown());
+  CHECK_FALSE(rr.take_probe(p * 1.5));
+  REQUIRE(rr.take_probe(p * 2));
+  rr.probed("", p * 2);  // failed: nothing known, nothing changed
+  CHECK_FALSE(rr.unknown());
+  REQUIRE(rr.take_probe(p * 3));
+  rr.probed("3201.9/0.0", p * 3);  // a routine made by another connection
+  CHECK(rr.unknown());
+  CHECK_FALSE(rr.take_probe(p * 4));  // a reading is due instead
+  REQUIRE(rr.take(p * 3));
+  auto r2 = std::make_unique<StateRoutines>();
+  REQUIRE(add(*r2, {"v", "0", "3201.9/0.0", "", nullptr}));
+  r2->finish();
+  rr.done(std::move(r2), p * 3);  // the same routines as before: not published, but known
+  CHECK_FALSE(rr.unknown());
+  REQUIRE(rr.take_probe(p * 4));
+  rr.probed("3201.9/0.0", p * 4);
+  CHECK_FALSE(rr.unknown());
+}
