@@ -73,6 +73,9 @@
 #                  0 (default): nothing of this, the benchmark runs as without it
 #   BENCH_PEERS_SUITE  Debian suite of the peers (default forky, Debian's testing:
 #                  PgBouncer 1.26.1 and Odyssey 1.5.2 when this was written)
+#   BENCH_WORKERS  workers of the pgsluice (and pgsluice-base) target (default: not
+#                  set in its config, so pgsluice chooses: see workers in pgsluice(5));
+#                  pgsluice-w1 always runs workers = 1
 #   PGSLUICE_BIN   pgsluice binary (default ./pgsluice); any pgbouncer-compatible
 #                  pooler can stand in, e.g. /usr/sbin/pgbouncer
 #   BENCH_BASE_BIN a second pgsluice binary (an older build) run as target
@@ -101,6 +104,8 @@ PEERS=${BENCH_PEERS:-0}
 case " ${BENCH_TARGETS:-} " in *" pgbouncer-new "* | *" odyssey "*) PEERS=1 ;; esac
 PEERS_SUITE=${BENCH_PEERS_SUITE:-forky}
 ODYSSEY_WORKERS=${BENCH_ODYSSEY_WORKERS:-1}
+case "${BENCH_WORKERS:-0}" in *[!0-9]*) echo "bench: BENCH_WORKERS: not a number" >&2; exit 1 ;; esac
+SLUICE_WORKERS=${BENCH_WORKERS:-}
 TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1${BASE:+ pgsluice-base}"}
 [ "$PEERS" = 1 ] && [ -z "${BENCH_TARGETS:-}" ] && TARGETS="$TARGETS pgbouncer-new odyssey"
 TLS=${BENCH_TLS:-1}
@@ -387,12 +392,14 @@ EOF
   mkdir -p "$WORK/odyssey-locks"
 }
 [ "$PEERS" = 1 ] && write_odyssey_conf
-# pgsluice: one worker per CPU (2 here) and, in the second instance, one worker like
-# PgBouncer's single thread; both serve repeated unnamed Parses from the server cache.
+# pgsluice: its default workers (or BENCH_WORKERS) and, in the second instance, one worker
+# like PgBouncer's single thread; both serve repeated unnamed Parses from the server cache.
 if ! is_pgbouncer "$SLUICE"; then
-  printf 'workers = 2\ncache_unnamed_statements = 1\n' >>"$WORK/pgsluice.ini"
+  for t in pgsluice ${BASE:+pgsluice-base}; do
+    [ -n "$SLUICE_WORKERS" ] && printf 'workers = %s\n' "$SLUICE_WORKERS" >>"$WORK/$t.ini"
+    printf 'cache_unnamed_statements = 1\n' >>"$WORK/$t.ini"
+  done
   printf 'workers = 1\ncache_unnamed_statements = 1\n' >>"$WORK/pgsluice-w1.ini"
-  [ -n "$BASE" ] && printf 'workers = 2\ncache_unnamed_statements = 1\n' >>"$WORK/pgsluice-base.ini"
 fi
 is_root && chown -R postgres: "$WORK"
 
@@ -786,7 +793,7 @@ COMMAND="$(env | grep -E '^(BENCH_[A-Z0-9_]*|PGSLUICE_BIN|PGBOUNCER_BIN|PGBIN)='
   echo "pgsluice benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), pgbench -S -T $TIME, $ROUNDS rounds, scale $SCALE"
   echo "machine: $(nproc) CPUs ($MODEL), $MEM, Linux $(uname -r)"
   echo "command: $COMMAND"
-  echo "pools: transaction mode, default_pool_size $POOL_SIZE, auth $AUTH; pgsluice workers 2,"
+  echo "pools: transaction mode, default_pool_size $POOL_SIZE, auth $AUTH; pgsluice workers ${BENCH_WORKERS:-default},"
   echo "pgsluice-w1 workers 1; both pgsluice with cache_unnamed_statements = 1"
   echo "postgresql: $PGVERSION"
   echo "pgbouncer: $BOUNCER ($BVERSION)"

@@ -12,9 +12,9 @@
 #include <cstddef>
 #include <cstring>
 #include <system_error>
-#include <thread>
 
 #include "connstr.h"
+#include "cpus.h"
 #include "hba.h"
 #include "ident.h"
 
@@ -225,8 +225,9 @@ constexpr Row kRows[] = {
              &Config::server_check_prepared),
     int_row("scram_iterations", "4096", kReload, "iterations of SCRAM secrets built by pgsluice",
             &Config::scram_iterations, 1, kIntMax),
-    int_row("workers", "0", kRestart, "worker threads; 0 means one per CPU", &Config::workers, 0,
-            1024),
+    int_row("workers", "0", kRestart,
+            "worker threads; 0: one per CPU given to pgsluice alone, else one per two CPUs",
+            &Config::workers, 0, 1024),
     string_row("metrics_listen_addr", "127.0.0.1", kRestart,
                "address of the Prometheus metrics endpoint", &Config::metrics_listen_addr),
     int_row("metrics_port", "0", kRestart,
@@ -848,10 +849,7 @@ std::optional<double> parse_seconds_value(std::string_view s) {
 // ---- the table's public face ----
 
 int Config::effective_workers() const {
-  if (workers > 0) return workers;
-  unsigned n = std::thread::hardware_concurrency();
-  if (n == 0) return 1;
-  return n > 1024 ? 1024 : static_cast<int>(n);
+  return choose_workers(workers, machine_cpus()).count;
 }
 
 const std::vector<SettingInfo>& settings_table() {

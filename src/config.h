@@ -239,7 +239,7 @@ struct Config {
   std::shared_ptr<const IdentFile> ident;
 
   // Derived helpers.
-  int effective_workers() const;  // workers, or the CPU count when 0
+  int effective_workers() const;  // workers, or when 0 the count cpus.h chooses
 };
 
 // One row of the settings table (drives loading, SHOW CONFIG, SET, the man-page test).

@@ -24,6 +24,7 @@
 #include "admin.h"
 #include "auth_cache.h"
 #include "config.h"
+#include "cpus.h"
 #include "gather.h"
 #include "listener.h"
 #include "log.h"
@@ -437,7 +438,14 @@ int main(int argc, char** argv) {
 
   Main m;
   m.rt.set_config(cfg);
-  size_t nworkers = static_cast<size_t>(cfg->effective_workers());
+  // SHOW CONFIG keeps the setting as written (0); the log says what it became and why.
+  const CpuView& cpus = machine_cpus();
+  WorkersChoice wc = choose_workers(cfg->workers, cpus);
+  char quota[32] = "none";
+  if (cpus.quota > 0) std::snprintf(quota, sizeof quota, "%g CPUs", cpus.quota);
+  LOG_INFO("%d worker thread%s (%s; CPUs online: %d, in the affinity set: %d, cgroup quota: %s)",
+           wc.count, wc.count == 1 ? "" : "s", wc.reason.c_str(), cpus.online, cpus.allowed, quota);
+  size_t nworkers = static_cast<size_t>(wc.count);
   m.rt.registry = std::make_unique<Registry>(nworkers);
   m.rt.auth_cache = std::make_unique<AuthCache>();
   m.rt.tracked = std::make_unique<TrackedNames>(cfg->track_extra_parameters);

@@ -134,11 +134,15 @@ class Pool {
   std::atomic<double> last_used_{0};
   std::atomic<int> servers_{0};
   size_t nworkers_;
-  // One cache line per worker: each worker writes only its own counts, on every server
-  // it releases and every client that queues, so no two workers write the same line.
-  struct alignas(64) PerWorker {
-    std::atomic<int> idle{0};
-    std::atomic<int> waiting{0};
+  // One cache line per worker and count. Each worker writes only its own counts: idle twice
+  // per transaction (the server taken, the server released), waiting when a client queues.
+  // Every release reads the other workers' waiting counts: on a line of their own, which a
+  // worker writes only when its clients queue, those reads hit the reader's cache, where a
+  // line shared with the owner's idle count moved between cores at every transaction
+  // (ARCHITECTURE.md, "Scaling with cores").
+  struct PerWorker {
+    alignas(64) std::atomic<int> idle{0};
+    alignas(64) std::atomic<int> waiting{0};
   };
   std::unique_ptr<PerWorker[]> per_worker_;
   mutable std::mutex mu_;
