@@ -127,6 +127,7 @@ class Client final : public Conn {
   void session_message(uint8_t type, size_t len, bool sent);
   bool session_scs(std::string_view text) const;
   bool session_sql_changes(std::string_view parse_body) const;
+  void note_connect_resets(const std::vector<SessionStmt>& stmts);
   void note_session_parse(std::string_view name, std::string_view parse_body);
   // Counted in its pool's, database's and login user's client counts (from the end of its
   // authentication to close: Worker::count_client); user_clients_ is the user's counter.

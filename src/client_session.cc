@@ -37,11 +37,23 @@ bool Client::session_sql_changes(std::string_view body) const {
   return lex_session_sql(text, session_scs(text), nullptr);
 }
 
+// A RESET, RESET ALL or DISCARD ALL takes a server's settings to PostgreSQL's defaults, away
+// from what connect_query made: the server is reset (and connect_query's SETs made again)
+// before its next client (Worker::link).
+void Client::note_connect_resets(const std::vector<SessionStmt>& stmts) {
+  if (settings_dirty_ || pool_ == nullptr || pool_->target()->connect_settings.empty()) return;
+  for (const SessionStmt& st : stmts)
+    if (st.kind == StmtKind::Reset || st.kind == StmtKind::ResetAll ||
+        st.kind == StmtKind::DiscardAll)
+      settings_dirty_ = true;
+}
+
 void Client::note_session_parse(std::string_view name, std::string_view body) {
   std::vector<SessionStmt> stmts;
   std::string_view text =
       c_text(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
   lex_session_sql(text, session_scs(text), &stmts);
+  note_connect_resets(stmts);
   if (sess_ == nullptr)
     sess_ = std::make_unique<SessionState>(worker_->rt()->tracked.get(),
                                            server_ != nullptr && server_->tx_ != 'I');
@@ -91,6 +103,7 @@ void Client::session_message(uint8_t type, size_t len, bool sent) {
         if (sess_ == nullptr || !(changes || sess_->busy())) return;
         std::vector<SessionStmt> stmts;
         lex_session_sql(text, scs, &stmts);
+        note_connect_resets(stmts);
         sess_->note_query(std::move(stmts), true);
       } else {
         // Larger than remapping reads whole: its statements are not read (ARCHITECTURE.md).

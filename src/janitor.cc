@@ -226,11 +226,11 @@ void Worker::suspend_timeouts(double now) {
   for (Server* s : ss) close_server(s, "suspend_timeout");
 }
 
-// server_check_query after server_check_delay, then server_check_prepared: starts a check of
+// server_check_query after server_check_delay, then a routines reading or probe when due
+// (state_routines.h), then server_check_prepared: starts a check of
 // s before c may use it; true when started (s is Resetting until PostgreSQL answers, then
 // idle again, or closed when the check failed; the client waits meanwhile).
 bool Worker::check_server(Server* s, const Client* c) {
-  if (scan_routines(s)) return true;
   const std::string& q = cfg_->server_check_query;
   // A server that just logged in or passed a check is not checked again before its next
   // client (with server_check_delay 0 every reuse would check anew, for ever).
@@ -243,6 +243,8 @@ bool Worker::check_server(Server* s, const Client* c) {
     s->flush();
     return true;
   }
+  // After the health check: a reading or probe makes the server look recently used.
+  if (scan_routines(s)) return true;
   return check_prepared(s, c);
 }
 

@@ -374,10 +374,13 @@ void Server::maybe_pin_check() {
   pin_names_ = c->pin_check_sent();
   pin_checking_ = true;
   pin_found_ = c->pins_;
-  // The names pgsluice follows: the client's settings and the tracked parameters.
+  // The names pgsluice follows: the client's settings, connect_query's (every server of the
+  // pool has them, a server they were taken from is reset: Worker::link) and the tracked
+  // parameters.
   std::vector<std::string> known;
   if (c->sess_ != nullptr)
     for (const auto& e : c->sess_->settings().entries()) known.push_back(e.key);
+  for (const auto& e : target_->connect_settings.entries()) known.push_back(e.key);
   const TrackedNames& tracked = *worker_->rt()->tracked;
   for (size_t i = 0; i < tracked.size(); i++) {
     std::string n = tracked.name(i);

@@ -981,12 +981,18 @@ std::string reset_statement(std::string_view key) {
 }
 
 void settings_diff_sql(const SessionSettings* client, const SessionSettings* server, bool unknown,
-                       std::string& reset_prefix, std::string& sql) {
+                       std::string& reset_prefix, std::string& sql, const SessionSettings* base) {
   static const SessionSettings none;
   const SessionSettings& c = client != nullptr ? *client : none;
   const SessionSettings& s = (server != nullptr && !unknown) ? *server : none;
+  const SessionSettings& b = base != nullptr ? *base : none;
   if (unknown) {
     reset_prefix = "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;";
+    // Back to what connect_query made, before the reported parameters' SETs.
+    for (const auto& e : b.entries()) {
+      reset_prefix += e.sql;
+      reset_prefix += ';';
+    }
   } else if (c == s) {
     return;
   }
@@ -994,22 +1000,34 @@ void settings_diff_sql(const SessionSettings* client, const SessionSettings* ser
     sql += stmt;
     sql += ';';
   };
+  // A setting taken away: back to base's value, or PostgreSQL's default.
+  auto restore = [&](const std::string& key) {
+    const auto* e = b.find(key);
+    put(e != nullptr ? e->sql : reset_statement(key));
+  };
   // The session user first (it resets the role), then the role, then the rest.
   const auto* csa = c.find("session_authorization");
   const auto* ssa = s.find("session_authorization");
   bool sa_changed = (csa == nullptr) != (ssa == nullptr) || (csa && csa->sql != ssa->sql);
-  if (sa_changed) put(csa ? csa->sql : std::string("RESET SESSION AUTHORIZATION"));
+  if (sa_changed) {
+    if (csa != nullptr)
+      put(csa->sql);
+    else
+      restore("session_authorization");
+  }
   const auto* cr = c.find("role");
   const auto* sr = s.find("role");
   if (sa_changed || (cr == nullptr) != (sr == nullptr) || (cr && cr->sql != sr->sql)) {
     if (cr != nullptr)
       put(cr->sql);
+    else if (const auto* br = b.find("role"); br != nullptr && (sr != nullptr || sa_changed))
+      put(br->sql);  // a new session user reset the role too
     else if (sr != nullptr && !sa_changed)
       put("RESET ROLE");
   }
   for (const auto& e : s.entries()) {
     if (e.key == "role" || e.key == "session_authorization") continue;
-    if (c.find(e.key) == nullptr) put(reset_statement(e.key));
+    if (c.find(e.key) == nullptr) restore(e.key);
   }
   for (const auto& e : c.entries()) {
     if (e.key == "role" || e.key == "session_authorization") continue;

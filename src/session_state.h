@@ -144,9 +144,13 @@ std::string reset_statement(std::string_view key);
 // The statements that make a server whose settings are `server` (null: none; `unknown`:
 // not known, so everything is reset first) have the client's (null: none), each followed
 // by ';'; empty when they already match. `reset_prefix` receives what must run before the
-// reported parameters' SETs (varcache.h), `sql` what runs after them.
+// reported parameters' SETs (varcache.h), `sql` what runs after them. `base`: the
+// settings every server starts with (connect_query's SETs, Target::connect_settings);
+// `client` and `server` hold what differs from it, and a setting taken away goes back to
+// base's value rather than to PostgreSQL's default.
 void settings_diff_sql(const SessionSettings* client, const SessionSettings* server, bool unknown,
-                       std::string& reset_prefix, std::string& sql);
+                       std::string& reset_prefix, std::string& sql,
+                       const SessionSettings* base = nullptr);
 
 // What the console shows of a setting (SHOW CLIENT_STATE): its value as the client wrote
 // it for names on a list of harmless ones (search_path, timeouts, role, ...), "(hidden)"

@@ -111,6 +111,11 @@ std::unique_ptr<Target> Target::from_config(const Config& cfg, const DatabaseDef
   if (!def.application_name.empty())
     t->startup_params.emplace_back("application_name", def.application_name);
   t->connect_query = def.connect_query;
+  if (!def.connect_query.empty()) {
+    std::vector<SessionStmt> stmts;
+    lex_session_sql(def.connect_query, true, &stmts);
+    for (const SessionStmt& st : stmts) t->connect_settings.apply(st);
+  }
   return t;
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "dns.h"
+#include "session_state.h"
 
 namespace pgsluice {
 
@@ -75,6 +76,10 @@ struct Target {
   std::string server_db;                           // database name on the server
   std::vector<std::pair<std::string, std::string>> startup_params;  // sent to the server
   std::string connect_query;
+  // What connect_query's SET statements make (session_state.h): a server's settings before
+  // any client's, restored instead of PostgreSQL's defaults when a client's are taken
+  // away. Statements other than SET/RESET in it are not followed.
+  SessionSettings connect_settings;
 
   // The target of a database entry for `db` as `login_user` (addresses not resolved yet).
   static std::unique_ptr<Target> from_config(const Config& cfg, const DatabaseDef& def,

@@ -398,7 +398,7 @@ void Worker::link(Client* c, Server* s) {
   // (session_state.h; reset first when the server's are unknown) and tracked parameters.
   std::string pre, post;
   settings_diff_sql(c->sess_ ? &c->sess_->settings() : nullptr, s->sess_.get(), s->sess_unknown_,
-                    pre, post);
+                    pre, post, &s->target_->connect_settings);
   std::string sql =
       pre + varcache_diff_sql(*rt_->tracked, c->vars_, s->sess_unknown_ ? VarCache() : s->vars_) +
       post;

@@ -181,6 +181,48 @@ TEST_CASE("session state: the issue's case, pool of one: B never sees A's settin
   }
 }
 
+TEST_CASE("session state: a server goes back to connect_query's settings, not the defaults") {
+  if (skip_in_direct_mode("pooling")) return;
+  Options o = one_server();
+  o.databases = "testdb = host=127.0.0.1 port=" + std::to_string(cluster().port) +
+                " dbname=testdb connect_query='SET search_path = cq_base, public; "
+                "SET statement_timeout = 777'\n";
+  Pooler p(o);
+  Conn a = connect(p.conninfo());
+  Conn b = connect(p.conninfo());
+  const std::string base_path = "cq_base, public", base_timeout = "777ms";
+  CHECK(show(b.get(), "search_path") == base_path);
+  CHECK(show(b.get(), "statement_timeout") == base_timeout);
+  auto b_sees_base = [&](const char* after) {
+    for (int i = 0; i < 2; i++) {
+      std::string sp = show(b.get(), "search_path"), st = show(b.get(), "statement_timeout");
+      CHECK_MESSAGE(sp == base_path, after << ": b sees search_path " << sp);
+      CHECK_MESSAGE(st == base_timeout, after << ": b sees statement_timeout " << st);
+    }
+  };
+  exec_ok(a.get(), "SET search_path = a_path");
+  CHECK(show(a.get(), "search_path") == "a_path");
+  b_sees_base("a's SET");
+  CHECK(show(a.get(), "search_path") == "a_path");
+  CHECK(show(a.get(), "statement_timeout") == base_timeout);
+  exec_ok(a.get(), "SET statement_timeout = 5000");
+  b_sees_base("a's second SET");
+  CHECK(show(a.get(), "statement_timeout") == "5s");
+  // The client's RESET takes it to PostgreSQL's default on that server; once it has left,
+  // the server is the pool's again (connect_query's values).
+  exec_ok(a.get(), "RESET statement_timeout");
+  b_sees_base("a's RESET");
+  exec_ok(a.get(), "RESET ALL");
+  b_sees_base("a's RESET ALL");
+  exec_ok(a.get(), "SET search_path = a_path; SET ROLE md5user");
+  b_sees_base("a's SET ROLE");
+  exec_ok(a.get(), "DISCARD ALL");
+  b_sees_base("a's DISCARD ALL");
+  exec_ok(a.get(), "DO $$BEGIN PERFORM set_config('search_path', 'do_path', false); END$$");
+  b_sees_base("a's DO block");
+  CHECK(show(a.get(), "search_path") == "do_path");
+}
+
 TEST_CASE("session state: each statement kind follows PostgreSQL's rules") {
   if (skip_in_direct_mode("pooling")) return;
   {
