@@ -15,9 +15,9 @@
 namespace pgsluice {
 
 #if defined(__x86_64__) && defined(__GLIBCXX__)
-// Every idle client carries one (ARCHITECTURE.md, memory per client): 712 bytes, a 720-byte
+// Every idle client carries one (ARCHITECTURE.md, memory per client): 584 bytes, a 592-byte
 // malloc chunk. A field that makes it larger belongs in a struct allocated on use.
-static_assert(sizeof(Client) <= 712, "Client grew: see ARCHITECTURE.md, memory per client");
+static_assert(sizeof(Client) <= 584, "Client grew: see ARCHITECTURE.md, memory per client");
 #endif
 
 namespace {
@@ -677,7 +677,7 @@ bool Client::forward_pass() {
       fwd_remaining_ -= n;
       if (qscan_active_ && fwd_remaining_ == 0) {
         qscan_active_ = false;
-        if (qscan_.flags & SqlScan::kTouchesStmts) server_->unverify();
+        if (remap_state_->qscan.flags & SqlScan::kTouchesStmts) server_->unverify();
       }
       continue;
     }
@@ -749,8 +749,7 @@ bool Client::forward_pass() {
         worker_->bufs().reserve(in_, more < BufPool::kBlock ? more : BufPool::kBlock);
         break;
       }
-      scan_pos_ = 0;  // the next message is scanned afresh
-      scan_nuls_ = 0;
+      scan_restart();  // the next message is scanned afresh
     }
     bool remapped = need > 0;
     if (state_ != ClientState::Active) {
@@ -792,7 +791,7 @@ bool Client::forward_pass() {
         }
         if (remap_ && in_.size() <= len) {
           // Too large to read whole: scanned as it streams through (scan_streamed).
-          qscan_.reset();
+          remap_state().qscan.reset();
           qscan_active_ = true;
           in_.rpos += wire::kHeaderLen;
           bool ok = scan_streamed(in_.size() < len - 4 ? in_.size() : len - 4);
@@ -849,8 +848,9 @@ bool Client::forward_pass() {
 // Scans the next n bytes of a Query that streams through (qscan_active_). A text that
 // names pgsluice's namespace ends the session: part of it already went to the server.
 bool Client::scan_streamed(size_t n) {
-  qscan_.feed(std::string_view(reinterpret_cast<const char*>(in_.begin()), n));
-  if (!(qscan_.flags & SqlScan::kNamesNamespace)) return true;
+  SqlScan& q = remap_state_->qscan;
+  q.feed(std::string_view(reinterpret_cast<const char*>(in_.begin()), n));
+  if (!(q.flags & SqlScan::kNamesNamespace)) return true;
   qscan_active_ = false;
   fail("42501", kReservedNames, "statement names pgsluice's namespace");
   return false;
@@ -859,37 +859,38 @@ bool Client::scan_streamed(size_t n) {
 // How many bytes of a Parse/Bind/Describe/Close must be buffered before remap() can
 // rewrite it: the whole message, except for Bind, whose parameters may be large and
 // stream through after its two names. A message that trickles in is scanned once: the
-// scan resumes where the previous read left it (scan_pos_), so the cost is linear in its
-// size, however small the pieces.
+// scan resumes where the previous read left it (Remap::scan_pos), so the cost is linear in
+// its size, however small the pieces.
 size_t Client::remap_need(uint8_t type, size_t len) {
   size_t total = len + 1;
   if (type == 'Q' && total <= kScanWhole) return total;  // read whole and scanned (sql_scan)
+  if (type != 'Q' && type != 'B') return total;
   size_t avail = in_.size() < total ? in_.size() : total;
-  if (scan_pos_ < wire::kHeaderLen || scan_pos_ > avail) {
-    scan_pos_ = wire::kHeaderLen;
+  size_t& scan_pos = remap_state().scan_pos;
+  if (scan_pos < wire::kHeaderLen || scan_pos > avail) {
+    scan_pos = wire::kHeaderLen;
     scan_nuls_ = 0;
   }
   if (type == 'Q') {  // only a query starting with PREPARE/EXECUTE/DEALLOCATE is read whole
     std::string_view text(reinterpret_cast<const char*>(in_.begin()) + wire::kHeaderLen,
                           avail - wire::kHeaderLen);
-    size_t from = scan_pos_ - wire::kHeaderLen;
+    size_t from = scan_pos - wire::kHeaderLen;
     int k = sql_prepared_prefix(text, avail == total, &from);
     if (k < 0) {
-      scan_pos_ = wire::kHeaderLen + from;
+      scan_pos = wire::kHeaderLen + from;
       return avail + 64 < total ? avail + 64 : total;
     }
     return k == 0 ? 0 : total;
   }
-  if (type != 'B') return total;
   const uint8_t* p = in_.begin();
-  size_t i = scan_pos_;
+  size_t i = scan_pos;
   while (i < avail) {
     const void* nul = std::memchr(p + i, 0, avail - i);
     if (nul == nullptr) break;
     i = static_cast<size_t>(static_cast<const uint8_t*>(nul) - p) + 1;
     if (++scan_nuls_ == 2) return i;
   }
-  scan_pos_ = avail;
+  scan_pos = avail;
   return avail + 1 < total ? avail + 1 : total;  // need more of the names
 }
 
@@ -1062,7 +1063,7 @@ int Client::remap(uint8_t type, size_t len) {
         // replace statements.
         if (scan_flags_ & SqlScan::kTouchesStmts) s->unverify();
         auto rest = r.rest();
-        unnamed_body_.assign(reinterpret_cast<const char*>(rest.data()), rest.size());
+        remap_state().unnamed_body.assign(reinterpret_cast<const char*>(rest.data()), rest.size());
         stmts_.has_unnamed = true;
         s->note_unnamed(id_, ++unnamed_gen_);
         st.client_parse_count++;
@@ -1305,7 +1306,7 @@ void Client::ensure_unnamed(Server* s) {
   if (s->unnamed_client_ == id_ && s->unnamed_gen_ == unnamed_gen_) return;
   std::string m;
   if (stmts_.has_unnamed) {
-    wire::Writer(m).begin('P').cstr("").bytes(unnamed_body_).end();
+    wire::Writer(m).begin('P').cstr("").bytes(remap_state().unnamed_body).end();
     s->queue_.push(Request{'P', ReqAction::Skip, 0, -1, -1, kUnnamedParse, 0});
     lp_->stats.server_parse_count++;
   } else {
@@ -1326,7 +1327,7 @@ int Client::refuse_sql(size_t total) {
 
 void Client::record_segment(uint8_t type, size_t len) {
   if (seg_fresh_) {
-    seg_bytes_.clear();
+    if (remap_state_ != nullptr) remap_state_->seg_bytes.clear();
     seg_ok_ = server_->tx_ == 'I' && server_->queue_.empty();  // an implicit transaction
     seg_fresh_ = false;
   }
@@ -1335,21 +1336,26 @@ void Client::record_segment(uint8_t type, size_t len) {
   size_t total = len + 1;
   bool extended = type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C' ||
                   type == 'H' || type == 'S';
-  if (!extended || in_.size() < total || seg_bytes_.size() + total > 64 * 1024) {
+  if (!extended) {  // a simple Query or a function call: no Remap for it
     seg_ok_ = false;
-    seg_bytes_.clear();
+    if (remap_state_ != nullptr) remap_state_->seg_bytes.clear();
     return;
   }
-  seg_bytes_.append(reinterpret_cast<const char*>(in_.begin()), total);
+  std::string& seg = remap_state().seg_bytes;
+  if (in_.size() < total || seg.size() + total > 64 * 1024) {
+    seg_ok_ = false;
+    seg.clear();
+    return;
+  }
+  seg.append(reinterpret_cast<const char*>(in_.begin()), total);
 }
 
 void Client::replay_segment() {
-  scan_pos_ = 0;  // another message is now at the front of in_
-  scan_nuls_ = 0;
+  scan_restart();  // another message is now at the front of in_
   std::string rest(reinterpret_cast<const char*>(in_.begin()), in_.size());
   in_.rpos = in_.wpos;
   std::string seg;
-  seg.swap(seg_bytes_);
+  seg.swap(remap_state().seg_bytes);
   seg_ok_ = false;
   seg_fresh_ = true;
   worker_->bufs().append(in_, seg.data(), seg.size());

@@ -101,14 +101,11 @@ class Client final : public Conn {
   bool flush_queued_ = false;    // on the worker's list of sends (Worker::queue_flush)
   bool copy_in_ = false;         // between CopyInResponse and the client's CopyDone/CopyFail
   bool limits_counted_ = false;  // counted in its pool's, database's and user's counts (below)
-  // sql_scan() of the Query/Parse text being handled (remapping only), and of a Query too
-  // large to read whole, fed as it streams through (qscan_active_).
-  // Without cache_unnamed_statements: the client's unnamed statement, kept so that it
-  // survives a Sync as in PostgreSQL (Client::ensure_unnamed). unnamed_gen_ counts its
-  // unnamed Parses and simple queries (each replaces or drops it).
-  std::string unnamed_body_;
+  // unnamed_gen_ counts its unnamed Parses and simple queries (each replaces or drops its
+  // unnamed statement; Remap::unnamed_body).
   uint64_t unnamed_gen_ = 0;
-  [[no_unique_address]] SqlScan qscan_;  // the flags below fill its last word
+  // sql_scan() of the Query/Parse text being handled (remapping only); qscan_active_: a
+  // Query too large to read whole is fed to Remap::qscan as it streams through.
   uint8_t scan_flags_ = 0;
   bool qscan_active_ = false;
   bool seg_ok_ = false;
@@ -116,9 +113,35 @@ class Client final : public Conn {
   bool is_admin_ = false;  // logged in to a virtual database (admin console)
   bool welcomed_ = false;  // the welcome was sent (it must be sent once)
   bool counted_ = false;   // counted in Runtime::clients (from accept to close)
-  // The current extended-protocol segment (messages up to Sync), kept so that a Bind that
-  // failed with 0A000 after DDL can be replayed once; seg_ok_ is false when it cannot be.
-  std::string seg_bytes_;
+  // The state of statement remapping that only the extended protocol (or a Query too large
+  // to read whole) needs: allocated at the first such message (remap_state()) and kept until
+  // the client closes, so that a client of simple queries carries one pointer and one of the
+  // extended protocol allocates nothing per transaction (ARCHITECTURE.md, memory).
+  struct Remap {
+    // Without cache_unnamed_statements: the client's unnamed statement, kept so that it
+    // survives a Sync as in PostgreSQL (Client::ensure_unnamed).
+    std::string unnamed_body;
+    // The current extended-protocol segment (messages up to Sync), kept so that a Bind
+    // that failed with 0A000 after DDL can be replayed once; seg_ok_ is false when it
+    // cannot be.
+    std::string seg_bytes;
+    SqlScan qscan;  // the Query streaming through (qscan_active_)
+    // How far remap_need() has scanned the message at the front of in_, so that a message
+    // trickling in is scanned once (offset in the message; the NULs of a Bind seen so far
+    // are scan_nuls_). Reset when the message has what it needs, and when in_ is
+    // rewritten (replay_segment).
+    size_t scan_pos = 0;
+  };
+  std::unique_ptr<Remap> remap_state_;
+  Remap& remap_state() {
+    if (remap_state_ == nullptr) remap_state_ = std::make_unique<Remap>();
+    return *remap_state_;
+  }
+  // Another message is now at the front of in_: remap_need() scans it afresh.
+  void scan_restart() {
+    if (remap_state_ != nullptr) remap_state_->scan_pos = 0;
+    scan_nuls_ = 0;
+  }
   void record_segment(uint8_t type, size_t len);
   // Puts the saved segment back in front of what the client sent since, and runs it again.
   void replay_segment();
@@ -149,9 +172,11 @@ class Client final : public Conn {
   // It sent a CREATE/ALTER/DROP of a routine, trigger, view, ... (PinScan::catalog): when its
   // transaction is over (Worker::unlink) its pool reads which routines make state again.
   bool catalog_changed_ = false;
+  bool pin_stmts_full_ = false;  // more than kPinMaxStmts (pin_stmts_): other Binds unread
   uint64_t pin_opaque_resets_ = 0;
-  // Settings a set_config or DO block named, read back by the next check (pinning.h).
-  std::vector<std::string> pin_watch_;
+  // Settings a set_config or DO block named, read back by the next check (pinning.h); null
+  // until the first (8 bytes where an empty vector took 24: ARCHITECTURE.md, memory).
+  std::unique_ptr<std::vector<std::string>> pin_watch_;
   // Statements (by the client's name) whose text pins, may release, or calls something:
   // each Bind of one counts as its text sent again, and what it calls is judged then with
   // the routines known at that time (a routine replaced since its Parse). Null until one.
@@ -162,7 +187,6 @@ class Client final : public Conn {
   };
   using PinStmts = std::unordered_map<std::string, PinStmt, NameHash, std::equal_to<>>;
   std::unique_ptr<PinStmts> pin_stmts_;
-  bool pin_stmts_full_ = false;  // more than kPinMaxStmts: other Binds judged as unread
   void pin_apply(const PinScan& ps);
   // Reads a whole Query or Parse for pinning statements (transaction and statement
   // pooling): 0 go on, 1 in_ was rewritten (a refusal; read the message again), -1 wait
@@ -220,11 +244,7 @@ class Client final : public Conn {
   bool forwarding_ = false;  // inside forward_messages()
   bool reforward_ = false;   // a lost server's answer asks for one more pass
   size_t remap_need(uint8_t type, size_t len);
-  // How far remap_need() has scanned the message at the front of in_, so that a message
-  // trickling in is scanned once (offset in the message, and NULs of a Bind seen so far).
-  // Reset when the message has what it needs, and when in_ is rewritten (replay_segment).
-  uint8_t scan_nuls_ = 0;
-  size_t scan_pos_ = 0;
+  uint8_t scan_nuls_ = 0;  // with Remap::scan_pos
   // Whether a Bind/Describe/Close of this statement name is rewritten.
   bool remapped_name(std::string_view name) const {
     return !name.empty() || (cache_unnamed_ && stmts_.find(name) != nullptr);

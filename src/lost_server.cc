@@ -220,8 +220,7 @@ void Client::server_lost(const LostServer& l) {
   stalled_ = false;
   seg_fresh_ = true;
   seg_ok_ = false;
-  scan_pos_ = 0;
-  scan_nuls_ = 0;
+  scan_restart();
   LOG_WARN("C-%p: %s/%s@%s:%d server connection lost; the client stays connected%s",
            static_cast<void*>(this), db_.c_str(), user_.c_str(), addr_.host.c_str(), addr_.port,
            block ? " in an aborted transaction block" : "");
@@ -258,7 +257,8 @@ const std::string* Client::lost_stmt_text(std::string_view name, std::string* bu
   if (!remap_) return nullptr;
   if (name.empty() && !cache_unnamed_) {
     if (!stmts_.has_unnamed) return nullptr;
-    buf->assign(unnamed_body_.c_str());  // up to its NUL
+    if (remap_state_ == nullptr) return nullptr;
+    buf->assign(remap_state_->unnamed_body.c_str());  // up to its NUL
     return buf;
   }
   const auto* e = stmts_.find(name);
@@ -399,7 +399,7 @@ int Client::lost_step(uint8_t type, size_t len) {
       if (remap_ && (!name_s.empty() || cache_unnamed_)) {
         stmts_.set(name_s, stmt_registry().get(body));  // prepared on its next server
       } else if (remap_) {
-        unnamed_body_.assign(body);
+        remap_state().unnamed_body.assign(body);
         stmts_.has_unnamed = true;
         ++unnamed_gen_;
       } else {

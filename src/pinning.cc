@@ -147,14 +147,16 @@ void Client::pin_apply(const PinScan& ps) {
     pin_opaque_resets_ = sess_ != nullptr ? sess_->resets() : 0;
   }
   for (const auto& n : ps.names) {
-    if (std::find(pin_watch_.begin(), pin_watch_.end(), n) != pin_watch_.end()) continue;
-    if (pin_watch_.size() >= kPinMaxNames) {
+    if (pin_watch_ == nullptr) pin_watch_ = std::make_unique<std::vector<std::string>>();
+    std::vector<std::string>& watch = *pin_watch_;
+    if (std::find(watch.begin(), watch.end(), n) != watch.end()) continue;
+    if (watch.size() >= kPinMaxNames) {
       settings_dirty_ = true;
       if (!pin_opaque_) pin_opaque_resets_ = sess_ != nullptr ? sess_->resets() : 0;
       pin_opaque_ = true;
       break;
     }
-    pin_watch_.push_back(n);
+    watch.push_back(n);
   }
   if ((ps.releases & kReleaseAny) != 0 ||
       ((ps.releases & kReleaseTxEnd) != 0 && (pins_ & kPinTempTable) != 0))
@@ -166,8 +168,10 @@ void Client::pin_checked(uint8_t found, const std::vector<std::string>& names,
   const TrackedNames* tracked = worker_->rt()->tracked.get();
   if (!names.empty() && values.size() == names.size()) {
     for (size_t i = 0; i < names.size(); i++) {
-      auto it = std::find(pin_watch_.begin(), pin_watch_.end(), names[i]);
-      if (it != pin_watch_.end()) pin_watch_.erase(it);
+      if (pin_watch_ != nullptr) {
+        auto it = std::find(pin_watch_->begin(), pin_watch_->end(), names[i]);
+        if (it != pin_watch_->end()) pin_watch_->erase(it);
+      }
       if (reported_and_tracked(tracked, names[i])) continue;  // ParameterStatus tells
       if (sess_ == nullptr) sess_ = std::make_unique<SessionState>(tracked, false);
       sess_->adopt(names[i],
@@ -182,8 +186,9 @@ void Client::pin_checked(uint8_t found, const std::vector<std::string>& names,
   }
   // Pinned since the check was sent (a statement that ran after it): kept until the next.
   found |= pin_fresh_;
-  if (!pin_watch_.empty()) found |= kPinUntrackedSetting;  // named since: the next check reads them
-  if (pin_watch_.empty()) pin_watch_.shrink_to_fit();
+  if (pin_watch_ != nullptr && pin_watch_->empty()) pin_watch_.reset();
+  if (pin_watch_ != nullptr)
+    found |= kPinUntrackedSetting;  // named since: the next check reads them
   set_pins(found);
 }
 
@@ -210,7 +215,7 @@ PinScan unread_text(bool sql_prepare) {
 std::vector<std::string> Client::pin_check_sent() {
   pin_check_due_ = false;
   pin_fresh_ = 0;
-  return pin_watch_;
+  return pin_watch_ != nullptr ? *pin_watch_ : std::vector<std::string>();
 }
 
 int Client::pin_message(uint8_t type, size_t len) {
@@ -359,8 +364,7 @@ int Client::pin_message(uint8_t type, size_t len) {
   in_.rpos = in_.wpos;
   worker_->bufs().append(in_, m.data(), m.size());
   worker_->bufs().append(in_, after.data(), after.size());
-  scan_pos_ = 0;
-  scan_nuls_ = 0;
+  scan_restart();
   return 1;
 }
 

@@ -80,7 +80,7 @@ class ClientStmts {
 
  public:
   // Without cache_unnamed_statements: the client has an unnamed statement of its own
-  // (its text in Client::unnamed_body_), which PostgreSQL keeps across a Sync. After map_,
+  // (its text in Client::Remap::unnamed_body), which PostgreSQL keeps across a Sync. After map_,
   // so that a Client's flags that follow fill the rest of the word.
   bool has_unnamed = false;
 };
@@ -192,7 +192,7 @@ struct SqlScan {
   std::string tail_;  // the end of the previous piece (a match may span two pieces)
 
  public:
-  uint8_t flags = 0;  // after tail_: a Client's flags that follow fill the rest of the word
+  uint8_t flags = 0;  // after tail_: fields that follow a SqlScan may fill the rest of its word
 };
 uint8_t sql_scan(std::string_view text);
 

@@ -945,18 +945,17 @@ void Worker::register_cancel_key(Client* c) {
     random_bytes(reinterpret_cast<uint8_t*>(&r), sizeof r);
     // Low byte: the owning worker, so any worker can route a cancel. Sign bit clear.
     uint32_t pid = ((r & 0x7fffff00u) | static_cast<uint32_t>(index_ & 0xff));
-    if (pid == static_cast<uint32_t>(index_) || cancel_keys_.count(pid)) continue;
+    if (pid == static_cast<uint32_t>(index_) || cancel_keys_.contains(pid)) continue;
     c->cancel_pid_ = pid;
     random_bytes(c->cancel_key_.data(), c->cancel_key_.size());
-    cancel_keys_.emplace(pid, c);
+    cancel_keys_.insert(c);
     return;
   }
 }
 
 void Worker::unregister_cancel_key(Client* c) {
   if (c->cancel_pid_ == 0) return;
-  auto it = cancel_keys_.find(c->cancel_pid_);
-  if (it != cancel_keys_.end() && it->second == c) cancel_keys_.erase(it);
+  cancel_keys_.erase(c);
   c->cancel_pid_ = 0;
 }
 
@@ -968,12 +967,11 @@ void Worker::handle_cancel(uint32_t pid, const std::string& key) {
           InboxMsg{InboxMsg::Kind::Cancel, -1, false, nullptr, nullptr, pid, key, {}});
     return;
   }
-  auto it = cancel_keys_.find(pid);
-  if (it == cancel_keys_.end()) {
+  Client* c = cancel_keys_.find(pid);
+  if (c == nullptr) {
     LOG_DEBUG("cancel request for unknown key ignored");
     return;
   }
-  Client* c = it->second;
   if (key.size() != 4 ||
       !constant_time_eq(
           key, std::string_view(reinterpret_cast<const char*>(c->cancel_key_.data()), 4))) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "auth_query.h"
+#include "cancel_table.h"
 #include "client.h"
 #include "config.h"
 #include "notify_hub.h"
@@ -360,7 +361,7 @@ class Worker {
   std::unique_ptr<Listener> listener_;  // this worker's listening sockets (listener.h)
 
   std::unordered_map<Pool*, std::unique_ptr<LocalPool>> pools_;
-  std::unordered_map<uint32_t, Client*> cancel_keys_;
+  CancelTable<Client> cancel_keys_;  // its clients by cancel key pid (flat: 8 bytes a slot)
   std::vector<Conn*> dead_;
   std::vector<Client*> flushq_;
   std::vector<Client*> flushing_;
