@@ -2,6 +2,7 @@
 #include "log.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/time.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -33,6 +34,13 @@ std::atomic<int> g_verbose{0};
 std::atomic<bool> g_quiet{false};
 std::atomic<LogFormat> g_format{LogFormat::Text};
 std::atomic<long> g_bugs{0};
+// The pid every line carries, asked of the kernel once (glibc does not cache it) and again
+// in a forked child (-d), not at every line.
+std::atomic<int> g_pid{0};
+
+void forget_pid() {
+  g_pid.store(0, std::memory_order_relaxed);
+}
 
 // Splits unix_ms into a UTC calendar time and the milliseconds.
 void split_time(long long unix_ms, struct tm* tm, int* ms) {
@@ -249,6 +257,15 @@ bool log_configure(const LogSettings& s) {
   return true;
 }
 
+int log_pid() {
+  int pid = g_pid.load(std::memory_order_relaxed);
+  if (pid != 0) return pid;
+  static const bool fork_hook = pthread_atfork(nullptr, nullptr, forget_pid) == 0;
+  pid = static_cast<int>(getpid());
+  if (fork_hook) g_pid.store(pid, std::memory_order_relaxed);
+  return pid;
+}
+
 bool log_enabled(LogLevel level) {
   return static_cast<int>(level) <= static_cast<int>(LogLevel::Log) + g_verbose.load();
 }
@@ -258,7 +275,7 @@ void log_line(LogLevel level, std::string_view text) {
   struct timeval tv;
   gettimeofday(&tv, nullptr);
   long long unix_ms = static_cast<long long>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
-  int pid = static_cast<int>(getpid());
+  int pid = log_pid();
   std::string line = g_format.load() == LogFormat::Json ? log_json_line(unix_ms, pid, level, text)
                                                         : log_text_line(unix_ms, pid, level, text);
   if (!g_quiet.load()) {

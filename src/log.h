@@ -34,6 +34,8 @@ struct LogSettings {
 // the syslog connection. Thread-safe.
 bool log_configure(const LogSettings& s);
 bool log_enabled(LogLevel level);
+// The process id the lines carry: getpid() once, and again after a fork.
+int log_pid();
 // One line in the configured format to stderr and the logfile (one write each), and to syslog
 // when enabled. Thread-safe.
 void log_line(LogLevel level, std::string_view text);
