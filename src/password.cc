@@ -10,6 +10,7 @@
 #include <atomic>
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <optional>
 
 namespace pgsluice {
@@ -26,17 +27,33 @@ bool is_lower_hex(char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
 }
 
+// MD5 fetched from OpenSSL's providers once (EVP_md5() fetches it again at every init, a
+// look-up under a lock), and one digest context per thread, reset between uses: an md5
+// login computes two digests. Null when MD5 is unavailable (FIPS).
+const EVP_MD* md5_method() {
+  static EVP_MD* md = EVP_MD_fetch(nullptr, "MD5", nullptr);
+  return md;
+}
+
+struct MdCtxFree {
+  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+thread_local std::unique_ptr<EVP_MD_CTX, MdCtxFree> t_md_ctx;
+
 // hex(md5(a + b)), or nullopt if OpenSSL failed (e.g. MD5 unavailable under FIPS).
 std::optional<std::string> md5_hex2(std::string_view a, std::string_view b) {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  const EVP_MD* md = md5_method();
+  if (md == nullptr) return std::nullopt;
+  if (t_md_ctx == nullptr) t_md_ctx.reset(EVP_MD_CTX_new());
+  EVP_MD_CTX* ctx = t_md_ctx.get();
   if (ctx == nullptr) return std::nullopt;
   uint8_t digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  bool ok = EVP_DigestInit_ex(ctx, EVP_md5(), nullptr) == 1 &&
+  bool ok = EVP_DigestInit_ex(ctx, md, nullptr) == 1 &&
             EVP_DigestUpdate(ctx, a.data(), a.size()) == 1 &&
             EVP_DigestUpdate(ctx, b.data(), b.size()) == 1 &&
             EVP_DigestFinal_ex(ctx, digest, &len) == 1 && len == 16;
-  EVP_MD_CTX_free(ctx);
+  EVP_MD_CTX_reset(ctx);  // wipes what the context held of the inputs
   if (!ok) return std::nullopt;
   std::string out = hex_encode(digest, len);
   OPENSSL_cleanse(digest, sizeof(digest));
