@@ -52,7 +52,8 @@
 #                  (freshly started, empty auth cache, first BENCH_LOGIN_COLD
 #                  seconds, default 3) and pgsluice-warm (the next run, cache warm);
 #                  skipped for pgsluice with a message when it does not serve such
-#                  users. 0: no login step
+#                  users; with BENCH_PEERS=1 also pgbouncer-new (the peers' PgBouncer,
+#                  the same settings as pgbouncer). 0: no login step
 #   BENCH_POOL_SIZE  default_pool_size of both poolers (default 8; 20 for the
 #                  "200 clients over 20 servers" row: BENCH_CASES=200:simple)
 #   BENCH_TARGETS  targets to run (default: direct pgbouncer pgsluice pgsluice-w1,
@@ -190,6 +191,7 @@ cleanup() {
   fi
   [ -n "$WORK" ] && [ -d "$WORK" ] || return 0
   stop_target pgbouncer-new
+  stop_target pgbouncer-new-aq
   stop_target odyssey
   # Last, the process that holds the root's mounts: its newer-debian.sh unmounts them.
   kill_pidfile "$WORK/peers-holder.pid" sleep
@@ -743,6 +745,11 @@ EOF
   (umask 077 && printf '"aqauth" "aqauth"\n' >"$WORK/userlist-aq.txt")
   write_login_ini pgbouncer-aq "$LBPORT"
   write_login_ini pgsluice-aq "$LSPORT"
+  # With the peers, today's PgBouncer too (in their root, as pgbouncer-new runs).
+  if [ "$PEERS" = 1 ]; then
+    LNPORT=$(free_port 22432 "$PGPORT" "$BPORT" "$SPORT" "$S1PORT" "$S2PORT" "$LBPORT" "$LSPORT" "$NPORT" "$OPORT")
+    write_login_ini pgbouncer-new-aq "$LNPORT"
+  fi
   is_pgbouncer "$SLUICE" ||
     printf 'workers = 2\nauth_cache_file = %s/auth_cache.db\n' "$WORK" >>"$WORK/pgsluice-aq.ini"
   is_root && chown -R postgres: "$WORK"
@@ -759,11 +766,18 @@ EOF
     LOGIN_TARGETS="direct pgbouncer pgsluice-cold pgsluice-warm"
   fi
   [ -n "$LOGIN_NOTE" ] && say "login: $LOGIN_NOTE"
+  if [ "$PEERS" = 1 ]; then
+    newer_debian runpg /usr/sbin/pgbouncer "$WORK/pgbouncer-new-aq.ini" >"$WORK/pgbouncer-new-aq.out" 2>&1 &
+    PEER_SHELLS="$PEER_SHELLS $!"
+    wait_listening pgbouncer-new-aq /usr/sbin/pgbouncer "$LNPORT"
+    LOGIN_TARGETS="$LOGIN_TARGETS pgbouncer-new"
+  fi
   BLPID=$(cat "$WORK/pgbouncer-aq.pid")
   r=1
   while [ "$r" -le "$ROUNDS" ]; do
     login_run "$r" direct "$PGPORT" "" "$TIME"
     login_run "$r" pgbouncer "$LBPORT" "$BLPID" "$TIME"
+    [ "$PEERS" = 1 ] && login_run "$r" pgbouncer-new "$LNPORT" "$(target_pid pgbouncer-new-aq)" "$TIME"
     if [ -z "$LOGIN_NOTE" ]; then
       if restart_sluice_aq; then
         SLPID=$(cat "$WORK/pgsluice-aq.pid")
@@ -777,6 +791,7 @@ EOF
   done
   kill_pidfile "$WORK/pgbouncer-aq.pid" "$WORK"
   kill_pidfile "$WORK/pgsluice-aq.pid" "$WORK"
+  if [ "$PEERS" = 1 ]; then stop_target pgbouncer-new-aq; fi
 fi
 
 CLK=$(getconf CLK_TCK 2>/dev/null || echo 100)

@@ -2,13 +2,16 @@
 #include "log.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/time.h>
 #include <syslog.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <climits>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <mutex>
 
@@ -33,6 +36,13 @@ std::atomic<int> g_verbose{0};
 std::atomic<bool> g_quiet{false};
 std::atomic<LogFormat> g_format{LogFormat::Text};
 std::atomic<long> g_bugs{0};
+// The pid every line carries, asked of the kernel once (glibc does not cache it) and again
+// in a forked child (-d), not at every line.
+std::atomic<int> g_pid{0};
+
+void forget_pid() {
+  g_pid.store(0, std::memory_order_relaxed);
+}
 
 // Splits unix_ms into a UTC calendar time and the milliseconds.
 void split_time(long long unix_ms, struct tm* tm, int* ms) {
@@ -149,7 +159,51 @@ std::string log_escape_controls(std::string_view s) {
   return out;
 }
 
+size_t log_text_line_into(char* buf, size_t cap, long long unix_ms, int pid, LogLevel level,
+                          std::string_view text) {
+  // The calendar part changes once a second: each thread keeps it for its current second.
+  thread_local long long t_second = LLONG_MIN;
+  thread_local char t_date[32];
+  thread_local size_t t_date_len = 0;
+  long long second = unix_ms / 1000 - (unix_ms % 1000 < 0 ? 1 : 0);
+  int ms = static_cast<int>(unix_ms - second * 1000);
+  if (second != t_second) {
+    struct tm tm;
+    int unused = 0;
+    split_time(second * 1000, &tm, &unused);
+    t_date_len = std::strftime(t_date, sizeof t_date, "%Y-%m-%d %H:%M:%S", &tm);
+    t_second = second;
+  }
+  if (cap < t_date_len + 64) return 0;
+  std::memcpy(buf, t_date, t_date_len);
+  size_t n = t_date_len;
+  int h = std::snprintf(buf + n, cap - n, ".%03d UTC [%d] %s ", ms, pid, log_level_name(level));
+  if (h < 0 || static_cast<size_t>(h) >= cap - n) return 0;
+  n += static_cast<size_t>(h);
+  static const char kHex[] = "0123456789abcdef";
+  for (char ch : text) {
+    if (cap - n < 5) return 0;  // the longest escape, and the newline
+    auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c != 0x7f) {
+      buf[n++] = ch;
+    } else if (c == '\n' || c == '\r' || c == '\t') {
+      buf[n++] = '\\';
+      buf[n++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+    } else {
+      buf[n++] = '\\';
+      buf[n++] = 'x';
+      buf[n++] = kHex[c >> 4];
+      buf[n++] = kHex[c & 0xf];
+    }
+  }
+  buf[n++] = '\n';
+  return n;
+}
+
 std::string log_text_line(long long unix_ms, int pid, LogLevel level, std::string_view text) {
+  char buf[4096];
+  if (size_t n = log_text_line_into(buf, sizeof buf, unix_ms, pid, level, text); n > 0)
+    return std::string(buf, n);
   struct tm tm;
   int ms = 0;
   split_time(unix_ms, &tm, &ms);
@@ -249,6 +303,15 @@ bool log_configure(const LogSettings& s) {
   return true;
 }
 
+int log_pid() {
+  int pid = g_pid.load(std::memory_order_relaxed);
+  if (pid != 0) return pid;
+  static const bool fork_hook = pthread_atfork(nullptr, nullptr, forget_pid) == 0;
+  pid = static_cast<int>(getpid());
+  if (fork_hook) g_pid.store(pid, std::memory_order_relaxed);
+  return pid;
+}
+
 bool log_enabled(LogLevel level) {
   return static_cast<int>(level) <= static_cast<int>(LogLevel::Log) + g_verbose.load();
 }
@@ -258,9 +321,21 @@ void log_line(LogLevel level, std::string_view text) {
   struct timeval tv;
   gettimeofday(&tv, nullptr);
   long long unix_ms = static_cast<long long>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
-  int pid = static_cast<int>(getpid());
-  std::string line = g_format.load() == LogFormat::Json ? log_json_line(unix_ms, pid, level, text)
-                                                        : log_text_line(unix_ms, pid, level, text);
+  int pid = log_pid();
+  // A text line is built in this buffer (a login writes two: no allocation for them).
+  char buf[4096];
+  std::string_view line;
+  std::string long_line;
+  size_t n = g_format.load() == LogFormat::Json
+                 ? 0
+                 : log_text_line_into(buf, sizeof buf, unix_ms, pid, level, text);
+  if (n > 0) {
+    line = std::string_view(buf, n);
+  } else {
+    long_line = g_format.load() == LogFormat::Json ? log_json_line(unix_ms, pid, level, text)
+                                                   : log_text_line(unix_ms, pid, level, text);
+    line = long_line;
+  }
   if (!g_quiet.load()) {
     ssize_t r = ::write(STDERR_FILENO, line.data(), line.size());
     (void)r;

@@ -34,6 +34,8 @@ struct LogSettings {
 // the syslog connection. Thread-safe.
 bool log_configure(const LogSettings& s);
 bool log_enabled(LogLevel level);
+// The process id the lines carry: getpid() once, and again after a fork.
+int log_pid();
 // One line in the configured format to stderr and the logfile (one write each), and to syslog
 // when enabled. Thread-safe.
 void log_line(LogLevel level, std::string_view text);
@@ -67,6 +69,10 @@ std::string log_escape_controls(std::string_view s);
 // One complete line, '\n' included; unix_ms is the time in milliseconds since the epoch (UTC).
 // Control bytes in `text` are escaped (log_escape_controls).
 std::string log_text_line(long long unix_ms, int pid, LogLevel level, std::string_view text);
+// The same line written into buf[0..cap) without allocating; its length, or 0 when it does
+// not fit (log_text_line then builds it in a string).
+size_t log_text_line_into(char* buf, size_t cap, long long unix_ms, int pid, LogLevel level,
+                          std::string_view text);
 std::string log_json_line(long long unix_ms, int pid, LogLevel level, std::string_view text);
 // syslog(3) facility for auth, authpriv, daemon, user, local0..local7 (case-insensitive).
 std::optional<int> syslog_facility_from_name(std::string_view name);

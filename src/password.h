@@ -31,7 +31,8 @@ std::string md5_response(std::string_view secret, std::string_view user, const u
 bool md5_verify(std::string_view stored_secret, std::string_view user, const uint8_t salt[4],
                 std::string_view response);
 
-// Fills out[0..n) from OpenSSL's CSPRNG (RAND_bytes). False if it failed.
+// Fills out[0..n) from OpenSSL's CSPRNG (RAND_bytes; draws up to 64 bytes through a
+// per-thread buffer of its bytes, emptied in a forked child). False if it failed.
 bool random_bytes(uint8_t* out, size_t n);
 
 // Seeds OpenSSL's random generator and runs the md5 digest once, at start: a machine that

@@ -138,6 +138,7 @@ Result<StartupPacket> parse_startup(std::span<const uint8_t> packet) {
   sp.kind = StartupPacket::Kind::Startup;
   sp.version = code;
   if ((code >> 16) != 3) return sp;  // caller rejects the version with its own message
+  sp.params.reserve(8);  // user, database, application_name and a few more: one allocation
   for (;;) {
     std::string_view name;
     if (!r.cstr(name))

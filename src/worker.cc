@@ -220,8 +220,7 @@ void Worker::new_client(int fd, bool is_unix) {
     rt_->clients--;
     return;
   }
-  set_nonblocking(fd);
-  if (!is_unix) tune_tcp_socket(fd, *cfg_);
+  if (!is_unix) tune_tcp_socket(fd, *cfg_);  // accept4() made it non-blocking: no fcntl
   auto* c = new Client(this, Fd(fd), is_unix);
   c->counted_ = true;  // counted by the listener; close_client gives it back
   c->connect_time_ = now_seconds();

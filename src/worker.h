@@ -145,7 +145,7 @@ class Worker {
   // Opens this worker's listeners (TCP with SO_REUSEPORT; the Unix socket on worker 0).
   Status listen();
   // Takes on a client connection the listener accepted (already counted in
-  // Runtime::clients).
+  // Runtime::clients), non-blocking and close-on-exec from accept4().
   void new_client(int fd, bool is_unix);
   void start();
   void join();

@@ -1,6 +1,8 @@
 // Unit tests for the log line formats, JSON escaping and the syslog mappings (log.h).
 #include <doctest/doctest.h>
+#include <sys/wait.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -26,6 +28,52 @@ TEST_CASE("log: text line keeps PgBouncer's format") {
         "2026-11-23 22:56:42.123 UTC [4242] LOG C-0x1: db/u@1.2.3.4:5 login attempt\n");
   CHECK(log_text_line(kWhen + 877, 1, LogLevel::Warning, "") ==
         "2026-11-23 22:56:43.000 UTC [1] WARNING \n");
+}
+
+TEST_CASE("log: the buffered text line is the same line, across seconds, or 0 when too long") {
+  char buf[256];
+  for (long long at : {kWhen, kWhen + 1, kWhen + 999, kWhen + 1000, kWhen - 1, -1LL, 0LL}) {
+    for (std::string_view t : {std::string_view("C-0x1: db/u login"),
+                               std::string_view("a\nb\x01\x7f\tc\r\xc3\xa9", 11)}) {
+      size_t n = log_text_line_into(buf, sizeof buf, at, 42, LogLevel::Log, t);
+      REQUIRE(n > 0);
+      std::string want = log_escape_controls(t);
+      CHECK(std::string_view(buf, n).substr(std::string_view(buf, n).find("LOG ") + 4) ==
+            want + "\n");
+      CHECK(std::string(buf, n) == log_text_line(at, 42, LogLevel::Log, t));
+    }
+  }
+  CHECK(std::string(buf, log_text_line_into(buf, sizeof buf, kWhen, 4242, LogLevel::Log, "x")) ==
+        "2026-11-23 22:56:42.123 UTC [4242] LOG x\n");
+  CHECK(std::string(buf, log_text_line_into(buf, sizeof buf, -1, 1, LogLevel::Log, "")) ==
+        "1969-12-31 23:59:59.999 UTC [1] LOG \n");
+  std::string big(300, '\x01');  // 1200 bytes escaped: too long for buf
+  CHECK(log_text_line_into(buf, sizeof buf, kWhen, 1, LogLevel::Log, big) == 0);
+  std::string line = log_text_line(kWhen, 1, LogLevel::Log, std::string(5000, 'y'));
+  CHECK(line.size() == std::string("2026-11-23 22:56:42.123 UTC [1] LOG \n").size() + 5000);
+}
+
+TEST_CASE("log: the pid lines carry is asked once, and is the child's after a fork") {
+  CHECK(log_pid() == static_cast<int>(getpid()));
+  CHECK(log_pid() == static_cast<int>(getpid()));  // kept
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    int p = log_pid();
+    ssize_t w = write(fds[1], &p, sizeof p);
+    _exit(w == static_cast<ssize_t>(sizeof p) ? 0 : 1);
+  }
+  close(fds[1]);
+  int seen = 0;
+  ssize_t got = read(fds[0], &seen, sizeof seen);
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  REQUIRE(got == static_cast<ssize_t>(sizeof seen));
+  CHECK(seen == static_cast<int>(child));
+  CHECK(log_pid() == static_cast<int>(getpid()));
 }
 
 TEST_CASE("log: control bytes are escaped, so one event is one text line") {

@@ -1,6 +1,10 @@
 // Unit tests for password.h: secret kinds, md5 secrets, responses and verification.
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <set>
 #include <string>
 
 #include "password.h"
@@ -66,6 +70,43 @@ TEST_CASE("constant_time_eq and random_bytes") {
   CHECK(random_bytes(a, 0));
   const uint8_t h[3] = {0x00, 0xab, 0xff};
   CHECK(hex_encode(h, 3) == "00abff");
+}
+
+TEST_CASE("random_bytes: small draws from the buffer never repeat, across refills") {
+  std::set<std::string> seen;
+  for (int i = 0; i < 200; i++) {  // 200 x 12 bytes: several refills of the 256-byte buffer
+    uint8_t r[12];
+    REQUIRE(random_bytes(r, sizeof r));
+    CHECK(seen.insert(hex_encode(r, sizeof r)).second);
+  }
+  uint8_t big[300];  // above the buffer's draws: straight from RAND_bytes
+  REQUIRE(random_bytes(big, sizeof big));
+}
+
+TEST_CASE("random_bytes: a forked child does not hand out its parent's buffered bytes") {
+  uint8_t first[4];
+  REQUIRE(random_bytes(first, sizeof first));  // the buffer now holds bytes not handed out
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    uint8_t c[16] = {};
+    bool ok = random_bytes(c, sizeof c);
+    ssize_t w = write(fds[1], c, sizeof c);
+    _exit(ok && w == static_cast<ssize_t>(sizeof c) ? 0 : 1);
+  }
+  close(fds[1]);
+  uint8_t parent[16], child[16] = {};
+  REQUIRE(random_bytes(parent, sizeof parent));
+  ssize_t got = read(fds[0], child, sizeof child);
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  REQUIRE(got == static_cast<ssize_t>(sizeof child));
+  CHECK(hex_encode(parent, sizeof parent) != hex_encode(child, sizeof child));
 }
 
 }  // namespace
