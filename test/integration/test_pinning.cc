@@ -63,6 +63,14 @@ std::string while_other_busy(PGconn* b, PGconn* c, const std::string& sql) {
   return v;
 }
 
+// pgsluice_routine_readings_total from the metrics endpoint on `mport` (-1: not found).
+int routine_readings(int mport) {
+  CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
+  const std::string k = "\npgsluice_routine_readings_total ";
+  size_t at = r.output.find(k);
+  return at == std::string::npos ? -1 : std::atoi(r.output.c_str() + at + k.size());
+}
+
 }  // namespace
 
 TEST_SUITE_BEGIN("pinning");
@@ -334,12 +342,7 @@ TEST_CASE("pinning: routines that make state (functions, triggers) pin and are r
   Options o = small_pool("metrics_port = " + std::to_string(mport) + "\n");
   o.default_pool_size = 3;  // one pinned (rt_dyn), two shared
   Pooler p(o);
-  auto readings = [&] {
-    CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
-    const std::string k = "\npgsluice_routine_readings_total ";
-    size_t at = r.output.find(k);
-    return at == std::string::npos ? -1 : std::atoi(r.output.c_str() + at + k.size());
-  };
+  auto readings = [&] { return routine_readings(mport); };
   Conn a = connect(p.conninfo());
   Conn w = connect(p.conninfo());
   Conn t = connect(p.conninfo());
@@ -477,12 +480,7 @@ TEST_CASE("pinning: a routine replaced over a direct connection is seen within s
           "GRANT EXECUTE ON FUNCTION rt_ext() TO PUBLIC");
   int mport = free_port();
   Pooler p(small_pool("metrics_port = " + std::to_string(mport) + "\n"));
-  auto readings = [&] {
-    CmdResult r = run_shell("curl -sS http://127.0.0.1:" + std::to_string(mport) + "/metrics", 10);
-    const std::string k = "\npgsluice_routine_readings_total ";
-    size_t at = r.output.find(k);
-    return at == std::string::npos ? -1 : std::atoi(r.output.c_str() + at + k.size());
-  };
+  auto readings = [&] { return routine_readings(mport); };
   Conn h = connect(p.conninfo());
   Conn n = connect(p.conninfo());
   Conn m = connect(p.conninfo());
