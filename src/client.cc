@@ -45,9 +45,9 @@ bool in_csv_list(std::string_view list, std::string_view name) {
 }
 }  // namespace
 
-Client::Client(Worker* w, Fd fd, bool is_unix)
+Client::Client(Worker* w, Fd fd, bool is_unix, const sockaddr_storage* peer)
     : Conn(w, std::move(fd)), is_unix_(is_unix), login_(std::make_unique<Login>()) {
-  addr_ = is_unix ? PeerAddr{"unix", 0} : peer_of(fd_.get());
+  addr_ = is_unix ? PeerAddr{"unix", 0} : peer != nullptr ? peer_from(*peer) : peer_of(fd_.get());
 }
 
 Client::~Client() = default;

@@ -47,7 +47,8 @@ enum class ClientState : uint8_t {
 
 class Client final : public Conn {
  public:
-  Client(Worker* w, Fd fd, bool is_unix);
+  // `peer`: the address accept() returned (null: asked of the socket).
+  Client(Worker* w, Fd fd, bool is_unix, const sockaddr_storage* peer = nullptr);
   ~Client() override;
   void on_readable() override;
   void on_writable() override;

@@ -197,7 +197,11 @@ void Listener::accept_on(Socket* s) {
   const int cap = hard_cap(w_->cfg());
   const size_t nworkers = rt->workers.size();
   for (int i = 0; i < 64; i++) {
-    int fd = accept4(s->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    // A TCP client's address comes with it (no getpeername later).
+    sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    int fd = accept4(s->fd, s->is_unix ? nullptr : reinterpret_cast<sockaddr*>(&peer),
+                     s->is_unix ? nullptr : &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       int e = errno;
       if (e == EAGAIN || e == EWOULDBLOCK) return;
@@ -222,7 +226,7 @@ void Listener::accept_on(Socket* s) {
         continue;
       }
     }
-    w_->new_client(fd, s->is_unix);
+    w_->new_client(fd, s->is_unix, s->is_unix ? nullptr : &peer);
   }
 }
 

@@ -467,18 +467,22 @@ std::string unix_peer_user(int fd) {
 }
 
 PeerAddr peer_of(int fd) {
-  PeerAddr a;
   sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return a;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return {};
+  return peer_from(ss);
+}
+
+PeerAddr peer_from(const sockaddr_storage& ss) {
+  PeerAddr a;
   char buf[INET6_ADDRSTRLEN] = {0};
   if (ss.ss_family == AF_INET) {
-    auto* s = reinterpret_cast<sockaddr_in*>(&ss);
+    auto* s = reinterpret_cast<const sockaddr_in*>(&ss);
     inet_ntop(AF_INET, &s->sin_addr, buf, sizeof buf);
     a.host = buf;
     a.port = ntohs(s->sin_port);
   } else if (ss.ss_family == AF_INET6) {
-    auto* s = reinterpret_cast<sockaddr_in6*>(&ss);
+    auto* s = reinterpret_cast<const sockaddr_in6*>(&ss);
     inet_ntop(AF_INET6, &s->sin6_addr, buf, sizeof buf);
     a.host = buf;
     a.port = ntohs(s->sin6_port);

@@ -142,6 +142,8 @@ struct Config;
 // tcp_user_timeout and tcp_socket_buffer. A refused option is logged, not fatal.
 void tune_tcp_socket(int fd, const Config& c);
 PeerAddr peer_of(int fd);
+// The same from an address accept() returned (no system call).
+PeerAddr peer_from(const sockaddr_storage& ss);
 // The OS user name of a Unix socket's peer (SO_PEERCRED and the password database); empty
 // when it cannot be told. May consult NSS (a blocking lookup when that is remote).
 std::string unix_peer_user(int fd);

@@ -214,14 +214,14 @@ void Worker::drain_inbox() {
   }
 }
 
-void Worker::new_client(int fd, bool is_unix) {
+void Worker::new_client(int fd, bool is_unix, const sockaddr_storage* peer) {
   if (stopping_) {
     ::close(fd);
     rt_->clients--;
     return;
   }
   if (!is_unix) tune_tcp_socket(fd, *cfg_);  // accept4() made it non-blocking: no fcntl
-  auto* c = new Client(this, Fd(fd), is_unix);
+  auto* c = new Client(this, Fd(fd), is_unix, peer);
   c->counted_ = true;  // counted by the listener; close_client gives it back
   c->connect_time_ = now_seconds();
   c->id_ = rt_->next_id.fetch_add(1, std::memory_order_relaxed);

@@ -146,7 +146,8 @@ class Worker {
   Status listen();
   // Takes on a client connection the listener accepted (already counted in
   // Runtime::clients), non-blocking and close-on-exec from accept4().
-  void new_client(int fd, bool is_unix);
+  // `peer`: the client's address as accept() returned it (null: asked of the socket).
+  void new_client(int fd, bool is_unix, const sockaddr_storage* peer = nullptr);
   void start();
   void join();
   // Thread-safe: queue a message and wake the loop.

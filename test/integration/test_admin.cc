@@ -1,9 +1,12 @@
 // The admin console, statistics, metrics and trace: SHOW shapes (names, order, type OIDs)
 // as PGBOUNCER-COMPAT.md §3, rows that follow the pools, operator commands, access
 // control, the Prometheus endpoint and the wire trace.
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -252,6 +255,31 @@ TEST_CASE("admin console: SHOW CLIENTS gives each client's application_name") {
     if (std::string(PQgetvalue(cl.get(), i, db)) == "testdb")
       apps.insert(PQgetvalue(cl.get(), i, app));
   CHECK(apps == std::multiset<std::string>{"app_one", "app_three"});
+}
+
+TEST_CASE("admin console: SHOW CLIENTS gives each TCP client's own address and port") {
+  if (skip_in_direct_mode("the admin console is a pooler feature")) return;
+  Pooler p;
+  Conn admin = connect(admin_conninfo(p));
+  Conn a = connect(p.conninfo());
+  Conn b = connect(p.conninfo());
+  auto local_port = [](PGconn* c) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    REQUIRE(getsockname(PQsocket(c), reinterpret_cast<sockaddr*>(&ss), &len) == 0);
+    REQUIRE(ss.ss_family == AF_INET);
+    return std::to_string(ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port));
+  };
+  Result cl = exec_ok(admin.get(), "SHOW CLIENTS");
+  int addr = PQfnumber(cl.get(), "addr"), port = PQfnumber(cl.get(), "port"),
+      db = PQfnumber(cl.get(), "database");
+  std::set<std::string> ports;
+  for (int i = 0; i < PQntuples(cl.get()); i++)
+    if (std::string(PQgetvalue(cl.get(), i, db)) == "testdb") {
+      CHECK(std::string(PQgetvalue(cl.get(), i, addr)) == "127.0.0.1");
+      ports.insert(PQgetvalue(cl.get(), i, port));
+    }
+  CHECK(ports == std::set<std::string>{local_port(a.get()), local_port(b.get())});
 }
 
 TEST_CASE("admin console: fake parameters, SHOW HELP notice, errors keep the session") {
