@@ -133,29 +133,41 @@ std::string log_json_escape(std::string_view s) {
   return out;
 }
 
-std::string log_escape_controls(std::string_view s) {
+namespace {
+
+// Appends `text` with its control bytes escaped (log_escape_controls) at buf[n..cap); false
+// when it does not fit (each byte takes at most 4).
+bool put_escaped(char* buf, size_t cap, size_t& n, std::string_view text) {
   static const char kHex[] = "0123456789abcdef";
-  size_t i = 0;
-  while (i < s.size() && static_cast<unsigned char>(s[i]) >= 0x20 && s[i] != 0x7f) i++;
-  std::string out(s.substr(0, i));
-  if (i == s.size()) return out;
-  out.reserve(s.size() + 8);
-  for (; i < s.size(); i++) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
+  for (char ch : text) {
+    if (cap - n < 4) return false;
+    auto c = static_cast<unsigned char>(ch);
     if (c >= 0x20 && c != 0x7f) {
-      out.push_back(static_cast<char>(c));
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
+      buf[n++] = ch;
+    } else if (c == '\n' || c == '\r' || c == '\t') {
+      buf[n++] = '\\';
+      buf[n++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
     } else {
-      out += "\\x";
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xf]);
+      buf[n++] = '\\';
+      buf[n++] = 'x';
+      buf[n++] = kHex[c >> 4];
+      buf[n++] = kHex[c & 0xf];
     }
   }
+  return true;
+}
+
+}  // namespace
+
+std::string log_escape_controls(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size() && static_cast<unsigned char>(s[i]) >= 0x20 && s[i] != 0x7f) i++;
+  if (i == s.size()) return std::string(s);
+  std::string out(i + 4 * (s.size() - i), '\0');
+  s.copy(out.data(), i);
+  size_t n = i;
+  put_escaped(out.data(), out.size(), n, s.substr(i));
+  out.resize(n);
   return out;
 }
 
@@ -180,39 +192,15 @@ size_t log_text_line_into(char* buf, size_t cap, long long unix_ms, int pid, Log
   int h = std::snprintf(buf + n, cap - n, ".%03d UTC [%d] %s ", ms, pid, log_level_name(level));
   if (h < 0 || static_cast<size_t>(h) >= cap - n) return 0;
   n += static_cast<size_t>(h);
-  static const char kHex[] = "0123456789abcdef";
-  for (char ch : text) {
-    if (cap - n < 5) return 0;  // the longest escape, and the newline
-    auto c = static_cast<unsigned char>(ch);
-    if (c >= 0x20 && c != 0x7f) {
-      buf[n++] = ch;
-    } else if (c == '\n' || c == '\r' || c == '\t') {
-      buf[n++] = '\\';
-      buf[n++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
-    } else {
-      buf[n++] = '\\';
-      buf[n++] = 'x';
-      buf[n++] = kHex[c >> 4];
-      buf[n++] = kHex[c & 0xf];
-    }
-  }
+  if (!put_escaped(buf, cap - 1, n, text)) return 0;  // room kept for the newline
   buf[n++] = '\n';
   return n;
 }
 
 std::string log_text_line(long long unix_ms, int pid, LogLevel level, std::string_view text) {
-  char buf[4096];
-  if (size_t n = log_text_line_into(buf, sizeof buf, unix_ms, pid, level, text); n > 0)
-    return std::string(buf, n);
-  struct tm tm;
-  int ms = 0;
-  split_time(unix_ms, &tm, &ms);
-  char head[96];
-  size_t n = std::strftime(head, sizeof head, "%Y-%m-%d %H:%M:%S", &tm);
-  std::snprintf(head + n, sizeof head - n, ".%03d UTC [%d] %s ", ms, pid, log_level_name(level));
-  std::string line = head;
-  line.append(log_escape_controls(text));
-  line.push_back('\n');
+  // Room for the longest date and head, every byte escaped, and the newline.
+  std::string line(96 + 4 * text.size() + 1, '\0');
+  line.resize(log_text_line_into(line.data(), line.size(), unix_ms, pid, level, text));
   return line;
 }
 

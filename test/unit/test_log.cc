@@ -33,13 +33,15 @@ TEST_CASE("log: text line keeps PgBouncer's format") {
 TEST_CASE("log: the buffered text line is the same line, across seconds, or 0 when too long") {
   char buf[256];
   for (long long at : {kWhen, kWhen + 1, kWhen + 999, kWhen + 1000, kWhen - 1, -1LL, 0LL}) {
-    for (std::string_view t : {std::string_view("C-0x1: db/u login"),
-                               std::string_view("a\nb\x01\x7f\tc\r\xc3\xa9", 11)}) {
+    const std::pair<std::string_view, std::string_view> cases[] = {
+        {"C-0x1: db/u login", "C-0x1: db/u login"},
+        {std::string_view("a\nb\x01\x7f\tc\r\xc3\xa9", 11), "a\\nb\\x01\\x7f\\tc\\r\xc3\xa9\\x00"}};
+    for (const auto& [t, want] : cases) {
       size_t n = log_text_line_into(buf, sizeof buf, at, 42, LogLevel::Log, t);
       REQUIRE(n > 0);
-      std::string want = log_escape_controls(t);
-      CHECK(std::string_view(buf, n).substr(std::string_view(buf, n).find("LOG ") + 4) ==
-            want + "\n");
+      std::string_view got(buf, n);
+      CHECK(got.substr(got.find("LOG ") + 4) == std::string(want) + "\n");
+      CHECK(log_escape_controls(t) == want);
       CHECK(std::string(buf, n) == log_text_line(at, 42, LogLevel::Log, t));
     }
   }
