@@ -1091,7 +1091,7 @@ int Client::remap(uint8_t type, size_t len) {
       const auto* e = stmts_.find(name);
       if (name.empty() && e != nullptr && (*e)->body != body) e = nullptr;
       if (e != nullptr && name.empty()) {
-        parse_entry(s, *e, s->add_undo(name, *e), max);
+        parse_entry(s, *e, s->add_undo_kept(name), max);
       } else if (e != nullptr) {
         // The name is in use: let PostgreSQL answer 42P05 at this point of the pipeline,
         // with its own skip-to-Sync and transaction state, under the client's name.

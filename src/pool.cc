@@ -50,6 +50,9 @@ static bool take(std::atomic<int>* c, int max) {
 }
 
 bool Pool::try_reserve_within(int limit) {
+  // A full pool (the usual case for a client that finds no idle server) answers with loads
+  // only: no hold() and undo on holds_, a line every worker writes.
+  if (limit > 0 && servers_.load(std::memory_order_relaxed) >= limit) return false;
   if (!hold()) return false;  // retired: its last user is gone, nothing connects for it
   if (!take(&servers_, limit > 0 ? limit : 0)) {
     holds_.fetch_sub(1);  // not a use

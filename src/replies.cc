@@ -90,9 +90,12 @@ void ReplyBook::unwind(const Request& r, bool failed, ClientStmts* names) {
     // The client's name goes back to what it was before this request; a failed unnamed
     // Parse leaves no unnamed statement at all (PostgreSQL drops the old one first).
     const NameUndo& u = queue_.undos[r.client_name];
-    if (u.prev == nullptr || (failed && r.type == 'P' && u.name.empty()))
+    // A kept name still maps to what it did before this request.
+    if (failed && r.type == 'P' && u.name.empty())
       names->erase(u.name);
-    else
+    else if (!u.kept && u.prev == nullptr)
+      names->erase(u.name);
+    else if (!u.kept)
       names->set(u.name, u.prev);
   }
   if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {

@@ -50,7 +50,11 @@ struct Request {
 // to before, undone (latest first) if PostgreSQL rejects or skips that request.
 struct NameUndo {
   std::string name;
-  std::shared_ptr<const StmtEntry> prev;  // null: the name was not mapped
+  std::shared_ptr<const StmtEntry> prev;  // null: the name was not mapped (unless `kept`)
+  // The request left the name on the entry it had (an unnamed Parse of the same text
+  // again): nothing to put back, and no copy of the entry's shared count to take and drop
+  // in every transaction (that count is shared by every worker's clients of that text).
+  bool kept = false;
 };
 
 // Side data of queued requests, referred to by index (Request::rename, client_name, and a
@@ -231,6 +235,10 @@ class ReplyBook {
   // entry lives until that request is answered (RequestQueue::pop).
   int add_undo(std::string_view name, std::shared_ptr<const StmtEntry> prev) {
     return queue_.undos.add(NameUndo{std::string(name), std::move(prev)});
+  }
+  // The same for a request that leaves `name` mapped as it is (NameUndo::kept).
+  int add_undo_kept(std::string_view name) {
+    return queue_.undos.add(NameUndo{std::string(name), nullptr, true});
   }
   int add_rename(std::string from, std::string to) {
     return queue_.renames.add(std::make_pair(std::move(from), std::move(to)));

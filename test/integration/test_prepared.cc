@@ -966,6 +966,21 @@ TEST_CASE("prepared: cache_unnamed_statements keeps the unnamed statement's sema
                      3);
   CHECK(join(want) == join({"1", "Z:I", "E:26000:prepared statement \"nope\" does not exist", "Z:I",
                             "2", "D:old", "C:SELECT 1", "Z:I"}));
+  // The same text again (the name keeps its entry, nothing to put back): skipped after an
+  // error it leaves the statement; failed (its table dropped meanwhile) it leaves none.
+  want = sb.exchange(bind_msg("nope") + execute_msg() + parse_msg("", "select 'old'") + sync_msg() +
+                         bind_msg("") + execute_msg() + sync_msg() +
+                         msg('Q', cstr("create table unnamed_kept(a int)")) +
+                         parse_msg("", "select a from unnamed_kept") + sync_msg() +
+                         parse_msg("drop_kept", "drop table unnamed_kept") + bind_msg("drop_kept") +
+                         execute_msg() + sync_msg() + parse_msg("", "select a from unnamed_kept") +
+                         sync_msg() + bind_msg("") + execute_msg() + sync_msg(),
+                     7);
+  CHECK(join(want) ==
+        join({"E:26000:prepared statement \"nope\" does not exist", "Z:I", "2", "D:old",
+              "C:SELECT 1", "Z:I", "C:CREATE TABLE", "Z:I", "1", "Z:I", "1", "2", "C:DROP TABLE",
+              "Z:I", "E:42P01:relation \"unnamed_kept\" does not exist", "Z:I",
+              "E:26000:unnamed prepared statement does not exist", "Z:I"}));
   // A second client, same texts: its unnamed Parses are answered from the server's cache.
   if (skip_in_direct_mode("parse counters are on the pooler's console")) return;
   Conn admin = connect(admin_conninfo(p));
