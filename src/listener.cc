@@ -139,9 +139,24 @@ Status Listener::open(const Config& c) {
     }
     freeaddrinfo(res);
   }
+  for (auto& s : socks_)
+    if (!s->is_unix) {
+      tcp_defaults_ = read_tcp_defaults(s->fd);
+      break;
+    }
   set_defer_accept(c.tcp_defer_accept);
+  set_client_options(c);
   update();
   return Status();
+}
+
+void Listener::set_client_options(const Config& c) {
+  std::vector<int> want = {c.tcp_keepalive ? 1 : 0, c.tcp_keepidle, c.tcp_keepintvl,
+                           c.tcp_keepcnt, c.tcp_user_timeout};
+  if (want == client_options_) return;
+  client_options_ = std::move(want);
+  for (auto& s : socks_)
+    if (!s->is_unix) tune_listening_socket(s->fd, c, tcp_defaults_);
 }
 
 void Listener::set_defer_accept(bool on) {

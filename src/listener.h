@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "stream.h"
 
 namespace pgsluice {
 
@@ -45,6 +46,10 @@ class Listener {
   // tcp_defer_accept on the TCP listening sockets (TCP_DEFER_ACCEPT of 45 s when on, as
   // PgBouncer): set by open() and again when a reload changes the setting.
   void set_defer_accept(bool on);
+  // The client TCP options (TCP_NODELAY, tcp_keepalive, tcp_keepidle/keepintvl/keepcnt,
+  // tcp_user_timeout) on the TCP listening sockets, which every accepted client inherits
+  // (tune_listening_socket): set by open() and again when a reload changes them.
+  void set_client_options(const Config& c);
 
   // Most client connections held at once (0: no limit), for max_client_conn.
   static int hard_cap(const Config& c);
@@ -76,6 +81,10 @@ class Listener {
   double last_refuse_log_ = -1e9;  // at most one such line every 10 s
   size_t next_unix_target_ = 0;
   int defer_accept_ = -1;  // TCP_DEFER_ACCEPT as last set (-1: not yet)
+  // The client options as last set on the listening sockets (empty: not yet), and the
+  // kernel's keepalive defaults read from the first TCP socket before any was set.
+  std::vector<int> client_options_;
+  TcpDefaults tcp_defaults_;
   struct event resume_ev_;
 };
 

@@ -105,6 +105,7 @@ int Worker::min_pool_size(const Pool* p) const {
 void Worker::tend_pools() {
   const Config& cf = *cfg_;
   listener_->set_defer_accept(cf.tcp_defer_accept);
+  listener_->set_client_options(cf);
   if (stopping_ || rt_->shutdown_mode.load(std::memory_order_relaxed) != 0) return;
 
   // server_fast_close: in session mode a server RECONNECT (or a changed server_tls_*) wants

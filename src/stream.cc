@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -434,10 +435,47 @@ bool set_nonblocking(int fd) {
   return fl >= 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
 }
 
+namespace {
+void set_tcp_option(int fd, int level, int opt, int v, const char* name) {
+  if (setsockopt(fd, level, opt, &v, sizeof v) != 0)
+    LOG_WARN("setsockopt(%s = %d) failed: %s", name, v, strerror(errno));
+}
+int get_tcp_option(int fd, int opt) {
+  int v = 0;
+  socklen_t len = sizeof v;
+  return getsockopt(fd, IPPROTO_TCP, opt, &v, &len) == 0 ? v : 0;
+}
+}  // namespace
+
+TcpDefaults read_tcp_defaults(int fd) {
+  return TcpDefaults{get_tcp_option(fd, TCP_KEEPIDLE), get_tcp_option(fd, TCP_KEEPINTVL),
+                     get_tcp_option(fd, TCP_KEEPCNT)};
+}
+
+void tune_listening_socket(int fd, const Config& c, const TcpDefaults& d) {
+  set_tcp_option(fd, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
+  set_tcp_option(fd, SOL_SOCKET, SO_KEEPALIVE, c.tcp_keepalive ? 1 : 0, "SO_KEEPALIVE");
+  // 0 is not a value these take: a default that could not be read is left alone.
+  int idle = c.tcp_keepidle > 0 ? c.tcp_keepidle : d.keepidle;
+  int intvl = c.tcp_keepintvl > 0 ? c.tcp_keepintvl : d.keepintvl;
+  int cnt = c.tcp_keepcnt > 0 ? c.tcp_keepcnt : d.keepcnt;
+  if (idle > 0) set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPIDLE, idle, "TCP_KEEPIDLE");
+  if (intvl > 0) set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPINTVL, intvl, "TCP_KEEPINTVL");
+  if (cnt > 0) set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPCNT, cnt, "TCP_KEEPCNT");
+  set_tcp_option(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, std::max(c.tcp_user_timeout, 0),
+                 "TCP_USER_TIMEOUT");
+}
+
+void tune_accepted_socket(int fd, const Config& c) {
+  if (c.tcp_socket_buffer > 0) {
+    set_tcp_option(fd, SOL_SOCKET, SO_SNDBUF, c.tcp_socket_buffer, "SO_SNDBUF");
+    set_tcp_option(fd, SOL_SOCKET, SO_RCVBUF, c.tcp_socket_buffer, "SO_RCVBUF");
+  }
+}
+
 void tune_tcp_socket(int fd, const Config& c) {
   auto set = [fd](int level, int opt, int v, const char* name) {
-    if (setsockopt(fd, level, opt, &v, sizeof v) != 0)
-      LOG_WARN("setsockopt(%s = %d) failed: %s", name, v, strerror(errno));
+    set_tcp_option(fd, level, opt, v, name);
   };
   set(IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
   set(SOL_SOCKET, SO_KEEPALIVE, c.tcp_keepalive ? 1 : 0, "SO_KEEPALIVE");

@@ -141,6 +141,23 @@ struct Config;
 // tcp_keepalive (on or off) with tcp_keepidle/tcp_keepintvl/tcp_keepcnt when set,
 // tcp_user_timeout and tcp_socket_buffer. A refused option is logged, not fatal.
 void tune_tcp_socket(int fd, const Config& c);
+// A listening socket's keepalive settings before pgsluice set any (the kernel's defaults:
+// net.ipv4.tcp_keepalive_*), to go back to when a reload sets them to 0 again.
+struct TcpDefaults {
+  int keepidle = 0;
+  int keepintvl = 0;
+  int keepcnt = 0;
+};
+TcpDefaults read_tcp_defaults(int fd);
+// The client options of tune_tcp_socket on a TCP listening socket, except the socket
+// buffers: Linux copies TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT and
+// TCP_USER_TIMEOUT from the listening socket to each socket accept() returns, so an
+// accepted client needs no setsockopt of its own (tune_accepted_socket). A setting of 0
+// puts `d`'s value back.
+void tune_listening_socket(int fd, const Config& c, const TcpDefaults& d);
+// What a client socket accept() returned needs beyond what it inherited: the socket
+// buffers when tcp_socket_buffer is set (usually nothing: no system call).
+void tune_accepted_socket(int fd, const Config& c);
 PeerAddr peer_of(int fd);
 // The same from an address accept() returned (no system call).
 PeerAddr peer_from(const sockaddr_storage& ss);

@@ -220,7 +220,9 @@ void Worker::new_client(int fd, bool is_unix, const sockaddr_storage* peer) {
     rt_->clients--;
     return;
   }
-  if (!is_unix) tune_tcp_socket(fd, *cfg_);  // accept4() made it non-blocking: no fcntl
+  // accept4() made it non-blocking (no fcntl), and it has the listening socket's options
+  // (Listener::set_client_options): only the socket buffers, when set, are its own.
+  if (!is_unix) tune_accepted_socket(fd, *cfg_);
   auto* c = new Client(this, Fd(fd), is_unix, peer);
   c->counted_ = true;  // counted by the listener; close_client gives it back
   c->connect_time_ = now_seconds();

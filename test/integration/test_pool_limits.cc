@@ -220,6 +220,34 @@ TEST_SUITE("pool limits") {
       Conn admin = connect(admin_of(p));
       exec_ok(admin.get(), "SET tcp_defer_accept = 1");
       CHECK(eventually([&] { return opt(listener, IPPROTO_TCP, TCP_DEFER_ACCEPT) > 0; }, 3));
+      // Accepted clients take their options from the listening socket: a reload reaches
+      // the clients that come after it, and a setting set back to 0 gives them the
+      // kernel's default again.
+      auto next_client = [&](int want_keepalive, int want_idle, int want_timeout) {
+        return eventually(
+            [&] {
+              Conn n = connect(p.conninfo());
+              if (scalar(n.get(), "SELECT 1") != "1") return false;
+              auto now = sockets_of(p.pid());
+              int fd = find_socket(now, local_port(n.get()), true);
+              return fd >= 0 && opt(fd, SOL_SOCKET, SO_KEEPALIVE) == want_keepalive &&
+                     opt(fd, IPPROTO_TCP, TCP_KEEPIDLE) == want_idle &&
+                     opt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT) == want_timeout &&
+                     opt(fd, IPPROTO_TCP, TCP_NODELAY) == 1;
+            },
+            5);
+      };
+      int kernel_idle = std::stoi(read_file("/proc/sys/net/ipv4/tcp_keepalive_time"));
+      CHECK(next_client(0, 31, 0));
+      exec_ok(admin.get(), "SET tcp_keepalive = 1");
+      exec_ok(admin.get(), "SET tcp_keepidle = 45");
+      exec_ok(admin.get(), "SET tcp_user_timeout = 1500");
+      CHECK(next_client(1, 45, 1500));
+      exec_ok(admin.get(), "SET tcp_keepidle = 0");
+      exec_ok(admin.get(), "SET tcp_user_timeout = 0");
+      CHECK(next_client(1, kernel_idle, 0));
+      // Clients accepted before a reload keep what they had.
+      CHECK(opt(client, SOL_SOCKET, SO_KEEPALIVE) == 0);
     }
   }
 
