@@ -151,8 +151,8 @@ Status Listener::open(const Config& c) {
 }
 
 void Listener::set_client_options(const Config& c) {
-  std::vector<int> want = {c.tcp_keepalive ? 1 : 0, c.tcp_keepidle, c.tcp_keepintvl,
-                           c.tcp_keepcnt, c.tcp_user_timeout};
+  std::vector<int> want = {c.tcp_keepalive ? 1 : 0, c.tcp_keepidle, c.tcp_keepintvl, c.tcp_keepcnt,
+                           c.tcp_user_timeout};
   if (want == client_options_) return;
   client_options_ = std::move(want);
   for (auto& s : socks_)
