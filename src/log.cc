@@ -31,6 +31,7 @@ namespace {
 std::mutex g_mu;
 int g_fd = -1;
 bool g_syslog = false;
+std::atomic<bool> g_syslog_on{false};  // g_syslog, read without the lock
 std::string g_syslog_ident;
 std::atomic<int> g_verbose{0};
 std::atomic<bool> g_quiet{false};
@@ -39,6 +40,31 @@ std::atomic<long> g_bugs{0};
 // The pid every line carries, asked of the kernel once (glibc does not cache it) and again
 // in a forked child (-d), not at every line.
 std::atomic<int> g_pid{0};
+
+// A worker thread's waiting lines (log_batch_begin).
+struct LogBatch {
+  bool on = false;
+  void (*arm)(void*) = nullptr;
+  void* arg = nullptr;
+  std::string buf;
+};
+thread_local LogBatch t_batch;
+// A batch is written when the next line would take it past this.
+constexpr size_t kBatchBytes = 16384;
+
+// Writes whole lines to stderr (unless quiet) and to the logfile: one write each.
+void write_lines(std::string_view lines) {
+  if (lines.empty()) return;
+  if (!g_quiet.load()) {
+    ssize_t r = ::write(STDERR_FILENO, lines.data(), lines.size());
+    (void)r;
+  }
+  std::lock_guard<std::mutex> g(g_mu);
+  if (g_fd >= 0) {
+    ssize_t r = ::write(g_fd, lines.data(), lines.size());
+    (void)r;
+  }
+}
 
 void forget_pid() {
   g_pid.store(0, std::memory_order_relaxed);
@@ -278,6 +304,7 @@ bool log_configure(const LogSettings& s) {
     if (s.syslog) {
       if (g_syslog) closelog();
       g_syslog = s.syslog->enabled;
+      g_syslog_on.store(g_syslog);
       if (g_syslog) {
         g_syslog_ident = s.syslog->ident.empty() ? "unnamed" : s.syslog->ident;
         openlog(g_syslog_ident.c_str(), LOG_PID, facility.value_or(LOG_DAEMON));
@@ -324,21 +351,48 @@ void log_line(LogLevel level, std::string_view text) {
                                                    : log_text_line(unix_ms, pid, level, text);
     line = long_line;
   }
-  if (!g_quiet.load()) {
-    ssize_t r = ::write(STDERR_FILENO, line.data(), line.size());
-    (void)r;
-  }
-  std::lock_guard<std::mutex> g(g_mu);
-  if (g_fd >= 0) {
-    ssize_t r = ::write(g_fd, line.data(), line.size());
-    (void)r;
+  LogBatch& b = t_batch;
+  if (b.on && static_cast<int>(level) >= static_cast<int>(LogLevel::Log) &&
+      line.size() <= kBatchBytes) {
+    if (b.buf.size() + line.size() > kBatchBytes) log_batch_flush();
+    if (b.buf.empty() && b.arm != nullptr) b.arm(b.arg);
+    b.buf.append(line);
+  } else {
+    if (b.on) log_batch_flush();  // the lines before this one first
+    write_lines(line);
   }
   // syslog adds its own time, ident and pid: the message is "LEVEL text" only.
+  if (!g_syslog_on.load(std::memory_order_relaxed)) return;
+  std::lock_guard<std::mutex> g(g_mu);
   if (g_syslog) {
     std::string safe = log_escape_controls(text);
     syslog(syslog_priority(level), "%s %.*s", log_level_name(level), static_cast<int>(safe.size()),
            safe.data());
   }
+}
+
+void log_batch_begin(void (*arm)(void*), void* arg) {
+  LogBatch& b = t_batch;
+  b.on = true;
+  b.arm = arm;
+  b.arg = arg;
+  b.buf.reserve(kBatchBytes);
+}
+
+void log_batch_flush() {
+  LogBatch& b = t_batch;
+  if (b.buf.empty()) return;
+  write_lines(b.buf);
+  b.buf.clear();
+}
+
+void log_batch_end() {
+  log_batch_flush();
+  LogBatch& b = t_batch;
+  b.on = false;
+  b.arm = nullptr;
+  b.arg = nullptr;
+  std::string().swap(b.buf);
 }
 
 void log_fmt(LogLevel level, const char* fmt, ...) {

@@ -92,6 +92,8 @@ Worker::Worker(Runtime* rt, size_t index) : rt_(rt), index_(index) {
   event_priority_set(&serve_ev_, 1);  // after the callbacks already active this turn
   event_assign(&flush_ev_, base_, -1, 0, &Worker::flush_cb, this);
   event_priority_set(&flush_ev_, 1);  // when no socket event of this turn is left
+  event_assign(&log_ev_, base_, -1, 0, &Worker::log_cb, this);
+  event_priority_set(&log_ev_, 1);  // the turn's log lines, in one write
   event_assign(&janitor_ev_, base_, -1, EV_PERSIST, &Worker::janitor_cb, this);
   timeval period{0, 333333};  // three times a second, as PgBouncer's full maintenance
   event_add(&janitor_ev_, &period);
@@ -113,6 +115,7 @@ Worker::~Worker() {
   event_del(&janitor_ev_);
   event_del(&free_ev_);
   event_del(&flush_ev_);
+  event_del(&log_ev_);
   event_del(&serve_ev_);
   if (inbox_fd_ >= 0) ::close(inbox_fd_);
   if (base_) event_base_free(base_);
@@ -130,8 +133,18 @@ void Worker::join() {
 }
 
 void Worker::run() {
+  log_batch_begin(&Worker::log_arm, this);
   event_base_dispatch(base_);
   free_dead();
+  log_batch_end();
+}
+
+void Worker::log_arm(void* arg) {
+  event_active(&static_cast<Worker*>(arg)->log_ev_, EV_TIMEOUT, 0);
+}
+
+void Worker::log_cb(evutil_socket_t, short, void*) {
+  log_batch_flush();
 }
 
 // The eventfd is written only when the inbox was empty: the loop drains the whole inbox

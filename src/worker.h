@@ -295,6 +295,9 @@ class Worker {
   void free_dead();
   void flush_queued();
   static void flush_cb(evutil_socket_t, short, void* arg);
+  // This thread's log lines wait for the end of the loop turn (log_batch_begin).
+  static void log_arm(void* arg);
+  static void log_cb(evutil_socket_t, short, void* arg);
   // ---- the janitor (janitor.cc): every timeout, on the maintenance timer ----
   void janitor();
   // pool_idle_timeout, autodb_idle_timeout (pool_idle.cc): worker 0 retires idle pools;
@@ -368,6 +371,7 @@ class Worker {
   std::vector<Client*> flushing_;
   unsigned flush_age_ = 0;
   struct event flush_ev_;
+  struct event log_ev_;  // writes this thread's waiting log lines (log_batch_flush)
   // Servers leaving for another worker. Posted at the end of the loop turn, so that no
   // caller up the stack can touch a server another thread already owns.
   std::vector<std::pair<Server*, size_t>> handoff_;

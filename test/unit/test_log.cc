@@ -4,7 +4,11 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <thread>
 
 // log.h's LOG_INFO and LOG_DEBUG macros take the names of two syslog priorities.
 namespace {
@@ -76,6 +80,84 @@ TEST_CASE("log: the pid lines carry is asked once, and is the child's after a fo
   REQUIRE(got == static_cast<ssize_t>(sizeof seen));
   CHECK(seen == static_cast<int>(child));
   CHECK(log_pid() == static_cast<int>(getpid()));
+}
+
+namespace {
+std::string file_text(const std::string& path) {
+  std::string out;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    char b[4096];
+    size_t n;
+    while ((n = std::fread(b, 1, sizeof b, f)) > 0) out.append(b, n);
+    std::fclose(f);
+  }
+  return out;
+}
+size_t lines_in(const std::string& s) {
+  return static_cast<size_t>(std::count(s.begin(), s.end(), '\n'));
+}
+}  // namespace
+
+TEST_CASE("log: a worker's LOG lines wait for the end of its loop turn; a WARNING does not") {
+  char dir[] = "/tmp/pgsluice-logbatch-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string path = std::string(dir) + "/batch.log";
+  LogSettings ls;
+  ls.logfile = path;
+  ls.quiet = true;
+  REQUIRE(log_configure(ls));
+  int armed = 0;
+  log_batch_begin([](void* a) { ++*static_cast<int*>(a); }, &armed);
+  LOG_INFO("one");
+  LOG_INFO("two");
+  CHECK(file_text(path).empty());  // waiting
+  CHECK(armed == 1);               // the flush was asked for once
+  LOG_WARN("three");               // writes what waits, then itself
+  std::string t = file_text(path);
+  CHECK(lines_in(t) == 3);
+  CHECK(t.find("LOG one") < t.find("LOG two"));
+  CHECK(t.find("LOG two") < t.find("WARNING three"));
+  LOG_INFO("four");
+  CHECK(armed == 2);
+  CHECK(lines_in(file_text(path)) == 3);
+  log_batch_flush();
+  CHECK(lines_in(file_text(path)) == 4);
+  log_batch_flush();  // nothing waits: nothing written
+  CHECK(lines_in(file_text(path)) == 4);
+  // A full buffer is written before the line that would overflow it.
+  std::string chunk(1000, 'x');
+  int flushes = 0;
+  for (int i = 0; i < 40; i++) {
+    size_t before = lines_in(file_text(path));
+    LOG_INFO("%d %s", i, chunk.c_str());
+    size_t after = lines_in(file_text(path));
+    if (after != before) {
+      flushes++;
+      CHECK(after - before > 10);                  // a buffer's worth (16 KiB) at a time
+      CHECK(after - 4 == static_cast<size_t>(i));  // everything before line i
+    }
+  }
+  CHECK(flushes == 2);
+  log_batch_end();  // writes the rest; lines are written at once from then on
+  CHECK(lines_in(file_text(path)) == 44);
+  LOG_INFO("five");
+  CHECK(lines_in(file_text(path)) == 45);
+  CHECK(armed == 2 + 1 + flushes);  // one per batch begun; none after log_batch_end
+  // Another thread's lines do not wait for this thread's batch.
+  log_batch_begin([](void*) {}, nullptr);
+  LOG_INFO("six");
+  std::thread([] { LOG_INFO("seven"); }).join();
+  t = file_text(path);
+  CHECK(t.find("LOG seven") != std::string::npos);
+  CHECK(t.find("LOG six") == std::string::npos);
+  log_batch_end();
+  t = file_text(path);
+  CHECK(t.find("LOG seven") < t.find("LOG six"));
+  ls.logfile.clear();
+  ls.quiet = false;
+  REQUIRE(log_configure(ls));
+  std::remove(path.c_str());
+  rmdir(dir);
 }
 
 TEST_CASE("log: control bytes are escaped, so one event is one text line") {
