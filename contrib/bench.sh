@@ -31,7 +31,7 @@
 #   BENCH_IDLE     idle logged-in clients opened per pooler to measure memory per
 #                  idle client (RSS growth / clients; RSS summed over the pooler's
 #                  processes), plain and with TLS, each on a freshly restarted pooler
-#                  (default 1000; 0 skips the step). The script raises its own open
+#                  (default 10000; 0 skips the step). The script raises its own open
 #                  file limit (to fs.nr_open when root) for the poolers it starts,
 #                  and spreads the clients over loopback addresses 127.0.0.1, .2, ...
 #                  (one per 25,000 clients: Linux has about 28,000 source ports per
@@ -111,7 +111,7 @@ TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgsluice pgsluice-w1${BASE:+ pgsluice
 [ "$PEERS" = 1 ] && [ -z "${BENCH_TARGETS:-}" ] && TARGETS="$TARGETS pgbouncer-new odyssey"
 TLS=${BENCH_TLS:-1}
 command -v openssl >/dev/null 2>&1 || TLS=0
-IDLE=${BENCH_IDLE:-1000}
+IDLE=${BENCH_IDLE:-10000}
 IDLE_WARM=${BENCH_IDLE_WARM:-100}
 IDLE_TLS=${BENCH_IDLE_TLS:-$TLS}
 [ "$TLS" = 1 ] || IDLE_TLS=0
