@@ -44,10 +44,12 @@ void log_line(LogLevel level, std::string_view text);
 // log_batch_begin() on, such a line waits in a buffer of this thread, and the buffer is
 // written (one write to stderr and one to the logfile, whatever the number of lines) by
 // log_batch_flush(), which the worker calls once per loop turn, when no socket event of
-// that turn is left. `arm(arg)` is called when a line goes into an empty buffer, to
-// schedule that flush. A WARNING or worse first writes what waits, then itself, at once;
-// so does a full buffer. Lines reach syslog at once, one by one. Only this thread's lines
-// wait: another thread's lines may come between two lines of this one written together.
+// that turn is left, and with its queued replies (Worker::flush_queued, at least every
+// 64 socket callbacks under a load that leaves no such moment). `arm(arg)` is called when a line
+// goes into an empty buffer, to schedule that flush. A WARNING or worse first writes what waits,
+// then itself, at once; so does a full buffer. Lines reach syslog at once, one by one. Only this
+// thread's lines wait: another thread's lines may come between two lines of this one written
+// together.
 void log_batch_begin(void (*arm)(void*), void* arg);
 void log_batch_flush();
 void log_batch_end();  // flushes and stops batching on this thread

@@ -919,6 +919,9 @@ void Worker::flush_queued() {
     }
     flushing_.clear();
   }
+  // The turn's log lines go with its replies: under a load that keeps socket events coming,
+  // log_ev_ (priority 1) may wait, but this runs at least every kFlushAfter callbacks.
+  log_batch_flush();
 }
 
 void Worker::hand_over(Server* s, size_t to) {
