@@ -151,10 +151,10 @@ Status Listener::open(const Config& c) {
 }
 
 void Listener::set_client_options(const Config& c) {
-  std::vector<int> want = {c.tcp_keepalive ? 1 : 0, c.tcp_keepidle, c.tcp_keepintvl, c.tcp_keepcnt,
-                           c.tcp_user_timeout};
-  if (want == client_options_) return;
-  client_options_ = std::move(want);
+  const std::array<int, 5> want = {c.tcp_keepalive ? 1 : 0, c.tcp_keepidle, c.tcp_keepintvl,
+                                   c.tcp_keepcnt, c.tcp_user_timeout};
+  if (client_options_ == want) return;
+  client_options_ = want;
   for (auto& s : socks_)
     if (!s->is_unix) tune_listening_socket(s->fd, c, tcp_defaults_);
 }

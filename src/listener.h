@@ -6,8 +6,10 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "common.h"
@@ -83,7 +85,7 @@ class Listener {
   int defer_accept_ = -1;  // TCP_DEFER_ACCEPT as last set (-1: not yet)
   // The client options as last set on the listening sockets (empty: not yet), and the
   // kernel's keepalive defaults read from the first TCP socket before any was set.
-  std::vector<int> client_options_;
+  std::optional<std::array<int, 5>> client_options_;
   TcpDefaults tcp_defaults_;
   struct event resume_ev_;
 };

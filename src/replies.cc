@@ -91,12 +91,14 @@ void ReplyBook::unwind(const Request& r, bool failed, ClientStmts* names) {
     // Parse leaves no unnamed statement at all (PostgreSQL drops the old one first).
     const NameUndo& u = queue_.undos[r.client_name];
     // A kept name still maps to what it did before this request.
-    if (failed && r.type == 'P' && u.name.empty())
+    if (failed && r.type == 'P' && u.name.empty()) {
       names->erase(u.name);
-    else if (!u.kept && u.prev == nullptr)
-      names->erase(u.name);
-    else if (!u.kept)
-      names->set(u.name, u.prev);
+    } else if (!u.kept) {
+      if (u.prev == nullptr)
+        names->erase(u.name);
+      else
+        names->set(u.name, u.prev);
+    }
   }
   if ((r.type == 'P' || r.type == 'Q') && r.stmt != 0) {
     // A failed Parse left nothing. A skipped one (and the Close skipped before it) left the

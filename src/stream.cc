@@ -452,18 +452,30 @@ TcpDefaults read_tcp_defaults(int fd) {
                      get_tcp_option(fd, TCP_KEEPCNT)};
 }
 
-void tune_listening_socket(int fd, const Config& c, const TcpDefaults& d) {
+namespace {
+// TCP_NODELAY, SO_KEEPALIVE, the keepalive timings and TCP_USER_TIMEOUT. `d` null: a fresh
+// socket, where a setting of 0 leaves the kernel's value alone; otherwise a socket set
+// before (a listening socket at a reload), where 0 puts back d's value.
+void set_tcp_options(int fd, const Config& c, const TcpDefaults* d) {
   set_tcp_option(fd, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
   set_tcp_option(fd, SOL_SOCKET, SO_KEEPALIVE, c.tcp_keepalive ? 1 : 0, "SO_KEEPALIVE");
   // 0 is not a value these take: a default that could not be read is left alone.
-  int idle = c.tcp_keepidle > 0 ? c.tcp_keepidle : d.keepidle;
-  int intvl = c.tcp_keepintvl > 0 ? c.tcp_keepintvl : d.keepintvl;
-  int cnt = c.tcp_keepcnt > 0 ? c.tcp_keepcnt : d.keepcnt;
+  const TcpDefaults none;
+  const TcpDefaults& k = d != nullptr ? *d : none;
+  int idle = c.tcp_keepidle > 0 ? c.tcp_keepidle : k.keepidle;
+  int intvl = c.tcp_keepintvl > 0 ? c.tcp_keepintvl : k.keepintvl;
+  int cnt = c.tcp_keepcnt > 0 ? c.tcp_keepcnt : k.keepcnt;
   if (idle > 0) set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPIDLE, idle, "TCP_KEEPIDLE");
   if (intvl > 0) set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPINTVL, intvl, "TCP_KEEPINTVL");
   if (cnt > 0) set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPCNT, cnt, "TCP_KEEPCNT");
-  set_tcp_option(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, std::max(c.tcp_user_timeout, 0),
-                 "TCP_USER_TIMEOUT");
+  if (c.tcp_user_timeout > 0 || d != nullptr)
+    set_tcp_option(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, std::max(c.tcp_user_timeout, 0),
+                   "TCP_USER_TIMEOUT");
+}
+}  // namespace
+
+void tune_listening_socket(int fd, const Config& c, const TcpDefaults& d) {
+  set_tcp_options(fd, c, &d);
 }
 
 void tune_accepted_socket(int fd, const Config& c) {
@@ -474,22 +486,8 @@ void tune_accepted_socket(int fd, const Config& c) {
 }
 
 void tune_tcp_socket(int fd, const Config& c) {
-  auto set = [fd](int level, int opt, int v, const char* name) {
-    set_tcp_option(fd, level, opt, v, name);
-  };
-  set(IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
-  set(SOL_SOCKET, SO_KEEPALIVE, c.tcp_keepalive ? 1 : 0, "SO_KEEPALIVE");
-  if (c.tcp_keepalive) {
-    if (c.tcp_keepidle > 0) set(IPPROTO_TCP, TCP_KEEPIDLE, c.tcp_keepidle, "TCP_KEEPIDLE");
-    if (c.tcp_keepintvl > 0) set(IPPROTO_TCP, TCP_KEEPINTVL, c.tcp_keepintvl, "TCP_KEEPINTVL");
-    if (c.tcp_keepcnt > 0) set(IPPROTO_TCP, TCP_KEEPCNT, c.tcp_keepcnt, "TCP_KEEPCNT");
-  }
-  if (c.tcp_user_timeout > 0)
-    set(IPPROTO_TCP, TCP_USER_TIMEOUT, c.tcp_user_timeout, "TCP_USER_TIMEOUT");
-  if (c.tcp_socket_buffer > 0) {
-    set(SOL_SOCKET, SO_SNDBUF, c.tcp_socket_buffer, "SO_SNDBUF");
-    set(SOL_SOCKET, SO_RCVBUF, c.tcp_socket_buffer, "SO_RCVBUF");
-  }
+  set_tcp_options(fd, c, nullptr);
+  tune_accepted_socket(fd, c);  // the socket buffers
 }
 
 std::string unix_peer_user(int fd) {

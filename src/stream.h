@@ -137,9 +137,10 @@ class Conn {
 // Socket helpers.
 bool set_nonblocking(int fd);
 struct Config;
-// The TCP options of a client or server socket (PgBouncer's tune_socket): TCP_NODELAY,
-// tcp_keepalive (on or off) with tcp_keepidle/tcp_keepintvl/tcp_keepcnt when set,
-// tcp_user_timeout and tcp_socket_buffer. A refused option is logged, not fatal.
+// The TCP options of a server socket (PgBouncer's tune_socket): TCP_NODELAY, tcp_keepalive
+// (on or off), tcp_keepidle/tcp_keepintvl/tcp_keepcnt and tcp_user_timeout when set, and
+// tcp_socket_buffer. A refused option is logged, not fatal. A client socket gets the same
+// from its listening socket (tune_listening_socket, tune_accepted_socket).
 void tune_tcp_socket(int fd, const Config& c);
 // A listening socket's keepalive settings before pgsluice set any (the kernel's defaults:
 // net.ipv4.tcp_keepalive_*), to go back to when a reload sets them to 0 again.
